@@ -1,0 +1,149 @@
+"""Turn decoded batches into the Arrow tables that are inserted into ClickHouse."""
+
+from __future__ import annotations
+
+import dataclasses
+from datetime import UTC, datetime
+
+import numpy as np
+import orjson
+import pyarrow as pa
+
+from sdk.wire import Batch
+from store import MAX_VER
+
+
+@dataclasses.dataclass
+class Tables:
+    points: pa.Table | None
+    fields: pa.Table
+    ledger: pa.Table
+    keys: set[tuple[str, str, str]]  # (run, stream, key)
+    point_count: int
+
+
+def build_tables(batches: list[Batch]) -> Tables:
+    points = _Points()
+    f_entity: list[str] = []
+    f_project: list[str] = []
+    f_run: list[str] = []
+    f_field: list[str] = []
+    f_value: list[str] = []
+    f_ver: list[int] = []
+
+    def field(b: Batch, name: str, value: str, ver: int) -> None:
+        f_entity.append(b.entity)
+        f_project.append(b.project)
+        f_run.append(b.run_id)
+        f_field.append(name)
+        f_value.append(value)
+        f_ver.append(ver)
+
+    keys: set[tuple[str, str, str]] = set()
+    for b in batches:
+        for name, value in b.set.items():
+            field(b, name, value, b.ver)
+        for name, value in b.set_once.items():
+            field(b, name, value, MAX_VER - b.ver)
+        heartbeat = datetime.fromtimestamp(b.ver / 1e9, UTC).isoformat()
+        field(b, "heartbeat_at", orjson.dumps(heartbeat).decode(), b.ver)
+        points.add(b, keys)
+
+    fields = pa.table(
+        {
+            "entity": f_entity,
+            "project": f_project,
+            "run_id": f_run,
+            "field": f_field,
+            "value": f_value,
+            "ver": pa.array(f_ver, pa.uint64()),
+        }
+    )
+    ledger = pa.table(
+        {
+            "run": [b.path for b in batches],
+            "writer": [b.writer for b in batches],
+            "seq": pa.array([b.seq for b in batches], pa.uint64()),
+            "ver": pa.array([b.ver for b in batches], pa.uint64()),
+            "points": pa.array([b.points for b in batches], pa.uint64()),
+        }
+    )
+    return Tables(points.table(), fields, ledger, keys, points.count)
+
+
+class _Points:
+    """Collects point columns as numpy segments; run, stream and key dictionary-encoded."""
+
+    def __init__(self) -> None:
+        self.runs: dict[str, int] = {}
+        self.streams: dict[str, int] = {}
+        self.keys: dict[str, int] = {}
+        self.segments: list[tuple[np.ndarray, ...]] = []
+        self.count = 0
+
+    def add(self, b: Batch, keys: set[tuple[str, str, str]]) -> None:
+        if not b.metrics:
+            return
+        run_idx = self.runs.setdefault(b.path, len(self.runs))
+        per_key: dict[tuple[str, str], list[tuple[np.ndarray, ...]]] = {}
+        for block in b.metrics:
+            steps = np.frombuffer(block.steps, "<i8")
+            times = np.frombuffer(block.times, "<f8")
+            stamps = np.frombuffer(block.timestamps, "<f8")
+            for key, raw in zip(block.keys, block.values, strict=True):
+                values = np.frombuffer(raw, "<f8")
+                per_key.setdefault((block.stream, key), []).append((steps, times, stamps, values))
+        for (stream, key), parts in per_key.items():
+            keys.add((b.path, stream, key))
+            if len(parts) == 1:
+                steps, times, stamps, values = parts[0]
+            else:
+                steps, times, stamps, values = (np.concatenate(c) for c in zip(*parts, strict=True))
+            if len(parts) > 1 or (len(steps) > 1 and not bool(np.all(np.diff(steps) > 0))):
+                steps, times, stamps, values = _last_per_step(steps, times, stamps, values)
+            n = len(steps)
+            stream_idx = self.streams.setdefault(stream, len(self.streams))
+            key_idx = self.keys.setdefault(key, len(self.keys))
+            self.segments.append(
+                (
+                    np.full(n, run_idx, np.int32),
+                    np.full(n, stream_idx, np.int32),
+                    np.full(n, key_idx, np.int32),
+                    steps,
+                    times,
+                    stamps,
+                    values,
+                    np.full(n, b.ver, np.uint64),
+                )
+            )
+            self.count += n
+
+    def table(self) -> pa.Table | None:
+        if not self.segments:
+            return None
+        cols = [np.concatenate(c) for c in zip(*self.segments, strict=True)]
+
+        def dictionary(indices: np.ndarray, names: dict[str, int]) -> pa.DictionaryArray:
+            return pa.DictionaryArray.from_arrays(pa.array(indices), pa.array(list(names)))
+
+        return pa.table(
+            {
+                "run": dictionary(cols[0], self.runs),
+                "stream": dictionary(cols[1], self.streams),
+                "key": dictionary(cols[2], self.keys),
+                "step": cols[3],
+                "time": cols[4],
+                "timestamp": cols[5],
+                "value": cols[6],
+                "ver": cols[7],
+            }
+        )
+
+
+def _last_per_step(*cols: np.ndarray) -> tuple[np.ndarray, ...]:
+    """Keep the last row logged for each step (within one batch all rows share a version)."""
+    steps = cols[0]
+    reversed_steps = steps[::-1]
+    _, first_in_reversed = np.unique(reversed_steps, return_index=True)
+    keep = len(steps) - 1 - first_in_reversed  # ascending by step
+    return tuple(c[keep] for c in cols)

@@ -1,0 +1,60 @@
+"""JetStream streams and the ingest consumer, created idempotently on start."""
+
+from __future__ import annotations
+
+import contextlib
+
+from nats.js import JetStreamContext
+from nats.js.api import ConsumerConfig, RetentionPolicy, StorageType, StreamConfig
+from nats.js.errors import NotFoundError
+
+from sdk.wire import DLQ_STREAM, DLQ_SUBJECT, INGEST_SUBJECT, STREAM
+
+DURABLE = "stride-ingest"
+
+
+def stream_configs(replicas: int = 1) -> list[StreamConfig]:
+    return [
+        StreamConfig(
+            name=STREAM,
+            subjects=[INGEST_SUBJECT],
+            # Acked batches are in ClickHouse; the stream only holds work not yet applied.
+            retention=RetentionPolicy.WORK_QUEUE,
+            storage=StorageType.FILE,
+            num_replicas=replicas,
+            # A batch re-published within this window is dropped by JetStream; older
+            # re-syncs are caught by the ingest ledger.
+            duplicate_window=600.0,
+            max_msg_size=8 * 1024 * 1024,
+        ),
+        StreamConfig(
+            name=DLQ_STREAM,
+            subjects=[DLQ_SUBJECT],
+            retention=RetentionPolicy.LIMITS,
+            storage=StorageType.FILE,
+            num_replicas=replicas,
+            max_age=30 * 24 * 3600.0,
+        ),
+    ]
+
+
+def consumer_config(ack_wait_s: float) -> ConsumerConfig:
+    return ConsumerConfig(
+        durable_name=DURABLE,
+        ack_wait=ack_wait_s,
+        max_ack_pending=20_000,
+        max_deliver=-1,
+        filter_subject=INGEST_SUBJECT,
+    )
+
+
+async def ensure_streams(js: JetStreamContext, *, replicas: int = 1) -> None:
+    """Create the streams, or bring existing ones to this configuration."""
+    for config in stream_configs(replicas):
+        try:
+            await js.stream_info(config.name or "")
+        except NotFoundError:
+            with contextlib.suppress(Exception):
+                await js.add_stream(config)
+                continue
+        await js.update_stream(config)

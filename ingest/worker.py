@@ -1,0 +1,165 @@
+"""The ingest worker: a member of one durable JetStream pull consumer.
+
+Loop: fetch up to ``fetch_batch`` messages → decode (msgspec) → dead-letter the
+invalid ones → skip batches already in the ledger → insert points, run fields
+and keys as Arrow blocks → record the batches in the ledger → ack. A message
+is acked only after its data is written; a crash at any point redelivers it,
+and storage is idempotent (see :mod:`store.schema`), so a redelivered batch
+changes nothing. On stop, the worker stops fetching and finishes the batch in
+hand.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+import pyarrow as pa
+from nats.aio.client import Client as NatsClient
+from nats.aio.msg import Msg
+from nats.errors import TimeoutError as NatsTimeoutError
+
+from sdk.wire import DLQ_SUBJECT, INGEST_SUBJECT, STREAM, Batch, WireError, decode_batch
+from store import DATABASE, AsyncStore, StoreError
+from store.params import int_array, string_array
+from store.schema import BATCHES_COLUMNS, FIELDS_COLUMNS, KEYS_COLUMNS, POINTS_COLUMNS
+
+from ._settings import IngestSettings
+from ._tables import build_tables
+from .streams import DURABLE, consumer_config, ensure_streams
+
+log = logging.getLogger("stride.ingest")
+
+__all__ = ["IngestStats", "IngestWorker"]
+
+
+class IngestStats:
+    """Counters a worker keeps (exposed by the service's /api/v1/status)."""
+
+    def __init__(self) -> None:
+        self.messages = 0
+        self.batches_applied = 0
+        self.batches_skipped = 0
+        self.points = 0
+        self.dead_lettered = 0
+        self.write_errors = 0
+
+    def as_dict(self) -> dict[str, int]:
+        return dict(vars(self))
+
+
+class IngestWorker:
+    def __init__(self, nc: NatsClient, store: AsyncStore, settings: IngestSettings) -> None:
+        self._nc = nc
+        self._js = nc.jetstream()
+        self._store = store
+        self._settings = settings
+        self._stopping = asyncio.Event()
+        self._known_keys: set[tuple[str, str, str]] = set()
+        self.stats = IngestStats()
+
+    async def run(self) -> None:
+        """Consume until :meth:`stop` is called."""
+        await ensure_streams(self._js, replicas=self._settings.replicas)
+        sub = await self._js.pull_subscribe(
+            INGEST_SUBJECT,
+            durable=DURABLE,
+            stream=STREAM,
+            config=consumer_config(self._settings.ack_wait_s),
+        )
+        try:
+            while not self._stopping.is_set():
+                try:
+                    msgs = await sub.fetch(
+                        self._settings.fetch_batch, timeout=self._settings.fetch_timeout_s
+                    )
+                except (TimeoutError, NatsTimeoutError):
+                    continue
+                await self.process(msgs)
+        finally:
+            await sub.unsubscribe()
+
+    def stop(self) -> None:
+        self._stopping.set()
+
+    async def process(self, msgs: list[Msg]) -> None:
+        self.stats.messages += len(msgs)
+        decoded: list[tuple[Msg, Batch]] = []
+        for msg in msgs:
+            try:
+                decoded.append((msg, decode_batch(msg.data)))
+            except WireError as exc:
+                await self._dead_letter(msg, str(exc))
+        try:
+            fresh = await self._not_yet_applied([b for _, b in decoded])
+            if fresh:
+                await self._write(fresh)
+        except StoreError as exc:
+            self.stats.write_errors += 1
+            log.error("ingest: write failed, the batches will be redelivered: %s", exc)
+            for msg, _ in decoded:
+                await msg.nak(delay=1.0)
+            return
+        self.stats.batches_skipped += len(decoded) - len(fresh)
+        for msg, _ in decoded:
+            await msg.ack()
+
+    async def _not_yet_applied(self, batches: list[Batch]) -> list[Batch]:
+        if not batches:
+            return []
+        rows = await self._store.query_arrow(
+            f"SELECT run, writer, seq FROM {DATABASE}.batches "
+            "WHERE run IN {runs:Array(String)} AND writer IN {writers:Array(String)} "
+            "AND seq IN {seqs:Array(UInt64)}",
+            {
+                "runs": string_array({b.path for b in batches}),
+                "writers": string_array({b.writer for b in batches}),
+                "seqs": int_array({b.seq for b in batches}),
+            },
+        )
+        applied = set(
+            zip(
+                rows.column("run").to_pylist(),
+                rows.column("writer").to_pylist(),
+                rows.column("seq").to_pylist(),
+                strict=True,
+            )
+        )
+        fresh: list[Batch] = []
+        seen: set[tuple[str, str, int]] = set()
+        for b in batches:
+            ident = (b.path, b.writer, b.seq)
+            if ident not in applied and ident not in seen:
+                seen.add(ident)
+                fresh.append(b)
+        return fresh
+
+    async def _write(self, batches: list[Batch]) -> None:
+        tables = build_tables(batches)
+        if tables.points is not None:
+            await self._store.insert_arrow(f"{DATABASE}.points", POINTS_COLUMNS, tables.points)
+        await self._store.insert_arrow(f"{DATABASE}.run_fields", FIELDS_COLUMNS, tables.fields)
+        new_keys = tables.keys - self._known_keys
+        if new_keys:
+            run, stream, key = zip(*sorted(new_keys), strict=True)
+            keys = pa.table({"run": list(run), "stream": list(stream), "key": list(key)})
+            await self._store.insert_arrow(f"{DATABASE}.run_keys", KEYS_COLUMNS, keys)
+            self._known_keys |= new_keys
+        # The ledger is written last: if we die before it, the batch is redelivered
+        # and re-applied, which the ReplacingMergeTree tables absorb.
+        await self._store.insert_arrow(f"{DATABASE}.batches", BATCHES_COLUMNS, tables.ledger)
+        self.stats.batches_applied += len(batches)
+        self.stats.points += tables.point_count
+
+    async def _dead_letter(self, msg: Msg, reason: str) -> None:
+        meta: Any = msg.metadata
+        headers = {
+            "Stride-Reason": reason[:1000],
+            "Stride-Stream-Seq": str(meta.sequence.stream),
+            "Nats-Msg-Id": f"dlq-{meta.sequence.stream}",
+        }
+        await self._js.publish(DLQ_SUBJECT, msg.data, headers=headers, timeout=10.0)
+        await msg.ack()
+        self.stats.dead_lettered += 1
+        log.warning("ingest: message %s dead-lettered: %s", meta.sequence.stream, reason)

@@ -1,0 +1,104 @@
+"""Rows of metrics as columns, and their JSON form.
+
+The HTTP answer for history and scan is columnar::
+
+    {"columns": {"_step": [0, 1, 2], "loss": [0.9, null, 0.7]},
+     "nonfinite": {"loss": [[5, "nan"]]},
+     "next": 2}
+
+``null`` marks a key with no value at that step. JSON has no NaN or
+infinity, so real non-finite values are listed in ``nonfinite`` as
+``[row, "nan" | "inf" | "-inf"]`` and the client puts them back.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import numpy as np
+import orjson
+import pyarrow as pa
+
+_NUMPY = orjson.OPT_SERIALIZE_NUMPY
+
+
+@dataclasses.dataclass
+class Columns:
+    steps: np.ndarray  # int64, ascending
+    values: dict[str, np.ndarray]  # float64 per column; NaN where absent unless in nonfinite
+    present: dict[str, np.ndarray]  # bool per column: the key has a value at that row
+
+    @classmethod
+    def empty(cls) -> Columns:
+        return cls(np.empty(0, np.int64), {}, {})
+
+    def __len__(self) -> int:
+        return len(self.steps)
+
+    def take(self, rows: np.ndarray) -> Columns:
+        return Columns(
+            self.steps[rows],
+            {k: v[rows] for k, v in self.values.items()},
+            {k: p[rows] for k, p in self.present.items()},
+        )
+
+    def to_json(self, **extra: Any) -> bytes:
+        columns: dict[str, np.ndarray] = {"_step": self.steps}
+        nonfinite: dict[str, list[tuple[int, str]]] = {}
+        for key, values in self.values.items():
+            columns[key] = values
+            bad = np.flatnonzero(~np.isfinite(values) & self.present[key])
+            if len(bad):
+                nonfinite[key] = [(int(i), _name(values[i])) for i in bad]
+        body = {"columns": columns, "nonfinite": nonfinite, **extra}
+        return orjson.dumps(body, option=_NUMPY)
+
+
+def _name(value: float) -> str:
+    if np.isnan(value):
+        return "nan"
+    return "inf" if value > 0 else "-inf"
+
+
+def pivot(table: pa.Table, keys: list[str], extra: tuple[str, ...] = ()) -> Columns:
+    """Long rows ``(step, key, value, *extra)`` → one row per step, a column per key.
+
+    ``extra`` columns (``_runtime``, ``_timestamp``) take the value of the first
+    key present at each step.
+    """
+    if table.num_rows == 0:
+        return Columns.empty()
+    steps_all = table.column("step").to_numpy()
+    encoded = table.column("key").combine_chunks()
+    if not pa.types.is_dictionary(encoded.type):
+        encoded = encoded.dictionary_encode()
+    key_index = {k: i for i, k in enumerate(encoded.dictionary.to_pylist())}
+    codes = encoded.indices.to_numpy(zero_copy_only=False)
+    values_all = table.column("value").to_numpy()
+    extra_all = {name: table.column(name).to_numpy() for name in extra}
+
+    steps = np.unique(steps_all)
+    values: dict[str, np.ndarray] = {}
+    present: dict[str, np.ndarray] = {}
+    extra_cols = {name: np.full(len(steps), np.nan) for name in extra}
+    extra_set = np.zeros(len(steps), bool)
+    for key in keys:
+        col = np.full(len(steps), np.nan)
+        has = np.zeros(len(steps), bool)
+        code = key_index.get(key)
+        if code is not None:
+            mask = codes == code
+            rows = np.searchsorted(steps, steps_all[mask])
+            col[rows] = values_all[mask]
+            has[rows] = True
+            fill = rows[~extra_set[rows]]
+            for name in extra:
+                extra_cols[name][fill] = extra_all[name][mask][~extra_set[rows]]
+            extra_set[fill] = True
+        values[key] = col
+        present[key] = has
+    for name, col in extra_cols.items():
+        values[name] = col
+        present[name] = extra_set.copy()
+    return Columns(steps, values, present)

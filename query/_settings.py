@@ -1,0 +1,14 @@
+"""Query service settings."""
+
+from __future__ import annotations
+
+import dataclasses
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class QuerySettings:
+    #: A running run whose last heartbeat is older than this is reported "crashed".
+    lost_after_s: float = 300.0
+    max_samples: int = 100_000
+    max_page_size: int = 100_000
+    max_runs_per_page: int = 1_000

@@ -1,0 +1,218 @@
+"""The query HTTP service (aiohttp). Endpoints are listed in docs/http-api.md."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+from store import DATABASE, AsyncStore
+
+from . import runs as runs_q
+from ._settings import QuerySettings
+from .errors import BadRequest, NotFound, QueryError
+from .history import history
+from .scan import scan_page
+
+STORE = web.AppKey("store", AsyncStore)
+SETTINGS = web.AppKey("settings", QuerySettings)
+#: Optional: a callable returning extra status (the ingest counters, in ``stride up``).
+STATUS = web.AppKey("status", Callable[[], dict[str, Any]])
+
+_IDENT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}$")
+_INT64 = (-(2**63), 2**63 - 1)
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def create_app(store: AsyncStore, settings: QuerySettings | None = None) -> web.Application:
+    """Build the app. The caller owns ``store`` (and closes it)."""
+    app = web.Application(middlewares=[_errors])
+    app[STORE] = store
+    app[SETTINGS] = settings or QuerySettings()
+    base = "/api/v1"
+    app.router.add_get(f"{base}/status", _status)
+    app.router.add_get(f"{base}/runs/{{entity}}/{{project}}", _list_runs)
+    app.router.add_get(f"{base}/runs/{{entity}}/{{project}}/{{run_id}}", _get_run)
+    app.router.add_get(f"{base}/runs/{{entity}}/{{project}}/{{run_id}}/keys", _keys)
+    app.router.add_get(f"{base}/runs/{{entity}}/{{project}}/{{run_id}}/history", _history)
+    app.router.add_get(f"{base}/runs/{{entity}}/{{project}}/{{run_id}}/scan", _scan)
+    return app
+
+
+def _json(body: Any, status: int = 200) -> web.Response:
+    return web.Response(body=orjson.dumps(body), status=status, content_type="application/json")
+
+
+@web.middleware
+async def _errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except QueryError as exc:
+        return _json({"error": exc.message, "status": exc.status}, exc.status)
+    except web.HTTPException as exc:
+        return _json({"error": exc.reason, "status": exc.status}, exc.status)
+
+
+# ---- parameters ---------------------------------------------------------------------------------
+
+
+def _int(request: web.Request, name: str, default: int | None, lo: int, hi: int) -> int | None:
+    raw = request.query.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise BadRequest(f"{name} must be an integer, got {raw!r}") from None
+    if not lo <= value <= hi:
+        raise BadRequest(f"{name} must be between {lo} and {hi}, got {value}")
+    return value
+
+
+def _run_path(request: web.Request) -> tuple[str, str, str]:
+    info = request.match_info
+    parts = (info["entity"], info["project"], info.get("run_id", ""))
+    for kind, value in zip(("entity", "project", "run id"), parts, strict=True):
+        if value and not _IDENT.match(value):
+            raise BadRequest(f"invalid {kind} {value!r}")
+    return parts
+
+
+def _stream(request: web.Request) -> str:
+    stream = request.query.get("stream", "default")
+    if not _IDENT.match(stream):
+        raise BadRequest(f"invalid stream {stream!r}")
+    return stream
+
+
+async def _existing_run(request: web.Request) -> tuple[str, str, str]:
+    entity, project, run_id = _run_path(request)
+    if not await runs_q.run_exists(request.app[STORE], entity, project, run_id):
+        raise NotFound(f"run {entity}/{project}/{run_id} not found")
+    return entity, project, run_id
+
+
+async def _run_keys(store: AsyncStore, run: str, stream: str) -> list[str]:
+    rows = await store.query_arrow(
+        f"SELECT DISTINCT key FROM {DATABASE}.run_keys "
+        "WHERE run = {run:String} AND stream = {stream:String} ORDER BY key",
+        {"run": run, "stream": stream},
+    )
+    return [str(k) for k in rows.column("key").to_pylist()]
+
+
+async def _requested_keys(request: web.Request, run: str, stream: str) -> tuple[list[str], bool]:
+    """The keys asked for (all of the run's when none), and whether any were asked for."""
+    known = await _run_keys(request.app[STORE], run, stream)
+    asked = request.query.getall("keys", [])
+    if not asked:
+        return known, False
+    unknown = [k for k in asked if k not in set(known)]
+    if unknown:
+        listed = ", ".join(known[:20]) or "none"
+        raise NotFound(
+            f"run {run} has no metric {unknown[0]!r} in stream {stream!r} (has: {listed})"
+        )
+    return list(dict.fromkeys(asked)), True
+
+
+# ---- handlers -----------------------------------------------------------------------------------
+
+
+async def _status(request: web.Request) -> web.Response:
+    body: dict[str, Any] = {"ok": True}
+    status = request.app.get(STATUS)
+    if status is not None:
+        body.update(status())
+    return _json(body)
+
+
+async def _list_runs(request: web.Request) -> web.Response:
+    entity, project, _ = _run_path(request)
+    settings = request.app[SETTINGS]
+    per_page = _int(request, "per_page", 50, 1, settings.max_runs_per_page)
+    assert per_page is not None
+    runs, cursor = await runs_q.list_runs(
+        request.app[STORE],
+        entity,
+        project,
+        per_page=per_page,
+        order=request.query.get("order", "-created_at"),
+        after=request.query.get("after"),
+        lost_after_s=settings.lost_after_s,
+    )
+    return _json({"runs": runs, "next": cursor})
+
+
+async def _get_run(request: web.Request) -> web.Response:
+    entity, project, run_id = _run_path(request)
+    settings = request.app[SETTINGS]
+    doc = await runs_q.get_run(request.app[STORE], entity, project, run_id, settings.lost_after_s)
+    return _json(doc)
+
+
+async def _keys(request: web.Request) -> web.Response:
+    entity, project, run_id = await _existing_run(request)
+    keys = await _run_keys(request.app[STORE], f"{entity}/{project}/{run_id}", _stream(request))
+    return _json({"keys": keys})
+
+
+async def _history(request: web.Request) -> web.Response:
+    entity, project, run_id = await _existing_run(request)
+    run, stream = f"{entity}/{project}/{run_id}", _stream(request)
+    settings = request.app[SETTINGS]
+    samples = _int(request, "samples", 500, 2, settings.max_samples)
+    assert samples is not None
+    min_step = _int(request, "min_step", None, *_INT64)
+    max_step = _int(request, "max_step", None, *_INT64)
+    if min_step is not None and max_step is not None and min_step > max_step:
+        raise BadRequest(f"min_step {min_step} is greater than max_step {max_step}")
+    keys, _ = await _requested_keys(request, run, stream)
+    if not keys:
+        return web.Response(
+            body=b'{"columns":{"_step":[]},"nonfinite":{}}', content_type="application/json"
+        )
+    cols = await history(
+        request.app[STORE],
+        run,
+        stream,
+        keys,
+        samples=samples,
+        min_step=min_step,
+        max_step=max_step,
+        envelope=request.query.get("envelope", "false").lower() in ("1", "true", "yes"),
+    )
+    return web.Response(body=cols.to_json(), content_type="application/json")
+
+
+async def _scan(request: web.Request) -> web.Response:
+    entity, project, run_id = await _existing_run(request)
+    run, stream = f"{entity}/{project}/{run_id}", _stream(request)
+    settings = request.app[SETTINGS]
+    page_size = _int(request, "page_size", 1000, 1, settings.max_page_size)
+    assert page_size is not None
+    min_step = _int(request, "min_step", None, *_INT64)
+    max_step = _int(request, "max_step", None, *_INT64)
+    cursor = _int(request, "cursor", None, *_INT64)
+    lo = max(v for v in (cursor, min_step, _INT64[0]) if v is not None)
+    keys, asked = await _requested_keys(request, run, stream)
+    if not keys or (max_step is not None and lo > max_step):
+        return web.Response(
+            body=b'{"columns":{"_step":[]},"nonfinite":{},"next":null}',
+            content_type="application/json",
+        )
+    cols, next_cursor = await scan_page(
+        request.app[STORE],
+        run,
+        stream,
+        keys,
+        require_all=asked,
+        page_size=page_size,
+        lo=lo,
+        max_step=max_step,
+    )
+    return web.Response(body=cols.to_json(next=next_cursor), content_type="application/json")

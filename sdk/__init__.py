@@ -1,0 +1,48 @@
+"""Stride SDK: log runs from training code, and query them afterwards.
+
+Logging (never blocks the training loop)::
+
+    import sdk
+
+    with sdk.init(project="vision", config={"lr": 1e-3}) as run:
+        for step in range(1000):
+            run.log({"loss": 1 / (step + 1)})
+
+Querying::
+
+    api = sdk.Api()  # $STRIDE_API, else http://127.0.0.1:8080
+    run = api.run("default/vision/<run id>")
+    df = run.history(samples=500)
+"""
+
+from ._api import Api, ApiRun, Runs
+from ._config import NestedDict
+from ._flusher import DeliveryReport
+from ._init import init
+from ._run import Run
+from ._settings import Settings
+from .errors import (
+    ApiError,
+    BadRequestError,
+    NotFoundError,
+    ServiceUnavailableError,
+    StrideError,
+    UsageError,
+)
+
+__all__ = [
+    "Api",
+    "ApiError",
+    "ApiRun",
+    "BadRequestError",
+    "DeliveryReport",
+    "NestedDict",
+    "NotFoundError",
+    "Run",
+    "Runs",
+    "ServiceUnavailableError",
+    "Settings",
+    "StrideError",
+    "UsageError",
+    "init",
+]

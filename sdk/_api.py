@@ -1,0 +1,324 @@
+"""The public query client, shaped like the W&B public API (``Api``, ``Run``).
+
+It speaks HTTP to the query service with the standard library (one kept-alive
+connection, retried on connection errors), so the SDK's base install stays
+small. pandas is optional: ``history(pandas=True)`` needs it installed.
+"""
+
+from __future__ import annotations
+
+import http.client
+import os
+import threading
+import time
+import urllib.parse
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any
+
+import orjson
+
+from ._config import NestedDict
+from ._settings import DEFAULT_API
+from .errors import (
+    ApiError,
+    BadRequestError,
+    NotFoundError,
+    ServiceUnavailableError,
+    UsageError,
+)
+
+_NONFINITE = {"nan": float("nan"), "inf": float("inf"), "-inf": float("-inf")}
+_BUILTIN_AXES = ("_step", "_runtime", "_timestamp")
+
+
+class Api:
+    """Query runs and their metrics.
+
+    ``base_url`` defaults to ``$STRIDE_API``, else ``http://127.0.0.1:8080``.
+    ``overrides`` may set a default ``entity`` and ``project`` so that
+    ``api.run("run_id")`` works.
+
+    Example::
+
+        api = sdk.Api()
+        for run in api.runs("default/vision"):
+            print(run.name, run.state, run.summary.get("best_acc"))
+    """
+
+    def __init__(
+        self,
+        base_url: str | None = None,
+        *,
+        overrides: Mapping[str, str] | None = None,
+        timeout: float = 30.0,
+        retries: int = 3,
+    ) -> None:
+        self.base_url = (base_url or os.environ.get("STRIDE_API") or DEFAULT_API).rstrip("/")
+        parsed = urllib.parse.urlsplit(self.base_url)
+        if parsed.scheme != "http" or not parsed.hostname:
+            raise UsageError(f"base_url must look like http://host:port, got {self.base_url!r}")
+        self._host, self._port = parsed.hostname, parsed.port or 80
+        self._prefix = parsed.path.rstrip("/")
+        overrides = dict(overrides or {})
+        self.default_entity = (
+            overrides.get("entity") or os.environ.get("STRIDE_ENTITY") or "default"
+        )
+        self.default_project = overrides.get("project")
+        self._timeout = timeout
+        self._retries = retries
+        self._conn: http.client.HTTPConnection | None = None
+        self._lock = threading.Lock()
+
+    def runs(self, path: str = "", *, per_page: int = 50, order: str = "-created_at") -> Runs:
+        """The runs of ``entity/project`` (or ``project``), newest first, fetched page by page."""
+        parts = [p for p in path.split("/") if p]
+        if len(parts) == 2:
+            entity, project = parts
+        elif len(parts) == 1:
+            entity, project = self.default_entity, parts[0]
+        elif not parts and self.default_project:
+            entity, project = self.default_entity, self.default_project
+        else:
+            raise UsageError(f"runs() takes 'entity/project' or 'project', got {path!r}")
+        return Runs(self, entity, project, per_page=per_page, order=order)
+
+    def run(self, path: str) -> ApiRun:
+        """One run by ``entity/project/run_id`` (or shorter, with defaults set)."""
+        parts = [p for p in path.split("/") if p]
+        if len(parts) == 3:
+            entity, project, run_id = parts
+        elif len(parts) == 2:
+            entity, (project, run_id) = self.default_entity, parts
+        elif len(parts) == 1 and self.default_project:
+            entity, project, run_id = self.default_entity, self.default_project, parts[0]
+        else:
+            raise UsageError(f"run() takes 'entity/project/run_id', got {path!r}")
+        quoted = "/".join(urllib.parse.quote(p, safe="") for p in (entity, project, run_id))
+        return ApiRun(self, self.get(f"/api/v1/runs/{quoted}"))
+
+    # ---- transport -----------------------------------------------------------------------------
+
+    def get(self, path: str, params: Sequence[tuple[str, Any]] = ()) -> Any:
+        query = urllib.parse.urlencode([(k, v) for k, v in params if v is not None])
+        url = f"{self._prefix}{path}" + (f"?{query}" if query else "")
+        status, body = self._request(url)
+        data = orjson.loads(body) if body else None
+        if status >= 400:
+            message = data.get("error", "") if isinstance(data, dict) else body[:200].decode()
+            cls = {404: NotFoundError, 400: BadRequestError}.get(status, ApiError)
+            raise cls(status, message)
+        return data
+
+    def _request(self, url: str) -> tuple[int, bytes]:
+        delay = 0.1
+        for attempt in range(self._retries + 1):
+            with self._lock:
+                try:
+                    if self._conn is None:
+                        self._conn = http.client.HTTPConnection(
+                            self._host, self._port, timeout=self._timeout
+                        )
+                    self._conn.request("GET", url)
+                    response = self._conn.getresponse()
+                    return response.status, response.read()
+                except (OSError, http.client.HTTPException) as exc:
+                    if self._conn is not None:
+                        self._conn.close()
+                    self._conn = None
+                    if attempt == self._retries:
+                        raise ServiceUnavailableError(
+                            f"cannot reach the Stride query service at {self.base_url}: {exc}. "
+                            "Is `stride up` running? Set STRIDE_API or Api(base_url=...)."
+                        ) from exc
+            time.sleep(delay)
+            delay *= 2
+        raise AssertionError("unreachable")
+
+    def close(self) -> None:
+        with self._lock:
+            if self._conn is not None:
+                self._conn.close()
+                self._conn = None
+
+    def __enter__(self) -> Api:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class Runs:
+    """Iterable over a project's runs; pages are fetched as iteration reaches them."""
+
+    def __init__(self, api: Api, entity: str, project: str, *, per_page: int, order: str) -> None:
+        self._api, self.entity, self.project = api, entity, project
+        self._per_page, self._order = per_page, order
+
+    def __iter__(self) -> Iterator[ApiRun]:
+        cursor: str | None = None
+        path = f"/api/v1/runs/{self.entity}/{self.project}"
+        while True:
+            params = [("per_page", self._per_page), ("order", self._order), ("after", cursor)]
+            page = self._api.get(path, params)
+            for doc in page["runs"]:
+                yield ApiRun(self._api, doc)
+            cursor = page["next"]
+            if cursor is None:
+                return
+
+
+class ApiRun:
+    """A run as stored: attributes plus ``history`` and ``scan_history``."""
+
+    def __init__(self, api: Api, doc: dict[str, Any]) -> None:
+        self._api = api
+        self._set(doc)
+
+    def _set(self, doc: dict[str, Any]) -> None:
+        self.entity: str = doc["entity"]
+        self.project: str = doc["project"]
+        self.id: str = doc["id"]
+        self.path: str = doc["path"]
+        self.name: str | None = doc["name"]
+        self.state: str = doc["state"]
+        self.config = NestedDict(doc["config"])
+        self.summary: dict[str, Any] = doc["summary"]
+        self.tags: list[str] = doc["tags"]
+        self.notes: str | None = doc["notes"]
+        self.folder: str | None = doc["folder"]
+        self.created_at: str | None = doc["created_at"]
+        self.heartbeat_at: str | None = doc["heartbeat_at"]
+        self.finished_at: str | None = doc.get("finished_at")
+        self.exit_code: int | None = doc.get("exit_code")
+
+    def __repr__(self) -> str:
+        return f"<ApiRun {self.path} name={self.name!r} state={self.state}>"
+
+    @property
+    def _base(self) -> str:
+        return f"/api/v1/runs/{self.path}"
+
+    def load(self) -> ApiRun:
+        """Fetch the run again (state, summary and heartbeat change while it runs)."""
+        self._set(self._api.get(self._base))
+        return self
+
+    @property
+    def history_keys(self) -> list[str]:
+        return list(self._api.get(f"{self._base}/keys")["keys"])
+
+    def history(
+        self,
+        samples: int = 500,
+        keys: Sequence[str] | None = None,
+        x_axis: str = "_step",
+        pandas: bool = True,
+        min_step: int | None = None,
+        max_step: int | None = None,
+        stream: str = "default",
+        envelope: bool = False,
+    ) -> Any:
+        """Sampled metrics: at most ``samples`` rows, always the first and last step.
+
+        Deterministic: the same data gives the same rows. Rows carry ``_step``,
+        ``_runtime``, ``_timestamp`` and a column per key. ``envelope=True`` adds
+        ``min(key)``/``max(key)`` over each sampled bucket so spikes stay visible.
+        Returns a pandas DataFrame, or a list of dicts with ``pandas=False``.
+        """
+        keys = _keys_param(keys)
+        if keys is not None and x_axis not in _BUILTIN_AXES and x_axis not in keys:
+            keys = [*keys, x_axis]
+        params: list[tuple[str, Any]] = [
+            ("samples", samples),
+            ("min_step", min_step),
+            ("max_step", max_step),
+            ("stream", stream),
+            ("envelope", "true" if envelope else None),
+        ]
+        params += [("keys", k) for k in keys or ()]
+        columns = _columns(self._api.get(f"{self._base}/history", params))
+        if x_axis not in _BUILTIN_AXES:
+            if x_axis not in columns:
+                raise BadRequestError(400, f"x_axis {x_axis!r} is not a metric of run {self.path}")
+            columns = _select_rows(columns, [v is not None for v in columns[x_axis]])
+        if pandas:
+            return _dataframe(columns)
+        return list(_rows(columns))
+
+    def scan_history(
+        self,
+        keys: Sequence[str] | None = None,
+        page_size: int = 1000,
+        min_step: int | None = None,
+        max_step: int | None = None,
+        stream: str = "default",
+    ) -> Iterator[dict[str, Any]]:
+        """Every row in step order, fetched ``page_size`` rows at a time.
+
+        With ``keys``, only rows that have all of them. Pages are keyset-paginated
+        on the step, so rows are never repeated or skipped, even while the run is
+        still being written.
+        """
+        keys = _keys_param(keys)
+        cursor: int | None = None
+        while True:
+            params: list[tuple[str, Any]] = [
+                ("page_size", page_size),
+                ("min_step", min_step),
+                ("max_step", max_step),
+                ("stream", stream),
+                ("cursor", cursor),
+            ]
+            params += [("keys", k) for k in keys or ()]
+            page = self._api.get(f"{self._base}/scan", params)
+            yield from _rows(_columns(page))
+            cursor = page["next"]
+            if cursor is None:
+                return
+
+
+def _keys_param(keys: Sequence[str] | None) -> list[str] | None:
+    if keys is None:
+        return None
+    if isinstance(keys, str):
+        return [keys]
+    return list(keys)
+
+
+def _columns(page: dict[str, Any]) -> dict[str, list[Any]]:
+    columns: dict[str, list[Any]] = page["columns"]
+    for key, items in page.get("nonfinite", {}).items():
+        column = columns[key]
+        for row, name in items:
+            column[row] = _NONFINITE[name]
+    return columns
+
+
+def _select_rows(columns: dict[str, list[Any]], keep: list[bool]) -> dict[str, list[Any]]:
+    return {k: [v for v, ok in zip(col, keep, strict=True) if ok] for k, col in columns.items()}
+
+
+def _rows(columns: dict[str, list[Any]]) -> Iterator[dict[str, Any]]:
+    names = list(columns)
+    cols = list(columns.values())
+    if not any(None in col for col in cols):
+        for values in zip(*cols, strict=True):
+            yield dict(zip(names, values, strict=True))
+        return
+    for values in zip(*cols, strict=True):
+        yield {n: v for n, v in zip(names, values, strict=True) if v is not None}
+
+
+def _dataframe(columns: dict[str, list[Any]]) -> Any:
+    try:
+        import pandas as pd
+    except ImportError:
+        raise UsageError(
+            "history(pandas=True) needs pandas: pip install 'stride[pandas]', "
+            "or pass pandas=False for a list of dicts"
+        ) from None
+    frame = pd.DataFrame(columns)
+    for name in frame.columns:
+        if name != "_step" and frame[name].dtype == object:
+            frame[name] = pd.to_numeric(frame[name], errors="coerce")  # None -> NaN
+    return frame

@@ -1,0 +1,52 @@
+"""Errors raised by the SDK.
+
+The tree::
+
+    StrideError                 root of everything the SDK raises
+    ├── UsageError              a bad argument or a call in the wrong state (not retriable)
+    ├── ApiError                the query service answered with an error
+    │   ├── NotFoundError       404: unknown run, project or key
+    │   └── BadRequestError     400: invalid parameter; ``message`` says which and why
+    └── ServiceUnavailableError the query service could not be reached (retriable)
+
+``retriable`` tells a caller whether the same call may succeed later.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "ApiError",
+    "BadRequestError",
+    "NotFoundError",
+    "ServiceUnavailableError",
+    "StrideError",
+    "UsageError",
+]
+
+
+class StrideError(Exception):
+    retriable: bool = False
+
+
+class UsageError(StrideError, ValueError):
+    """The caller passed something the SDK cannot accept."""
+
+
+class ApiError(StrideError):
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(f"{status}: {message}")
+        self.status = status
+        self.message = message
+        self.retriable = status >= 500
+
+
+class NotFoundError(ApiError):
+    pass
+
+
+class BadRequestError(ApiError):
+    pass
+
+
+class ServiceUnavailableError(StrideError):
+    retriable = True

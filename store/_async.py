@@ -1,0 +1,34 @@
+"""Run blocking store calls off the event loop, on one dedicated thread."""
+
+from __future__ import annotations
+
+import asyncio
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import pyarrow as pa
+
+from ._base import Store
+
+
+class AsyncStore:
+    def __init__(self, store: Store) -> None:
+        self.sync = store
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="stride-store")
+
+    async def insert_arrow(self, table: str, columns: tuple[str, ...], data: pa.Table) -> None:
+        await self._call(self.sync.insert_arrow, table, columns, data)
+
+    async def query_arrow(self, sql: str, params: dict[str, Any] | None = None) -> pa.Table:
+        result: pa.Table = await self._call(self.sync.query_arrow, sql, params)
+        return result
+
+    async def command(self, sql: str, params: dict[str, Any] | None = None) -> None:
+        await self._call(self.sync.command, sql, params)
+
+    async def close(self) -> None:
+        await self._call(self.sync.close)
+        self._executor.shutdown(wait=True)
+
+    async def _call(self, fn: Any, *args: Any) -> Any:
+        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)

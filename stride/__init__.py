@@ -1,0 +1,3 @@
+"""The all-in-one runner and the ``stride`` command line."""
+
+__all__: list[str] = []

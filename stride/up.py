@@ -1,0 +1,137 @@
+"""``stride up``: NATS (child process) + ingest + query in one process and one loop.
+
+Start-up order: lock the data directory, check the HTTP port, start
+nats-server, open chDB, connect, start ingest, serve HTTP, print the
+addresses. Ctrl-C or SIGTERM stops fetching, finishes and acks the batch in
+hand, closes HTTP, NATS and chDB, and stops the child nats-server.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import errno
+import logging
+import signal
+import socket
+from pathlib import Path
+
+import nats
+from aiohttp import web
+
+from ingest import IngestSettings, IngestWorker
+from query import STATUS, QuerySettings, create_app
+from store import AsyncStore
+from store.chdb import ChdbStore
+
+from ._lock import DataDirLock
+from ._nats_server import NatsServer
+from .errors import CliError
+
+log = logging.getLogger("stride.up")
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class UpSettings:
+    data_dir: Path = Path(".stride")
+    host: str = "127.0.0.1"
+    nats_port: int = 4222
+    http_port: int = 8080
+    #: Use this NATS instead of starting one (e.g. a cluster, or a test's server).
+    nats_url: str | None = None
+    ingest: IngestSettings = dataclasses.field(default_factory=IngestSettings)
+    query: QuerySettings = dataclasses.field(default_factory=QuerySettings)
+
+
+def _check_port_free(host: str, port: int, what: str, flag: str) -> None:
+    if port == 0:
+        return
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                raise CliError(
+                    f"{what} port {port} on {host} is already in use; "
+                    f"pass {flag} N (0 picks a free port)"
+                ) from None
+            raise CliError(f"cannot listen on {host}:{port}: {exc.strerror}") from None
+
+
+async def serve(settings: UpSettings, *, ready: asyncio.Event | None = None) -> None:
+    """Run until SIGINT/SIGTERM (or until the task is cancelled)."""
+    data_dir = settings.data_dir.resolve()
+    lock = DataDirLock(data_dir)
+    lock.acquire()
+    nats_server: NatsServer | None = None
+    try:
+        _check_port_free(settings.host, settings.http_port, "HTTP", "--http-port")
+        if settings.nats_url is None:
+            _check_port_free(settings.host, settings.nats_port, "NATS", "--nats-port")
+            nats_server = NatsServer(data_dir / "nats", settings.host, settings.nats_port)
+            await asyncio.to_thread(nats_server.start)
+            nats_url = nats_server.url
+        else:
+            nats_url = settings.nats_url
+        await _serve(settings, data_dir, nats_url, ready)
+    finally:
+        if nats_server is not None:
+            await asyncio.to_thread(nats_server.stop)
+        lock.release()
+
+
+async def _serve(
+    settings: UpSettings, data_dir: Path, nats_url: str, ready: asyncio.Event | None
+) -> None:
+    store = AsyncStore(await asyncio.to_thread(ChdbStore, data_dir / "clickhouse"))
+    try:
+        nc = await nats.connect(nats_url, max_reconnect_attempts=-1, name="stride-up")
+    except Exception as exc:
+        await store.close()
+        raise CliError(f"cannot connect to NATS at {nats_url}: {exc}") from None
+    worker = IngestWorker(nc, store, settings.ingest)
+    app = create_app(store, settings.query)
+    app[STATUS] = lambda: {"ingest": worker.stats.as_dict()}
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, settings.host, settings.http_port)
+    try:
+        await site.start()
+    except OSError as exc:
+        await runner.cleanup()
+        await nc.close()
+        await store.close()
+        raise CliError(
+            f"cannot serve HTTP on {settings.host}:{settings.http_port}: {exc}"
+        ) from None
+    http_port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    worker_task = asyncio.create_task(worker.run(), name="ingest")
+    print(f"stride: NATS  {nats_url}", flush=True)
+    print(f"stride: HTTP  http://{settings.host}:{http_port}", flush=True)
+    print(f"stride: data  {data_dir}", flush=True)
+    if ready is not None:
+        ready.set()
+    try:
+        stop_task = asyncio.create_task(stop.wait())
+        done, _ = await asyncio.wait({stop_task, worker_task}, return_when=asyncio.FIRST_COMPLETED)
+        if worker_task in done:
+            worker_task.result()  # the worker died: surface why
+        print("stride: stopping (draining ingest)...", flush=True)
+    finally:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
+        worker.stop()
+        with contextlib.suppress(asyncio.TimeoutError, asyncio.CancelledError):
+            await asyncio.wait_for(worker_task, settings.ingest.drain_timeout_s)
+        await runner.cleanup()
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(nc.drain(), 5.0)
+        await store.close()
+    print("stride: stopped", flush=True)
