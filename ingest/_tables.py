@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 from datetime import UTC, datetime
+from typing import Any
 
 import numpy as np
 import orjson
@@ -123,7 +124,7 @@ class _Points:
             return None
         cols = [np.concatenate(c) for c in zip(*self.segments, strict=True)]
 
-        def dictionary(indices: np.ndarray, names: dict[str, int]) -> pa.DictionaryArray:
+        def dictionary(indices: np.ndarray, names: dict[str, int]) -> pa.DictionaryArray[Any, Any]:
             return pa.DictionaryArray.from_arrays(pa.array(indices), pa.array(list(names)))
 
         return pa.table(
@@ -131,11 +132,11 @@ class _Points:
                 "run": dictionary(cols[0], self.runs),
                 "stream": dictionary(cols[1], self.streams),
                 "key": dictionary(cols[2], self.keys),
-                "step": cols[3],
-                "time": cols[4],
-                "timestamp": cols[5],
-                "value": cols[6],
-                "ver": cols[7],
+                "step": pa.array(cols[3]),
+                "time": pa.array(cols[4]),
+                "timestamp": pa.array(cols[5]),
+                "value": pa.array(cols[6]),
+                "ver": pa.array(cols[7]),
             }
         )
 

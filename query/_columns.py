@@ -70,9 +70,12 @@ def pivot(table: pa.Table, keys: list[str], extra: tuple[str, ...] = ()) -> Colu
     if table.num_rows == 0:
         return Columns.empty()
     steps_all = table.column("step").to_numpy()
-    encoded = table.column("key").combine_chunks()
-    if not pa.types.is_dictionary(encoded.type):
-        encoded = encoded.dictionary_encode()
+    keys_column = table.column("key").combine_chunks()
+    encoded: pa.DictionaryArray[Any, Any] = (
+        keys_column
+        if isinstance(keys_column, pa.DictionaryArray)
+        else keys_column.dictionary_encode()
+    )
     key_index = {k: i for i, k in enumerate(encoded.dictionary.to_pylist())}
     codes = encoded.indices.to_numpy(zero_copy_only=False)
     values_all = table.column("value").to_numpy()

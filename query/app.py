@@ -20,7 +20,8 @@ from .scan import scan_page
 STORE = web.AppKey("store", AsyncStore)
 SETTINGS = web.AppKey("settings", QuerySettings)
 #: Optional: a callable returning extra status (the ingest counters, in ``stride up``).
-STATUS = web.AppKey("status", Callable[[], dict[str, Any]])
+StatusProvider = Callable[[], dict[str, Any]]
+STATUS: web.AppKey[StatusProvider] = web.AppKey("status")
 
 _IDENT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}$")
 _INT64 = (-(2**63), 2**63 - 1)

@@ -92,8 +92,8 @@ async def list_runs(
         f"ORDER BY created {direction}, run_id {direction} LIMIT {{n:UInt32}}",
         params,
     )
-    ids = page.column("run_id").to_pylist()
-    created = page.column("created").to_pylist()
+    ids = [str(i) for i in page.column("run_id").to_pylist()]
+    created = [str(c) for c in page.column("created").to_pylist()]
     runs = await _fetch(store, entity, project, ids, lost_after_s)
     by_id = {r["id"]: r for r in runs}
     ordered = [by_id[i] for i in ids if i in by_id]
@@ -128,5 +128,5 @@ async def _fetch(
         rows.column("value").to_pylist(),
         strict=True,
     ):
-        fields.setdefault(run_id, {})[field] = value
+        fields.setdefault(str(run_id), {})[str(field)] = str(value)
     return [_fold(entity, project, rid, f, lost_after_s) for rid, f in fields.items()]

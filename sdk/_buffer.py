@@ -17,7 +17,7 @@ from collections.abc import Iterator
 from .wire import MetricBlock
 
 #: One logged row: (step, time, timestamp, keys, values as float64 array).
-Row = tuple[int, float, float, tuple[str, ...], array]
+Row = tuple[int, float, float, tuple[str, ...], "array[float]"]
 
 #: Bytes a row adds to a batch besides its values: step, time, timestamp.
 _ROW_OVERHEAD = 24

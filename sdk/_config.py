@@ -41,7 +41,7 @@ class NestedDict(dict[str, Any]):
             return False
         return True
 
-    def get(self, key: str, default: Any = None) -> Any:  # type: ignore[override]
+    def get(self, key: str, default: Any = None) -> Any:
         try:
             return self[key]
         except KeyError:

@@ -28,6 +28,7 @@ import logging
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import nats
 from nats.aio.client import Client as NatsClient
@@ -84,7 +85,7 @@ class DeliveryReport:
 
 @dataclasses.dataclass
 class _Inflight:
-    future: asyncio.Future[object]
+    future: asyncio.Future[Any]
     deadline: float
     seq: int
     points: int

@@ -73,7 +73,7 @@ class Summary(NestedDict):
         super().__setitem__(key, value)
         self._send({f"summary.{key}": encoded})
 
-    def update(self, other: Any = (), /, **kwargs: Any) -> None:  # type: ignore[override]
+    def update(self, other: Any = (), /, **kwargs: Any) -> None:
         for key, value in dict(other, **kwargs).items():
             self[key] = value
 
@@ -224,7 +224,7 @@ class Run:
             self.finish(0)
         elif issubclass(exc_type, KeyboardInterrupt) or _terminated.is_set():
             self.finish(130 if exc_type is KeyboardInterrupt else 143, state="cancelled")
-        elif issubclass(exc_type, SystemExit) and exc is not None and exc.code in (0, None):
+        elif isinstance(exc, SystemExit) and exc.code in (0, None):
             self.finish(0)
         else:
             self.finish(1, state="failed")
