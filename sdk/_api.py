@@ -140,6 +140,11 @@ class Api:
                 self._conn.close()
                 self._conn = None
 
+    def __del__(self) -> None:  # an Api dropped without close() must not leak its socket
+        conn = getattr(self, "_conn", None)
+        if conn is not None:
+            conn.close()
+
     def __enter__(self) -> Api:
         return self
 

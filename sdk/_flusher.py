@@ -165,11 +165,13 @@ class Flusher:
         tick = min(s.linger_s / 4, 0.02)
         last_sent = time.monotonic()
         next_connect = 0.0
+        connecting: asyncio.Task[None] | None = None
         while True:
             now = time.monotonic()
-            if not self._offline and self._js is None and now >= next_connect:
-                await self._connect()
-                next_connect = time.monotonic() + s.reconnect_interval_s
+            if self._needs_connection(connecting) and now >= next_connect:
+                # In the background: the loop keeps spooling while NATS is unreachable.
+                connecting = asyncio.create_task(self._connect())
+                next_connect = now + s.connect_timeout_s + s.reconnect_interval_s
             closing = self._closing.is_set()
             buffered = len(self._buffer)
             due = (
@@ -188,7 +190,21 @@ class Flusher:
             if closing and not len(self._buffer) and not (self._set or self._set_once):
                 break
             await asyncio.sleep(tick)
+        if connecting is not None and not connecting.done():
+            await asyncio.wait({connecting}, timeout=self._remaining())
+        if self._needs_connection(None) and self._remaining() > 0:
+            await self._connect()  # one last bounded try before leaving data in the spool
+        if connecting is not None and not connecting.done():
+            connecting.cancel()
         await self._drain()
+
+    def _remaining(self) -> float:
+        return max(0.0, self._close_deadline - time.monotonic())
+
+    def _needs_connection(self, connecting: asyncio.Task[None] | None) -> bool:
+        if self._offline or (connecting is not None and not connecting.done()):
+            return False
+        return self._js is None
 
     async def _connect(self) -> None:
         s = self._settings
@@ -197,18 +213,22 @@ class Flusher:
             return None
 
         try:
-            self._nc = await nats.connect(
-                s.server,
-                connect_timeout=s.connect_timeout_s,
-                allow_reconnect=True,
-                max_reconnect_attempts=-1,
-                reconnect_time_wait=s.reconnect_interval_s,
-                error_cb=_quiet,
-                name=f"stride-writer {self._id.writer}",
+            # nats-py retries a first connection forever with max_reconnect_attempts=-1:
+            # bound it, and keep its endless reconnects for once we are connected.
+            nc = await asyncio.wait_for(
+                nats.connect(
+                    s.server,
+                    connect_timeout=s.connect_timeout_s,
+                    allow_reconnect=True,
+                    max_reconnect_attempts=-1,
+                    reconnect_time_wait=s.reconnect_interval_s,
+                    error_cb=_quiet,
+                    name=f"stride-writer {self._id.writer}",
+                ),
+                timeout=s.connect_timeout_s,
             )
-            self._js = self._nc.jetstream()
+            self._nc, self._js = nc, nc.jetstream()
         except Exception as exc:
-            self._nc = self._js = None
             self._warn_once(
                 "unreachable",
                 f"stride: cannot reach NATS at {s.server} ({exc.__class__.__name__}); "

@@ -89,6 +89,7 @@ class NatsServer:
                 self.port = int(match.group(2))
             if "Server is ready" in line:
                 ready.set()
+        self._proc.stderr.close()
         ready.set()  # exited
 
     def stop(self, timeout: float = 10.0) -> None:

@@ -87,7 +87,9 @@ async def _serve(
 ) -> None:
     store = AsyncStore(await asyncio.to_thread(ChdbStore, data_dir / "clickhouse"))
     try:
-        nc = await nats.connect(nats_url, max_reconnect_attempts=-1, name="stride-up")
+        nc = await asyncio.wait_for(
+            nats.connect(nats_url, max_reconnect_attempts=-1, name="stride-up"), timeout=10.0
+        )
     except Exception as exc:
         await store.close()
         raise CliError(f"cannot connect to NATS at {nats_url}: {exc}") from None

