@@ -7,6 +7,7 @@ import os
 import platform
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -53,6 +54,37 @@ def _git_commit() -> str:
         return "unknown"
 
 
+def cpu_ticks() -> tuple[int, int]:
+    """(busy, total) jiffies over all CPUs from /proc/stat."""
+    fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    idle = fields[3] + fields[4]  # idle + iowait
+    return sum(fields) - idle, sum(fields)
+
+
+def busy_fraction(seconds: float = 1.0) -> float:
+    """Share of all cores busy over ``seconds`` (everything on the machine, this included)."""
+    try:
+        b0, t0 = cpu_ticks()
+        time.sleep(seconds)
+        b1, t1 = cpu_ticks()
+    except (OSError, ValueError, IndexError):
+        return float("nan")
+    return (b1 - b0) / max(1, t1 - t0)
+
+
+def wait_for_quiet(limit: float = 15.0, max_wait: float = 30.0) -> float:
+    """Wait (at most ``max_wait`` s) until other processes use < ``limit``% of the CPUs.
+
+    Other work on a 2-core machine (a test suite, a build) moves every figure;
+    the busy share measured just before the run is printed with the results.
+    """
+    deadline = time.monotonic() + max_wait
+    busy = busy_fraction()
+    while busy * 100 >= limit and time.monotonic() < deadline:
+        busy = busy_fraction()
+    return busy
+
+
 def describe() -> dict[str, str]:
     return {
         "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
@@ -65,11 +97,26 @@ def describe() -> dict[str, str]:
     }
 
 
-def print_machine(title: str) -> None:
-    """Print the benchmark title and the machine description."""
+def print_machine(title: str, quiet: bool = True) -> None:
+    """Print the benchmark title and the machine description.
+
+    With ``quiet``, first wait (bounded) for other processes to leave the CPUs
+    alone, and print how busy the machine was just before the benchmark.
+    """
     print(f"=== {title} ===")
     for key, value in describe().items():
         print(f"  {key:<7} {value}")
+    try:
+        load = " ".join(Path("/proc/loadavg").read_text().split()[:3])
+    except OSError:
+        load = "?"
+    if quiet and os.environ.get("STRIDE_BENCH_NO_WAIT") != "1":
+        busy = wait_for_quiet()
+        note = (
+            "" if busy < 0.15 else "  (NOT quiet: other processes were running; figures are noisy)"
+        )
+        print(f"  busy    {busy * 100:.0f}% of all cores in the second before start{note}")
+    print(f"  loadavg {load}")
     print(flush=True)
 
 

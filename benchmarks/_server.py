@@ -213,3 +213,43 @@ def child_pids(pid: int) -> list[int]:
         except OSError:
             pass
     return sorted(found)
+
+
+class Profiler:
+    """``py-spy record`` of ``pid`` while the ``with`` block runs (if ``output`` is set).
+
+    The format follows the suffix: ``.svg`` flame graph, ``.txt`` collapsed
+    stacks, ``.json`` speedscope. Sampling is non-blocking (the target is not
+    paused), but py-spy itself takes CPU: a profiled run is not a measurement.
+    """
+
+    def __init__(self, pid: int, output: Path | None, rate: int = 100) -> None:
+        self.pid, self.output, self.rate = pid, output, rate
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def __enter__(self) -> Profiler:
+        if self.output is None:
+            return self
+        fmt = {".txt": "raw", ".json": "speedscope"}.get(self.output.suffix, "flamegraph")
+        py_spy = Path(sys.executable).parent / "py-spy"
+        self.proc = subprocess.Popen(
+            [str(py_spy), "record", "--pid", str(self.pid), "--output", str(self.output)]
+            + ["--rate", str(self.rate), "--nonblocking", "--threads", "--format", fmt],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        time.sleep(1.0)  # py-spy attaches
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        proc, self.proc = self.proc, None
+        if proc is None:
+            return
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGINT)  # py-spy writes its output on SIGINT
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        print(f"py-spy profile of pid {self.pid}: {self.output}")

@@ -11,7 +11,8 @@ so it is visible where the cores went.
 Target: >= 1M points/s.
 
 Usage: python benchmarks/bench_e2e.py [--writers 4] [--rows 50000]
-       [--profile-server FILE.svg]   (py-spy record of `stride up` during the run)
+       [--profile-server FILE.svg|.txt|.json]  (py-spy record of `stride up`: flame graph,
+       collapsed stacks or speedscope)
 """
 
 from __future__ import annotations
@@ -27,10 +28,11 @@ import time
 from contextlib import ExitStack
 from pathlib import Path
 
-from _machine import print_machine
+from _machine import cpu_ticks, print_machine
 from _server import (
     ROOT,
     Http,
+    Profiler,
     StrideUp,
     child_pids,
     cpu_seconds,
@@ -52,6 +54,8 @@ def writer_main(args: argparse.Namespace) -> None:
     time.sleep(0.5)  # let the flusher connect before the clock starts
     print("ready", flush=True)
     sys.stdin.readline()
+    usage = os.times()
+    cpu_go = usage.user + usage.system
     t_go = time.time()
     log = run.log
     for i in range(args.rows):
@@ -78,7 +82,7 @@ def writer_main(args: argparse.Namespace) -> None:
         "t_go": t_go,
         "t_logged": t_logged,
         "t_finished": t_finished,
-        "cpu_s": usage.user + usage.system,
+        "cpu_s": usage.user + usage.system - cpu_go,
         "report": str(report),
         "points_sent": report.points_sent,
         "batches_sent": report.batches_sent,
@@ -115,7 +119,12 @@ def main() -> None:
     ap.add_argument("--writers", type=int, default=4)
     ap.add_argument("--rows", type=int, default=50_000, help="rows (10 points each) per writer")
     ap.add_argument("--timeout", type=float, default=300.0)
-    ap.add_argument("--profile-server", type=Path, default=None, help="py-spy flame graph (svg)")
+    ap.add_argument(
+        "--profile-server", type=Path, default=None, help="py-spy output (.svg, .txt, .json)"
+    )
+    ap.add_argument(
+        "--profile-writer", type=Path, default=None, help="py-spy output for writer 0"
+    )
     ap.add_argument("--writer", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--server", help=argparse.SUPPRESS)
     ap.add_argument("--spool", help=argparse.SUPPRESS)
@@ -127,8 +136,7 @@ def main() -> None:
 
     total = args.writers * args.rows * len(KEYS)
     print_machine(
-        f"bench_e2e: {args.writers} writers x {args.rows} rows x {len(KEYS)} keys "
-        f"= {total} points"
+        f"bench_e2e: {args.writers} writers x {args.rows} rows x {len(KEYS)} keys = {total} points"
     )
     with ExitStack() as stack:
         tmp = Path(tempfile.mkdtemp(prefix="stride-bench-e2e-"))
@@ -170,17 +178,9 @@ def main() -> None:
         cpu0 = {"stride up": cpu_seconds(up.pid)}
         cpu0.update({f"nats-server {p}": cpu_seconds(p) for p in nats_pids})
 
-        profiler = None
-        if args.profile_server is not None:
-            profiler = subprocess.Popen(
-                [str(Path(sys.executable).parent / "py-spy"), "record", "--pid", str(up.pid)]
-                + ["--output", str(args.profile_server), "--rate", "50", "--nonblocking"],
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.DEVNULL,
-            )
-            stack.callback(lambda: profiler.poll() is None and profiler.terminate())
-            time.sleep(1.0)
-
+        profiler = stack.enter_context(Profiler(up.pid, args.profile_server))
+        wprofiler = stack.enter_context(Profiler(writers[0].pid, args.profile_writer))
+        ticks0 = cpu_ticks()
         t_go = time.time()
         t0 = time.monotonic()
         for w in writers:
@@ -189,11 +189,11 @@ def main() -> None:
             w.stdin.flush()
         done = wait_for_points(http, base_points + total, timeout=args.timeout)
         e2e_s = done - t0
+        ticks1 = cpu_ticks()
         cpu1 = {"stride up": cpu_seconds(up.pid)}
         cpu1.update({f"nats-server {p}": cpu_seconds(p) for p in nats_pids})
-        if profiler is not None:
-            profiler.send_signal(2)  # SIGINT: py-spy writes the flame graph
-            profiler.wait(30)
+        profiler.__exit__()
+        wprofiler.__exit__()
 
         results = []
         for w in writers:
@@ -211,7 +211,9 @@ def main() -> None:
         print(f"             ({fmt_rate(total / logged_s)} points logged)")
         print(f"             all finish() returned after  {finished_s:7.3f} s")
         print(f"end to end:  all {total} points ingested after {e2e_s:7.3f} s")
-        print(f"             = {fmt_rate(rate)} points  (target >= 1 M/s: {verdict(rate >= TARGET)})")
+        print(
+            f"             = {fmt_rate(rate)} points  (target >= 1 M/s: {verdict(rate >= TARGET)})"
+        )
         print("\nper writer:")
         for run_id, r in zip(run_ids, results, strict=True):
             print(
@@ -222,7 +224,9 @@ def main() -> None:
         print(f"\nCPU seconds during the {e2e_s:.2f} s window (2 cores = {2 * e2e_s:.2f} s):")
         for name in cpu1:
             print(f"  {name:<22} {cpu1[name] - cpu0[name]:7.2f}")
-        print(f"  {'writers (whole life)':<22} {sum(r['cpu_s'] for r in results):7.2f}")
+        print(f"  {'writers (go..finish)':<22} {sum(r['cpu_s'] for r in results):7.2f}")
+        busy = (ticks1[0] - ticks0[0]) / max(1, ticks1[1] - ticks0[1])
+        print(f"  machine-wide: {busy * 100:.0f}% of all cores busy in the window (all processes)")
         status = http.get("/api/v1/status")["ingest"]
         print(f"\ningest status: {status}")
 
@@ -232,8 +236,6 @@ def main() -> None:
         print("OK, every point present exactly once" if not problems else "FAILED")
         for p in problems[:20]:
             print(f"  {p}")
-        if args.profile_server is not None:
-            print(f"\npy-spy flame graph of stride up: {args.profile_server}")
         if problems:
             sys.exit(1)
 

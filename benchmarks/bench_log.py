@@ -104,7 +104,9 @@ class GcPauses:
         for gen in (0, 1, 2):
             p = [ms for g, ms in self.pauses if g == gen]
             if p:
-                print(f"  gc gen{gen}: {len(p):>4} collections, {sum(p):7.1f} ms total, max {max(p):.2f} ms")
+                print(
+                    f"  gc gen{gen}: {len(p):>4} collections, {sum(p):7.1f} ms total, max {max(p):.2f} ms"
+                )
 
 
 def summarize(name: str, lat: array[int], wall_s: float, targets: bool) -> dict[str, float]:

@@ -9,15 +9,17 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from store import DATABASE, AsyncStore
+from store import AsyncStore
 
 from . import runs as runs_q
 from ._settings import QuerySettings
+from .catalog import Catalog
 from .errors import BadRequest, NotFound, QueryError
 from .history import history
 from .scan import scan_page
 
 STORE = web.AppKey("store", AsyncStore)
+CATALOG = web.AppKey("catalog", Catalog)
 SETTINGS = web.AppKey("settings", QuerySettings)
 #: Optional: a callable returning extra status (the ingest counters, in ``stride up``).
 StatusProvider = Callable[[], dict[str, Any]]
@@ -33,6 +35,7 @@ def create_app(store: AsyncStore, settings: QuerySettings | None = None) -> web.
     """Build the app. The caller owns ``store`` (and closes it)."""
     app = web.Application(middlewares=[_errors])
     app[STORE] = store
+    app[CATALOG] = Catalog(store)
     app[SETTINGS] = settings or QuerySettings()
     base = "/api/v1"
     app.router.add_get(f"{base}/status", _status)
@@ -92,24 +95,15 @@ def _stream(request: web.Request) -> str:
 
 async def _existing_run(request: web.Request) -> tuple[str, str, str]:
     entity, project, run_id = _run_path(request)
-    if not await runs_q.run_exists(request.app[STORE], entity, project, run_id):
+    if not await request.app[CATALOG].run_exists(entity, project, run_id):
         raise NotFound(f"run {entity}/{project}/{run_id} not found")
     return entity, project, run_id
 
 
-async def _run_keys(store: AsyncStore, run: str, stream: str) -> list[str]:
-    rows = await store.query_arrow(
-        f"SELECT DISTINCT key FROM {DATABASE}.run_keys "
-        "WHERE run = {run:String} AND stream = {stream:String} ORDER BY key",
-        {"run": run, "stream": stream},
-    )
-    return [str(k) for k in rows.column("key").to_pylist()]
-
-
 async def _requested_keys(request: web.Request, run: str, stream: str) -> tuple[list[str], bool]:
     """The keys asked for (all of the run's when none), and whether any were asked for."""
-    known = await _run_keys(request.app[STORE], run, stream)
     asked = request.query.getall("keys", [])
+    known = await request.app[CATALOG].keys(run, stream, asked or None)
     if not asked:
         return known, False
     unknown = [k for k in asked if k not in set(known)]
@@ -158,7 +152,7 @@ async def _get_run(request: web.Request) -> web.Response:
 
 async def _keys(request: web.Request) -> web.Response:
     entity, project, run_id = await _existing_run(request)
-    keys = await _run_keys(request.app[STORE], f"{entity}/{project}/{run_id}", _stream(request))
+    keys = await request.app[CATALOG].keys(f"{entity}/{project}/{run_id}", _stream(request))
     return _json({"keys": keys})
 
 

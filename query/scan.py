@@ -1,18 +1,20 @@
 """Full history, page by page: keyset pagination on ``step``, never OFFSET.
 
-A page covers steps ``[lo, bound]``. ``lo`` is one past the previous page's
-last step (or ``min_step``). ``bound`` is the smallest, over the requested
-keys, of each key's ``page_size``-th step from ``lo`` (found with
-``LIMIT n BY key``, reading at most ``page_size`` rows per key), so a page
-never needs more than ``page_size`` rows of any key. Points are
-deduplicated with ``argMax(value, ver)``, so a page never holds a step twice,
-and consecutive pages neither overlap nor leave a gap. Points written while a
+One query per page: ``FINAL`` (deduplicated by version, so a step never
+appears twice) ``ORDER BY key, step LIMIT page_size BY key`` from ``lo``,
+which reads each key in index order and stops after ``page_size`` rows of it.
+``lo`` is one past the previous page's last step (or ``min_step``). The page
+ends at ``bound``, the smallest last step among keys that filled their
+``page_size`` rows: below it every key's rows are complete, so consecutive
+pages neither overlap nor leave a gap. Points written while a
 scan runs appear on later pages if their step is past the cursor.
 """
 
 from __future__ import annotations
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from store import DATABASE, AsyncStore
 from store.params import string_array
@@ -41,28 +43,28 @@ async def scan_page(
     """
     hi = _INT64_MAX if max_step is None else max_step
     params = {"run": run, "stream": stream, "keys": string_array(keys), "lo": lo, "hi": hi}
-    where = (
-        "run = {run:String} AND stream = {stream:String} AND key IN {keys:Array(String)} "
-        "AND step BETWEEN {lo:Int64} AND {hi:Int64}"
-    )
-    bounds = await store.query_arrow(
-        "SELECT key, max(step) AS last, count() AS n FROM ("
-        f"SELECT key, step FROM {DATABASE}.points WHERE {where} "
-        "ORDER BY key, step LIMIT {n:UInt32} BY key) GROUP BY key",
+    table = await store.query_arrow(
+        f"SELECT key, step, value FROM {DATABASE}.points FINAL "
+        "WHERE run = {run:String} AND stream = {stream:String} AND key IN {keys:Array(String)} "
+        "AND step BETWEEN {lo:Int64} AND {hi:Int64} "
+        "ORDER BY key, step LIMIT {n:UInt32} BY key",
         {**params, "n": page_size},
     )
-    counts = bounds.column("n").to_numpy()
-    lasts = bounds.column("last").to_numpy()
-    if not len(counts) or (require_all and len(counts) < len(keys)):
-        return Columns.empty(), None  # some required key has no more points: done
+    if table.num_rows == 0:
+        return Columns.empty(), None
+    key_col = table.column("key").to_pylist()
+    steps = table.column("step").to_numpy()
+    # Rows come grouped by key, each group ascending: a full group bounds the page.
+    ends = np.flatnonzero(np.r_[np.array(key_col[1:]) != np.array(key_col[:-1]), True])
+    starts = np.r_[0, ends[:-1] + 1]
+    counts = ends - starts + 1
     full = counts >= page_size
-    bound = int(lasts[full].min()) if full.any() else hi
+    if require_all and len(ends) < len(keys):
+        return Columns.empty(), None  # some required key has no more points: done
+    bound = int(steps[ends[full]].min()) if full.any() else hi
     more = bool(full.any()) and bound < hi
-    table = await store.query_arrow(
-        "SELECT step, key, argMax(value, ver) AS value "
-        f"FROM {DATABASE}.points WHERE {where} GROUP BY step, key ORDER BY step",
-        {**params, "hi": bound},
-    )
+    if more:
+        table = table.filter(pc.less_equal(table.column("step"), pa.scalar(bound, pa.int64())))
     cols = pivot(table, keys)
     if require_all and len(cols):
         cols = cols.take(np.flatnonzero(np.logical_and.reduce(list(cols.present.values()))))

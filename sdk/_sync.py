@@ -34,7 +34,11 @@ async def sync_spool(
     files = list(spooled_files(spool_dir))
     if not files:
         return report
-    nc = await nats.connect(server, connect_timeout=5.0, max_reconnect_attempts=2)
+
+    async def _quiet(_: Exception) -> None:  # failures are reported in the SyncReport
+        return None
+
+    nc = await nats.connect(server, connect_timeout=5.0, max_reconnect_attempts=1, error_cb=_quiet)
     js = nc.jetstream()
     try:
         for start in range(0, len(files), window):

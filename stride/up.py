@@ -60,6 +60,10 @@ def _check_port_free(host: str, port: int, what: str, flag: str) -> None:
             raise CliError(f"cannot listen on {host}:{port}: {exc.strerror}") from None
 
 
+async def _log_nats_error(exc: Exception) -> None:
+    log.warning("NATS: %s", exc or exc.__class__.__name__)
+
+
 async def serve(settings: UpSettings, *, ready: asyncio.Event | None = None) -> None:
     """Run until SIGINT/SIGTERM (or until the task is cancelled)."""
     data_dir = settings.data_dir.resolve()
@@ -88,7 +92,10 @@ async def _serve(
     store = AsyncStore(await asyncio.to_thread(ChdbStore, data_dir / "clickhouse"))
     try:
         nc = await asyncio.wait_for(
-            nats.connect(nats_url, max_reconnect_attempts=-1, name="stride-up"), timeout=10.0
+            nats.connect(
+                nats_url, max_reconnect_attempts=-1, name="stride-up", error_cb=_log_nats_error
+            ),
+            timeout=10.0,
         )
     except Exception as exc:
         await store.close()

@@ -19,6 +19,7 @@ from typing import Any
 
 import pytest
 
+import sdk
 from sdk import Settings
 from stride._nats_server import NatsServer
 
@@ -139,3 +140,18 @@ def stride_up(data_dir: Path, *extra: str) -> Iterator[StrideUp]:
         yield up
     finally:
         up.stop()
+
+
+def scan(api: sdk.Api, path: str, keys: list[str] | None = None) -> list[dict]:  # type: ignore[type-arg]
+    return list(api.run(path).scan_history(keys=keys, page_size=5000))
+
+
+def wait_rows(api: sdk.Api, path: str, expected: int, keys: list[str] | None = None) -> list[dict]:  # type: ignore[type-arg]
+    def ready() -> list[dict] | None:  # type: ignore[type-arg]
+        try:
+            rows = scan(api, path, keys)
+        except sdk.NotFoundError:
+            return None
+        return rows if len(rows) >= expected else None
+
+    return wait_for(ready, timeout=90)  # type: ignore[no-any-return]

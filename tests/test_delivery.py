@@ -20,23 +20,7 @@ from sdk import Settings
 from sdk._spool import spooled_files
 from sdk.wire import DLQ_STREAM, INGEST_SUBJECT, WIRE_VERSION, Batch, encode_batch
 
-from .conftest import STRIDE, StrideUp, free_port, run_python, stride_up, wait_for
-
-
-def scan(api: sdk.Api, path: str, keys: list[str] | None = None) -> list[dict]:  # type: ignore[type-arg]
-    return list(api.run(path).scan_history(keys=keys, page_size=5000))
-
-
-def wait_rows(api: sdk.Api, path: str, expected: int, keys: list[str] | None = None) -> list[dict]:  # type: ignore[type-arg]
-    def ready() -> list[dict] | None:  # type: ignore[type-arg]
-        try:
-            rows = scan(api, path, keys)
-        except sdk.NotFoundError:
-            return None
-        return rows if len(rows) >= expected else None
-
-    return wait_for(ready, timeout=60)  # type: ignore[no-any-return]
-
+from .conftest import STRIDE, StrideUp, free_port, run_python, scan, stride_up, wait_for, wait_rows
 
 WRITER = textwrap.dedent(
     """

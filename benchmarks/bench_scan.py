@@ -1,0 +1,117 @@
+"""Target (d): ``scan_history`` rows/s over JSON, by page size.
+
+A run with ``--points`` points of one key is loaded straight into chDB (see
+``_load.py``), then ``stride up`` serves it. For each page size:
+
+* client: ``ApiRun.scan_history(page_size=N)``, iterating every row (dicts),
+  the way a user consumes it;
+* server only: raw ``GET .../scan?page_size=N&cursor=...`` page after page on
+  a kept-alive connection; only the time inside the GET counts (the JSON is
+  parsed outside the clock, to find the next cursor), reported as rows/s and
+  bytes/s.
+
+Small pages are slow by construction (fixed cost per request), so each page
+size scans at most ``--max-pages`` pages (with ``max_step`` bounding the scan).
+Target: >= 1M rows/s.
+
+Usage: python benchmarks/bench_scan.py [--points 2000000] [--page-sizes 1000,10000,100000]
+       [--max-pages 200] [--profile-server FILE]
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import tempfile
+import time
+from contextlib import ExitStack
+from pathlib import Path
+
+import orjson
+from _load import load_series
+from _machine import print_machine
+from _server import Http, Profiler, StrideUp, fmt_rate, verdict
+
+import sdk
+
+TARGET = 1_000_000
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--points", type=int, default=2_000_000)
+    ap.add_argument("--page-sizes", default="1000,10000,100000")
+    ap.add_argument("--max-pages", type=int, default=200, help="cap per page size")
+    ap.add_argument("--profile-server", type=Path, default=None, help="py-spy output for stride up")
+    args = ap.parse_args()
+    print_machine(f"bench_scan: scan_history rows/s over JSON, {args.points} points of one key")
+
+    path = f"default/bench/scan{args.points}"
+    with ExitStack() as stack:
+        tmp = Path(tempfile.mkdtemp(prefix="stride-bench-scan-"))
+        stack.callback(shutil.rmtree, tmp, ignore_errors=True)
+        info = load_series(tmp / "data", {path: args.points})
+        print(
+            f"loaded {int(info['rows'])} points into chDB in {info['load_s']:.1f} s; "
+            f"{int(info['active_parts'])} active parts"
+        )
+        up = stack.enter_context(StrideUp(tmp / "data"))
+        print(f"stride up: pid {up.pid}, {up.http_url}\n")
+        api = sdk.Api(up.http_url)
+        stack.callback(api.close)
+        http = Http(up.http_url)
+        stack.callback(http.close)
+        profiler = stack.enter_context(Profiler(up.pid, args.profile_server))
+        run = api.run(path)
+        list(run.scan_history(page_size=1000, max_step=999))  # warm-up
+
+        print(
+            f"  {'page_size':>9} {'rows':>9} {'pages':>6} | {'client rows/s':>14} "
+            f"| {'server rows/s':>14} {'MB/s':>7} {'ms/page':>8} | vs target (client)"
+        )
+        for page_size in (int(p) for p in args.page_sizes.split(",")):
+            rows_wanted = min(args.points, page_size * args.max_pages)
+            max_step = rows_wanted - 1
+
+            t0 = time.perf_counter()
+            count = 0
+            last = -1
+            for row in run.scan_history(page_size=page_size, max_step=max_step):
+                count += 1
+                last = row["_step"]
+            client_s = time.perf_counter() - t0
+            if count != rows_wanted or last != max_step:
+                raise SystemExit(f"scan returned {count} rows ending at {last}, expected {rows_wanted}")
+
+            get_s = 0.0
+            nbytes = 0
+            pages = 0
+            raw_rows = 0
+            cursor: int | None = None
+            raw_path = f"/api/v1/runs/{path}/scan"
+            while True:
+                params = [("page_size", page_size), ("max_step", max_step), ("cursor", cursor)]
+                t0 = time.perf_counter()
+                body = http.get_raw(raw_path, params)
+                get_s += time.perf_counter() - t0
+                nbytes += len(body)
+                pages += 1
+                page = orjson.loads(body)
+                raw_rows += len(page["columns"]["_step"])
+                cursor = page["next"]
+                if cursor is None:
+                    break
+            if raw_rows != rows_wanted:
+                raise SystemExit(f"raw scan returned {raw_rows} rows, expected {rows_wanted}")
+            client_rate = count / client_s
+            print(
+                f"  {page_size:>9} {count:>9} {pages:>6} | {fmt_rate(client_rate):>14} "
+                f"| {fmt_rate(raw_rows / get_s):>14} {nbytes / get_s / 1e6:>7.1f} "
+                f"{get_s / pages * 1e3:>8.2f} | {verdict(client_rate >= TARGET)}",
+                flush=True,
+            )
+        profiler.__exit__()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,54 @@
+"""Run existence and metric keys, cached so a page costs one storage query.
+
+A run never disappears (there is no delete yet), so a run once found stays
+found. Keys only grow: a cached key list is used while it is younger than
+``ttl`` and contains every key asked for; otherwise it is fetched again, so a
+key logged a moment ago is never refused.
+"""
+
+from __future__ import annotations
+
+import time
+
+from store import DATABASE, AsyncStore
+
+from . import runs as runs_q
+
+_MAX_ENTRIES = 10_000
+
+
+class Catalog:
+    def __init__(self, store: AsyncStore, ttl: float = 1.0) -> None:
+        self._store = store
+        self._ttl = ttl
+        self._runs: set[tuple[str, str, str]] = set()
+        self._keys: dict[tuple[str, str], tuple[float, list[str]]] = {}
+
+    async def run_exists(self, entity: str, project: str, run_id: str) -> bool:
+        ident = (entity, project, run_id)
+        if ident in self._runs:
+            return True
+        if not await runs_q.run_exists(self._store, entity, project, run_id):
+            return False
+        if len(self._runs) >= _MAX_ENTRIES:
+            self._runs.clear()
+        self._runs.add(ident)
+        return True
+
+    async def keys(self, run: str, stream: str, wanted: list[str] | None = None) -> list[str]:
+        cached = self._keys.get((run, stream))
+        if cached is not None:
+            fetched_at, keys = cached
+            fresh = time.monotonic() - fetched_at < self._ttl
+            if fresh and (wanted is None or set(wanted) <= set(keys)):
+                return keys
+        rows = await self._store.query_arrow(
+            f"SELECT DISTINCT key FROM {DATABASE}.run_keys "
+            "WHERE run = {run:String} AND stream = {stream:String} ORDER BY key",
+            {"run": run, "stream": stream},
+        )
+        keys = [str(k) for k in rows.column("key").to_pylist()]
+        if len(self._keys) >= _MAX_ENTRIES:
+            self._keys.clear()
+        self._keys[(run, stream)] = (time.monotonic(), keys)
+        return keys

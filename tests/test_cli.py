@@ -1,0 +1,99 @@
+"""The ``stride`` command: lifecycle of ``stride up`` and clear errors."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+from pathlib import Path
+
+import pytest
+
+import sdk
+
+from .conftest import STRIDE, StrideUp, free_port, stride_up, wait_rows
+
+
+def _stride(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([*STRIDE, *args], capture_output=True, text=True, timeout=timeout)
+
+
+def _nats_children(pid: int) -> list[int]:
+    out = subprocess.run(
+        ["ps", "-o", "pid=,comm=", "--ppid", str(pid)], capture_output=True, text=True
+    )
+    return [int(line.split()[0]) for line in out.stdout.splitlines() if "nats-server" in line]
+
+
+def test_restart_keeps_data_and_sigterm_stops_everything(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    up = StrideUp(data).start()
+    assert up.nats_url.startswith("nats://127.0.0.1:") and up.http_url.startswith(
+        "http://127.0.0.1:"
+    )
+    assert up.proc is not None
+    children = _nats_children(up.proc.pid)
+    assert len(children) == 1
+    with sdk.init(project="restart", id="keep", settings=up.settings(tmp_path / "spool")) as run:
+        for step in range(1000):
+            run.log({"x": float(step)})
+    wait_rows(sdk.Api(up.http_url), run.path, 1000)
+
+    assert up.stop(signal.SIGTERM) == 0
+    assert "stride: stopped" in up.output
+    with pytest.raises(ProcessLookupError):
+        os.kill(children[0], 0)  # the child nats-server is gone too
+
+    with stride_up(data) as again:
+        rows = wait_rows(sdk.Api(again.http_url), "default/restart/keep", 1000)
+        assert [r["x"] for r in rows] == [float(i) for i in range(1000)]
+        assert sdk.Api(again.http_url).run("default/restart/keep").state == "finished"
+
+
+def test_second_stride_up_on_the_same_data_dir_fails_clearly(tmp_path: Path) -> None:
+    with stride_up(tmp_path / "data"):
+        result = _stride(
+            "up", "--data-dir", str(tmp_path / "data"), "--nats-port", "0", "--http-port", "0"
+        )
+    assert result.returncode == 1
+    assert "already used by `stride up`" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("flag", ["--http-port", "--nats-port"])
+def test_port_in_use_is_a_clear_error(tmp_path: Path, flag: str) -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        other = "--nats-port" if flag == "--http-port" else "--http-port"
+        result = _stride("up", "--data-dir", str(tmp_path), flag, str(port), other, "0")
+    assert result.returncode == 1
+    assert f"port {port} on 127.0.0.1 is already in use" in result.stderr
+    assert flag in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_bad_arguments_are_usage_errors(tmp_path: Path) -> None:
+    result = _stride("up", "--http-port", "99999")
+    assert result.returncode == 2
+    assert "port must be 0-65535" in result.stderr
+    result = _stride("frobnicate")
+    assert result.returncode == 2
+
+
+def test_sync_errors_are_clear(tmp_path: Path) -> None:
+    missing = _stride("sync", str(tmp_path / "nope"))
+    assert missing.returncode == 1
+    assert "no spool directory" in missing.stderr
+
+    with sdk.init(
+        project="p", mode="offline", settings=sdk.Settings(spool_dir=tmp_path / "s")
+    ) as run:
+        run.log({"a": 1.0})
+    down = _stride("sync", str(tmp_path / "s"), "--server", f"nats://127.0.0.1:{free_port()}")
+    assert down.returncode == 1
+    assert "cannot reach NATS" in down.stderr
+    assert "Traceback" not in down.stderr
+    assert any((tmp_path / "s").rglob("*.batch"))  # nothing was removed

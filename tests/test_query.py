@@ -1,0 +1,277 @@
+"""The query service and client: runs, sampled history, scans, and errors."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import math
+import threading
+import time
+import urllib.parse
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pytest
+
+import sdk
+from query.runs import _fold
+from sdk import BadRequestError, NotFoundError
+
+from .conftest import StrideUp, wait_for, wait_rows
+
+
+def _log_run(stack: StrideUp, spool: Path, project: str, rows: int, **init: Any) -> str:
+    with sdk.init(project=project, settings=stack.settings(spool), **init) as run:
+        for step in range(rows):
+            # A spike at step 777 that sampling could miss; NaN and inf must survive JSON.
+            loss = 100.0 if step == 777 else 1.0 / (step + 1)
+            extra = {"odd": float(step)} if step % 2 else {}
+            run.log({"loss": loss, "acc": step / rows, **extra})
+        run.log({"weird": math.nan, "loss": math.inf}, step=rows)
+        run.summary["best_acc"] = 0.91
+    return run.path
+
+
+@pytest.fixture(scope="module")
+def logged(stack: StrideUp, tmp_path_factory: pytest.TempPathFactory) -> tuple[sdk.Api, str]:
+    spool = tmp_path_factory.mktemp("spool")
+    path = _log_run(
+        stack,
+        spool,
+        "queries",
+        20_000,
+        name="resnet-a",
+        config={"lr": 1e-3, "model": {"depth": 50}},
+        tags=["baseline"],
+        notes="first try",
+        folder="sweeps/a",
+    )
+    api = sdk.Api(stack.http_url)
+    wait_rows(api, path, 20_001, keys=["loss"])
+    return api, path
+
+
+def test_run_attributes_round_trip(logged: tuple[sdk.Api, str]) -> None:
+    api, path = logged
+    run = api.run(path)
+    assert run.path == path and run.id == path.split("/")[-1]
+    assert run.name == "resnet-a"
+    assert run.state == "finished"
+    assert run.config == {"lr": 1e-3, "model": {"depth": 50}}
+    assert run.config["model.depth"] == 50
+    assert run.summary == {"best_acc": 0.91}
+    assert run.tags == ["baseline"]
+    assert run.notes == "first try"
+    assert run.folder == "sweeps/a"
+    assert run.created_at and run.heartbeat_at and run.created_at <= run.heartbeat_at
+    assert run.exit_code == 0
+    assert run.history_keys == ["acc", "loss", "odd", "weird"]
+
+
+def test_history_is_bounded_deterministic_and_keeps_the_ends(logged: tuple[sdk.Api, str]) -> None:
+    api, path = logged
+    run = api.run(path)
+    first = run.history(samples=500, keys=["loss", "acc"], pandas=False)
+    again = run.history(samples=500, keys=["loss", "acc"], pandas=False)
+    assert first == again
+    assert len(first) <= 500
+    steps = [r["_step"] for r in first]
+    assert steps[0] == 0 and steps[-1] == 20_000
+    assert steps == sorted(set(steps))
+    assert first[-1]["loss"] == math.inf
+    assert {"_step", "_runtime", "_timestamp", "loss"} <= set(first[0])
+
+
+def test_history_small_range_returns_every_row(logged: tuple[sdk.Api, str]) -> None:
+    api, path = logged
+    rows = api.run(path).history(
+        samples=500, keys=["loss"], min_step=100, max_step=199, pandas=False
+    )
+    assert [r["_step"] for r in rows] == list(range(100, 200))
+    assert rows[0]["loss"] == pytest.approx(1 / 101)
+
+
+def test_history_filters_to_the_range_before_sampling(logged: tuple[sdk.Api, str]) -> None:
+    api, path = logged
+    rows = api.run(path).history(
+        samples=50, keys=["acc"], min_step=1000, max_step=9000, pandas=False
+    )
+    steps = [r["_step"] for r in rows]
+    assert len(rows) <= 50
+    assert steps[0] == 1000 and steps[-1] == 9000
+
+
+def test_history_envelope_keeps_a_spike_between_samples(logged: tuple[sdk.Api, str]) -> None:
+    api, path = logged
+    rows = api.run(path).history(
+        samples=20, keys=["loss"], max_step=19_999, envelope=True, pandas=False
+    )
+    assert 777 not in [r["_step"] for r in rows]
+    assert max(r.get("max(loss)", 0.0) for r in rows) == 100.0
+
+
+def test_history_pandas_and_sparse_keys(logged: tuple[sdk.Api, str]) -> None:
+    api, path = logged
+    frame = api.run(path).history(samples=100_000, keys=["odd", "weird"])
+    assert isinstance(frame, pd.DataFrame)
+    assert len(frame) == 10_001  # odd steps, plus the final step that has "weird"
+    assert frame["weird"].isna().all()  # absent at odd steps, a real NaN at the last
+    rows = api.run(path).history(samples=100_000, keys=["odd", "weird"], pandas=False)
+    assert ["weird" in r for r in rows].count(True) == 1  # only the last row has the key
+    assert math.isnan(rows[-1]["weird"])
+
+
+def test_history_x_axis_metric(logged: tuple[sdk.Api, str]) -> None:
+    api, path = logged
+    rows = api.run(path).history(samples=100, keys=["loss"], x_axis="odd", pandas=False)
+    assert rows and all("odd" in r for r in rows)
+
+
+@pytest.mark.parametrize("page_size", [1, 999, 20_000])
+def test_scan_returns_every_row_once_in_order(logged: tuple[sdk.Api, str], page_size: int) -> None:
+    api, path = logged
+    max_step = 800 if page_size == 1 else None
+    rows = list(api.run(path).scan_history(keys=["loss"], page_size=page_size, max_step=max_step))
+    expected = 801 if page_size == 1 else 20_001
+    assert [r["_step"] for r in rows] == list(range(expected))
+    assert rows[5]["loss"] == pytest.approx(1 / 6)
+
+
+def test_scan_with_keys_yields_only_rows_that_have_all_of_them(logged: tuple[sdk.Api, str]) -> None:
+    api, path = logged
+    rows = list(api.run(path).scan_history(keys=["loss", "odd"], page_size=777))
+    assert [r["_step"] for r in rows] == list(range(1, 20_000, 2))
+    assert set(rows[0]) == {"_step", "loss", "odd"}
+
+
+def test_scan_without_keys_carries_what_each_step_has(logged: tuple[sdk.Api, str]) -> None:
+    api, path = logged
+    rows = list(api.run(path).scan_history(page_size=3_000, min_step=10, max_step=13))
+    assert [sorted(r) for r in rows] == [
+        ["_step", "acc", "loss"],
+        ["_step", "acc", "loss", "odd"],
+        ["_step", "acc", "loss"],
+        ["_step", "acc", "loss", "odd"],
+    ]
+
+
+def test_scan_while_the_run_is_being_written(stack: StrideUp, spool: Path) -> None:
+    api = sdk.Api(stack.http_url)
+    run = sdk.init(project="live", settings=stack.settings(spool, linger_s=0.02, flush_rows=200))
+    total = 30_000
+    done = threading.Event()
+
+    def write() -> None:
+        for step in range(total):
+            run.log({"v": float(step)})
+            if step % 1000 == 0:
+                time.sleep(0.01)
+        done.set()
+
+    writer = threading.Thread(target=write)
+    writer.start()
+    wait_for(lambda: _exists(api, run.path))
+    scans = 0
+    while not done.is_set() or scans < 2:
+        rows = list(api.run(run.path).scan_history(page_size=700))
+        steps = [r["_step"] for r in rows]
+        # Whatever has arrived so far is a gap-free, duplicate-free prefix.
+        assert steps == list(range(len(steps)))
+        scans += 1
+    writer.join()
+    run.finish()
+    wait_for(lambda: len(list(api.run(run.path).scan_history(page_size=5000))) == total)
+    assert scans >= 2
+
+
+def _exists(api: sdk.Api, path: str) -> bool:
+    try:
+        api.run(path)
+    except NotFoundError:
+        return False
+    return True
+
+
+def test_runs_are_listed_newest_first_across_pages(stack: StrideUp, spool: Path) -> None:
+    paths = []
+    for i in range(5):
+        with sdk.init(project="listing", name=f"run-{i}", settings=stack.settings(spool)) as run:
+            run.log({"x": 1.0})
+        paths.append(run.path)
+    api = sdk.Api(stack.http_url)
+    wait_for(lambda: len(list(api.runs("default/listing"))) == 5)
+    listed = [r.path for r in api.runs("default/listing", per_page=2)]
+    assert listed == paths[::-1]
+    oldest_first = [r.path for r in api.runs("listing", per_page=3, order="+created_at")]
+    assert oldest_first == paths
+
+
+def _get(stack: StrideUp, path: str, **params: Any) -> tuple[int, dict[str, Any]]:
+    parsed = urllib.parse.urlsplit(stack.http_url)
+    conn = http.client.HTTPConnection(parsed.hostname or "", parsed.port)
+    conn.request("GET", path + "?" + urllib.parse.urlencode(params, doseq=True))
+    response = conn.getresponse()
+    body = json.loads(response.read())
+    conn.close()
+    return response.status, body
+
+
+@pytest.mark.parametrize(
+    ("suffix", "params", "status", "message"),
+    [
+        ("/nope", {}, 404, "not found"),
+        ("/nope/history", {}, 404, "not found"),
+        ("/{id}/history", {"keys": "missing"}, 404, "has no metric 'missing'"),
+        ("/{id}/history", {"samples": 0}, 400, "samples must be between"),
+        ("/{id}/history", {"samples": "many"}, 400, "samples must be an integer"),
+        ("/{id}/history", {"min_step": 5, "max_step": 1}, 400, "greater than max_step"),
+        ("/{id}/scan", {"page_size": 0}, 400, "page_size must be between"),
+        ("/{id}/scan", {"page_size": 10**9}, 400, "page_size must be between"),
+        ("/{id}/scan", {"cursor": "x"}, 400, "cursor must be an integer"),
+        ("/{id}/scan", {"stream": "no/slash"}, 400, "invalid stream"),
+    ],
+)
+def test_bad_requests_get_a_json_4xx_with_the_reason(
+    logged: tuple[sdk.Api, str],
+    stack: StrideUp,
+    suffix: str,
+    params: dict[str, Any],
+    status: int,
+    message: str,
+) -> None:
+    _, path = logged
+    entity, project, run_id = path.split("/")
+    url = f"/api/v1/runs/{entity}/{project}" + suffix.format(id=run_id)
+    got_status, body = _get(stack, url, **params)
+    assert got_status == status
+    assert message in body["error"]
+
+
+def test_client_raises_typed_errors(logged: tuple[sdk.Api, str]) -> None:
+    api, path = logged
+    with pytest.raises(NotFoundError, match="not found"):
+        api.run("default/queries/does-not-exist")
+    with pytest.raises(BadRequestError, match="samples"):
+        api.run(path).history(samples=-1)
+    with pytest.raises(NotFoundError, match="no metric"):
+        list(api.run(path).scan_history(keys=["nope"]))
+    with pytest.raises(BadRequestError, match="order"):
+        list(api.runs("default/queries", order="name"))
+    with pytest.raises(sdk.ServiceUnavailableError, match="cannot reach"):
+        sdk.Api("http://127.0.0.1:9", retries=0).run(path)
+
+
+def test_a_running_run_without_heartbeats_is_reported_crashed() -> None:
+    fields = {"state": '"running"', "heartbeat_at": '"2020-01-01T00:00:00+00:00"'}
+    assert _fold("e", "p", "r", fields, lost_after_s=300)["state"] == "crashed"
+    recent = {"state": '"running"', "heartbeat_at": json.dumps(_now_iso())}
+    assert _fold("e", "p", "r", recent, lost_after_s=300)["state"] == "running"
+    finished = {**fields, "state": '"finished"'}
+    assert _fold("e", "p", "r", finished, lost_after_s=300)["state"] == "finished"
+
+
+def _now_iso() -> str:
+    from datetime import UTC, datetime
+
+    return datetime.now(UTC).isoformat()
