@@ -10,10 +10,10 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+import _server  # noqa: F401  (puts the repository root on sys.path)
 import numpy as np
 import pyarrow as pa
 
-import _server  # noqa: F401  (puts the repository root on sys.path)
 from store import DATABASE
 from store.chdb import ChdbStore
 from store.schema import FIELDS_COLUMNS, KEYS_COLUMNS, POINTS_COLUMNS

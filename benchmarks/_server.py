@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import http.client
 import math
 import os
@@ -20,6 +22,24 @@ import orjson
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
+
+
+def _die_with_parent() -> None:  # runs in the child, before exec
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6").prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
+#: ``preexec_fn`` for benchmark children: SIGTERM them if the benchmark dies (even SIGKILL).
+DIE_WITH_PARENT = _die_with_parent if sys.platform == "linux" else None
+
+
+def handle_sigterm() -> None:
+    """Turn SIGTERM into SystemExit, so ``with``/ExitStack cleanup stops ``stride up``."""
+
+    def _exit(signum: int, frame: object) -> None:
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, _exit)
 
 
 class StrideUp:
@@ -53,6 +73,7 @@ class StrideUp:
             text=True,
             bufsize=1,
             cwd=ROOT,
+            preexec_fn=DIE_WITH_PARENT,
         )
         assert self.proc.stdout is not None
         deadline = time.monotonic() + self.start_timeout
@@ -208,10 +229,8 @@ def child_pids(pid: int) -> list[int]:
     """Direct children of ``pid``, whichever of its threads started them."""
     found: list[int] = []
     for children in Path(f"/proc/{pid}/task").glob("*/children"):
-        try:
+        with contextlib.suppress(OSError):
             found += [int(p) for p in children.read_text().split()]
-        except OSError:
-            pass
     return sorted(found)
 
 
@@ -233,8 +252,10 @@ class Profiler:
         fmt = {".txt": "raw", ".json": "speedscope"}.get(self.output.suffix, "flamegraph")
         py_spy = Path(sys.executable).parent / "py-spy"
         self.proc = subprocess.Popen(
-            [str(py_spy), "record", "--pid", str(self.pid), "--output", str(self.output)]
-            + ["--rate", str(self.rate), "--nonblocking", "--threads", "--format", fmt],
+            [
+                *(str(py_spy), "record", "--pid", str(self.pid), "--output", str(self.output)),
+                *("--rate", str(self.rate), "--nonblocking", "--threads", "--format", fmt),
+            ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )

@@ -30,6 +30,7 @@ from pathlib import Path
 
 from _machine import cpu_ticks, print_machine
 from _server import (
+    DIE_WITH_PARENT,
     ROOT,
     Http,
     Profiler,
@@ -37,6 +38,7 @@ from _server import (
     child_pids,
     cpu_seconds,
     fmt_rate,
+    handle_sigterm,
     verdict,
     wait_for_points,
 )
@@ -122,14 +124,13 @@ def main() -> None:
     ap.add_argument(
         "--profile-server", type=Path, default=None, help="py-spy output (.svg, .txt, .json)"
     )
-    ap.add_argument(
-        "--profile-writer", type=Path, default=None, help="py-spy output for writer 0"
-    )
+    ap.add_argument("--profile-writer", type=Path, default=None, help="py-spy output for writer 0")
     ap.add_argument("--writer", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--server", help=argparse.SUPPRESS)
     ap.add_argument("--spool", help=argparse.SUPPRESS)
     ap.add_argument("--run-id", help=argparse.SUPPRESS)
     args = ap.parse_args()
+    handle_sigterm()
     if args.writer:
         writer_main(args)
         return
@@ -166,7 +167,12 @@ def main() -> None:
             cmd += ["--spool", str(tmp / "spool"), "--run-id", run_id, "--rows", str(args.rows)]
             writers.append(
                 subprocess.Popen(
-                    cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=ROOT
+                    cmd,
+                    stdin=subprocess.PIPE,
+                    stdout=subprocess.PIPE,
+                    text=True,
+                    cwd=ROOT,
+                    preexec_fn=DIE_WITH_PARENT,
                 )
             )
         for w in writers:

@@ -30,7 +30,7 @@ from pathlib import Path
 
 from _load import load_series
 from _machine import print_machine
-from _server import Http, Profiler, StrideUp, percentile, verdict
+from _server import Http, Profiler, StrideUp, handle_sigterm, percentile, verdict
 
 import sdk
 
@@ -50,7 +50,11 @@ def timed(fn: Callable[[], object], reps: int) -> tuple[dict[str, float], object
 
 
 def line(name: str, stats: dict[str, float], target: bool) -> None:
-    mark = f"   (target <= {TARGET_MS:g} ms: {verdict(stats['median'] <= TARGET_MS)})" if target else ""
+    mark = (
+        f"   (target <= {TARGET_MS:g} ms: {verdict(stats['median'] <= TARGET_MS)})"
+        if target
+        else ""
+    )
     print(
         f"  {name:<44} median {stats['median']:8.1f} ms   p90 {stats['p90']:8.1f} ms   "
         f"min {stats['min']:8.1f} ms{mark}"
@@ -65,6 +69,7 @@ def main() -> None:
     ap.add_argument("--optimize", action="store_true", help="OPTIMIZE TABLE FINAL after loading")
     ap.add_argument("--profile-server", type=Path, default=None, help="py-spy output for stride up")
     args = ap.parse_args()
+    handle_sigterm()
     print_machine(f"bench_history: history(samples={SAMPLES}) latency")
 
     series = {f"default/bench/hist{args.points}": args.points}
@@ -76,7 +81,8 @@ def main() -> None:
         info = load_series(tmp / "data", series, optimize=args.optimize)
         print(
             f"loaded {int(info['rows'])} points into chDB in {info['load_s']:.1f} s "
-            f"({info['total_s']:.1f} s with open/close{', OPTIMIZE FINAL' if args.optimize else ''}); "
+            f"({info['total_s']:.1f} s with open/close"
+            f"{', OPTIMIZE FINAL' if args.optimize else ''}); "
             f"{int(info['active_parts'])} active parts in stride.points"
         )
         up = stack.enter_context(StrideUp(tmp / "data"))

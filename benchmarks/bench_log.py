@@ -28,7 +28,7 @@ from pathlib import Path
 from time import perf_counter_ns
 
 from _machine import print_machine
-from _server import Http, StrideUp, fmt_rate, percentile, verdict, wait_for_points
+from _server import Http, StrideUp, fmt_rate, handle_sigterm, percentile, verdict, wait_for_points
 
 import sdk
 from sdk import Settings
@@ -105,7 +105,8 @@ class GcPauses:
             p = [ms for g, ms in self.pauses if g == gen]
             if p:
                 print(
-                    f"  gc gen{gen}: {len(p):>4} collections, {sum(p):7.1f} ms total, max {max(p):.2f} ms"
+                    f"  gc gen{gen}: {len(p):>4} collections, {sum(p):7.1f} ms total, "
+                    f"max {max(p):.2f} ms"
                 )
 
 
@@ -139,6 +140,7 @@ def main() -> None:
     )
     ap.add_argument("--warmup", type=int, default=2_000, help="untimed log() calls first")
     args = ap.parse_args()
+    handle_sigterm()
     if args.switch_interval is not None:
         sys.setswitchinterval(args.switch_interval)
     print_machine(f"bench_log: log() latency, mode={args.mode}, {args.calls} calls, 10-key dict")

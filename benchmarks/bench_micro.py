@@ -23,9 +23,9 @@ from time import perf_counter_ns
 from time import time as _now
 
 import numpy as np
-
 from _machine import print_machine
 from _server import fmt_rate  # also puts the repository root on sys.path
+
 from ingest._tables import build_tables
 from query._columns import Columns
 from sdk._buffer import MetricBuffer, Row, to_blocks

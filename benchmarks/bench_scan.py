@@ -30,7 +30,7 @@ from pathlib import Path
 import orjson
 from _load import load_series
 from _machine import print_machine
-from _server import Http, Profiler, StrideUp, fmt_rate, verdict
+from _server import Http, Profiler, StrideUp, fmt_rate, handle_sigterm, verdict
 
 import sdk
 
@@ -44,6 +44,7 @@ def main() -> None:
     ap.add_argument("--max-pages", type=int, default=200, help="cap per page size")
     ap.add_argument("--profile-server", type=Path, default=None, help="py-spy output for stride up")
     args = ap.parse_args()
+    handle_sigterm()
     print_machine(f"bench_scan: scan_history rows/s over JSON, {args.points} points of one key")
 
     path = f"default/bench/scan{args.points}"
@@ -81,7 +82,9 @@ def main() -> None:
                 last = row["_step"]
             client_s = time.perf_counter() - t0
             if count != rows_wanted or last != max_step:
-                raise SystemExit(f"scan returned {count} rows ending at {last}, expected {rows_wanted}")
+                raise SystemExit(
+                    f"scan returned {count} rows ending at {last}, expected {rows_wanted}"
+                )
 
             get_s = 0.0
             nbytes = 0

@@ -41,10 +41,6 @@ from .wire import INGEST_SUBJECT, WIRE_VERSION, Batch, decode_batch, encode_batc
 
 log = logging.getLogger("stride")
 
-#: Rows converted per step before the flusher lets the training thread run again,
-#: so that log() never waits long for the GIL.
-_CONVERT_CHUNK = 512
-
 
 @dataclasses.dataclass(frozen=True)
 class RunIdentity:
@@ -239,17 +235,15 @@ class Flusher:
         return self._js is not None and self._nc is not None and self._nc.is_connected
 
     async def _flush(self, *, heartbeat: bool) -> None:
-        rows = self._buffer.take()
+        groups = self._buffer.take()
         with self._fields_lock:
             set_, self._set = self._set, {}
             set_once, self._set_once = self._set_once, {}
         sent_any = False
-        for start in range(0, len(rows), _CONVERT_CHUNK):
-            chunk = rows[start : start + _CONVERT_CHUNK]
-            for blocks in to_blocks(chunk, self._stream, self._settings.max_batch_bytes):
-                await self._send(self._batch(set_, set_once, blocks))
-                set_, set_once, sent_any = {}, {}, True
-            time.sleep(0)  # hand the GIL back to the training thread between chunks
+        for blocks in to_blocks(groups, self._stream, self._settings.max_batch_bytes):
+            await self._send(self._batch(set_, set_once, blocks))
+            set_, set_once, sent_any = {}, {}, True
+            time.sleep(0)  # hand the GIL back to the training thread between batches
         if set_ or set_once or (heartbeat and not sent_any):
             await self._send(self._batch(set_, set_once, []))
 
@@ -382,11 +376,11 @@ class Flusher:
                 await asyncio.wait_for(self._nc.close(), timeout=2.0)
 
     def _spool_everything_left(self) -> None:
-        rows = self._buffer.take()
+        groups = self._buffer.take()
         with self._fields_lock:
             set_, set_once = self._set, self._set_once
             self._set, self._set_once = {}, {}
-        for blocks in to_blocks(rows, self._stream, self._settings.max_batch_bytes):
+        for blocks in to_blocks(groups, self._stream, self._settings.max_batch_bytes):
             batch = self._batch(set_, set_once, blocks)
             self._spool_batch(batch.seq, encode_batch(batch))
             set_, set_once = {}, {}

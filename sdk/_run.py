@@ -181,11 +181,12 @@ class Run:
         if keys not in self._known_keys:
             self._check_keys(keys)
         try:
-            values = array("d", data.values())
+            # array() checks, in C, that every value is a number.
+            values = array("d", data.values()).tobytes()
         except TypeError:
             raise self._value_error(data) from None
-        row = (step, ts - self._t0 if time is None else float(time), ts, keys, values)
-        if self._buffer.append(row) >= self._max_rows:
+        t = ts - self._t0 if time is None else float(time)
+        if self._buffer.append(step, t, ts, keys, values) >= self._max_rows:
             self._buffer_full()
 
     def finish(

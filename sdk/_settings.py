@@ -52,6 +52,7 @@ class Settings:
     reconnect_interval_s: float = 1.0
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "spool_dir", Path(self.spool_dir))  # accept a str too
         for field in dataclasses.fields(self):
             value = getattr(self, field.name)
             if isinstance(value, int | float) and value <= 0:
@@ -67,6 +68,4 @@ class Settings:
         if env.get("STRIDE_SPOOL_DIR"):
             values["spool_dir"] = Path(env["STRIDE_SPOOL_DIR"])
         values.update({k: v for k, v in overrides.items() if v is not None})
-        if "spool_dir" in values:
-            values["spool_dir"] = Path(values["spool_dir"])
         return cls(**values)

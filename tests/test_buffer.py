@@ -1,4 +1,4 @@
-"""Rows to columnar blocks: grouping, order and size bounds."""
+"""The columnar buffer and its cut into blocks: grouping, order and size bounds."""
 
 from __future__ import annotations
 
@@ -6,43 +6,54 @@ from array import array
 
 import numpy as np
 
-from sdk._buffer import MetricBuffer, Row, to_blocks
+from sdk._buffer import MetricBuffer, to_blocks
 
 
-def _row(step: int, data: dict[str, float]) -> Row:
-    return (step, step * 0.5, 1e9 + step, tuple(data), array("d", data.values()))
+def _buffer(rows: list[tuple[int, dict[str, float]]]) -> MetricBuffer:
+    buffer = MetricBuffer(max_rows=10**9)
+    for step, data in rows:
+        values = array("d", data.values()).tobytes()
+        buffer.append(step, step * 0.5, 1e9 + step, tuple(data), values)
+    return buffer
 
 
 def test_rows_with_the_same_keys_share_one_block_in_order() -> None:
-    rows = [_row(i, {"loss": i * 1.0, "acc": -i * 1.0}) for i in range(10)]
-    rows.insert(5, _row(100, {"lr": 0.1}))
-    [blocks] = list(to_blocks(rows, "default", 1 << 20))
+    rows = [(i, {"loss": i * 1.0, "acc": -i * 1.0}) for i in range(10)]
+    rows.insert(5, (100, {"lr": 0.1}))
+    [blocks] = list(to_blocks(_buffer(rows).take(), "default", 1 << 20))
     assert [b.keys for b in blocks] == [["loss", "acc"], ["lr"]]
     loss = blocks[0]
     assert np.frombuffer(loss.steps, "<i8").tolist() == list(range(10))
     assert np.frombuffer(loss.values[0], "<f8").tolist() == [i * 1.0 for i in range(10)]
     assert np.frombuffer(loss.values[1], "<f8").tolist() == [-i * 1.0 for i in range(10)]
     assert np.frombuffer(loss.times, "<f8").tolist() == [i * 0.5 for i in range(10)]
+    assert np.frombuffer(blocks[1].steps, "<i8").tolist() == [100]
 
 
 def test_batches_respect_the_byte_limit_and_lose_nothing() -> None:
-    rows = [_row(i, {f"k{j}": float(i) for j in range(10)}) for i in range(5000)]
+    rows = [(i, {f"k{j}": float(i * 10 + j) for j in range(10)}) for i in range(5000)]
     limit = 64 * 1024
-    chunks = list(to_blocks(rows, "default", limit))
+    chunks = list(to_blocks(_buffer(rows).take(), "default", limit))
     assert len(chunks) > 1
-    steps = []
+    steps: list[int] = []
     for chunk in chunks:
         size = sum(len(b.steps) * 3 + sum(len(v) for v in b.values) for b in chunk)
         assert size <= limit
         for block in chunk:
-            steps.extend(np.frombuffer(block.steps, "<i8").tolist())
+            block_steps = np.frombuffer(block.steps, "<i8")
+            assert np.frombuffer(block.values[3], "<f8").tolist() == (block_steps * 10 + 3).tolist()
+            steps.extend(block_steps.tolist())
     assert steps == list(range(5000))
 
 
 def test_buffer_take_empties_it_and_reports_its_size() -> None:
     buffer = MetricBuffer(max_rows=3)
-    assert buffer.append(_row(0, {"a": 1.0})) == 1
-    assert buffer.append(_row(1, {"a": 1.0})) == 2
-    assert [r[0] for r in buffer.take()] == [0, 1]
+    one = array("d", [1.0]).tobytes()
+    assert buffer.append(0, 0.0, 0.0, ("a",), one) == 1
+    assert buffer.append(1, 0.0, 0.0, ("a",), one) == 2
+    assert buffer.append(2, 0.0, 0.0, ("a",), one) == 3
+    assert not buffer.wait_for_room(0.01)  # full: waits, bounded, and says so
+    groups = buffer.take()
+    assert list(groups[("a",)].steps) == [0, 1, 2]
     assert len(buffer) == 0
     assert buffer.wait_for_room(0.01)

@@ -128,6 +128,10 @@ def test_entity_comes_from_the_environment(tmp_path: Path, monkeypatch: pytest.M
     run.finish()
 
 
+def test_settings_accept_a_string_spool_dir(tmp_path: Path) -> None:
+    assert Settings(spool_dir=str(tmp_path)).spool_dir == tmp_path  # type: ignore[arg-type]
+
+
 def test_settings_reject_nonsense() -> None:
     with pytest.raises(ValueError, match="linger_s must be positive"):
         Settings(linger_s=0)

@@ -7,16 +7,16 @@ from array import array
 import msgspec
 import pytest
 
-from sdk._buffer import to_blocks
+from sdk._buffer import MetricBuffer, to_blocks
 from sdk.wire import WIRE_VERSION, Batch, MetricBlock, WireError, decode_batch, encode_batch
 
 
 def _batch(**changes: object) -> Batch:
-    rows = [
-        (i, float(i), 1e9 + i, ("loss", "acc"), array("d", [1.0 / (i + 1), i / 10]))
-        for i in range(5)
-    ]
-    blocks = next(to_blocks(rows, "default", 1 << 20))
+    buffer = MetricBuffer(max_rows=100)
+    for i in range(5):
+        values = array("d", [1.0 / (i + 1), i / 10]).tobytes()
+        buffer.append(i, float(i), 1e9 + i, ("loss", "acc"), values)
+    blocks = next(to_blocks(buffer.take(), "default", 1 << 20))
     fields = dict(
         v=WIRE_VERSION, entity="e", project="p", run_id="r", writer="w", seq=3, ver=10,
         set={"state": '"running"'}, set_once={"created_at": '"t"'}, metrics=blocks,
