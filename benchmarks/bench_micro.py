@@ -16,9 +16,14 @@ Usage: python benchmarks/bench_micro.py [--rows 4096] [--keys 10] [--repeat 7]
 from __future__ import annotations
 
 import argparse
+import shutil
+import struct
+import tempfile
+import threading
 import time
 from array import array
 from collections.abc import Callable
+from pathlib import Path
 from time import perf_counter_ns
 from time import time as _now
 
@@ -26,9 +31,11 @@ import numpy as np
 from _machine import print_machine
 from _server import fmt_rate  # also puts the repository root on sys.path
 
+import sdk
 from ingest._tables import build_tables
 from query._columns import Columns
-from sdk._buffer import MetricBuffer, Row, to_blocks
+from sdk import Settings
+from sdk._buffer import Groups, MetricBuffer, to_blocks
 from sdk.wire import WIRE_VERSION, Batch, decode_batch, encode_batch
 
 
@@ -42,13 +49,54 @@ def best_ns(fn: Callable[[], object], ops: int, repeat: int) -> float:
     return best / ops
 
 
-def make_rows(n: int, keys: tuple[str, ...]) -> list[Row]:
+def make_groups(n: int, keys: tuple[str, ...]) -> Groups:
+    """``n`` rows of ``keys`` as the buffer holds them (what the flusher takes)."""
+    buf = MetricBuffer(10**9)
     t0 = _now()
-    rows: list[Row] = []
     for i in range(n):
-        values = array("d", [i * 0.001 + j for j in range(len(keys))])
-        rows.append((i, 0.001 * i, t0 + 0.001 * i, keys, values))
-    return rows
+        values = array("d", [i * 0.001 + j for j in range(len(keys))]).tobytes()
+        buf.append(i, 0.001 * i, t0 + 0.001 * i, keys, values)
+    return buf.take()
+
+
+def log_alone_ns(calls: int, repeat: int) -> float:
+    """Best ns per ``Run.log()`` with the flusher idle (offline, nothing due before finish)."""
+    tmp = Path(tempfile.mkdtemp(prefix="stride-bench-micro-"))
+    try:
+        settings = Settings(
+            spool_dir=tmp,
+            flush_rows=10**9,
+            linger_s=3600.0,
+            heartbeat_s=3600.0,
+            max_buffer_rows=10**9,
+        )
+        run = sdk.init(project="bench", mode="offline", settings=settings)
+        time.sleep(0.2)  # the flusher sends its first (fields) batch, then idles
+
+        def loop() -> None:
+            log = run.log
+            for i in range(calls):
+                x = i * 0.001
+                log(
+                    {
+                        "metric_0": x,
+                        "metric_1": x,
+                        "metric_2": x,
+                        "metric_3": x,
+                        "metric_4": x,
+                        "metric_5": x,
+                        "metric_6": x,
+                        "metric_7": x,
+                        "metric_8": x,
+                        "metric_9": x,
+                    }
+                )
+
+        ns = best_ns(loop, calls, repeat)
+        run.finish()
+        return ns
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def make_batch(seq: int, blocks: list) -> Batch:  # type: ignore[type-arg]
@@ -74,7 +122,7 @@ def main() -> None:
     print_machine("bench_micro: per-op costs on the log/ingest/query paths")
     n, repeat = args.rows, args.repeat
     keys = tuple(f"metric_{j}" for j in range(args.keys))
-    rows = make_rows(n, keys)
+    groups = make_groups(n, keys)
     results: list[tuple[str, float, str]] = []
 
     def add(name: str, ns: float, unit: str) -> None:
@@ -108,12 +156,14 @@ def main() -> None:
 
     def t_array() -> None:
         for _ in range(loop_n):
-            array("d", data.values())
+            array("d", data.values()).tobytes()
 
-    def t_row() -> None:
-        v = array("d", data.values())
-        for i in range(loop_n):
-            _ = (i, 1.0 - 0.5, 1.0, keys, v)
+    packer = struct.Struct(f"<{len(keys)}d")
+
+    def t_struct() -> None:
+        pack = packer.pack
+        for _ in range(loop_n):
+            pack(*data.values())
 
     def t_dict() -> None:
         for i in range(loop_n):
@@ -131,17 +181,19 @@ def main() -> None:
                 "metric_9": x,
             }
 
+    values = array("d", data.values()).tobytes()
+
     def t_append() -> None:
         buf = MetricBuffer(10**9)
-        row = rows[0]
-        for _ in range(loop_n):
-            buf.append(row)
+        append = buf.append
+        for i in range(loop_n):
+            append(i, 0.5, 1.0, keys, values)
 
-    def t_list_append() -> None:
-        lst: list[Row] = []
-        row = rows[0]
+    def t_lock() -> None:
+        lock = threading.Lock()
         for _ in range(loop_n):
-            lst.append(row)
+            with lock:
+                pass
 
     def t_timer() -> None:
         for _ in range(loop_n):
@@ -152,22 +204,27 @@ def main() -> None:
         ("time.time()", t_clock),
         ("tuple(data)  (10 keys)", t_tuple),
         ("keys in known_keys (set of tuples)", t_known),
-        ("array('d', data.values())", t_array),
-        ("row tuple construction", t_row),
+        ("array('d', data.values()).tobytes()", t_array),
+        ("  alternative: cached struct.Struct('<10d').pack(*values)", t_struct),
+        ("MetricBuffer.append (lock + 4 array appends)", t_append),
+        ("  of which: uncontended `with threading.Lock()`", t_lock),
         ("10-key dict literal (user side, not log())", t_dict),
-        ("MetricBuffer.append (lock + list append)", t_append),
-        ("plain list.append (no lock), for contrast", t_list_append),
         ("2x perf_counter_ns (timing overhead in bench_log)", t_timer),
     ):
         add(name, best_ns(fn, loop_n, repeat) - base, "call")
 
+    whole = log_alone_ns(loop_n // 2, repeat) - base
+    add("Run.log(dict literal), flusher idle (offline)", whole, "call")
+    dict_ns = next(ns for name, ns, _ in results if name.startswith("10-key dict"))
+    add("  => Run.log() alone (minus the dict literal)", whole - dict_ns, "call")
+
     print("\nflusher side:")
     add(
         "to_blocks, per row",
-        best_ns(lambda: list(to_blocks(rows, "default", 900_000)), n, repeat),
+        best_ns(lambda: list(to_blocks(groups, "default", 900_000)), n, repeat),
         "row",
     )
-    chunks = list(to_blocks(rows, "default", 900_000))
+    chunks = list(to_blocks(groups, "default", 900_000))
     batches = [make_batch(i, blocks) for i, blocks in enumerate(chunks)]
     payloads = [encode_batch(b) for b in batches]
     size = sum(len(p) for p in payloads)

@@ -14,7 +14,7 @@ import pyarrow as pa
 from chdb import session as chdb_session
 
 from .errors import StoreError
-from .schema import DDL
+from .schema import prepare
 
 
 class ChdbStore:
@@ -26,8 +26,7 @@ class ChdbStore:
             self._session = chdb_session.Session(str(path))
         except Exception as exc:
             raise StoreError(f"cannot open the ClickHouse data directory {path}: {exc}") from exc
-        for statement in DDL:
-            self.command(statement)
+        prepare(self)
 
     def insert_arrow(self, table: str, columns: tuple[str, ...], data: pa.Table) -> None:
         names = ", ".join(columns)

@@ -14,11 +14,36 @@ Idempotent storage, which makes at-least-once delivery exactly-once in effect:
   skips a batch it has already applied (a re-sync after JetStream's duplicate
   window), so derived tables are not fed twice.
 * ``run_keys`` lists the metric keys of each run and stream.
+* ``points_rollup`` is kept by a materialized view on ``points``: per
+  ``ROLLUP_STEPS``-step bucket of each series, the point count, the min and
+  max value (NaN ignored) and the first and last point (ties on a step go to
+  the newest version). Sampled history over millions of points reads this,
+  not the raw points. Its aggregates are invariant under merges, so answers
+  are deterministic; a point re-logged with a new value still counts its old
+  value in ``vmin``/``vmax`` (the envelope may be wider, never narrower).
 """
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from ._base import Store
+
 DATABASE = "stride"
+
+#: Steps per rollup bucket.
+ROLLUP_STEPS = 256
+#: The bucket of a step (floor division, also for negative steps).
+BUCKET_SQL = f"intDiv(step + if(step < 0, {1 - ROLLUP_STEPS}, 0), {ROLLUP_STEPS})"
+#: A point as (step, value, time, timestamp), and its rank for first/last.
+POINT_SQL = "(step, value, time, timestamp)"
+FIRST_SQL = f"argMin({POINT_SQL}, (step, -toInt64(ver)))"
+LAST_SQL = f"argMax({POINT_SQL}, (step, ver))"
+#: Envelope of the values, NaN ignored (+inf/-inf when a bucket holds only NaN).
+VMIN_SQL = "min(if(isNaN(value), inf, value))"
+VMAX_SQL = "max(if(isNaN(value), -inf, value))"
+_POINT_TYPE = "Tuple(Int64, Float64, Float64, Float64)"
 
 POINTS_COLUMNS = ("run", "stream", "key", "step", "time", "timestamp", "value", "ver")
 FIELDS_COLUMNS = ("entity", "project", "run_id", "field", "value", "ver")
@@ -56,6 +81,28 @@ DDL = (
         applied_at DateTime64(3) DEFAULT now64(3)
     ) ENGINE = ReplacingMergeTree
     ORDER BY (run, writer, seq)""",
+    f"""CREATE TABLE IF NOT EXISTS {DATABASE}.points_rollup (
+        run String,
+        stream LowCardinality(String),
+        key LowCardinality(String),
+        bucket Int64,
+        n SimpleAggregateFunction(sum, UInt64),
+        vmin SimpleAggregateFunction(min, Float64),
+        vmax SimpleAggregateFunction(max, Float64),
+        first AggregateFunction(argMin, {_POINT_TYPE}, Tuple(Int64, Int64)),
+        last AggregateFunction(argMax, {_POINT_TYPE}, Tuple(Int64, UInt64))
+    ) ENGINE = AggregatingMergeTree
+    ORDER BY (run, stream, key, bucket)""",
+    f"""CREATE MATERIALIZED VIEW IF NOT EXISTS {DATABASE}.points_rollup_mv
+    TO {DATABASE}.points_rollup AS
+    SELECT run, stream, key, {BUCKET_SQL} AS bucket,
+        count() AS n,
+        {VMIN_SQL} AS vmin,
+        {VMAX_SQL} AS vmax,
+        argMinState({POINT_SQL}, (step, -toInt64(ver))) AS first,
+        argMaxState({POINT_SQL}, (step, ver)) AS last
+    FROM {DATABASE}.points
+    GROUP BY run, stream, key, bucket""",
     f"""CREATE TABLE IF NOT EXISTS {DATABASE}.run_keys (
         run String,
         stream LowCardinality(String),
@@ -64,5 +111,25 @@ DDL = (
     ORDER BY (run, stream, key)""",
 )
 
+#: Run after DDL: fill the rollup from points written before it existed.
+BACKFILL_ROLLUP = f"""INSERT INTO {DATABASE}.points_rollup
+    SELECT run, stream, key, {BUCKET_SQL} AS bucket, count(), {VMIN_SQL}, {VMAX_SQL},
+        argMinState({POINT_SQL}, (step, -toInt64(ver))), argMaxState({POINT_SQL}, (step, ver))
+    FROM {DATABASE}.points GROUP BY run, stream, key, bucket"""
+
 #: ``ver`` for first-write-wins fields: the earliest batch gets the largest version.
 MAX_VER = 2**64 - 1
+
+
+def prepare(store: Store) -> None:
+    """Create everything (idempotent) and backfill the rollup if it is new."""
+    for statement in DDL:
+        store.command(statement)
+    has_points = store.query_arrow(
+        f"SELECT count() AS n FROM (SELECT 1 FROM {DATABASE}.points LIMIT 1)"
+    )
+    has_rollup = store.query_arrow(
+        f"SELECT count() AS n FROM (SELECT 1 FROM {DATABASE}.points_rollup LIMIT 1)"
+    )
+    if has_points.column("n")[0].as_py() and not has_rollup.column("n")[0].as_py():
+        store.command(BACKFILL_ROLLUP)

@@ -275,3 +275,68 @@ def _now_iso() -> str:
     from datetime import UTC, datetime
 
     return datetime.now(UTC).isoformat()
+
+
+@pytest.mark.parametrize(
+    ("samples", "min_step", "max_step"),
+    [
+        (500, None, None),  # raw buckets
+        (20, None, None),  # rollup buckets
+        (7, 1000, 19_000),  # rollup, with partial edge buckets read raw
+        (50, 333, 17_777),
+        (3, None, 999),
+        (1000, 5, 5),  # a single point
+        (2, 0, 20_000),
+    ],
+)
+def test_history_points_are_real_and_the_envelope_covers_the_range(
+    logged: tuple[sdk.Api, str], samples: int, min_step: int | None, max_step: int | None
+) -> None:
+    api, path = logged
+    run = api.run(path)
+    truth = {
+        r["_step"]: r["loss"]
+        for r in run.scan_history(
+            keys=["loss"], page_size=50_000, min_step=min_step, max_step=max_step
+        )
+    }
+    rows = run.history(
+        samples=samples,
+        keys=["loss"],
+        min_step=min_step,
+        max_step=max_step,
+        envelope=True,
+        pandas=False,
+    )
+    steps = [r["_step"] for r in rows]
+    assert 1 <= len(rows) <= samples
+    assert steps == sorted(set(steps))
+    assert steps[0] == min(truth) and steps[-1] == max(truth)
+    for row in rows:
+        assert row["loss"] == truth[row["_step"]]
+    finite = [v for v in truth.values() if not math.isnan(v)]
+    assert max(r.get("max(loss)", -math.inf) for r in rows) >= max(finite) or len(rows) == len(
+        truth
+    )
+    assert min(r.get("min(loss)", math.inf) for r in rows) <= min(finite) or len(rows) == len(truth)
+
+
+def test_relogged_steps_keep_the_last_value(stack: StrideUp, spool: Path) -> None:
+    settings = stack.settings(spool, flush_rows=10)
+    with sdk.init(project="relog", settings=settings) as run:
+        for step in range(1000):
+            run.log({"v": 1.0}, step=step)
+        for step in range(0, 1000, 10):
+            run.log({"v": 2.0}, step=step)  # a later batch replaces these
+        run.log({"v": 3.0}, step=5)
+        run.log({"v": 4.0}, step=5)  # same batch, logged twice: the later one wins
+    api = sdk.Api(stack.http_url)
+    rows = wait_rows(api, run.path, 1000)
+    assert len(rows) == 1000
+    assert rows[5]["v"] == 4.0
+    assert [r["v"] for r in rows[::10]] == [2.0] * 100
+    sampled = api.run(run.path).history(samples=20, pandas=False)
+    assert all(
+        r["v"] == (4.0 if r["_step"] == 5 else 2.0 if r["_step"] % 10 == 0 else 1.0)
+        for r in sampled
+    )
