@@ -49,9 +49,12 @@ class StrideUp:
     killed if it does not stop) on exit, errors included.
     """
 
-    def __init__(self, data_dir: Path, *, start_timeout: float = 60.0) -> None:
+    def __init__(
+        self, data_dir: Path, *, start_timeout: float = 60.0, cpus: set[int] | None = None
+    ) -> None:
         self.data_dir = data_dir
         self.start_timeout = start_timeout
+        self.cpus = cpus  # pin stride up (and nats-server) to these CPUs
         self.proc: subprocess.Popen[str] | None = None
         self.nats_url = ""
         self.http_url = ""
@@ -73,7 +76,7 @@ class StrideUp:
             text=True,
             bufsize=1,
             cwd=ROOT,
-            preexec_fn=DIE_WITH_PARENT,
+            preexec_fn=self._preexec,
         )
         assert self.proc.stdout is not None
         deadline = time.monotonic() + self.start_timeout
@@ -94,6 +97,12 @@ class StrideUp:
                 return self
         self.stop()
         raise RuntimeError("stride up did not start:\n" + "\n".join(self.output[-20:]))
+
+    def _preexec(self) -> None:  # in the child, before exec
+        if DIE_WITH_PARENT is not None:
+            DIE_WITH_PARENT()
+        if self.cpus:
+            os.sched_setaffinity(0, self.cpus)
 
     def _wait_for_stream(self, deadline: float) -> None:
         """``stride up`` prints its addresses before ingest has created the JetStream

@@ -18,9 +18,11 @@ from __future__ import annotations
 
 import argparse
 import gc
+import os
 import shutil
 import sys
 import tempfile
+import threading
 import time
 from array import array
 from contextlib import ExitStack
@@ -138,6 +140,11 @@ def main() -> None:
     ap.add_argument(
         "--switch-interval", type=float, default=None, help="sys.setswitchinterval (s), to study"
     )
+    ap.add_argument(
+        "--pin",
+        action="store_true",
+        help="CPU 0 for the training thread only; flusher, stride up and nats-server on CPU 1",
+    )
     ap.add_argument("--warmup", type=int, default=2_000, help="untimed log() calls first")
     args = ap.parse_args()
     handle_sigterm()
@@ -151,7 +158,8 @@ def main() -> None:
         print(f"GIL switch interval: {sys.getswitchinterval() * 1e3:g} ms")
         up: StrideUp | None = None
         if args.mode == "online":
-            up = stack.enter_context(StrideUp(tmp / "data"))
+            cpus = {1} if args.pin else None
+            up = stack.enter_context(StrideUp(tmp / "data", cpus=cpus))
             print(f"stride up: pid {up.pid}, {up.nats_url}, {up.http_url}")
             settings = Settings(server=up.nats_url, spool_dir=tmp / "spool")
         else:
@@ -159,6 +167,12 @@ def main() -> None:
 
         run = sdk.init(project="bench", name="log-latency", mode=args.mode, settings=settings)
         stack.callback(run.finish)  # no-op once finished; flushes on error
+        if args.pin:
+            os.sched_setaffinity(0, {0})
+            flusher = next(t for t in threading.enumerate() if t.name == "stride-flusher")
+            assert flusher.native_id is not None
+            os.sched_setaffinity(flusher.native_id, {1})
+            print("pinned: training thread on CPU 0; flusher, stride up, nats-server on CPU 1")
         for i in range(args.warmup):
             run.log(dict.fromkeys(KEYS, i * 0.5))
         time.sleep(0.3)  # let the flusher connect and send the warm-up rows

@@ -2,8 +2,8 @@
 
 Within ``[min_step, max_step]`` the steps span ``[lo, hi]``. When the range
 holds at most ``samples`` points, every row is returned. Otherwise the range
-is cut into equal buckets; each key keeps its first point in each bucket and
-its point at ``hi``, and buckets merge in pairs until the rows fit in
+is cut into buckets; each key keeps its first point in each bucket and its
+point at ``hi``, and neighbouring buckets merge in pairs until the rows fit in
 ``samples``. With ``envelope`` every kept point also carries the min and max
 of its key over its bucket, so a spike between samples still shows. The same
 data always gives the same buckets, so the same answer.
@@ -11,12 +11,15 @@ data always gives the same buckets, so the same answer.
 Where the data comes from, so that a 10M-point series answers in
 milliseconds:
 
-* the count and ``lo``/``hi`` come from ``points_rollup`` (per 256-step
-  bucket aggregates kept by a materialized view);
-* buckets at least as wide as a rollup bucket are built from rollup rows,
-  with the grid aligned to rollup buckets; only the partial rollup buckets at
-  the edges of an explicit step range are read from raw points;
-* narrower buckets, and unsampled answers, read raw points.
+* the count and ``lo``/``hi`` come from ``points_rollup`` (256-step bucket
+  aggregates kept by a materialized view), plus raw points in the partial
+  buckets an explicit range cuts;
+* wide sample buckets are unions of whole rollup buckets, so their first
+  point, last point and envelope are a ``min``/``max`` over rollup rows. The
+  partial buckets at the edges of an explicit range are buckets of their own,
+  read raw;
+* narrow sample buckets (under a rollup bucket wide) and unsampled answers
+  read raw points.
 """
 
 from __future__ import annotations
@@ -29,14 +32,15 @@ import pyarrow as pa
 
 from store import DATABASE, AsyncStore
 from store.params import string_array
-from store.schema import BUCKET_SQL, FIRST_SQL, LAST_SQL, ROLLUP_STEPS, VMAX_SQL, VMIN_SQL
+from store.schema import ROLLUP_MERGE, ROLLUP_STEPS, rollup_aggregates
 
 from ._columns import Columns, pivot
 
-_EXTRA = ("_runtime", "_timestamp")
 _INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
 _SERIES = "run = {run:String} AND stream = {stream:String} AND key IN {keys:Array(String)}"
 _RANGE = "step BETWEEN {lo:Int64} AND {hi:Int64}"
+_EDGES = f"{_RANGE} AND (step < {{in_lo:Int64}} OR step > {{in_hi:Int64}})"
+_INTERIOR = "bucket BETWEEN {b_lo:Int64} AND {b_hi:Int64}"
 
 
 async def history(
@@ -50,175 +54,195 @@ async def history(
     max_step: int | None,
     envelope: bool,
 ) -> Columns:
-    lo = _INT64_MIN if min_step is None else min_step
-    hi = _INT64_MAX if max_step is None else max_step
     params: dict[str, Any] = {"run": run, "stream": stream, "keys": string_array(keys)}
-    per_bucket = _per_rollup_bucket(lo, hi, params)
+    _set_range(
+        params,
+        _INT64_MIN if min_step is None else min_step,
+        _INT64_MAX if max_step is None else max_step,
+    )
     stats = await store.query_arrow(
-        f"SELECT min(f.1) AS lo, max(l.1) AS hi, sum(n) AS n FROM ({per_bucket})", params
+        "SELECT min(smin) AS lo, max(smax) AS hi, sum(n) AS n FROM ("
+        f"SELECT smin, smax, n FROM {DATABASE}.points_rollup "
+        f"WHERE {_SERIES} AND {_INTERIOR} "
+        f"UNION ALL SELECT step, step, 1 FROM {DATABASE}.points WHERE {_SERIES} AND {_EDGES})",
+        params,
     )
     n = stats.column("n")[0].as_py()
     if not n:
         return Columns.empty()
     lo, hi = stats.column("lo")[0].as_py(), stats.column("hi")[0].as_py()
-    params.update(lo=lo, hi=hi)
-
+    _set_range(params, lo, hi)
     if n <= samples:
-        cols = pivot(await _all_points(store, params), keys, _EXTRA)
-        if envelope:
-            _envelope_of_single_points(cols, keys)
-        return cols
+        return await _every_point(store, params, keys, envelope)
 
     width = max(1, math.ceil((hi - lo + 1) / max(1, samples - 1)))
     if width < ROLLUP_STEPS:
-        source = (
-            f"SELECT key, intDiv(step - {{lo:Int64}}, {width}) AS sb, count() AS n, "
-            f"{VMIN_SQL} AS vmin, {VMAX_SQL} AS vmax, {FIRST_SQL} AS f, {LAST_SQL} AS l "
-            f"FROM {DATABASE}.points WHERE {_SERIES} AND {_RANGE} GROUP BY key, sb"
-        )
+        series = _by_key(await _raw_buckets(store, params, width), keys, edge=False)
     else:
-        span = math.ceil(width / ROLLUP_STEPS)  # rollup buckets per sample bucket
-        first_bucket = lo // ROLLUP_STEPS
-        source = (
-            f"SELECT key, intDiv(bucket - {first_bucket}, {span}) AS sb, sum(n) AS n, "
-            "min(vmin) AS vmin, max(vmax) AS vmax, argMin(f, f.1) AS f, argMax(l, l.1) AS l "
-            f"FROM ({_per_rollup_bucket(lo, hi, params)}) GROUP BY key, sb"
-        )
-    buckets = await store.query_arrow(
-        "SELECT key, sb, vmin, vmax, f.1 AS f_step, f.2 AS f_value, f.3 AS f_time, "
-        "f.4 AS f_ts, l.1 AS l_step, l.2 AS l_value, l.3 AS l_time, l.4 AS l_ts "
-        f"FROM ({source})",
-        params,
-    )
-    return _sample(buckets, keys, samples, hi, envelope)
+        series = await _rollup_buckets(store, params, keys, width)
+    picked = _pick(series, samples, hi)
+    last = {key: _last(s, hi) for key, s in series.items()}
+    return _columns(picked, last, keys, hi, envelope)
 
 
-def _per_rollup_bucket(lo: int, hi: int, params: dict[str, Any]) -> str:
-    """SQL: one summary row per (key, rollup bucket) of the points in ``[lo, hi]``.
-
-    Buckets entirely inside the range come from ``points_rollup``; the (at most
-    two) buckets the range cuts are summarised from raw points.
-    """
-    first_full = -(-lo // ROLLUP_STEPS)  # ceil: the first bucket starting at or after lo
-    last_full = (hi + 1) // ROLLUP_STEPS - 1  # the last bucket ending at or before hi
+def _set_range(params: dict[str, Any], lo: int, hi: int) -> None:
+    """``[lo, hi]``, the whole rollup buckets inside it, and where the raw edges start."""
+    b_lo = -(-lo // ROLLUP_STEPS)  # the first bucket starting at or after lo
+    b_hi = (hi + 1) // ROLLUP_STEPS - 1  # the last bucket ending at or before hi
     params.update(
-        edge_lo=lo,
-        edge_hi=hi,
-        full_lo=first_full,
-        full_hi=last_full,
-        inner_lo=max(_INT64_MIN, first_full * ROLLUP_STEPS),
-        inner_hi=min(_INT64_MAX, (last_full + 1) * ROLLUP_STEPS - 1),
-    )
-    return (
-        "SELECT key, bucket, sum(n) AS n, min(vmin) AS vmin, max(vmax) AS vmax, "
-        "argMinMerge(first) AS f, argMaxMerge(last) AS l "
-        f"FROM {DATABASE}.points_rollup WHERE {_SERIES} "
-        "AND bucket BETWEEN {full_lo:Int64} AND {full_hi:Int64} GROUP BY key, bucket "
-        "UNION ALL "
-        f"SELECT key, {BUCKET_SQL} AS bucket, count() AS n, {VMIN_SQL} AS vmin, "
-        f"{VMAX_SQL} AS vmax, {FIRST_SQL} AS f, {LAST_SQL} AS l "
-        f"FROM {DATABASE}.points WHERE {_SERIES} "
-        "AND step BETWEEN {edge_lo:Int64} AND {edge_hi:Int64} "
-        "AND (step < {inner_lo:Int64} OR step > {inner_hi:Int64}) GROUP BY key, bucket"
+        lo=lo,
+        hi=hi,
+        b_lo=b_lo,
+        b_hi=b_hi,
+        in_lo=max(_INT64_MIN, b_lo * ROLLUP_STEPS),
+        in_hi=min(_INT64_MAX, (b_hi + 1) * ROLLUP_STEPS - 1),
     )
 
 
-async def _all_points(store: AsyncStore, params: dict[str, Any]) -> pa.Table:
-    return await store.query_arrow(
+async def _every_point(
+    store: AsyncStore, params: dict[str, Any], keys: list[str], envelope: bool
+) -> Columns:
+    table = await store.query_arrow(
         "SELECT key, step, value, time AS _runtime, timestamp AS _timestamp "
         f"FROM {DATABASE}.points FINAL WHERE {_SERIES} AND {_RANGE} ORDER BY key, step",
         params,
     )
+    cols = pivot(table, keys, ("_runtime", "_timestamp"))
+    if envelope:  # each point is its own bucket: min = max = value
+        for key in keys:
+            for name in (f"min({key})", f"max({key})"):
+                cols.values[name], cols.present[name] = cols.values[key], cols.present[key]
+    return cols
 
 
-def _sample(buckets: pa.Table, keys: list[str], samples: int, hi: int, envelope: bool) -> Columns:
-    """Per key, the first point of each bucket plus the point at ``hi``; merge
-    neighbouring buckets until the union of steps fits in ``samples``."""
-    cols = {name: buckets.column(name).to_numpy() for name in buckets.column_names if name != "key"}
-    key_all = np.array(buckets.column("key").to_pylist(), dtype=object)
-    per_key = {}
+async def _raw_buckets(store: AsyncStore, params: dict[str, Any], width: int) -> pa.Table:
+    return await store.query_arrow(
+        f"SELECT key, intDiv(step - {{lo:Int64}}, {width}) AS sb, {rollup_aggregates()} "
+        f"FROM {DATABASE}.points WHERE {_SERIES} AND {_RANGE} GROUP BY key, sb",
+        params,
+    )
+
+
+async def _rollup_buckets(
+    store: AsyncStore, params: dict[str, Any], keys: list[str], width: int
+) -> dict[str, Series]:
+    span = math.ceil(width / ROLLUP_STEPS)  # rollup buckets per sample bucket
+    interior = await store.query_arrow(
+        f"SELECT key, intDiv(bucket - {{b_lo:Int64}}, {span}) AS sb, {ROLLUP_MERGE} "
+        f"FROM {DATABASE}.points_rollup WHERE {_SERIES} AND {_INTERIOR} GROUP BY key, sb",
+        params,
+    )
+    edges = await store.query_arrow(
+        f"SELECT key, if(step < {{in_lo:Int64}}, -1, {_INT64_MAX}) AS sb, {rollup_aggregates()} "
+        f"FROM {DATABASE}.points WHERE {_SERIES} AND {_EDGES} GROUP BY key, sb",
+        params,
+    )
+    return _concat(_by_key(interior, keys, edge=False), _by_key(edges, keys, edge=True))
+
+
+#: Columns of a bucket summary: its envelope, and its first point (step ``smin``,
+#: value ``fv``, time ``ft``, timestamp ``fs``) and last point (``smax``, ``lv``...).
+_FIELDS = ("sb", "edge", "vmin", "vmax", "smin", "fv", "ft", "fs", "smax", "lv", "lt", "ls")
+Series = dict[str, np.ndarray]
+
+
+def _by_key(table: pa.Table, keys: list[str], *, edge: bool) -> dict[str, Series]:
+    full = {name: table.column(name).to_numpy() for name in table.column_names if name != "key"}
+    full["edge"] = np.full(table.num_rows, edge)
+    key_all = np.array(table.column("key").to_pylist(), dtype=object)
+    out = {}
     for key in keys:
         mask = key_all == key
-        order = np.argsort(cols["sb"][mask], kind="stable")
-        per_key[key] = {name: col[mask][order] for name, col in cols.items()}
-    shift = 0
-    while True:
-        chosen = {key: _coarsen(series, shift) for key, series in per_key.items()}
-        steps = np.unique(np.concatenate([c["step"] for c in chosen.values()] + [[hi]]))
-        if len(steps) <= samples or shift > 62:
-            break
-        shift += 1
-    return _to_columns(chosen, per_key, keys, steps, hi, envelope)
-
-
-def _coarsen(series: dict[str, np.ndarray], shift: int) -> dict[str, np.ndarray]:
-    """Merge buckets ``sb >> shift``: keep each merged bucket's first point."""
-    sb = series["sb"] >> shift
-    if not len(sb):
-        return {"step": np.empty(0, np.int64), **{k: np.empty(0) for k in _POINT_FIELDS}}
-    starts = np.flatnonzero(np.r_[True, sb[1:] != sb[:-1]])
-    # Within a merged bucket the first point is the one with the smallest step.
-    first_rows = [s + int(np.argmin(series["f_step"][s:e])) for s, e in _spans(starts, len(sb))]
-    picked = {name: series[f"f_{name}"][first_rows] for name in _POINT_FIELDS}
-    return {
-        "step": series["f_step"][first_rows],
-        **picked,
-        "vmin": np.minimum.reduceat(series["vmin"], starts),
-        "vmax": np.maximum.reduceat(series["vmax"], starts),
-    }
-
-
-_POINT_FIELDS = ("value", "time", "ts")
-
-
-def _spans(starts: np.ndarray, length: int) -> list[tuple[int, int]]:
-    ends = [*starts[1:].tolist(), length]
-    return list(zip(starts.tolist(), ends, strict=True))
-
-
-def _to_columns(
-    chosen: dict[str, dict[str, np.ndarray]],
-    per_key: dict[str, dict[str, np.ndarray]],
-    keys: list[str],
-    steps: np.ndarray,
-    hi: int,
-    envelope: bool,
-) -> Columns:
-    n = len(steps)
-    out = Columns(steps, {}, {})
-    runtime, stamp, have_time = np.full(n, np.nan), np.full(n, np.nan), np.zeros(n, bool)
-    for key in keys:
-        picked, series = chosen[key], per_key[key]
-        values, present = np.full(n, np.nan), np.zeros(n, bool)
-        rows = np.searchsorted(steps, picked["step"])
-        values[rows], present[rows] = picked["value"], True
-        fill = rows[~have_time[rows]]
-        runtime[fill] = picked["time"][~have_time[rows]]
-        stamp[fill] = picked["ts"][~have_time[rows]]
-        have_time[fill] = True
-        if len(series["l_step"]) and series["l_step"][-1] == hi:  # this key has the last point
-            last = n - 1
-            values[last], present[last] = series["l_value"][-1], True
-            if not have_time[last]:
-                runtime[last], stamp[last] = series["l_time"][-1], series["l_ts"][-1]
-                have_time[last] = True
-        out.values[key], out.present[key] = values, present
-        if envelope:
-            low, high = np.full(n, np.nan), np.full(n, np.nan)
-            finite = picked["vmin"] <= picked["vmax"]  # false when a bucket held only NaN
-            low[rows[finite]], high[rows[finite]] = picked["vmin"][finite], picked["vmax"][finite]
-            has = np.zeros(n, bool)
-            has[rows[finite]] = True
-            out.values[f"min({key})"], out.values[f"max({key})"] = low, high
-            out.present[f"min({key})"] = out.present[f"max({key})"] = has
-    out.values["_runtime"], out.values["_timestamp"] = runtime, stamp
-    out.present["_runtime"] = out.present["_timestamp"] = have_time
+        order = np.argsort(full["sb"][mask], kind="stable")
+        out[key] = {name: col[mask][order] for name, col in full.items()}
     return out
 
 
-def _envelope_of_single_points(cols: Columns, keys: list[str]) -> None:
-    """Unsampled rows: each point is its own bucket, so min = max = value."""
+def _concat(a: dict[str, Series], b: dict[str, Series]) -> dict[str, Series]:
+    out = {}
+    for key in a:
+        merged = {name: np.concatenate([a[key][name], b[key][name]]) for name in _FIELDS}
+        order = np.argsort(merged["sb"], kind="stable")
+        out[key] = {name: col[order] for name, col in merged.items()}
+    return out
+
+
+def _pick(series: dict[str, Series], samples: int, hi: int) -> dict[str, Series]:
+    """Merge neighbouring buckets until the union of first steps and ``hi`` fits."""
+    for shift in range(64):
+        picked = {key: _coarsen(s, shift) for key, s in series.items()}
+        steps = np.unique(np.concatenate([p["smin"] for p in picked.values()] + [[hi]]))
+        if len(steps) <= samples:
+            return picked
+    # Still too many (tiny samples, edge buckets): one bucket per key, edges included.
+    return {key: _coarsen(s, None) for key, s in series.items()}
+
+
+def _coarsen(s: Series, shift: int | None) -> Series:
+    """Merge interior buckets ``sb >> shift``, keeping each one's first point;
+    edge buckets stay as they are. ``shift=None`` merges everything."""
+    if not len(s["sb"]):
+        return s
+    if shift is None:
+        sb = np.zeros(len(s["sb"]), np.int64)
+    else:
+        sb = np.where(s["edge"], s["sb"], s["sb"] >> shift)
+    starts = np.flatnonzero(np.r_[True, sb[1:] != sb[:-1]])
+    ends = np.r_[starts[1:], len(sb)]
+    first = [a + int(np.argmin(s["smin"][a:b])) for a, b in zip(starts, ends, strict=True)]
+    out = {name: col[first].copy() for name, col in s.items()}
+    out["vmin"] = np.minimum.reduceat(s["vmin"], starts)
+    out["vmax"] = np.maximum.reduceat(s["vmax"], starts)
+    return out
+
+
+def _last(s: Series, hi: int) -> Series | None:
+    """The key's last bucket, when it holds the point at ``hi``."""
+    if len(s["sb"]) and s["smax"][-1] == hi:
+        return {name: col[-1:].copy() for name, col in s.items()}
+    return None
+
+
+def _columns(
+    picked: dict[str, Series],
+    last: dict[str, Series | None],
+    keys: list[str],
+    hi: int,
+    envelope: bool,
+) -> Columns:
+    steps = np.unique(np.concatenate([p["smin"] for p in picked.values()] + [[hi]]))
+    n = len(steps)
+    out = Columns(steps, {}, {})
+    runtime, stamp, timed = np.full(n, np.nan), np.full(n, np.nan), np.zeros(n, bool)
+
+    def put(
+        key_values: np.ndarray, key_present: np.ndarray, rows: np.ndarray, s: Series, p: str
+    ) -> None:
+        key_values[rows], key_present[rows] = s[f"{p}v"], True  # p: "f" first, "l" last
+        fresh = rows[~timed[rows]]
+        runtime[fresh] = s[f"{p}t"][~timed[rows]]
+        stamp[fresh] = s[f"{p}s"][~timed[rows]]
+        timed[fresh] = True
+
     for key in keys:
-        cols.values[f"min({key})"] = cols.values[key]
-        cols.values[f"max({key})"] = cols.values[key]
-        cols.present[f"min({key})"] = cols.present[f"max({key})"] = cols.present[key]
+        p = picked[key]
+        values, present = np.full(n, np.nan), np.zeros(n, bool)
+        rows = np.searchsorted(steps, p["smin"]).astype(np.int64)
+        put(values, present, rows, p, "f")
+        tail = last[key]
+        if tail is not None:
+            put(values, present, np.array([n - 1]), tail, "l")
+        out.values[key], out.present[key] = values, present
+        if envelope:
+            finite = p["vmin"] <= p["vmax"]  # false for a bucket holding only NaN
+            low, high, has = np.full(n, np.nan), np.full(n, np.nan), np.zeros(n, bool)
+            low[rows[finite]], high[rows[finite]], has[rows[finite]] = (
+                p["vmin"][finite],
+                p["vmax"][finite],
+                True,
+            )
+            out.values[f"min({key})"], out.values[f"max({key})"] = low, high
+            out.present[f"min({key})"] = out.present[f"max({key})"] = has
+    out.values["_runtime"], out.values["_timestamp"] = runtime, stamp
+    out.present["_runtime"] = out.present["_timestamp"] = timed
+    return out

@@ -15,11 +15,12 @@ Idempotent storage, which makes at-least-once delivery exactly-once in effect:
   window), so derived tables are not fed twice.
 * ``run_keys`` lists the metric keys of each run and stream.
 * ``points_rollup`` is kept by a materialized view on ``points``: per
-  ``ROLLUP_STEPS``-step bucket of each series, the point count, the min and
-  max value (NaN ignored) and the first and last point (ties on a step go to
-  the newest version). Sampled history over millions of points reads this,
-  not the raw points. Its aggregates are invariant under merges, so answers
-  are deterministic; a point re-logged with a new value still counts its old
+  ``ROLLUP_STEPS``-step bucket of each series, the point count, the first
+  and last step, the min and max value (NaN ignored), and the value, time and
+  timestamp of the first and last point (``argMin``/``argMax`` ranked by step,
+  then version, as one Int128 so comparisons stay native). Sampled history
+  over millions of points reads this, not the raw points. Its aggregates are
+  invariant under merges, so answers are deterministic; a point re-logged with a new value still counts its old
   value in ``vmin``/``vmax`` (the envelope may be wider, never narrower).
 """
 
@@ -36,14 +37,44 @@ DATABASE = "stride"
 ROLLUP_STEPS = 256
 #: The bucket of a step (floor division, also for negative steps).
 BUCKET_SQL = f"intDiv(step + if(step < 0, {1 - ROLLUP_STEPS}, 0), {ROLLUP_STEPS})"
-#: A point as (step, value, time, timestamp), and its rank for first/last.
-POINT_SQL = "(step, value, time, timestamp)"
-FIRST_SQL = f"argMin({POINT_SQL}, (step, -toInt64(ver)))"
-LAST_SQL = f"argMax({POINT_SQL}, (step, ver))"
+#: Rank of a point for "first" (smallest step, then newest version) and "last"
+#: (largest step, then newest version), as one Int128 so comparisons stay native.
+FIRST_KEY = "(bitShiftLeft(toInt128(step), 64) + toInt128(18446744073709551615 - ver))"
+LAST_KEY = "(bitShiftLeft(toInt128(step), 64) + toInt128(ver))"
 #: Envelope of the values, NaN ignored (+inf/-inf when a bucket holds only NaN).
 VMIN_SQL = "min(if(isNaN(value), inf, value))"
 VMAX_SQL = "max(if(isNaN(value), -inf, value))"
-_POINT_TYPE = "Tuple(Int64, Float64, Float64, Float64)"
+#: (column, aggregate over points) kept per rollup bucket; ``{F}`` is the
+#: aggregate combinator: "State" in the view, "" when summarising raw points.
+_ROLLUP_AGGREGATES = (
+    ("n", "count()"),
+    ("smin", "min(step)"),
+    ("smax", "max(step)"),
+    ("vmin", VMIN_SQL),
+    ("vmax", VMAX_SQL),
+    ("fv", f"argMin{{F}}(value, {FIRST_KEY})"),
+    ("ft", f"argMin{{F}}(time, {FIRST_KEY})"),
+    ("fs", f"argMin{{F}}(timestamp, {FIRST_KEY})"),
+    ("lv", f"argMax{{F}}(value, {LAST_KEY})"),
+    ("lt", f"argMax{{F}}(time, {LAST_KEY})"),
+    ("ls", f"argMax{{F}}(timestamp, {LAST_KEY})"),
+)
+
+
+def rollup_aggregates(combinator: str = "") -> str:
+    """``count() AS n, min(step) AS smin, ...`` over points ("State" for the view)."""
+    return ", ".join(
+        f"{expr.format(F=combinator) if '{F}' in expr else expr} AS {name}"
+        for name, expr in _ROLLUP_AGGREGATES
+    )
+
+
+#: The same columns merged over rollup rows.
+ROLLUP_MERGE = (
+    "sum(n) AS n, min(smin) AS smin, max(smax) AS smax, min(vmin) AS vmin, max(vmax) AS vmax, "
+    "argMinMerge(fv) AS fv, argMinMerge(ft) AS ft, argMinMerge(fs) AS fs, "
+    "argMaxMerge(lv) AS lv, argMaxMerge(lt) AS lt, argMaxMerge(ls) AS ls"
+)
 
 POINTS_COLUMNS = ("run", "stream", "key", "step", "time", "timestamp", "value", "ver")
 FIELDS_COLUMNS = ("entity", "project", "run_id", "field", "value", "ver")
@@ -87,20 +118,21 @@ DDL = (
         key LowCardinality(String),
         bucket Int64,
         n SimpleAggregateFunction(sum, UInt64),
+        smin SimpleAggregateFunction(min, Int64),
+        smax SimpleAggregateFunction(max, Int64),
         vmin SimpleAggregateFunction(min, Float64),
         vmax SimpleAggregateFunction(max, Float64),
-        first AggregateFunction(argMin, {_POINT_TYPE}, Tuple(Int64, Int64)),
-        last AggregateFunction(argMax, {_POINT_TYPE}, Tuple(Int64, UInt64))
+        fv AggregateFunction(argMin, Float64, Int128),
+        ft AggregateFunction(argMin, Float64, Int128),
+        fs AggregateFunction(argMin, Float64, Int128),
+        lv AggregateFunction(argMax, Float64, Int128),
+        lt AggregateFunction(argMax, Float64, Int128),
+        ls AggregateFunction(argMax, Float64, Int128)
     ) ENGINE = AggregatingMergeTree
     ORDER BY (run, stream, key, bucket)""",
     f"""CREATE MATERIALIZED VIEW IF NOT EXISTS {DATABASE}.points_rollup_mv
     TO {DATABASE}.points_rollup AS
-    SELECT run, stream, key, {BUCKET_SQL} AS bucket,
-        count() AS n,
-        {VMIN_SQL} AS vmin,
-        {VMAX_SQL} AS vmax,
-        argMinState({POINT_SQL}, (step, -toInt64(ver))) AS first,
-        argMaxState({POINT_SQL}, (step, ver)) AS last
+    SELECT run, stream, key, {BUCKET_SQL} AS bucket, {rollup_aggregates("State")}
     FROM {DATABASE}.points
     GROUP BY run, stream, key, bucket""",
     f"""CREATE TABLE IF NOT EXISTS {DATABASE}.run_keys (
@@ -113,8 +145,7 @@ DDL = (
 
 #: Run after DDL: fill the rollup from points written before it existed.
 BACKFILL_ROLLUP = f"""INSERT INTO {DATABASE}.points_rollup
-    SELECT run, stream, key, {BUCKET_SQL} AS bucket, count(), {VMIN_SQL}, {VMAX_SQL},
-        argMinState({POINT_SQL}, (step, -toInt64(ver))), argMaxState({POINT_SQL}, (step, ver))
+    SELECT run, stream, key, {BUCKET_SQL} AS bucket, {rollup_aggregates("State")}
     FROM {DATABASE}.points GROUP BY run, stream, key, bucket"""
 
 #: ``ver`` for first-write-wins fields: the earliest batch gets the largest version.
