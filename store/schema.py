@@ -20,8 +20,9 @@ Idempotent storage, which makes at-least-once delivery exactly-once in effect:
   timestamp of the first and last point (``argMin``/``argMax`` ranked by step,
   then version, as one Int128 so comparisons stay native). Sampled history
   over millions of points reads this, not the raw points. Its aggregates are
-  invariant under merges, so answers are deterministic; a point re-logged with a new value still counts its old
-  value in ``vmin``/``vmax`` (the envelope may be wider, never narrower).
+  invariant under merges, so answers are deterministic; a point re-logged
+  with a new value still counts its old value in ``vmin``/``vmax`` (the
+  envelope may be wider, never narrower).
 """
 
 from __future__ import annotations
