@@ -75,7 +75,9 @@ async def serve(settings: UpSettings, *, ready: asyncio.Event | None = None) -> 
         if settings.nats_url is None:
             _check_port_free(settings.host, settings.nats_port, "NATS", "--nats-port")
             nats_server = NatsServer(data_dir / "nats", settings.host, settings.nats_port)
-            await asyncio.to_thread(nats_server.start)
+            # From this (the main) thread: the child's parent-death signal is tied to
+            # the thread that starts it, and this one lives as long as the process.
+            nats_server.start()
             nats_url = nats_server.url
         else:
             nats_url = settings.nats_url

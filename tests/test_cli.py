@@ -12,7 +12,7 @@ import pytest
 
 import sdk
 
-from .conftest import STRIDE, StrideUp, free_port, stride_up, wait_rows
+from .conftest import STRIDE, StrideUp, free_port, stride_up, wait_for, wait_rows
 
 
 def _stride(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
@@ -49,6 +49,23 @@ def test_restart_keeps_data_and_sigterm_stops_everything(tmp_path: Path) -> None
         rows = wait_rows(sdk.Api(again.http_url), "default/restart/keep", 1000)
         assert [r["x"] for r in rows] == [float(i) for i in range(1000)]
         assert sdk.Api(again.http_url).run("default/restart/keep").state == "finished"
+
+
+def test_killing_stride_up_also_stops_its_nats_server(tmp_path: Path) -> None:
+    up = StrideUp(tmp_path / "data").start()
+    assert up.proc is not None
+    [child] = _nats_children(up.proc.pid)
+    up.kill()
+    wait_for(lambda: not _alive(child), timeout=10)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    stat = Path(f"/proc/{pid}/stat").read_text().split()
+    return stat[2] != "Z"  # a zombie has exited
 
 
 def test_second_stride_up_on_the_same_data_dir_fails_clearly(tmp_path: Path) -> None:
