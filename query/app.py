@@ -12,6 +12,7 @@ from aiohttp import web
 from store import AsyncStore
 
 from . import runs as runs_q
+from ._columns import Columns
 from ._settings import QuerySettings
 from .catalog import Catalog
 from .errors import BadRequest, NotFound, QueryError
@@ -156,21 +157,27 @@ async def _keys(request: web.Request) -> web.Response:
     return _json({"keys": keys})
 
 
-async def _history(request: web.Request) -> web.Response:
+async def _series_request(request: web.Request) -> tuple[str, str, int | None, int | None]:
+    """The run path and stream of a history or scan request, and its step range."""
     entity, project, run_id = await _existing_run(request)
-    run, stream = f"{entity}/{project}/{run_id}", _stream(request)
-    settings = request.app[SETTINGS]
-    samples = _int(request, "samples", 500, 2, settings.max_samples)
-    assert samples is not None
     min_step = _int(request, "min_step", None, *_INT64)
     max_step = _int(request, "max_step", None, *_INT64)
     if min_step is not None and max_step is not None and min_step > max_step:
         raise BadRequest(f"min_step {min_step} is greater than max_step {max_step}")
+    return f"{entity}/{project}/{run_id}", _stream(request), min_step, max_step
+
+
+def _no_rows(**extra: Any) -> web.Response:
+    return web.Response(body=Columns.empty().to_json(**extra), content_type="application/json")
+
+
+async def _history(request: web.Request) -> web.Response:
+    run, stream, min_step, max_step = await _series_request(request)
+    samples = _int(request, "samples", 500, 2, request.app[SETTINGS].max_samples)
+    assert samples is not None
     keys, _ = await _requested_keys(request, run, stream)
     if not keys:
-        return web.Response(
-            body=b'{"columns":{"_step":[]},"nonfinite":{}}', content_type="application/json"
-        )
+        return _no_rows()
     cols = await history(
         request.app[STORE],
         run,
@@ -185,21 +192,14 @@ async def _history(request: web.Request) -> web.Response:
 
 
 async def _scan(request: web.Request) -> web.Response:
-    entity, project, run_id = await _existing_run(request)
-    run, stream = f"{entity}/{project}/{run_id}", _stream(request)
-    settings = request.app[SETTINGS]
-    page_size = _int(request, "page_size", 1000, 1, settings.max_page_size)
+    run, stream, min_step, max_step = await _series_request(request)
+    page_size = _int(request, "page_size", 1000, 1, request.app[SETTINGS].max_page_size)
     assert page_size is not None
-    min_step = _int(request, "min_step", None, *_INT64)
-    max_step = _int(request, "max_step", None, *_INT64)
     cursor = _int(request, "cursor", None, *_INT64)
     lo = max(v for v in (cursor, min_step, _INT64[0]) if v is not None)
     keys, asked = await _requested_keys(request, run, stream)
     if not keys or (max_step is not None and lo > max_step):
-        return web.Response(
-            body=b'{"columns":{"_step":[]},"nonfinite":{},"next":null}',
-            content_type="application/json",
-        )
+        return _no_rows(next=None)
     cols, next_cursor = await scan_page(
         request.app[STORE],
         run,
