@@ -85,6 +85,22 @@ def wait_for_quiet(limit: float = 15.0, max_wait: float = 30.0) -> float:
     return busy
 
 
+def calibrate() -> float:
+    """ns per iteration of a fixed pure-Python loop (best of 5).
+
+    This VM's speed drifts (up to 2x between runs minutes apart); the figure
+    printed with every result says how fast the CPU was at the time.
+    """
+    best = float("inf")
+    for _ in range(5):
+        t0 = time.perf_counter_ns()
+        d: dict[str, float] = {}
+        for i in range(200_000):
+            d["k"] = i * 0.5
+        best = min(best, time.perf_counter_ns() - t0)
+    return best / 200_000
+
+
 def describe() -> dict[str, str]:
     return {
         "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
@@ -117,6 +133,7 @@ def print_machine(title: str, quiet: bool = True) -> None:
         )
         print(f"  busy    {busy * 100:.0f}% of all cores in the second before start{note}")
     print(f"  loadavg {load}")
+    print(f"  speed   {calibrate():.1f} ns per calibration-loop iteration (lower = faster CPU)")
     print(flush=True)
 
 
