@@ -162,6 +162,7 @@ class Flusher:
         last_sent = time.monotonic()
         next_connect = 0.0
         connecting: asyncio.Task[None] | None = None
+        first_attempt = True  # hold data (in memory) until the first connect settles
         while True:
             now = time.monotonic()
             if self._needs_connection(connecting) and now >= next_connect:
@@ -169,8 +170,10 @@ class Flusher:
                 connecting = asyncio.create_task(self._connect())
                 next_connect = now + s.connect_timeout_s + s.reconnect_interval_s
             closing = self._closing.is_set()
+            if first_attempt and connecting is not None and connecting.done():
+                first_attempt = False
             buffered = len(self._buffer)
-            due = (
+            due = (not first_attempt or self._offline) and (
                 closing
                 or buffered >= s.flush_rows
                 or (buffered and now - self._buffer.oldest_at >= s.linger_s)
@@ -181,9 +184,9 @@ class Flusher:
                 await self._flush(heartbeat=now - last_sent >= s.heartbeat_s)
                 last_sent = time.monotonic()
             self._reap()
-            if self._connected():
+            if self._connected() and self._spool.has_pending:
                 await self._replay_spool(limit=32)
-            if closing and not len(self._buffer) and not (self._set or self._set_once):
+            if closing and due and not len(self._buffer) and not (self._set or self._set_once):
                 break
             await asyncio.sleep(tick)
         if connecting is not None and not connecting.done():

@@ -24,7 +24,9 @@ class Spool:
     def __init__(self, root: Path, writer: str) -> None:
         self.root = root
         self.dir = root / writer
-        self.count = 0  # batches written by this process (for the user report)
+        #: False once a scan found nothing; set again by the next write. Lets the
+        #: flusher skip listing the directory while there is nothing to replay.
+        self.has_pending = True
 
     def write(self, seq: int, payload: bytes) -> Path:
         self.dir.mkdir(parents=True, exist_ok=True)
@@ -33,12 +35,14 @@ class Spool:
         with open(tmp, "wb") as f:
             f.write(payload)
         os.replace(tmp, path)
-        self.count += 1
+        self.has_pending = True
         return path
 
     def pending(self) -> list[Path]:
         """This writer's spooled batches, oldest first."""
-        return sorted(self.dir.glob(f"*{_SUFFIX}")) if self.dir.is_dir() else []
+        found = sorted(self.dir.glob(f"*{_SUFFIX}")) if self.dir.is_dir() else []
+        self.has_pending = bool(found)
+        return found
 
     def __bool__(self) -> bool:
         return bool(self.pending())

@@ -21,6 +21,7 @@ import nats
 from aiohttp import web
 
 from ingest import IngestSettings, IngestWorker
+from ingest.streams import ensure_streams
 from query import STATUS, QuerySettings, create_app
 from store import AsyncStore
 from store.chdb import ChdbStore
@@ -102,6 +103,8 @@ async def _serve(
     except Exception as exc:
         await store.close()
         raise CliError(f"cannot connect to NATS at {nats_url}: {exc}") from None
+    # Streams exist before the addresses are printed: a writer may publish at once.
+    await ensure_streams(nc.jetstream(), replicas=settings.ingest.replicas)
     worker = IngestWorker(nc, store, settings.ingest)
     app = create_app(store, settings.query)
     app[STATUS] = lambda: {"ingest": worker.stats.as_dict()}

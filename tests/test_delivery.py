@@ -65,6 +65,19 @@ def test_two_writer_processes_into_one_run_exactly_once(stack: StrideUp, spool: 
     assert [r["_step"] for r in b_rows] == list(range(5000, 15000))
 
 
+def test_a_healthy_online_run_never_touches_the_spool(
+    stack: StrideUp, spool: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    with sdk.init(project="healthy", settings=stack.settings(spool)) as run:
+        run.log({"a": 1.0})  # logged before the connection is up
+        for step in range(1, 5000):
+            run.log({"a": float(step)})
+    assert run.finish().complete
+    assert not spool.exists() or not list(spooled_files(spool))
+    assert not [r for r in caplog.records if r.levelname == "WARNING"]
+    assert len(wait_rows(sdk.Api(stack.http_url), run.path, 5000)) == 5000
+
+
 def test_writer_started_while_nats_is_down_spools_then_delivers(
     tmp_path: Path, spool: Path
 ) -> None:
