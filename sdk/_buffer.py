@@ -1,20 +1,20 @@
 """The in-memory buffer between ``log()`` and the flusher: columnar from the start.
 
-Rows logged with the same key set go to one :class:`_Group`: arrays of steps,
-times and timestamps, and one flat ``float64`` array of values (row-major).
-``log()`` does four C-level appends under a lock that is only ever held for
-an append or a swap, never for I/O. The flusher takes every group at once
-(:meth:`MetricBuffer.take`) and cuts them into :class:`~sdk.wire.MetricBlock`
-objects with C-level slicing only (:func:`to_blocks`), so it holds the GIL
-for microseconds and the training thread is not kept waiting. Arrays are not
-tracked by the cyclic GC, so a full buffer adds nothing to GC pauses.
+``log()`` packs a row into one record (``struct``: int64 step, float64 time,
+timestamp and values; packing also checks every value is a number) and
+appends it to the ``bytearray`` of its key set, under a lock that is only
+ever held for an append or a swap, never for I/O. The flusher takes every
+group at once (:meth:`MetricBuffer.take`) and cuts them into
+:class:`~sdk.wire.MetricBlock` columns with strided ``memoryview`` slices (C
+only), so it holds the GIL for microseconds. Byte buffers are not tracked by
+the cyclic GC, so a full buffer adds nothing to GC pauses.
 """
 
 from __future__ import annotations
 
+import struct
 import threading
 import time
-from array import array
 from collections.abc import Iterator
 
 from .wire import MetricBlock
@@ -23,17 +23,16 @@ from .wire import MetricBlock
 _ROW_OVERHEAD = 24
 
 
-class _Group:
-    __slots__ = ("stamps", "steps", "times", "values")
-
-    def __init__(self) -> None:
-        self.steps = array("q")
-        self.times = array("d")
-        self.stamps = array("d")
-        self.values = array("d")
+#: Per key set, packed rows in chunks of at most ``_CHUNK`` bytes: appending to a
+#: small bytearray never copies more than one chunk when it grows, where one big
+#: bytearray would copy all its megabytes inside log() each time it is reallocated.
+Groups = dict[tuple[str, ...], list[bytearray]]
+_CHUNK = 64 * 1024
 
 
-Groups = dict[tuple[str, ...], _Group]
+def record_format(width: int) -> struct.Struct:
+    """One row of a key set with ``width`` keys: step, time, timestamp, then the values."""
+    return struct.Struct(f"<qdd{width}d")
 
 
 class MetricBuffer:
@@ -51,15 +50,18 @@ class MetricBuffer:
         self._drained = threading.Condition(self._lock)
         self.oldest_at = 0.0  # monotonic time of the first row since the last take
 
-    def append(self, step: int, t: float, ts: float, keys: tuple[str, ...], values: bytes) -> int:
+    def append(self, keys: tuple[str, ...], record: bytes) -> int:
+        """Add one packed row (see :func:`record_format`) of the key set ``keys``."""
         with self._lock:
-            group = self._groups.get(keys)
-            if group is None:
-                group = self._groups[keys] = _Group()
-            group.steps.append(step)
-            group.times.append(t)
-            group.stamps.append(ts)
-            group.values.frombytes(values)
+            chunks = self._groups.get(keys)
+            if chunks is None:
+                self._groups[keys] = [bytearray(record)]
+            else:
+                last = chunks[-1]
+                if len(last) < _CHUNK:
+                    last += record
+                else:
+                    chunks.append(bytearray(record))
             self._rows += 1
             if self._rows == 1:
                 self.oldest_at = time.monotonic()
@@ -88,30 +90,29 @@ def to_blocks(groups: Groups, stream: str, max_bytes: int) -> Iterator[list[Metr
     """
     chunk: list[MetricBlock] = []
     size = 0
-    for keys, group in groups.items():
-        width = len(keys)
-        per_row = _ROW_OVERHEAD + 8 * width
+    for keys, chunks in groups.items():
+        stride = 3 + len(keys)
+        per_row = 8 * stride
         rows_per_block = max(1, (max_bytes - 1024) // per_row)
-        for start in range(0, len(group.steps), rows_per_block):
-            stop = min(start + rows_per_block, len(group.steps))
-            block_size = per_row * (stop - start)
-            if chunk and size + block_size > max_bytes:
-                yield chunk
-                chunk, size = [], 0
-            chunk.append(_block(stream, keys, group, start, stop))
-            size += block_size
+        with memoryview(b"".join(chunks)).cast("d") as cells:
+            rows = len(cells) // stride
+            for start in range(0, rows, rows_per_block):
+                stop = min(start + rows_per_block, rows)
+                if chunk and size + per_row * (stop - start) > max_bytes:
+                    yield chunk
+                    chunk, size = [], 0
+                part = cells[start * stride : stop * stride]
+                # Strided slices copy raw bytes: the int64 steps come through bit for bit.
+                chunk.append(
+                    MetricBlock(
+                        stream=stream,
+                        keys=list(keys),
+                        steps=part[0::stride].tobytes(),
+                        times=part[1::stride].tobytes(),
+                        timestamps=part[2::stride].tobytes(),
+                        values=[part[3 + j :: stride].tobytes() for j in range(len(keys))],
+                    )
+                )
+                size += per_row * (stop - start)
     if chunk:
         yield chunk
-
-
-def _block(stream: str, keys: tuple[str, ...], g: _Group, start: int, stop: int) -> MetricBlock:
-    width = len(keys)
-    flat = g.values[start * width : stop * width]
-    return MetricBlock(
-        stream=stream,
-        keys=list(keys),
-        steps=g.steps[start:stop].tobytes(),
-        times=g.times[start:stop].tobytes(),
-        timestamps=g.stamps[start:stop].tobytes(),
-        values=[flat[j::width].tobytes() for j in range(width)],
-    )

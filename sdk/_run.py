@@ -8,9 +8,9 @@ import os
 import re
 import signal
 import socket
+import struct
 import threading
-from array import array
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from time import time as _now
 from types import FrameType, TracebackType
@@ -18,7 +18,7 @@ from typing import Any
 
 import orjson
 
-from ._buffer import MetricBuffer
+from ._buffer import MetricBuffer, record_format
 from ._config import NestedDict
 from ._flusher import DeliveryReport, Flusher, RunIdentity
 from ._names import random_id
@@ -30,6 +30,7 @@ log = logging.getLogger("stride")
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}$")
 _MODES = ("online", "offline", "disabled")
 _JSON_OPTIONS = orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_NON_STR_KEYS
+_ONE_NUMBER = struct.Struct("<d")
 
 
 def check_identifier(kind: str, value: str) -> str:
@@ -117,7 +118,7 @@ class Run:
         self.summary = Summary(self._send_fields)
         self._step = 0
         self._t0 = _now()
-        self._known_keys: set[tuple[str, ...]] = set()
+        self._packers: dict[tuple[str, ...], Callable[..., bytes]] = {}
         self._finished = False
         self._report = DeliveryReport()
         self._cancelled = False
@@ -178,15 +179,16 @@ class Run:
             step = self._check_step(step)
         self._step = step + 1
         keys = tuple(data)
-        if keys not in self._known_keys:
-            self._check_keys(keys)
+        pack = self._packers.get(keys)
+        if pack is None:
+            pack = self._new_packer(keys)
         try:
-            # array() checks, in C, that every value is a number.
-            values = array("d", data.values()).tobytes()
-        except TypeError:
+            # Packing checks, in C, that every value is a number.
+            t = ts - self._t0 if time is None else float(time)
+            record = pack(step, t, ts, *data.values())
+        except struct.error:
             raise self._value_error(data) from None
-        t = ts - self._t0 if time is None else float(time)
-        if self._buffer.append(step, t, ts, keys, values) >= self._max_rows:
+        if self._buffer.append(keys, record) >= self._max_rows:
             self._buffer_full()
 
     def finish(
@@ -251,7 +253,7 @@ class Run:
                 raise UsageError(f"step must be an integer, got {step!r}") from None
         return int(step)
 
-    def _check_keys(self, keys: tuple[str, ...]) -> None:
+    def _new_packer(self, keys: tuple[str, ...]) -> Callable[..., bytes]:
         for key in keys:
             if not isinstance(key, str) or not key:
                 raise UsageError(f"metric names must be non-empty strings, got {key!r}")
@@ -259,13 +261,14 @@ class Run:
                 raise UsageError(f"metric name {key!r} is reserved: names starting with '_' are")
             if len(key) > 256:
                 raise UsageError(f"metric name {key[:40]!r}... is longer than 256 characters")
-        self._known_keys.add(keys)
+        pack = self._packers[keys] = record_format(len(keys)).pack
+        return pack
 
     def _value_error(self, data: Mapping[str, Any]) -> UsageError:
         for key, value in data.items():
             try:
-                float(value)
-            except (TypeError, ValueError):
+                _ONE_NUMBER.pack(value)  # the same rule as the row packer
+            except struct.error:
                 return UsageError(
                     f"metric {key!r} has value {value!r} of type {type(value).__name__}; "
                     "log() records numbers only"

@@ -2,18 +2,16 @@
 
 from __future__ import annotations
 
-from array import array
-
 import numpy as np
 
-from sdk._buffer import MetricBuffer, to_blocks
+from sdk._buffer import MetricBuffer, record_format, to_blocks
 
 
 def _buffer(rows: list[tuple[int, dict[str, float]]]) -> MetricBuffer:
     buffer = MetricBuffer(max_rows=10**9)
     for step, data in rows:
-        values = array("d", data.values()).tobytes()
-        buffer.append(step, step * 0.5, 1e9 + step, tuple(data), values)
+        record = record_format(len(data)).pack(step, step * 0.5, 1e9 + step, *data.values())
+        buffer.append(tuple(data), record)
     return buffer
 
 
@@ -28,6 +26,12 @@ def test_rows_with_the_same_keys_share_one_block_in_order() -> None:
     assert np.frombuffer(loss.values[1], "<f8").tolist() == [-i * 1.0 for i in range(10)]
     assert np.frombuffer(loss.times, "<f8").tolist() == [i * 0.5 for i in range(10)]
     assert np.frombuffer(blocks[1].steps, "<i8").tolist() == [100]
+
+
+def test_steps_survive_bit_for_bit_including_huge_and_negative() -> None:
+    steps = [-(2**63), -1, 0, 2**53 + 1, 2**63 - 1]
+    [blocks] = list(to_blocks(_buffer([(s, {"a": 1.0}) for s in steps]).take(), "default", 1 << 20))
+    assert np.frombuffer(blocks[0].steps, "<i8").tolist() == steps
 
 
 def test_batches_respect_the_byte_limit_and_lose_nothing() -> None:
@@ -48,12 +52,12 @@ def test_batches_respect_the_byte_limit_and_lose_nothing() -> None:
 
 def test_buffer_take_empties_it_and_reports_its_size() -> None:
     buffer = MetricBuffer(max_rows=3)
-    one = array("d", [1.0]).tobytes()
-    assert buffer.append(0, 0.0, 0.0, ("a",), one) == 1
-    assert buffer.append(1, 0.0, 0.0, ("a",), one) == 2
-    assert buffer.append(2, 0.0, 0.0, ("a",), one) == 3
+    pack = record_format(1).pack
+    assert buffer.append(("a",), pack(0, 0.0, 0.0, 1.0)) == 1
+    assert buffer.append(("a",), pack(1, 0.0, 0.0, 1.0)) == 2
+    assert buffer.append(("a",), pack(2, 0.0, 0.0, 1.0)) == 3
     assert not buffer.wait_for_room(0.01)  # full: waits, bounded, and says so
     groups = buffer.take()
-    assert list(groups[("a",)].steps) == [0, 1, 2]
+    assert sum(map(len, groups[("a",)])) == 3 * record_format(1).size
     assert len(buffer) == 0
     assert buffer.wait_for_room(0.01)

@@ -2,20 +2,19 @@
 
 from __future__ import annotations
 
-from array import array
-
 import msgspec
 import pytest
 
-from sdk._buffer import MetricBuffer, to_blocks
+from sdk._buffer import MetricBuffer, record_format, to_blocks
 from sdk.wire import WIRE_VERSION, Batch, MetricBlock, WireError, decode_batch, encode_batch
 
 
 def _batch(**changes: object) -> Batch:
     buffer = MetricBuffer(max_rows=100)
     for i in range(5):
-        values = array("d", [1.0 / (i + 1), i / 10]).tobytes()
-        buffer.append(i, float(i), 1e9 + i, ("loss", "acc"), values)
+        buffer.append(
+            ("loss", "acc"), record_format(2).pack(i, float(i), 1e9 + i, 1 / (i + 1), i / 10)
+        )
     blocks = next(to_blocks(buffer.take(), "default", 1 << 20))
     fields = dict(
         v=WIRE_VERSION, entity="e", project="p", run_id="r", writer="w", seq=3, ver=10,
