@@ -70,6 +70,9 @@ def pivot(table: pa.Table, keys: list[str], extra: tuple[str, ...] = ()) -> Colu
     if table.num_rows == 0:
         return Columns.empty()
     steps_all = table.column("step").to_numpy()
+    if len(keys) == 1 and not extra:  # one key, already unique and sorted by step
+        only = table.column("value").to_numpy()
+        return Columns(steps_all, {keys[0]: only}, {keys[0]: np.ones(len(only), bool)})
     keys_column = table.column("key").combine_chunks()
     encoded: pa.DictionaryArray[Any, Any] = (
         keys_column

@@ -52,10 +52,10 @@ async def scan_page(
     )
     if table.num_rows == 0:
         return Columns.empty(), None
-    key_col = table.column("key").to_pylist()
+    key_codes = table.column("key").combine_chunks().dictionary_encode().indices.to_numpy()
     steps = table.column("step").to_numpy()
     # Rows come grouped by key, each group ascending: a full group bounds the page.
-    ends = np.flatnonzero(np.r_[np.array(key_col[1:]) != np.array(key_col[:-1]), True])
+    ends = np.flatnonzero(np.r_[key_codes[1:] != key_codes[:-1], True])
     starts = np.r_[0, ends[:-1] + 1]
     counts = ends - starts + 1
     full = counts >= page_size

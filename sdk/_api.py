@@ -7,12 +7,13 @@ small. pandas is optional: ``history(pandas=True)`` needs it installed.
 
 from __future__ import annotations
 
+import functools
 import http.client
 import os
 import threading
 import time
 import urllib.parse
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 import orjson
@@ -304,14 +305,28 @@ def _select_rows(columns: dict[str, list[Any]], keep: list[bool]) -> dict[str, l
 
 
 def _rows(columns: dict[str, list[Any]]) -> Iterator[dict[str, Any]]:
-    names = list(columns)
     cols = list(columns.values())
     if not any(None in col for col in cols):
-        for values in zip(*cols, strict=True):
-            yield dict(zip(names, values, strict=True))
+        yield from _row_builder(tuple(columns))(cols)
         return
+    names = list(columns)
     for values in zip(*cols, strict=True):
         yield {n: v for n, v in zip(names, values, strict=True) if v is not None}
+
+
+@functools.lru_cache(maxsize=256)
+def _row_builder(names: tuple[str, ...]) -> Callable[[list[list[Any]]], list[dict[str, Any]]]:
+    """A compiled ``[{name0: v0, name1: v1, ...} for v0, v1, ... in zip(*columns)]``.
+
+    A dict display with constant keys builds a row about 3x faster than
+    ``dict(zip(names, values))``, which matters at millions of rows. The same
+    technique as ``collections.namedtuple``: names enter the source only
+    through ``repr``, so any string is safe.
+    """
+    args = [f"v{i}" for i in range(len(names))]
+    items = ", ".join(f"{name!r}: {arg}" for name, arg in zip(names, args, strict=True))
+    source = f"lambda columns: [{{{items}}} for {', '.join(args)}, in zip(*columns)]"
+    return eval(source, {"zip": zip})  # type: ignore[no-any-return]
 
 
 def _dataframe(columns: dict[str, list[Any]]) -> Any:

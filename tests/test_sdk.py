@@ -135,3 +135,13 @@ def test_settings_accept_a_string_spool_dir(tmp_path: Path) -> None:
 def test_settings_reject_nonsense() -> None:
     with pytest.raises(ValueError, match="linger_s must be positive"):
         Settings(linger_s=0)
+
+
+def test_rows_are_built_safely_for_any_metric_name() -> None:
+    from sdk._api import _rows
+
+    hostile = 'it\'s "quoted"\n} ]; import os #'
+    rows = list(_rows({"_step": [1, 2], hostile: [0.5, 0.25], "ünï": [1.0, 2.0]}))
+    assert rows == [{"_step": 1, hostile: 0.5, "ünï": 1.0}, {"_step": 2, hostile: 0.25, "ünï": 2.0}]
+    sparse = list(_rows({"_step": [1, 2], "a": [None, 3.0]}))
+    assert sparse == [{"_step": 1}, {"_step": 2, "a": 3.0}]
