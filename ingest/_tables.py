@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 from datetime import UTC, datetime
-from typing import Any
 
 import numpy as np
 import orjson
@@ -12,6 +11,7 @@ import pyarrow as pa
 
 from sdk.wire import Batch
 from store import MAX_VER
+from store.schema import POINTS_COLUMNS
 
 
 @dataclasses.dataclass
@@ -120,25 +120,28 @@ class _Points:
             self.count += n
 
     def table(self) -> pa.Table | None:
+        """One record batch per segment, over the decoded buffers: no concatenation."""
         if not self.segments:
             return None
-        cols = [np.concatenate(c) for c in zip(*self.segments, strict=True)]
-
-        def dictionary(indices: np.ndarray, names: dict[str, int]) -> pa.DictionaryArray[Any, Any]:
-            return pa.DictionaryArray.from_arrays(pa.array(indices), pa.array(list(names)))
-
-        return pa.table(
-            {
-                "run": dictionary(cols[0], self.runs),
-                "stream": dictionary(cols[1], self.streams),
-                "key": dictionary(cols[2], self.keys),
-                "step": pa.array(cols[3]),
-                "time": pa.array(cols[4]),
-                "timestamp": pa.array(cols[5]),
-                "value": pa.array(cols[6]),
-                "ver": pa.array(cols[7]),
-            }
-        )
+        runs, streams, keys = (pa.array(list(d)) for d in (self.runs, self.streams, self.keys))
+        batches = []
+        for run_idx, stream_idx, key_idx, steps, times, stamps, values, ver in self.segments:
+            batches.append(
+                pa.RecordBatch.from_arrays(
+                    [
+                        pa.DictionaryArray.from_arrays(pa.array(run_idx), runs),
+                        pa.DictionaryArray.from_arrays(pa.array(stream_idx), streams),
+                        pa.DictionaryArray.from_arrays(pa.array(key_idx), keys),
+                        pa.array(steps),
+                        pa.array(times),
+                        pa.array(stamps),
+                        pa.array(values),
+                        pa.array(ver),
+                    ],
+                    names=list(POINTS_COLUMNS),
+                )
+            )
+        return pa.Table.from_batches(batches)
 
 
 def _last_per_step(*cols: np.ndarray) -> tuple[np.ndarray, ...]:

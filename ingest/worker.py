@@ -12,6 +12,7 @@ hand.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 from typing import Any
 
@@ -26,7 +27,7 @@ from store.params import int_array, string_array
 from store.schema import BATCHES_COLUMNS, FIELDS_COLUMNS, KEYS_COLUMNS, POINTS_COLUMNS
 
 from ._settings import IngestSettings
-from ._tables import build_tables
+from ._tables import Tables, build_tables
 from .streams import DURABLE, consumer_config, ensure_streams
 
 log = logging.getLogger("stride.ingest")
@@ -49,6 +50,14 @@ class IngestStats:
         return dict(vars(self))
 
 
+@dataclasses.dataclass
+class _Job:
+    """A fetch decoded and turned into tables, waiting to be written."""
+
+    decoded: list[tuple[Msg, Batch]]
+    tables: Tables | None
+
+
 class IngestWorker:
     def __init__(self, nc: NatsClient, store: AsyncStore, settings: IngestSettings) -> None:
         self._nc = nc
@@ -68,6 +77,9 @@ class IngestWorker:
             stream=STREAM,
             config=consumer_config(self._settings.ack_wait_s),
         )
+        # Two stages: while one fetch is written (chDB releases the GIL), the next is
+        # fetched, decoded and turned into Arrow tables.
+        writing: asyncio.Task[None] | None = None
         try:
             while not self._stopping.is_set():
                 try:
@@ -76,14 +88,23 @@ class IngestWorker:
                     )
                 except (TimeoutError, NatsTimeoutError):
                     continue
-                await self.process(msgs)
+                job = await self._prepare(msgs)
+                if writing is not None:
+                    await writing
+                writing = asyncio.create_task(self._commit(job))
         finally:
+            if writing is not None:
+                await writing  # the batch in hand is written and acked before stopping
             await sub.unsubscribe()
 
     def stop(self) -> None:
         self._stopping.set()
 
     async def process(self, msgs: list[Msg]) -> None:
+        """Apply one fetch of messages: write, then ack (or nak on a write error)."""
+        await self._commit(await self._prepare(msgs))
+
+    async def _prepare(self, msgs: list[Msg]) -> _Job:
         self.stats.messages += len(msgs)
         decoded: list[tuple[Msg, Batch]] = []
         for msg in msgs:
@@ -91,10 +112,19 @@ class IngestWorker:
                 decoded.append((msg, decode_batch(msg.data)))
             except WireError as exc:
                 await self._dead_letter(msg, str(exc))
+        batches = [b for _, b in decoded]
+        return _Job(decoded, build_tables(batches) if batches else None)
+
+    async def _commit(self, job: _Job) -> None:
+        decoded = job.decoded
         try:
-            fresh = await self._not_yet_applied([b for _, b in decoded])
+            batches = [b for _, b in decoded]
+            fresh = await self._not_yet_applied(batches)
             if fresh:
-                await self._write(fresh)
+                # Built ahead for every batch; rebuilt only if the ledger skipped some.
+                tables = job.tables if len(fresh) == len(batches) else build_tables(fresh)
+                assert tables is not None
+                await self._write(tables, len(fresh))
         except StoreError as exc:
             self.stats.write_errors += 1
             log.error("ingest: write failed, the batches will be redelivered: %s", exc)
@@ -135,8 +165,7 @@ class IngestWorker:
                 fresh.append(b)
         return fresh
 
-    async def _write(self, batches: list[Batch]) -> None:
-        tables = build_tables(batches)
+    async def _write(self, tables: Tables, batches: int) -> None:
         if tables.points is not None:
             await self._store.insert_arrow(f"{DATABASE}.points", POINTS_COLUMNS, tables.points)
         await self._store.insert_arrow(f"{DATABASE}.run_fields", FIELDS_COLUMNS, tables.fields)
@@ -149,7 +178,7 @@ class IngestWorker:
         # The ledger is written last: if we die before it, the batch is redelivered
         # and re-applied, which the ReplacingMergeTree tables absorb.
         await self._store.insert_arrow(f"{DATABASE}.batches", BATCHES_COLUMNS, tables.ledger)
-        self.stats.batches_applied += len(batches)
+        self.stats.batches_applied += batches
         self.stats.points += tables.point_count
 
     async def _dead_letter(self, msg: Msg, reason: str) -> None:
