@@ -55,38 +55,47 @@ async def history(
     envelope: bool,
 ) -> Columns:
     params: dict[str, Any] = {"run": run, "stream": stream, "keys": string_array(keys)}
-    _set_range(
+    edges = _set_range(
         params,
         _INT64_MIN if min_step is None else min_step,
         _INT64_MAX if max_step is None else max_step,
     )
+    edge_stats = (
+        f" UNION ALL SELECT step, step, 1 FROM {DATABASE}.points WHERE {_SERIES} AND {_EDGES}"
+        if edges
+        else ""
+    )
     stats = await store.query_arrow(
         "SELECT min(smin) AS lo, max(smax) AS hi, sum(n) AS n FROM ("
         f"SELECT smin, smax, n FROM {DATABASE}.points_rollup "
-        f"WHERE {_SERIES} AND {_INTERIOR} "
-        f"UNION ALL SELECT step, step, 1 FROM {DATABASE}.points WHERE {_SERIES} AND {_EDGES})",
+        f"WHERE {_SERIES} AND {_INTERIOR}{edge_stats})",
         params,
     )
     n = stats.column("n")[0].as_py()
     if not n:
         return Columns.empty()
     lo, hi = stats.column("lo")[0].as_py(), stats.column("hi")[0].as_py()
-    _set_range(params, lo, hi)
     if n <= samples:
         return await _every_point(store, params, keys, envelope)
 
+    # The sample grid starts at the first point; the requested range still decides
+    # which rollup buckets are whole and which edges are read raw.
     width = max(1, math.ceil((hi - lo + 1) / max(1, samples - 1)))
+    params.update(origin=lo, origin_bucket=lo // ROLLUP_STEPS)
     if width < ROLLUP_STEPS:
         series = _by_key(await _raw_buckets(store, params, width), keys, edge=False)
     else:
-        series = await _rollup_buckets(store, params, keys, width)
+        series = await _rollup_buckets(store, params, keys, width, edges)
     picked = _pick(series, samples, hi)
     last = {key: _last(s, hi) for key, s in series.items()}
     return _columns(picked, last, keys, hi, envelope)
 
 
-def _set_range(params: dict[str, Any], lo: int, hi: int) -> None:
-    """``[lo, hi]``, the whole rollup buckets inside it, and where the raw edges start."""
+def _set_range(params: dict[str, Any], lo: int, hi: int) -> bool:
+    """``[lo, hi]``, the whole rollup buckets inside it, and where the raw edges start.
+
+    Returns whether the range cuts a rollup bucket (so there are edges to read raw).
+    """
     b_lo = -(-lo // ROLLUP_STEPS)  # the first bucket starting at or after lo
     b_hi = (hi + 1) // ROLLUP_STEPS - 1  # the last bucket ending at or before hi
     params.update(
@@ -97,6 +106,7 @@ def _set_range(params: dict[str, Any], lo: int, hi: int) -> None:
         in_lo=max(_INT64_MIN, b_lo * ROLLUP_STEPS),
         in_hi=min(_INT64_MAX, (b_hi + 1) * ROLLUP_STEPS - 1),
     )
+    return bool(params["in_lo"] > lo or params["in_hi"] < hi)
 
 
 async def _every_point(
@@ -117,27 +127,30 @@ async def _every_point(
 
 async def _raw_buckets(store: AsyncStore, params: dict[str, Any], width: int) -> pa.Table:
     return await store.query_arrow(
-        f"SELECT key, intDiv(step - {{lo:Int64}}, {width}) AS sb, {rollup_aggregates()} "
+        f"SELECT key, intDiv(step - {{origin:Int64}}, {width}) AS sb, {rollup_aggregates()} "
         f"FROM {DATABASE}.points WHERE {_SERIES} AND {_RANGE} GROUP BY key, sb",
         params,
     )
 
 
 async def _rollup_buckets(
-    store: AsyncStore, params: dict[str, Any], keys: list[str], width: int
+    store: AsyncStore, params: dict[str, Any], keys: list[str], width: int, edges: bool
 ) -> dict[str, Series]:
     span = math.ceil(width / ROLLUP_STEPS)  # rollup buckets per sample bucket
     interior = await store.query_arrow(
-        f"SELECT key, intDiv(bucket - {{b_lo:Int64}}, {span}) AS sb, {ROLLUP_MERGE} "
+        f"SELECT key, intDiv(bucket - {{origin_bucket:Int64}}, {span}) AS sb, {ROLLUP_MERGE} "
         f"FROM {DATABASE}.points_rollup WHERE {_SERIES} AND {_INTERIOR} GROUP BY key, sb",
         params,
     )
-    edges = await store.query_arrow(
+    series = _by_key(interior, keys, edge=False)
+    if not edges:
+        return series
+    edge_rows = await store.query_arrow(
         f"SELECT key, if(step < {{in_lo:Int64}}, -1, {_INT64_MAX}) AS sb, {rollup_aggregates()} "
         f"FROM {DATABASE}.points WHERE {_SERIES} AND {_EDGES} GROUP BY key, sb",
         params,
     )
-    return _concat(_by_key(interior, keys, edge=False), _by_key(edges, keys, edge=True))
+    return _concat(series, _by_key(edge_rows, keys, edge=True))
 
 
 #: Columns of a bucket summary: its envelope, and its first point (step ``smin``,
