@@ -114,6 +114,7 @@ class Flusher:
         self._last_ver = 0
         self._inflight: list[_Inflight] = []
         self._replaying: set[Path] = set()
+        self._replay_after = 0.0  # a failed replay waits reconnect_interval_s before the next
         self._nc: NatsClient | None = None
         self._js: JetStreamContext | None = None
         self._closing = threading.Event()
@@ -184,7 +185,7 @@ class Flusher:
                 await self._flush(heartbeat=now - last_sent >= s.heartbeat_s)
                 last_sent = time.monotonic()
             self._reap()
-            if self._connected() and self._spool.has_pending:
+            if self._connected() and self._spool.has_pending and now >= self._replay_after:
                 await self._replay_spool(limit=32)
             if closing and due and not len(self._buffer) and not (self._set or self._set_once):
                 break
@@ -335,6 +336,7 @@ class Flusher:
             self._spool_batch(item.seq, item.payload)
         else:
             self._replaying.discard(item.spool_path)  # stays on disk, retried later
+            self._replay_after = time.monotonic() + self._settings.reconnect_interval_s
 
     async def _replay_spool(self, limit: int) -> None:
         started = 0
@@ -364,7 +366,7 @@ class Flusher:
         while (self._inflight or (self._connected() and self._spool.pending())) and (
             time.monotonic() < self._close_deadline
         ):
-            if self._connected():
+            if self._connected() and time.monotonic() >= self._replay_after:
                 await self._replay_spool(limit=self._settings.max_inflight)
             if self._inflight:
                 await self._wait_for_acks()

@@ -19,6 +19,7 @@ import sdk
 from sdk import Settings
 from sdk._spool import spooled_files
 from sdk.wire import DLQ_STREAM, INGEST_SUBJECT, WIRE_VERSION, Batch, encode_batch
+from stride._nats_server import NatsServer
 
 from .conftest import STRIDE, StrideUp, free_port, run_python, scan, stride_up, wait_for, wait_rows
 
@@ -105,6 +106,22 @@ def test_writer_started_while_nats_is_down_spools_then_delivers(
         rows = wait_rows(sdk.Api(up.http_url), run.path, 30000)
         assert [r["_step"] for r in rows] == list(range(30000))
         assert sdk.Api(up.http_url).run(run.path).state == "finished"
+
+
+def test_writer_started_before_ingest_exists_delivers_once_it_does(
+    tmp_path: Path, spool: Path, nats_server: NatsServer
+) -> None:
+    """NATS is up but no stream exists yet (training started before ingest)."""
+    settings = Settings(server=nats_server.url, spool_dir=spool, reconnect_interval_s=0.2)
+    run = sdk.init(project="early", settings=settings)
+    for step in range(5000):
+        run.log({"x": float(step)})
+    wait_for(lambda: list(spooled_files(spool)), timeout=10)  # refused, so kept on disk
+    with stride_up(tmp_path / "data", "--nats-url", nats_server.url) as up:
+        report = run.finish(timeout=60)
+        assert report.complete, report
+        rows = wait_rows(sdk.Api(up.http_url), run.path, 5000)
+        assert [r["_step"] for r in rows] == list(range(5000))
 
 
 def test_finish_reports_what_was_not_delivered(spool: Path) -> None:
