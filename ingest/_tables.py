@@ -11,7 +11,7 @@ import pyarrow as pa
 
 from sdk.wire import Batch
 from store import MAX_VER
-from store.schema import POINTS_COLUMNS
+from store.schema import ONCE_PREFIX, POINTS_COLUMNS
 
 
 @dataclasses.dataclass
@@ -45,7 +45,8 @@ def build_tables(batches: list[Batch]) -> Tables:
         for name, value in b.set.items():
             field(b, name, value, b.ver)
         for name, value in b.set_once.items():
-            field(b, name, value, MAX_VER - b.ver)
+            # Stored beside any last-write-wins value of the same name, which wins.
+            field(b, ONCE_PREFIX + name, value, MAX_VER - b.ver)
         heartbeat = datetime.fromtimestamp(b.ver / 1e9, UTC).isoformat()
         field(b, "heartbeat_at", orjson.dumps(heartbeat).decode(), b.ver)
         points.add(b, keys)

@@ -10,6 +10,7 @@ import orjson
 
 from store import DATABASE, AsyncStore
 from store.params import string_array
+from store.schema import ONCE_PREFIX
 
 from .errors import BadRequest, NotFound
 
@@ -36,7 +37,11 @@ def _fold(
         "finished_at": None,
         "exit_code": None,
     }
-    for field, raw in fields.items():
+    for field, raw in sorted(fields.items()):  # "~x" sorts after "x": a plain field wins
+        if field.startswith(ONCE_PREFIX):
+            field = field.removeprefix(ONCE_PREFIX)
+            if field in fields:
+                continue
         value = orjson.loads(raw)
         if field.startswith("summary."):
             doc["summary"][field.removeprefix("summary.")] = value
@@ -72,7 +77,12 @@ async def list_runs(
     if order not in ("-created_at", "+created_at", "created_at"):
         raise BadRequest(f"order must be '-created_at' or '+created_at', got {order!r}")
     descending = order == "-created_at"
-    params: dict[str, Any] = {"e": entity, "p": project, "n": per_page}
+    params: dict[str, Any] = {
+        "e": entity,
+        "p": project,
+        "n": per_page,
+        "created": ONCE_PREFIX + "created_at",
+    }
     having = ""
     if after:
         try:
@@ -87,7 +97,7 @@ async def list_runs(
     direction = "DESC" if descending else "ASC"
     page = await store.query_arrow(
         f"SELECT run_id, argMax(value, ver) AS created FROM {DATABASE}.run_fields "
-        "WHERE entity = {e:String} AND project = {p:String} AND field = 'created_at' "
+        "WHERE entity = {e:String} AND project = {p:String} AND field = {created:String} "
         f"GROUP BY run_id {having} "
         f"ORDER BY created {direction}, run_id {direction} LIMIT {{n:UInt32}}",
         params,

@@ -47,8 +47,8 @@ def init(
     run_id = check_identifier("run id", id) if id is not None else random_id()
     if config is not None and not isinstance(config, Mapping):
         raise UsageError(f"config must be a mapping, got {type(config).__name__}")
-    tag_list = [tags] if isinstance(tags, str) else list(tags or [])
-    if not all(isinstance(t, str) and t for t in tag_list):
+    tag_list = None if tags is None else [tags] if isinstance(tags, str) else list(tags)
+    if tag_list is not None and not all(isinstance(t, str) and t for t in tag_list):
         raise UsageError(f"tags must be non-empty strings, got {tag_list!r}")
     if settings is None:
         settings = Settings.from_env(server=server)

@@ -98,7 +98,7 @@ class Run:
         run_id: str,
         name: str,
         config: Mapping[str, Any],
-        tags: list[str],
+        tags: list[str] | None,
         notes: str | None,
         folder: str | None,
         mode: str,
@@ -110,7 +110,7 @@ class Run:
         self.id = run_id
         self.name = name
         self.config = NestedDict(config)
-        self.tags = list(tags)
+        self.tags = list(tags or [])
         self.notes = notes
         self.folder = folder
         self.mode = mode
@@ -121,18 +121,20 @@ class Run:
         self._packers: dict[tuple[str, ...], Callable[..., bytes]] = {}
         self._finished = False
         self._report = DeliveryReport()
-        self._cancelled = False
         self._buffer = MetricBuffer(settings.max_buffer_rows)
         self._max_rows = settings.max_buffer_rows
         self._flusher: Flusher | None = None
         if mode == "disabled":
-            self._finished_state: str | None = None
             return
         writer = _writer_id()
         identity = RunIdentity(entity, project, run_id, writer)
         self._flusher = Flusher(settings, identity, self._buffer, offline=mode == "offline")
         self._flusher.set_fields({"created_at": _json(_iso_now())}, once=True)
-        init_fields = {"state": _json("running"), "tags": _json(self.tags)}
+        # Only what was given: a process joining an existing run by id must not
+        # blank its tags, notes or config.
+        init_fields = {"state": _json("running")}
+        if tags is not None:
+            init_fields["tags"] = _json(self.tags)
         if config:
             init_fields["config"] = _json(dict(config))
         if notes is not None:

@@ -9,7 +9,8 @@ Idempotent storage, which makes at-least-once delivery exactly-once in effect:
   so they never see a row twice, even before background merges.
 * ``run_fields`` holds each run field (``config``, ``state``,
   ``summary.<key>``...) as JSON text, last write wins by ``ver``. First-write-
-  wins fields (``created_at``) are stored with ``ver = 2^64-1 - batch ver``.
+  wins fields (``created_at``, a generated name) are stored as ``~<field>``
+  with ``ver = 2^64-1 - batch ver``; readers prefer a plain field over it.
 * ``batches`` is the ledger of applied batches ``(run, writer, seq)``: ingest
   skips a batch it has already applied (a re-sync after JetStream's duplicate
   window), so derived tables are not fed twice.
@@ -148,6 +149,10 @@ DDL = (
 BACKFILL_ROLLUP = f"""INSERT INTO {DATABASE}.points_rollup
     SELECT run, stream, key, {BUCKET_SQL} AS bucket, {rollup_aggregates("State")}
     FROM {DATABASE}.points GROUP BY run, stream, key, bucket"""
+
+#: First-write-wins fields are stored as ``~name``: a last-write-wins ``name``
+#: (an explicit run name) beats a first-write-wins one (a generated name).
+ONCE_PREFIX = "~"
 
 #: ``ver`` for first-write-wins fields: the earliest batch gets the largest version.
 MAX_VER = 2**64 - 1

@@ -29,7 +29,9 @@ WRITER = textwrap.dedent(
     from sdk import Settings
     first, count, tag = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
     settings = Settings.from_env(flush_rows=500)
-    run = sdk.init(project="delivery", id="shared-run", settings=settings)
+    # Writer "a" names the run; "b" joins with nothing and must not overwrite it.
+    given = dict(name="explicit", tags=["t1"], config={"lr": 0.1}) if tag == "a" else {}
+    run = sdk.init(project="delivery", id="shared-run", settings=settings, **given)
     for step in range(first, first + count):
         run.log({"loss": step * 1.0, f"only_{tag}": 1.0}, step=step)
     report = run.finish()
@@ -64,6 +66,8 @@ def test_two_writer_processes_into_one_run_exactly_once(stack: StrideUp, spool: 
     b_rows = scan(api, "default/delivery/shared-run", ["only_b"])
     assert [r["_step"] for r in a_rows] == list(range(10000))
     assert [r["_step"] for r in b_rows] == list(range(5000, 15000))
+    stored = api.run("default/delivery/shared-run")
+    assert (stored.name, stored.tags, stored.config) == ("explicit", ["t1"], {"lr": 0.1})
 
 
 def test_a_healthy_online_run_never_touches_the_spool(
