@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import contextlib
-
 from nats.js import JetStreamContext
 from nats.js.api import ConsumerConfig, RetentionPolicy, StorageType, StreamConfig
-from nats.js.errors import NotFoundError
+from nats.js.errors import BadRequestError, NotFoundError
 
 from sdk.wire import DLQ_STREAM, DLQ_SUBJECT, INGEST_SUBJECT, STREAM
 
@@ -49,12 +47,22 @@ def consumer_config(ack_wait_s: float) -> ConsumerConfig:
 
 
 async def ensure_streams(js: JetStreamContext, *, replicas: int = 1) -> None:
-    """Create the streams, or bring existing ones to this configuration."""
+    """Create the streams, or bring existing ones to this configuration.
+
+    Safe against other processes doing the same, or deleting a stream meanwhile:
+    adding a stream with its exact configuration is a no-op; a different one is
+    updated; one deleted between the two calls is added again.
+    """
     for config in stream_configs(replicas):
-        try:
-            await js.stream_info(config.name or "")
-        except NotFoundError:
-            with contextlib.suppress(Exception):
+        for _ in range(3):
+            try:
                 await js.add_stream(config)
-                continue
-        await js.update_stream(config)
+                break
+            except BadRequestError:  # exists with another configuration
+                try:
+                    await js.update_stream(config)
+                    break
+                except NotFoundError:
+                    continue
+        else:
+            raise RuntimeError(f"could not create or update the JetStream stream {config.name}")

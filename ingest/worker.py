@@ -12,6 +12,7 @@ hand.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import logging
 from typing import Any
@@ -20,6 +21,7 @@ import pyarrow as pa
 from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
 from nats.errors import TimeoutError as NatsTimeoutError
+from nats.js import JetStreamContext
 
 from sdk.wire import DLQ_SUBJECT, INGEST_SUBJECT, STREAM, Batch, WireError, decode_batch
 from store import DATABASE, AsyncStore, StoreError
@@ -68,15 +70,18 @@ class IngestWorker:
         self._known_keys: set[tuple[str, str, str]] = set()
         self.stats = IngestStats()
 
-    async def run(self) -> None:
-        """Consume until :meth:`stop` is called."""
+    async def _subscribe(self) -> JetStreamContext.PullSubscription:
         await ensure_streams(self._js, replicas=self._settings.replicas)
-        sub = await self._js.pull_subscribe(
+        return await self._js.pull_subscribe(
             INGEST_SUBJECT,
             durable=DURABLE,
             stream=STREAM,
             config=consumer_config(self._settings.ack_wait_s),
         )
+
+    async def run(self) -> None:
+        """Consume until :meth:`stop` is called."""
+        sub = await self._subscribe()
         # Two stages: while one fetch is written (chDB releases the GIL), the next is
         # fetched, decoded and turned into Arrow tables.
         writing: asyncio.Task[None] | None = None
@@ -88,10 +93,23 @@ class IngestWorker:
                     )
                 except (TimeoutError, NatsTimeoutError):
                     continue
-                job = await self._prepare(msgs)
+                except Exception as exc:  # stream or consumer gone, connection lost...
+                    log.error("ingest: fetch failed (%s); subscribing again in 1 s", exc)
+                    await asyncio.sleep(1.0)
+                    with contextlib.suppress(Exception):
+                        sub = await self._subscribe()
+                    continue
+                try:
+                    job = await self._prepare(msgs)
+                except Exception:
+                    # Never die on one fetch: unacked messages come back after ack_wait.
+                    log.exception(
+                        "ingest: could not prepare %d messages; they will be redelivered", len(msgs)
+                    )
+                    continue
                 if writing is not None:
                     await writing
-                writing = asyncio.create_task(self._commit(job))
+                writing = asyncio.create_task(self._commit_safely(job))
         finally:
             if writing is not None:
                 await writing  # the batch in hand is written and acked before stopping
@@ -114,6 +132,15 @@ class IngestWorker:
                 await self._dead_letter(msg, str(exc))
         batches = [b for _, b in decoded]
         return _Job(decoded, build_tables(batches) if batches else None)
+
+    async def _commit_safely(self, job: _Job) -> None:
+        try:
+            await self._commit(job)
+        except Exception:
+            self.stats.write_errors += 1
+            log.exception(
+                "ingest: could not apply %d batches; they will be redelivered", len(job.decoded)
+            )
 
     async def _commit(self, job: _Job) -> None:
         decoded = job.decoded
@@ -188,7 +215,16 @@ class IngestWorker:
             "Stride-Stream-Seq": str(meta.sequence.stream),
             "Nats-Msg-Id": f"dlq-{meta.sequence.stream}",
         }
-        await self._js.publish(DLQ_SUBJECT, msg.data, headers=headers, timeout=10.0)
+        try:
+            await self._js.publish(DLQ_SUBJECT, msg.data, headers=headers, timeout=10.0)
+        except Exception as exc:  # keep the message: it is retried, never dropped
+            log.error(
+                "ingest: cannot dead-letter message %s (%s); retrying later",
+                meta.sequence.stream,
+                exc,
+            )
+            await msg.nak(delay=5.0)
+            return
         await msg.ack()
         self.stats.dead_lettered += 1
         log.warning("ingest: message %s dead-lettered: %s", meta.sequence.stream, reason)

@@ -260,3 +260,36 @@ def test_ingest_killed_mid_stream_loses_and_duplicates_nothing(tmp_path: Path, n
         assert len(rows) == total
         assert [r["_step"] for r in rows] == list(range(total))
         assert all(r["a"] == r["_step"] and r["b"] == 1.0 for r in rows)
+
+
+@pytest.mark.slow
+def test_ingest_survives_an_unavailable_dead_letter_stream(tmp_path: Path) -> None:
+    """A message that cannot be dead-lettered yet is kept (retried), not dropped,
+    and the worker goes on ingesting good data meanwhile."""
+    from ingest.streams import ensure_streams
+
+    with stride_up(tmp_path / "data") as up:
+
+        async def break_dlq_then_publish_garbage() -> None:
+            nc = await nats.connect(up.nats_url)
+            js = nc.jetstream()
+            await js.delete_stream(DLQ_STREAM)
+            await js.publish(INGEST_SUBJECT, b"\x00garbage", headers={"Nats-Msg-Id": "bad-x"})
+            await nc.close()
+
+        asyncio.run(break_dlq_then_publish_garbage())
+        settings = up.settings(tmp_path / "spool")
+        with sdk.init(project="dlq-down", id="good", settings=settings) as run:
+            for step in range(100):
+                run.log({"a": float(step)})
+        api = sdk.Api(up.http_url)
+        assert len(wait_rows(api, "default/dlq-down/good", 100)) == 100
+        assert api.get("/api/v1/status")["ingest"]["dead_lettered"] == 0
+
+        async def restore_dlq() -> None:
+            nc = await nats.connect(up.nats_url)
+            await ensure_streams(nc.jetstream())
+            await nc.close()
+
+        asyncio.run(restore_dlq())
+        wait_for(lambda: api.get("/api/v1/status")["ingest"]["dead_lettered"] == 1, timeout=30)
