@@ -113,6 +113,16 @@ def main() -> None:
                 f"{get_s / pages * 1e3:>8.2f} | {verdict(client_rate >= TARGET)}",
                 flush=True,
             )
+        # A page must cost the same wherever it is: time 100 pages at each end.
+        for where, start in (("start", 0), ("end", max(0, args.points - 100_000))):
+            t0 = time.perf_counter()
+            rows = sum(
+                1 for _ in run.scan_history(page_size=1000, min_step=start, max_step=start + 99_999)
+            )
+            per_page = (time.perf_counter() - t0) / max(1, rows / 1000) * 1e3
+            print(
+                f"  page_size 1000 at the {where} of the run: {per_page:.1f} ms/page ({rows} rows)"
+            )
         profiler.__exit__()
 
 
