@@ -118,10 +118,6 @@ class IngestWorker:
     def stop(self) -> None:
         self._stopping.set()
 
-    async def process(self, msgs: list[Msg]) -> None:
-        """Apply one fetch of messages: write, then ack (or nak on a write error)."""
-        await self._commit(await self._prepare(msgs))
-
     async def _prepare(self, msgs: list[Msg]) -> _Job:
         self.stats.messages += len(msgs)
         decoded: list[tuple[Msg, Batch]] = []

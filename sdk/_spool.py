@@ -44,9 +44,6 @@ class Spool:
         self.has_pending = bool(found)
         return found
 
-    def __bool__(self) -> bool:
-        return bool(self.pending())
-
 
 def spooled_files(root: Path) -> Iterator[Path]:
     """Every spooled batch under ``root``, grouped by writer, oldest first."""

@@ -65,7 +65,7 @@ async def _log_nats_error(exc: Exception) -> None:
     log.warning("NATS: %s", exc or exc.__class__.__name__)
 
 
-async def serve(settings: UpSettings, *, ready: asyncio.Event | None = None) -> None:
+async def serve(settings: UpSettings) -> None:
     """Run until SIGINT/SIGTERM (or until the task is cancelled)."""
     data_dir = settings.data_dir.resolve()
     lock = DataDirLock(data_dir)
@@ -82,16 +82,14 @@ async def serve(settings: UpSettings, *, ready: asyncio.Event | None = None) -> 
             nats_url = nats_server.url
         else:
             nats_url = settings.nats_url
-        await _serve(settings, data_dir, nats_url, ready)
+        await _serve(settings, data_dir, nats_url)
     finally:
         if nats_server is not None:
             await asyncio.to_thread(nats_server.stop)
         lock.release()
 
 
-async def _serve(
-    settings: UpSettings, data_dir: Path, nats_url: str, ready: asyncio.Event | None
-) -> None:
+async def _serve(settings: UpSettings, data_dir: Path, nats_url: str) -> None:
     store = AsyncStore(await asyncio.to_thread(ChdbStore, data_dir / "clickhouse"))
     try:
         nc = await asyncio.wait_for(
@@ -130,22 +128,23 @@ async def _serve(
     print(f"stride: NATS  {nats_url}", flush=True)
     print(f"stride: HTTP  http://{settings.host}:{http_port}", flush=True)
     print(f"stride: data  {data_dir}", flush=True)
-    if ready is not None:
-        ready.set()
+    failure: BaseException | None = None
     try:
         stop_task = asyncio.create_task(stop.wait())
         done, _ = await asyncio.wait({stop_task, worker_task}, return_when=asyncio.FIRST_COMPLETED)
         if worker_task in done:
-            worker_task.result()  # the worker died: surface why
+            failure = worker_task.exception()
         print("stride: stopping (draining ingest)...", flush=True)
     finally:
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(sig)
         worker.stop()
-        with contextlib.suppress(asyncio.TimeoutError, asyncio.CancelledError):
+        with contextlib.suppress(Exception, asyncio.CancelledError):
             await asyncio.wait_for(worker_task, settings.ingest.drain_timeout_s)
         await runner.cleanup()
         with contextlib.suppress(Exception):
             await asyncio.wait_for(nc.drain(), 5.0)
         await store.close()
+    if failure is not None:
+        raise CliError(f"ingest stopped unexpectedly: {failure!r}; restart `stride up`")
     print("stride: stopped", flush=True)
