@@ -6,7 +6,9 @@ All against a real ``stride up`` (nats-server + chDB) in a subprocess.
 from __future__ import annotations
 
 import asyncio
+import os
 import shutil
+import signal
 import subprocess
 import textwrap
 from pathlib import Path
@@ -47,7 +49,7 @@ def test_two_writer_processes_into_one_run_exactly_once(stack: StrideUp, spool: 
     procs = [
         subprocess.Popen(
             [*STRIDE[:1], "-c", WRITER, str(first), "10000", tag],
-            env={**__import__("os").environ, **env},
+            env={**os.environ, **env},
             stdout=subprocess.PIPE,
             text=True,
         )
@@ -293,3 +295,46 @@ def test_ingest_survives_an_unavailable_dead_letter_stream(tmp_path: Path) -> No
 
         asyncio.run(restore_dlq())
         wait_for(lambda: api.get("/api/v1/status")["ingest"]["dead_lettered"] == 1, timeout=30)
+
+
+def test_normal_exit_without_finish_delivers_everything(stack: StrideUp, spool: Path) -> None:
+    out = run_python(
+        "import sdk\n"
+        "run = sdk.init(project='exits', id='no-finish')\n"
+        "for i in range(3000):\n"
+        "    run.log({'a': float(i)})\n"
+        "print('done')\n",  # no finish(): the interpreter's exit must flush
+        env={"STRIDE_SERVER": stack.nats_url, "STRIDE_SPOOL_DIR": str(spool)},
+    )
+    assert out.strip() == "done"
+    api = sdk.Api(stack.http_url)
+    rows = wait_rows(api, "default/exits/no-finish", 3000)
+    assert [r["_step"] for r in rows] == list(range(3000))
+    wait_for(lambda: api.run("default/exits/no-finish").state == "finished")
+
+
+def test_sigterm_flushes_what_was_logged_and_marks_the_run_cancelled(
+    stack: StrideUp, spool: Path
+) -> None:
+    code = (
+        "import sdk, sys\n"
+        "run = sdk.init(project='exits', id='terminated')\n"
+        "i = 0\n"
+        "while True:\n"
+        "    run.log({'a': float(i)})\n"
+        "    i += 1\n"
+        "    if i == 5000:\n"
+        "        print('ready', flush=True)\n"
+    )
+    env = {**os.environ, "STRIDE_SERVER": stack.nats_url, "STRIDE_SPOOL_DIR": str(spool)}
+    proc = subprocess.Popen([*STRIDE[:1], "-c", code], env=env, stdout=subprocess.PIPE, text=True)
+    assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=60) == 143
+    proc.stdout.close()
+    api = sdk.Api(stack.http_url)
+    wait_for(lambda: api.run("default/exits/terminated").state == "cancelled")
+    rows = scan(api, "default/exits/terminated")
+    assert len(rows) >= 5000
+    assert [r["_step"] for r in rows] == list(range(len(rows)))  # a prefix, nothing missing
+    assert not list(spooled_files(spool))
