@@ -42,11 +42,22 @@ def check_identifier(kind: str, value: str) -> str:
     return value
 
 
-def _json(value: Any) -> str:
+#: Largest JSON text of one run field (config, tags, a summary value...). A batch
+#: must fit in one NATS message; refusing here beats a batch that never sends.
+MAX_FIELD_BYTES = 256 * 1024
+
+
+def _json(value: Any, what: str = "value") -> str:
     try:
-        return orjson.dumps(value, option=_JSON_OPTIONS).decode()
+        text = orjson.dumps(value, option=_JSON_OPTIONS).decode()
     except TypeError as exc:
-        raise UsageError(f"value {value!r} cannot be stored as JSON: {exc}") from None
+        raise UsageError(f"{what} {value!r:.80} cannot be stored as JSON: {exc}") from None
+    if len(text) > MAX_FIELD_BYTES:
+        raise UsageError(
+            f"{what} is {len(text) // 1024} KiB as JSON; the limit is "
+            f"{MAX_FIELD_BYTES // 1024} KiB. Store large objects as files instead."
+        )
+    return text
 
 
 def _iso_now() -> str:
@@ -70,7 +81,7 @@ class Summary(NestedDict):
     def __setitem__(self, key: str, value: Any) -> None:
         if not isinstance(key, str) or not key:
             raise UsageError(f"summary keys must be non-empty strings, got {key!r}")
-        encoded = _json(value)
+        encoded = _json(value, f"summary[{key!r}]")
         super().__setitem__(key, value)
         self._send({f"summary.{key}": encoded})
 
@@ -126,22 +137,22 @@ class Run:
         self._flusher: Flusher | None = None
         if mode == "disabled":
             return
-        writer = _writer_id()
-        identity = RunIdentity(entity, project, run_id, writer)
-        self._flusher = Flusher(settings, identity, self._buffer, offline=mode == "offline")
-        self._flusher.set_fields({"created_at": _json(_iso_now())}, once=True)
         # Only what was given: a process joining an existing run by id must not
-        # blank its tags, notes or config.
+        # blank its tags, notes or config. Encoded first: a bad value starts nothing.
         init_fields = {"state": _json("running")}
         if tags is not None:
-            init_fields["tags"] = _json(self.tags)
+            init_fields["tags"] = _json(self.tags, "tags")
         if config:
-            init_fields["config"] = _json(dict(config))
+            init_fields["config"] = _json(dict(config), "config")
         if notes is not None:
-            init_fields["notes"] = _json(notes)
+            init_fields["notes"] = _json(notes, "notes")
         if folder is not None:
-            init_fields["folder"] = _json(folder)
-        self._flusher.set_fields({"name": _json(name)}, once=not name_given)
+            init_fields["folder"] = _json(folder, "folder")
+        name_field = {"name": _json(name, "name")}
+        identity = RunIdentity(entity, project, run_id, _writer_id())
+        self._flusher = Flusher(settings, identity, self._buffer, offline=mode == "offline")
+        self._flusher.set_fields({"created_at": _json(_iso_now())}, once=True)
+        self._flusher.set_fields(name_field, once=not name_given)
         self._flusher.set_fields(init_fields)
         self._flusher.start()
         atexit.register(self._at_exit)
@@ -263,6 +274,13 @@ class Run:
                 raise UsageError(f"metric name {key!r} is reserved: names starting with '_' are")
             if len(key) > 256:
                 raise UsageError(f"metric name {key[:40]!r}... is longer than 256 characters")
+        row_bytes = record_format(len(keys)).size + sum(len(k) for k in keys)
+        if row_bytes > self.settings.max_batch_bytes // 2:
+            raise UsageError(
+                f"one log() call with {len(keys)} metrics is {row_bytes // 1024} KiB; the limit "
+                f"is {self.settings.max_batch_bytes // 2 // 1024} KiB (half a batch). "
+                "Split it over several calls with the same step."
+            )
         pack = self._packers[keys] = record_format(len(keys)).pack
         return pack
 

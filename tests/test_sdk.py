@@ -145,3 +145,41 @@ def test_rows_are_built_safely_for_any_metric_name() -> None:
     assert rows == [{"_step": 1, hostile: 0.5, "ünï": 1.0}, {"_step": 2, hostile: 0.25, "ünï": 2.0}]
     sparse = list(_rows({"_step": [1, 2], "a": [None, 3.0]}))
     assert sparse == [{"_step": 1}, {"_step": 2, "a": 3.0}]
+
+
+def test_values_too_large_to_send_are_refused_with_the_limit(tmp_path: Path) -> None:
+    settings = Settings(spool_dir=tmp_path)
+    before = threading.active_count()
+    with pytest.raises(UsageError, match=r"config is \d+ KiB as JSON; the limit is 256 KiB"):
+        sdk.init(project="p", mode="offline", settings=settings, config={"blob": "x" * 300_000})
+    assert threading.active_count() == before  # nothing was started
+    run = sdk.init(project="p", mode="offline", settings=settings)
+    with pytest.raises(UsageError, match=r"summary\['big'\] is \d+ KiB"):
+        run.summary["big"] = list(range(100_000))
+    with pytest.raises(UsageError, match="Split it over several calls"):
+        run.log({f"m{i}": 1.0 for i in range(60_000)})
+    run.log({"fine": 1.0})
+    run.finish()
+
+
+def test_a_full_buffer_blocks_log_briefly_warns_and_drops_nothing(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Nothing drains the buffer while the first connection attempt (to a dead
+    # address) is pending, so it fills.
+    settings = Settings(
+        server="nats://127.0.0.1:9",
+        spool_dir=tmp_path,
+        max_buffer_rows=100,
+        max_block_s=0.05,
+        connect_timeout_s=1.0,
+    )
+    run = sdk.init(project="p", settings=settings)
+    for i in range(1000):
+        run.log({"a": float(i)})
+    assert any("rows are waiting to be sent" in r.message for r in caplog.records)
+    report = run.finish(timeout=5)
+    batches = [decode_batch(f.read_bytes()) for f in spooled_files(tmp_path)]
+    steps = sorted(s for b in batches for blk in b.metrics for s in memoryview(blk.steps).cast("q"))
+    assert steps == list(range(1000))
+    assert not report.complete
