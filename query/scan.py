@@ -1,13 +1,19 @@
 """Full history, page by page: keyset pagination on ``step``, never OFFSET.
 
-One query per page: for each key, ``FINAL`` (deduplicated by version, so a
-step never appears twice) ``ORDER BY step LIMIT page_size`` from ``lo``,
-which reads the index in order and stops after ``page_size`` rows, so a page
-costs the same at the start and at the end of a 10M-point run.
-``lo`` is one past the previous page's last step (or ``min_step``). The page
-ends at ``bound``, the smallest last step among keys that filled their
-``page_size`` rows: below it every key's rows are complete, so consecutive
-pages neither overlap nor leave a gap. Points written while a
+Reads are always deduplicated by version (``FINAL``), so a step never
+appears twice, and always bounded, so a page costs the same at the start and
+at the end of a 10M-point run. ``lo`` is one past the previous page's last
+step (or ``min_step``); the page ends at ``bound``, and every key's rows up
+to ``bound`` are in the page, so consecutive pages neither overlap nor leave
+a gap:
+
+* one key: ``ORDER BY step LIMIT page_size`` from ``lo`` reads the index in
+  order and stops; ``bound`` is the last step read;
+* several keys: ``bound`` comes from the point counts in ``points_rollup``
+  (:func:`_page_bound`), then one range read covers every key up to it.
+
+Pages can hold fewer than ``page_size`` rows, even none, before the end;
+``next`` is ``None`` only when the scan is complete. Points written while a
 scan runs appear on later pages if their step is past the cursor.
 """
 
@@ -15,13 +21,16 @@ from __future__ import annotations
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from store import DATABASE, AsyncStore
+from store.params import string_array
+from store.schema import ROLLUP_STEPS
 
 from ._columns import Columns, pivot
 
 _INT64_MAX = 2**63 - 1
+_ONE_KEY = "run = {run:String} AND stream = {stream:String} AND key = {key:String}"
+_KEYS = "run = {run:String} AND stream = {stream:String} AND key IN {keys:Array(String)}"
 
 
 async def scan_page(
@@ -43,36 +52,30 @@ async def scan_page(
     """
     hi = _INT64_MAX if max_step is None else max_step
     params: dict[str, object] = {"run": run, "stream": stream, "lo": lo, "hi": hi, "n": page_size}
-    # One subquery per key: with the key fixed, "ORDER BY step LIMIT n" reads the
-    # index in order and stops after n rows. (LIMIT n BY key over all keys at once
-    # reads every remaining row: a page cost grew with the run, a scan quadratically.)
-    subqueries = []
-    for i, key in enumerate(keys):
-        params[f"k{i}"] = key
-        subqueries.append(
-            f"SELECT key, step, value FROM {DATABASE}.points FINAL "
-            f"WHERE run = {{run:String}} AND stream = {{stream:String}} AND key = {{k{i}:String}} "
-            "AND step BETWEEN {lo:Int64} AND {hi:Int64} ORDER BY step LIMIT {n:UInt32}"
+    if len(keys) == 1:
+        # With the key fixed, ORDER BY step LIMIT n reads the index in order and stops.
+        params["key"] = keys[0]
+        table = await store.query_arrow(
+            f"SELECT key, step, value FROM {DATABASE}.points FINAL WHERE {_ONE_KEY} "
+            "AND step BETWEEN {lo:Int64} AND {hi:Int64} ORDER BY step LIMIT {n:UInt32}",
+            params,
         )
-    table = await store.query_arrow(
-        f"SELECT key, step, value FROM ({' UNION ALL '.join(subqueries)}) ORDER BY key, step",
-        params,
-    )
-    if table.num_rows == 0:
-        return Columns.empty(), None
-    key_codes = table.column("key").combine_chunks().dictionary_encode().indices.to_numpy()
-    steps = table.column("step").to_numpy()
-    # Rows come grouped by key, each group ascending: a full group bounds the page.
-    ends = np.flatnonzero(np.r_[key_codes[1:] != key_codes[:-1], True])
-    starts = np.r_[0, ends[:-1] + 1]
-    counts = ends - starts + 1
-    full = counts >= page_size
-    if require_all and len(ends) < len(keys):
-        return Columns.empty(), None  # some required key has no more points: done
-    bound = int(steps[ends[full]].min()) if full.any() else hi
-    more = bool(full.any()) and bound < hi
-    if more:
-        table = table.filter(pc.less_equal(table.column("step"), pa.scalar(bound, pa.int64())))
+        if table.num_rows == 0:
+            return Columns.empty(), None
+        full = table.num_rows >= page_size
+        bound = int(table.column("step")[-1].as_py()) if full else hi
+    else:
+        params["keys"] = string_array(keys)
+        found = await _page_bound(store, params, keys, page_size, lo, hi, require_all)
+        if found is None:
+            return Columns.empty(), None
+        bound = found
+        table = await store.query_arrow(
+            f"SELECT key, step, value FROM {DATABASE}.points FINAL WHERE {_KEYS} "
+            "AND step BETWEEN {lo:Int64} AND {bound:Int64} ORDER BY key, step",
+            {**params, "bound": bound},
+        )
+    more = bound < hi
     cols = pivot(table, keys)
     if require_all and len(cols):
         cols = cols.take(np.flatnonzero(np.logical_and.reduce(list(cols.present.values()))))
@@ -80,3 +83,64 @@ async def scan_page(
         cols = cols.take(np.arange(page_size))
         return cols, int(cols.steps[-1]) + 1
     return cols, (bound + 1 if more else None)
+
+
+async def _page_bound(
+    store: AsyncStore,
+    params: dict[str, object],
+    keys: list[str],
+    page_size: int,
+    lo: int,
+    hi: int,
+    require_all: bool,
+) -> int | None:
+    """Where a multi-key page ends, from the rollup's point counts (``None``: done).
+
+    Looks at the next ``page_size`` rollup buckets only, so the cost is bounded
+    wherever the scan is: the page ends where the first key reaches
+    ``page_size`` points (counts include re-logged duplicates, which can only
+    make a page shorter), or at the end of that window.
+    """
+    first = lo // ROLLUP_STEPS
+    window = {"b_lo": first, "b_hi": first + page_size - 1}
+
+    async def counts_in_window() -> pa.Table:
+        return await store.query_arrow(
+            f"SELECT key, bucket, sum(n) AS n FROM {DATABASE}.points_rollup WHERE {_KEYS} "
+            "AND bucket BETWEEN {b_lo:Int64} AND {b_hi:Int64} "
+            "GROUP BY key, bucket ORDER BY key, bucket",
+            {**params, **window},
+        )
+
+    counts = await counts_in_window()
+    if counts.num_rows == 0:  # a gap in the steps: jump to the next bucket with data
+        nxt = await store.query_arrow(
+            f"SELECT min(bucket) AS b, count() AS c FROM {DATABASE}.points_rollup WHERE {_KEYS} "
+            "AND bucket > {b_hi:Int64}",
+            {**params, **window},
+        )
+        if not nxt.column("c")[0].as_py():
+            return None
+        window["b_lo"] = int(nxt.column("b")[0].as_py())
+        window["b_hi"] = window["b_lo"] + page_size - 1
+        counts = await counts_in_window()
+    codes = counts.column("key").combine_chunks().dictionary_encode().indices.to_numpy()
+    if require_all and len(np.unique(codes)) < len(keys):
+        # A required key has no points in the window: no row can have them all.
+        # Skip the window, unless the key has no points left at all.
+        rest = await store.query_arrow(
+            f"SELECT uniqExact(key) AS k FROM {DATABASE}.points_rollup WHERE {_KEYS} "
+            "AND bucket >= {b_lo:Int64}",
+            {**params, **window},
+        )
+        if rest.column("k")[0].as_py() < len(keys):
+            return None
+    buckets = counts.column("bucket").to_numpy()
+    n = counts.column("n").to_numpy()
+    window_end = (window["b_hi"] + 1) * ROLLUP_STEPS - 1
+    bound = window_end
+    for group in np.split(np.arange(len(codes)), np.flatnonzero(np.diff(codes)) + 1):
+        reached = np.flatnonzero(np.cumsum(n[group]) >= page_size)
+        if len(reached):
+            bound = min(bound, (int(buckets[group][reached[0]]) + 1) * ROLLUP_STEPS - 1)
+    return max(lo, min(bound, hi))

@@ -340,3 +340,28 @@ def test_relogged_steps_keep_the_last_value(stack: StrideUp, spool: Path) -> Non
         r["v"] == (4.0 if r["_step"] == 5 else 2.0 if r["_step"] % 10 == 0 else 1.0)
         for r in sampled
     )
+
+
+def test_scans_cross_huge_step_gaps_in_few_pages(stack: StrideUp, spool: Path) -> None:
+    far = 10**12
+    with sdk.init(project="gaps", settings=stack.settings(spool)) as run:
+        for step in [*range(500), *range(far, far + 500)]:
+            run.log({"x": float(step), "y": -1.0} if step >= far else {"x": float(step)}, step=step)
+    api = sdk.Api(stack.http_url)
+    wait_rows(api, run.path, 1000, keys=["x"])
+    entity, project, run_id = run.path.split("/")
+    pages, rows, cursor = 0, [], None
+    while True:  # every key (no keys=): the multi-key path
+        params = {"page_size": 100} | ({} if cursor is None else {"cursor": cursor})
+        status, body = _get(stack, f"/api/v1/runs/{entity}/{project}/{run_id}/scan", **params)
+        assert status == 200
+        pages += 1
+        rows += body["columns"]["_step"]
+        cursor = body["next"]
+        if cursor is None:
+            break
+    assert rows == [*range(500), *range(far, far + 500)]
+    assert pages <= 15  # the gap is jumped, not walked
+    both = list(api.run(run.path).scan_history(keys=["x", "y"], page_size=100))
+    assert [r["_step"] for r in both] == list(range(far, far + 500))
+    assert all(r["y"] == -1.0 for r in both)
