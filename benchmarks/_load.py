@@ -43,30 +43,39 @@ def _points_chunk(run: str, key: str, start: int, n: int) -> pa.Table:
 
 
 def load_series(
-    data_dir: Path, runs: dict[str, int], key: str = "loss", optimize: bool = False
+    data_dir: Path,
+    runs: dict[str, int],
+    key: str = "loss",
+    optimize: bool = False,
+    extra_keys: int = 0,
 ) -> dict[str, float]:
-    """Insert ``n`` points of ``key`` for each ``run path -> n``; return timings and parts."""
+    """Insert ``n`` points of ``key`` (and of ``extra_keys`` more keys, ``key_1``...)
+    for each ``run path -> n``; return timings and parts."""
+    keys = [key, *(f"{key}_{i}" for i in range(1, extra_keys + 1))]
     t0 = time.perf_counter()
     store = ChdbStore(data_dir / "clickhouse")
     try:
         for path, n in runs.items():
             entity, project, run_id = path.split("/")
-            for start in range(0, n, CHUNK):
-                table = _points_chunk(path, key, start, min(CHUNK, n - start))
-                store.insert_arrow(f"{DATABASE}.points", POINTS_COLUMNS, table)
+            for name in keys:
+                for start in range(0, n, CHUNK):
+                    table = _points_chunk(path, name, start, min(CHUNK, n - start))
+                    store.insert_arrow(f"{DATABASE}.points", POINTS_COLUMNS, table)
             fields = pa.table(
                 {
                     "entity": [entity] * 3,
                     "project": [project] * 3,
                     "run_id": [run_id] * 3,
-                    "field": ["created_at", "state", "name"],
+                    "field": ["~created_at", "state", "name"],
                     "value": ['"2026-01-01T00:00:00+00:00"', '"finished"', f'"{run_id}"'],
                     "ver": pa.array([1, 1, 1], pa.uint64()),
                 }
             )
             store.insert_arrow(f"{DATABASE}.run_fields", FIELDS_COLUMNS, fields)
-            keys = pa.table({"run": [path], "stream": ["default"], "key": [key]})
-            store.insert_arrow(f"{DATABASE}.run_keys", KEYS_COLUMNS, keys)
+            names = pa.table(
+                {"run": [path] * len(keys), "stream": ["default"] * len(keys), "key": keys}
+            )
+            store.insert_arrow(f"{DATABASE}.run_keys", KEYS_COLUMNS, names)
         load_s = time.perf_counter() - t0
         if optimize:
             store.command(f"OPTIMIZE TABLE {DATABASE}.points FINAL")

@@ -42,16 +42,21 @@ def main() -> None:
     ap.add_argument("--points", type=int, default=2_000_000)
     ap.add_argument("--page-sizes", default="1000,10000,100000")
     ap.add_argument("--max-pages", type=int, default=200, help="cap per page size")
+    ap.add_argument(
+        "--keys", type=int, default=1, help="keys per step (more than 1: scan all keys, no keys=)"
+    )
     ap.add_argument("--profile-server", type=Path, default=None, help="py-spy output for stride up")
     args = ap.parse_args()
     handle_sigterm()
-    print_machine(f"bench_scan: scan_history rows/s over JSON, {args.points} points of one key")
+    print_machine(
+        f"bench_scan: scan_history rows/s over JSON, {args.points} steps x {args.keys} key(s)"
+    )
 
-    path = f"default/bench/scan{args.points}"
+    path = f"default/bench/scan{args.points}x{args.keys}"
     with ExitStack() as stack:
         tmp = Path(tempfile.mkdtemp(prefix="stride-bench-scan-"))
         stack.callback(shutil.rmtree, tmp, ignore_errors=True)
-        info = load_series(tmp / "data", {path: args.points})
+        info = load_series(tmp / "data", {path: args.points}, extra_keys=args.keys - 1)
         print(
             f"loaded {int(info['rows'])} points into chDB in {info['load_s']:.1f} s; "
             f"{int(info['active_parts'])} active parts"
