@@ -36,6 +36,14 @@ class Columns:
     def __len__(self) -> int:
         return len(self.steps)
 
+    def take_range(self, start: int, stop: int) -> Columns:
+        """Rows ``start:stop`` (views, no copy)."""
+        return Columns(
+            self.steps[start:stop],
+            {k: v[start:stop] for k, v in self.values.items()},
+            {k: p[start:stop] for k, p in self.present.items()},
+        )
+
     def take(self, rows: np.ndarray) -> Columns:
         return Columns(
             self.steps[rows],

@@ -365,3 +365,29 @@ def test_scans_cross_huge_step_gaps_in_few_pages(stack: StrideUp, spool: Path) -
     both = list(api.run(run.path).scan_history(keys=["x", "y"], page_size=100))
     assert [r["_step"] for r in both] == list(range(far, far + 500))
     assert all(r["y"] == -1.0 for r in both)
+
+
+def test_read_ahead_serves_exact_pages_then_forgets() -> None:
+    import numpy as np
+
+    from query._columns import Columns
+    from query.readahead import ReadAhead
+
+    rows = Columns(np.arange(10, 35), {"a": np.ones(25)}, {"a": np.ones(25, bool)})
+    cache = ReadAhead(ttl_s=60, max_entries=2)
+    scan = ("e/p/r", "default", ("a",), True, 10, None)
+    page, cursor = cache.serve(scan, rows, 1000, page_size=10)
+    assert page.steps.tolist() == list(range(10, 20)) and cursor == 20
+    nxt = (*scan[:4], 20, None)
+    kept = cache.take(nxt)
+    assert kept is not None and kept[1] == 1000
+    page, cursor = cache.serve(nxt, *kept, page_size=10)
+    assert page.steps.tolist() == list(range(20, 30)) and cursor == 30
+    last = (*scan[:4], 30, None)
+    page, cursor = cache.serve(last, *cache.take(last) or (Columns.empty(), None), page_size=10)
+    assert page.steps.tolist() == list(range(30, 35)) and cursor == 1000  # the scan goes on
+    assert cache.take(last) is None  # each entry is used once
+    expired = ReadAhead(ttl_s=0.0)
+    expired.serve(scan, rows, None, page_size=10)
+    time.sleep(0.01)
+    assert expired.take(nxt) is None
