@@ -391,3 +391,18 @@ def test_read_ahead_serves_exact_pages_then_forgets() -> None:
     expired.serve(scan, rows, None, page_size=10)
     time.sleep(0.01)
     assert expired.take(nxt) is None
+
+
+@pytest.mark.parametrize(
+    ("error", "state", "exit_code"),
+    [(ValueError, "failed", 1), (KeyboardInterrupt, "cancelled", 130)],
+)
+def test_leaving_the_block_by_an_exception_sets_the_state(
+    stack: StrideUp, spool: Path, error: type[BaseException], state: str, exit_code: int
+) -> None:
+    with pytest.raises(error), sdk.init(project="states", settings=stack.settings(spool)) as run:
+        run.log({"a": 1.0})
+        raise error()
+    api = sdk.Api(stack.http_url)
+    wait_for(lambda: _exists(api, run.path) and api.run(run.path).state == state)
+    assert api.run(run.path).exit_code == exit_code
