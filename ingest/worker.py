@@ -62,7 +62,6 @@ class _Job:
 
 class IngestWorker:
     def __init__(self, nc: NatsClient, store: AsyncStore, settings: IngestSettings) -> None:
-        self._nc = nc
         self._js = nc.jetstream()
         self._store = store
         self._settings = settings

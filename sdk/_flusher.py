@@ -27,6 +27,7 @@ import dataclasses
 import logging
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +38,15 @@ from nats.js import JetStreamContext
 from ._buffer import MetricBuffer, to_blocks
 from ._settings import Settings
 from ._spool import Spool, remove
-from .wire import INGEST_SUBJECT, WIRE_VERSION, Batch, decode_batch, encode_batch, message_id
+from .wire import (
+    INGEST_SUBJECT,
+    WIRE_VERSION,
+    Batch,
+    MetricBlock,
+    decode_batch,
+    encode_batch,
+    message_id,
+)
 
 log = logging.getLogger("stride")
 
@@ -239,19 +248,26 @@ class Flusher:
         return self._js is not None and self._nc is not None and self._nc.is_connected
 
     async def _flush(self, *, heartbeat: bool) -> None:
+        for batch in self._take_batches(heartbeat=heartbeat):
+            await self._send(batch)
+            time.sleep(0)  # hand the GIL back to the training thread between batches
+
+    def _take_batches(self, *, heartbeat: bool) -> Iterator[Batch]:
+        """Everything buffered and every pending field, as batches (fields ride the first)."""
         groups = self._buffer.take()
         with self._fields_lock:
             set_, self._set = self._set, {}
             set_once, self._set_once = self._set_once, {}
         sent_any = False
         for blocks in to_blocks(groups, self._stream, self._settings.max_batch_bytes):
-            await self._send(self._batch(set_, set_once, blocks))
+            yield self._batch(set_, set_once, blocks)
             set_, set_once, sent_any = {}, {}, True
-            time.sleep(0)  # hand the GIL back to the training thread between batches
         if set_ or set_once or (heartbeat and not sent_any):
-            await self._send(self._batch(set_, set_once, []))
+            yield self._batch(set_, set_once, [])
 
-    def _batch(self, set_: dict[str, str], set_once: dict[str, str], blocks: list) -> Batch:  # type: ignore[type-arg]
+    def _batch(
+        self, set_: dict[str, str], set_once: dict[str, str], blocks: list[MetricBlock]
+    ) -> Batch:
         ver = max(time.time_ns(), self._last_ver + 1)
         self._last_ver = ver
         seq = self._seq
@@ -381,16 +397,7 @@ class Flusher:
                 await asyncio.wait_for(self._nc.close(), timeout=2.0)
 
     def _spool_everything_left(self) -> None:
-        groups = self._buffer.take()
-        with self._fields_lock:
-            set_, set_once = self._set, self._set_once
-            self._set, self._set_once = {}, {}
-        for blocks in to_blocks(groups, self._stream, self._settings.max_batch_bytes):
-            batch = self._batch(set_, set_once, blocks)
-            self._spool_batch(batch.seq, encode_batch(batch))
-            set_, set_once = {}, {}
-        if set_ or set_once:
-            batch = self._batch(set_, set_once, [])
+        for batch in self._take_batches(heartbeat=False):
             self._spool_batch(batch.seq, encode_batch(batch))
 
     def _warn_once(self, key: str, message: str) -> None:

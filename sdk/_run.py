@@ -133,7 +133,6 @@ class Run:
         self._finished = False
         self._report = DeliveryReport()
         self._buffer = MetricBuffer(settings.max_buffer_rows)
-        self._max_rows = settings.max_buffer_rows
         self._flusher: Flusher | None = None
         if mode == "disabled":
             return
@@ -201,7 +200,7 @@ class Run:
             record = pack(step, t, ts, *data.values())
         except struct.error:
             raise self._value_error(data) from None
-        if self._buffer.append(keys, record) >= self._max_rows:
+        if self._buffer.append(keys, record) >= self._buffer.max_rows:
             self._buffer_full()
 
     def finish(
@@ -302,9 +301,9 @@ class Run:
                 "stride: %d rows are waiting to be sent (limit %d); memory grows until the "
                 "flusher catches up. Nothing is dropped.",
                 len(self._buffer),
-                self._max_rows,
+                self._buffer.max_rows,
             )
-            self._max_rows *= 2  # warn again only if it doubles
+            self._buffer.max_rows *= 2  # wait and warn again only if it doubles
 
     def _at_exit(self) -> None:
         if not self._finished:

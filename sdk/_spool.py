@@ -22,7 +22,6 @@ class Spool:
     """The spooled batches of one writer."""
 
     def __init__(self, root: Path, writer: str) -> None:
-        self.root = root
         self.dir = root / writer
         #: False once a scan found nothing; set again by the next write. Lets the
         #: flusher skip listing the directory while there is nothing to replay.

@@ -23,9 +23,6 @@ class AsyncStore:
         result: pa.Table = await self._call(self.sync.query_arrow, sql, params)
         return result
 
-    async def command(self, sql: str, params: dict[str, Any] | None = None) -> None:
-        await self._call(self.sync.command, sql, params)
-
     async def close(self) -> None:
         await self._call(self.sync.close)
         self._executor.shutdown(wait=True)
