@@ -271,6 +271,13 @@ def test_ingest_survives_an_unavailable_dead_letter_stream(tmp_path: Path) -> No
     from ingest.streams import ensure_streams
 
     with stride_up(tmp_path / "data") as up:
+        settings = up.settings(tmp_path / "spool")
+        api = sdk.Api(up.http_url)
+        # First let the worker subscribe (and ensure its streams), or it could
+        # re-create the stream this test deletes.
+        with sdk.init(project="dlq-down", id="warm", settings=settings) as run:
+            run.log({"a": 1.0})
+        wait_rows(api, "default/dlq-down/warm", 1)
 
         async def break_dlq_then_publish_garbage() -> None:
             nc = await nats.connect(up.nats_url)
@@ -280,11 +287,9 @@ def test_ingest_survives_an_unavailable_dead_letter_stream(tmp_path: Path) -> No
             await nc.close()
 
         asyncio.run(break_dlq_then_publish_garbage())
-        settings = up.settings(tmp_path / "spool")
         with sdk.init(project="dlq-down", id="good", settings=settings) as run:
             for step in range(100):
                 run.log({"a": float(step)})
-        api = sdk.Api(up.http_url)
         assert len(wait_rows(api, "default/dlq-down/good", 100)) == 100
         assert api.get("/api/v1/status")["ingest"]["dead_lettered"] == 0
 
