@@ -6,10 +6,12 @@ STAMP := $(VENV)/.installed
 
 .PHONY: run test lint bench clean
 
-$(STAMP): pyproject.toml
+# The editable install links each source file (strict mode, which mypy can follow):
+# reinstall when pyproject.toml changes or a package folder gains or loses a file.
+$(STAMP): pyproject.toml sdk cli store ingest query
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e '.[dev]'
+	$(BIN)/pip install -q -e '.[dev]' --config-settings editable_mode=strict
 	touch $(STAMP)
 
 run: $(STAMP)

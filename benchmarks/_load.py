@@ -14,9 +14,9 @@ import _server  # noqa: F401  (puts the repository root on sys.path)
 import numpy as np
 import pyarrow as pa
 
-from store import DATABASE
-from store.chdb import ChdbStore
-from store.schema import FIELDS_COLUMNS, KEYS_COLUMNS, POINTS_COLUMNS
+from stride.store import DATABASE
+from stride.store.chdb import ChdbStore
+from stride.store.schema import FIELDS_COLUMNS, KEYS_COLUMNS, POINTS_COLUMNS
 
 CHUNK = 1_000_000
 

@@ -112,7 +112,7 @@ class StrideUp:
 
         import nats
 
-        from sdk.wire import STREAM
+        from stride.wire import STREAM
 
         async def check() -> bool:
             nc = await nats.connect(self.nats_url)

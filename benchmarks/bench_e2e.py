@@ -49,10 +49,10 @@ TARGET = 1_000_000
 
 def writer_main(args: argparse.Namespace) -> None:
     """One writer process: init, report ready, wait for go, log, finish, report JSON."""
-    import sdk
+    import stride
 
-    settings = sdk.Settings(server=args.server, spool_dir=Path(args.spool))
-    run = sdk.init(project="bench", id=args.run_id, name=args.run_id, settings=settings)
+    settings = stride.Settings(server=args.server, spool_dir=Path(args.spool))
+    run = stride.init(project="bench", id=args.run_id, name=args.run_id, settings=settings)
     time.sleep(0.5)  # let the flusher connect before the clock starts
     print("ready", flush=True)
     sys.stdin.readline()
@@ -96,10 +96,10 @@ def writer_main(args: argparse.Namespace) -> None:
 
 def verify(http_url: str, run_paths: list[str], rows: int) -> list[str]:
     """Exact check through the SDK query client; returns a list of problems (empty = ok)."""
-    import sdk
+    import stride
 
     problems = []
-    with sdk.Api(http_url) as api:
+    with stride.Api(http_url) as api:
         for path in run_paths:
             run = api.run(path)
             keys = set(run.history_keys)

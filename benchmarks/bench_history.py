@@ -32,7 +32,7 @@ from _load import load_series
 from _machine import print_machine
 from _server import Http, Profiler, StrideUp, handle_sigterm, percentile, verdict
 
-import sdk
+import stride
 
 TARGET_MS = 50.0
 SAMPLES = 1000
@@ -87,7 +87,7 @@ def main() -> None:
         )
         up = stack.enter_context(StrideUp(tmp / "data"))
         print(f"stride up: pid {up.pid}, {up.http_url}\n")
-        api = sdk.Api(up.http_url)
+        api = stride.Api(up.http_url)
         stack.callback(api.close)
         http = Http(up.http_url)
         stack.callback(http.close)

@@ -34,8 +34,8 @@ from time import perf_counter_ns
 from _machine import print_machine
 from _server import Http, StrideUp, fmt_rate, handle_sigterm, percentile, verdict, wait_for_points
 
-import sdk
-from sdk import Settings
+import stride
+from stride import Settings
 
 KEYS = tuple(f"metric_{j}" for j in range(10))
 TARGETS_US = {"p50": 2.0, "p99": 5.0, "p99.9": 20.0, "max": 1000.0}
@@ -66,7 +66,7 @@ def baseline(calls: int) -> array[int]:
     return lat
 
 
-def logged(run: sdk.Run, calls: int) -> array[int]:
+def logged(run: stride.Run, calls: int) -> array[int]:
     lat = array("q", bytes(8 * calls))
     pc = perf_counter_ns
     log = run.log
@@ -167,7 +167,7 @@ def main() -> None:
         else:
             settings = Settings(spool_dir=tmp / "spool")
 
-        run = sdk.init(project="bench", name="log-latency", mode=args.mode, settings=settings)
+        run = stride.init(project="bench", name="log-latency", mode=args.mode, settings=settings)
         stack.callback(run.finish)  # no-op once finished; flushes on error
         if args.pin:
             os.sched_setaffinity(0, {0})

@@ -29,12 +29,12 @@ import numpy as np
 from _machine import print_machine
 from _server import fmt_rate  # also puts the repository root on sys.path
 
-import sdk
-from ingest._tables import build_tables
-from query._columns import Columns
-from sdk import Settings
-from sdk._buffer import Groups, MetricBuffer, record_format, to_blocks
-from sdk.wire import WIRE_VERSION, Batch, decode_batch, encode_batch
+import stride
+from stride import Settings
+from stride._buffer import Groups, MetricBuffer, record_format, to_blocks
+from stride.ingest._tables import build_tables
+from stride.query._columns import Columns
+from stride.wire import WIRE_VERSION, Batch, decode_batch, encode_batch
 
 
 def best_ns(fn: Callable[[], object], ops: int, repeat: int) -> float:
@@ -69,7 +69,7 @@ def log_alone_ns(calls: int, repeat: int) -> float:
             heartbeat_s=3600.0,
             max_buffer_rows=10**9,
         )
-        run = sdk.init(project="bench", mode="offline", settings=settings)
+        run = stride.init(project="bench", mode="offline", settings=settings)
         time.sleep(0.2)  # the flusher sends its first (fields) batch, then idles
 
         def loop() -> None:

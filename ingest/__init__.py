@@ -1,5 +1,10 @@
 """Ingest: JetStream → decode → ClickHouse, exactly once in effect."""
 
+from stride._extras import require_server_extra
+
+require_server_extra("stride.ingest", "pyarrow", "numpy")
+
+
 from ._settings import IngestSettings
 from .worker import IngestStats, IngestWorker
 

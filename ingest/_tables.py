@@ -9,9 +9,9 @@ import numpy as np
 import orjson
 import pyarrow as pa
 
-from sdk.wire import Batch
-from store import MAX_VER
-from store.schema import ONCE_PREFIX, POINTS_COLUMNS
+from stride.store import MAX_VER
+from stride.store.schema import ONCE_PREFIX, POINTS_COLUMNS
+from stride.wire import Batch
 
 
 @dataclasses.dataclass

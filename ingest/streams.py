@@ -6,7 +6,7 @@ from nats.js import JetStreamContext
 from nats.js.api import ConsumerConfig, RetentionPolicy, StorageType, StreamConfig
 from nats.js.errors import BadRequestError, NotFoundError
 
-from sdk.wire import DLQ_STREAM, DLQ_SUBJECT, INGEST_SUBJECT, STREAM
+from stride.wire import DLQ_STREAM, DLQ_SUBJECT, INGEST_SUBJECT, STREAM
 
 DURABLE = "stride-ingest"
 

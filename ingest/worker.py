@@ -23,10 +23,10 @@ from nats.aio.msg import Msg
 from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js import JetStreamContext
 
-from sdk.wire import DLQ_SUBJECT, INGEST_SUBJECT, STREAM, Batch, WireError, decode_batch
-from store import DATABASE, AsyncStore, StoreError
-from store.params import int_array, string_array
-from store.schema import BATCHES_COLUMNS, FIELDS_COLUMNS, KEYS_COLUMNS, POINTS_COLUMNS
+from stride.store import DATABASE, AsyncStore, StoreError
+from stride.store.params import int_array, string_array
+from stride.store.schema import BATCHES_COLUMNS, FIELDS_COLUMNS, KEYS_COLUMNS, POINTS_COLUMNS
+from stride.wire import DLQ_SUBJECT, INGEST_SUBJECT, STREAM, Batch, WireError, decode_batch
 
 from ._settings import IngestSettings
 from ._tables import Tables, build_tables

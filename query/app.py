@@ -9,7 +9,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from store import AsyncStore
+from stride.store import AsyncStore
 
 from . import runs as runs_q
 from ._columns import Columns

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 
-from store import DATABASE, AsyncStore
+from stride.store import DATABASE, AsyncStore
 
 from . import runs as runs_q
 

@@ -30,9 +30,9 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from store import DATABASE, AsyncStore
-from store.params import string_array
-from store.schema import ROLLUP_MERGE, ROLLUP_STEPS, rollup_aggregates
+from stride.store import DATABASE, AsyncStore
+from stride.store.params import string_array
+from stride.store.schema import ROLLUP_MERGE, ROLLUP_STEPS, rollup_aggregates
 
 from ._columns import Columns, pivot
 

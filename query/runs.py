@@ -8,9 +8,9 @@ from typing import Any
 
 import orjson
 
-from store import DATABASE, AsyncStore
-from store.params import string_array
-from store.schema import ONCE_PREFIX
+from stride.store import DATABASE, AsyncStore
+from stride.store.params import string_array
+from stride.store.schema import ONCE_PREFIX
 
 from .errors import BadRequest, NotFound
 

@@ -22,9 +22,9 @@ from __future__ import annotations
 import numpy as np
 import pyarrow as pa
 
-from store import DATABASE, AsyncStore
-from store.params import string_array
-from store.schema import ROLLUP_STEPS
+from stride.store import DATABASE, AsyncStore
+from stride.store.params import string_array
+from stride.store.schema import ROLLUP_STEPS
 
 from ._columns import Columns, pivot
 

@@ -2,15 +2,15 @@
 
 Logging (never blocks the training loop)::
 
-    import sdk
+    import stride
 
-    with sdk.init(project="vision", config={"lr": 1e-3}) as run:
+    with stride.init(project="vision", config={"lr": 1e-3}) as run:
         for step in range(1000):
             run.log({"loss": 1 / (step + 1)})
 
 Querying::
 
-    api = sdk.Api()  # $STRIDE_API, else http://127.0.0.1:8080
+    api = stride.Api()  # $STRIDE_API, else http://127.0.0.1:8080
     run = api.run("default/vision/<run id>")
     df = run.history(samples=500)
 """

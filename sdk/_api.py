@@ -41,7 +41,7 @@ class Api:
 
     Example::
 
-        api = sdk.Api()
+        api = stride.Api()
         for run in api.runs("default/vision"):
             print(run.name, run.state, run.summary.get("best_acc"))
     """

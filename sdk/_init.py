@@ -1,4 +1,4 @@
-"""``sdk.init``: the one entry point that reads the environment."""
+"""``stride.init``: the one entry point that reads the environment."""
 
 from __future__ import annotations
 
@@ -34,9 +34,9 @@ def init(
 
     Example::
 
-        import sdk
+        import stride
 
-        with sdk.init(project="vision", config={"lr": 1e-3}, tags=["baseline"]) as run:
+        with stride.init(project="vision", config={"lr": 1e-3}, tags=["baseline"]) as run:
             run.log({"loss": 0.5})
     """
     if mode not in _MODES:

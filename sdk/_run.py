@@ -91,11 +91,11 @@ class Summary(NestedDict):
 
 
 class Run:
-    """One run being logged. Create it with :func:`sdk.init`.
+    """One run being logged. Create it with :func:`stride.init`.
 
     Example::
 
-        with sdk.init(project="vision", config={"lr": 1e-3}) as run:
+        with stride.init(project="vision", config={"lr": 1e-3}) as run:
             for step in range(100):
                 run.log({"loss": 1 / (step + 1)})
             run.summary["best_loss"] = 0.01

@@ -20,7 +20,7 @@ class Settings:
     Example::
 
         settings = Settings.from_env(linger_s=0.05)
-        with sdk.init(project="p", settings=settings) as run: ...
+        with stride.init(project="p", settings=settings) as run: ...
     """
 
     #: NATS URL the SDK publishes to (the only endpoint a training node needs).

@@ -1,5 +1,10 @@
 """Storage shared by ingest and query: the ClickHouse schema and access to it."""
 
+from stride._extras import require_server_extra
+
+require_server_extra("stride.store", "pyarrow")
+
+
 from ._async import AsyncStore
 from ._base import Store
 from .errors import StoreError

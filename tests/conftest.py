@@ -19,9 +19,9 @@ from typing import Any
 
 import pytest
 
-import sdk
-from sdk import Settings
-from stride._nats_server import NatsServer
+import stride
+from stride import Settings
+from stride.cli._nats_server import NatsServer
 
 STRIDE = [sys.executable, "-m", "stride.cli"]
 
@@ -142,15 +142,17 @@ def stride_up(data_dir: Path, *extra: str) -> Iterator[StrideUp]:
         up.stop()
 
 
-def scan(api: sdk.Api, path: str, keys: list[str] | None = None) -> list[dict]:  # type: ignore[type-arg]
+def scan(api: stride.Api, path: str, keys: list[str] | None = None) -> list[dict]:  # type: ignore[type-arg]
     return list(api.run(path).scan_history(keys=keys, page_size=5000))
 
 
-def wait_rows(api: sdk.Api, path: str, expected: int, keys: list[str] | None = None) -> list[dict]:  # type: ignore[type-arg]
+def wait_rows(
+    api: stride.Api, path: str, expected: int, keys: list[str] | None = None
+) -> list[dict]:  # type: ignore[type-arg]
     def ready() -> list[dict] | None:  # type: ignore[type-arg]
         try:
             rows = scan(api, path, keys)
-        except sdk.NotFoundError:
+        except stride.NotFoundError:
             return None
         return rows if len(rows) >= expected else None
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from sdk._buffer import MetricBuffer, record_format, to_blocks
+from stride._buffer import MetricBuffer, record_format, to_blocks
 
 
 def _buffer(rows: list[tuple[int, dict[str, float]]]) -> MetricBuffer:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-import sdk
+import stride
 
 from .conftest import STRIDE, StrideUp, free_port, stride_up, wait_for, wait_rows
 
@@ -35,10 +35,10 @@ def test_restart_keeps_data_and_sigterm_stops_everything(tmp_path: Path) -> None
     assert up.proc is not None
     children = _nats_children(up.proc.pid)
     assert len(children) == 1
-    with sdk.init(project="restart", id="keep", settings=up.settings(tmp_path / "spool")) as run:
+    with stride.init(project="restart", id="keep", settings=up.settings(tmp_path / "spool")) as run:
         for step in range(1000):
             run.log({"x": float(step)})
-    wait_rows(sdk.Api(up.http_url), run.path, 1000)
+    wait_rows(stride.Api(up.http_url), run.path, 1000)
 
     assert up.stop(signal.SIGTERM) == 0
     assert "stride: stopped" in up.output
@@ -46,9 +46,9 @@ def test_restart_keeps_data_and_sigterm_stops_everything(tmp_path: Path) -> None
         os.kill(children[0], 0)  # the child nats-server is gone too
 
     with stride_up(data) as again:
-        rows = wait_rows(sdk.Api(again.http_url), "default/restart/keep", 1000)
+        rows = wait_rows(stride.Api(again.http_url), "default/restart/keep", 1000)
         assert [r["x"] for r in rows] == [float(i) for i in range(1000)]
-        assert sdk.Api(again.http_url).run("default/restart/keep").state == "finished"
+        assert stride.Api(again.http_url).run("default/restart/keep").state == "finished"
 
 
 def test_killing_stride_up_also_stops_its_nats_server(tmp_path: Path) -> None:
@@ -105,8 +105,8 @@ def test_sync_errors_are_clear(tmp_path: Path) -> None:
     assert missing.returncode == 1
     assert "no spool directory" in missing.stderr
 
-    with sdk.init(
-        project="p", mode="offline", settings=sdk.Settings(spool_dir=tmp_path / "s")
+    with stride.init(
+        project="p", mode="offline", settings=stride.Settings(spool_dir=tmp_path / "s")
     ) as run:
         run.log({"a": 1.0})
     down = _stride("sync", str(tmp_path / "s"), "--server", f"nats://127.0.0.1:{free_port()}")

@@ -17,23 +17,23 @@ import msgspec
 import nats
 import pytest
 
-import sdk
-from sdk import Settings
-from sdk._spool import spooled_files
-from sdk.wire import DLQ_STREAM, INGEST_SUBJECT, WIRE_VERSION, Batch, encode_batch
-from stride._nats_server import NatsServer
+import stride
+from stride import Settings
+from stride._spool import spooled_files
+from stride.cli._nats_server import NatsServer
+from stride.wire import DLQ_STREAM, INGEST_SUBJECT, WIRE_VERSION, Batch, encode_batch
 
 from .conftest import STRIDE, StrideUp, free_port, run_python, scan, stride_up, wait_for, wait_rows
 
 WRITER = textwrap.dedent(
     """
-    import sys, sdk
-    from sdk import Settings
+    import sys, stride
+    from stride import Settings
     first, count, tag = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
     settings = Settings.from_env(flush_rows=500)
     # Writer "a" names the run; "b" joins with nothing and must not overwrite it.
     given = dict(name="explicit", tags=["t1"], config={"lr": 0.1}) if tag == "a" else {}
-    run = sdk.init(project="delivery", id="shared-run", settings=settings, **given)
+    run = stride.init(project="delivery", id="shared-run", settings=settings, **given)
     for step in range(first, first + count):
         run.log({"loss": step * 1.0, f"only_{tag}": 1.0}, step=step)
     report = run.finish()
@@ -59,7 +59,7 @@ def test_two_writer_processes_into_one_run_exactly_once(stack: StrideUp, spool: 
     assert all(p.returncode == 0 for p in procs)
     assert sent == [20000, 20000]
 
-    api = sdk.Api(stack.http_url)
+    api = stride.Api(stack.http_url)
     rows = wait_rows(api, "default/delivery/shared-run", 15000, keys=["loss"])
     steps = [r["_step"] for r in rows]
     assert steps == list(range(15000))  # ordered, no gaps, no duplicates
@@ -75,14 +75,14 @@ def test_two_writer_processes_into_one_run_exactly_once(stack: StrideUp, spool: 
 def test_a_healthy_online_run_never_touches_the_spool(
     stack: StrideUp, spool: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    with sdk.init(project="healthy", settings=stack.settings(spool)) as run:
+    with stride.init(project="healthy", settings=stack.settings(spool)) as run:
         run.log({"a": 1.0})  # logged before the connection is up
         for step in range(1, 5000):
             run.log({"a": float(step)})
     assert run.finish().complete
     assert not spool.exists() or not list(spooled_files(spool))
     assert not [r for r in caplog.records if r.levelname == "WARNING"]
-    assert len(wait_rows(sdk.Api(stack.http_url), run.path, 5000)) == 5000
+    assert len(wait_rows(stride.Api(stack.http_url), run.path, 5000)) == 5000
 
 
 def test_writer_started_while_nats_is_down_spools_then_delivers(
@@ -96,7 +96,7 @@ def test_writer_started_while_nats_is_down_spools_then_delivers(
         reconnect_interval_s=0.2,
         flush_rows=1000,
     )
-    run = sdk.init(project="outage", settings=settings)
+    run = stride.init(project="outage", settings=settings)
     for step in range(20000):
         run.log({"x": float(step)})
     wait_for(lambda: list(spooled_files(spool)), timeout=10)  # data went to disk
@@ -109,9 +109,9 @@ def test_writer_started_while_nats_is_down_spools_then_delivers(
         report = run.finish(timeout=60)
         assert report.complete, report
         assert not list(spooled_files(spool))
-        rows = wait_rows(sdk.Api(up.http_url), run.path, 30000)
+        rows = wait_rows(stride.Api(up.http_url), run.path, 30000)
         assert [r["_step"] for r in rows] == list(range(30000))
-        assert sdk.Api(up.http_url).run(run.path).state == "finished"
+        assert stride.Api(up.http_url).run(run.path).state == "finished"
 
 
 def test_writer_started_before_ingest_exists_delivers_once_it_does(
@@ -119,14 +119,14 @@ def test_writer_started_before_ingest_exists_delivers_once_it_does(
 ) -> None:
     """NATS is up but no stream exists yet (training started before ingest)."""
     settings = Settings(server=nats_server.url, spool_dir=spool, reconnect_interval_s=0.2)
-    run = sdk.init(project="early", settings=settings)
+    run = stride.init(project="early", settings=settings)
     for step in range(5000):
         run.log({"x": float(step)})
     wait_for(lambda: list(spooled_files(spool)), timeout=10)  # refused, so kept on disk
     with stride_up(tmp_path / "data", "--nats-url", nats_server.url) as up:
         report = run.finish(timeout=60)
         assert report.complete, report
-        rows = wait_rows(sdk.Api(up.http_url), run.path, 5000)
+        rows = wait_rows(stride.Api(up.http_url), run.path, 5000)
         assert [r["_step"] for r in rows] == list(range(5000))
 
 
@@ -134,7 +134,7 @@ def test_finish_reports_what_was_not_delivered(spool: Path) -> None:
     settings = Settings(
         server=f"nats://127.0.0.1:{free_port()}", spool_dir=spool, connect_timeout_s=0.2
     )
-    run = sdk.init(project="outage", settings=settings)
+    run = stride.init(project="outage", settings=settings)
     run.log({"x": 1.0})
     report = run.finish(timeout=1)
     assert not report.complete
@@ -147,7 +147,7 @@ def test_offline_run_then_sync_twice_never_duplicates(
     stack: StrideUp, spool: Path, tmp_path: Path
 ) -> None:
     settings = Settings(spool_dir=spool, flush_rows=300)
-    with sdk.init(project="offline", mode="offline", settings=settings, tags=["off"]) as run:
+    with stride.init(project="offline", mode="offline", settings=settings, tags=["off"]) as run:
         for step in range(5000):
             run.log({"a": float(step), "b": -float(step)})
         run.summary["final"] = 42
@@ -165,7 +165,7 @@ def test_offline_run_then_sync_twice_never_duplicates(
     # The same batches again (a copy taken before the first sync): recognised, not re-applied.
     second = sync(backup)
     assert second.returncode == 0, second.stderr
-    api = sdk.Api(stack.http_url)
+    api = stride.Api(stack.http_url)
     rows = wait_rows(api, run.path, 5000)
     wait_for(lambda: api.run(run.path).state == "finished")
     rows = scan(api, run.path)
@@ -193,14 +193,14 @@ def test_sync_after_the_duplicate_window_is_absorbed_by_the_ledger(
 
     import numpy as np
 
-    from sdk.wire import MetricBlock
+    from stride.wire import MetricBlock
 
     steps = np.arange(100, dtype="<i8")
     block = MetricBlock("default", ["k"], steps.tobytes(), steps.astype("<f8").tobytes(),
                         steps.astype("<f8").tobytes(), [steps.astype("<f8").tobytes()])  # fmt: skip
     batch = Batch(v=WIRE_VERSION, entity="default", project="ledger", run_id="r1", writer="w1",
                   seq=0, ver=1, set={"state": '"running"'}, metrics=[block])  # fmt: skip
-    api = sdk.Api(stack.http_url)
+    api = stride.Api(stack.http_url)
     skipped_before = api.get("/api/v1/status")["ingest"]["batches_skipped"]
     asyncio.run(publish([batch, batch, batch]))
     rows = wait_rows(api, "default/ledger/r1", 100)
@@ -236,11 +236,13 @@ def test_malformed_and_unknown_version_messages_are_dead_lettered(stack: StrideU
     assert any("unknown wire version" in r for r in reasons), reasons
     # The worker carries on: a valid run logged afterwards is ingested.
     run_python(
-        "import sdk; r = sdk.init(project='after-dlq', id='ok'); r.log({'a': 1}); "
+        "import stride; r = stride.init(project='after-dlq', id='ok'); r.log({'a': 1}); "
         "assert r.finish().complete",
         env={"STRIDE_SERVER": stack.nats_url},
     )
-    assert wait_rows(sdk.Api(stack.http_url), "default/after-dlq/ok", 1) == [{"_step": 0, "a": 1.0}]
+    assert wait_rows(stride.Api(stack.http_url), "default/after-dlq/ok", 1) == [
+        {"_step": 0, "a": 1.0}
+    ]
 
 
 @pytest.mark.slow
@@ -249,15 +251,17 @@ def test_ingest_killed_mid_stream_loses_and_duplicates_nothing(tmp_path: Path, n
     up = StrideUp(data_dir, "--nats-url", nats_server.url).start()
     settings = Settings(server=nats_server.url, spool_dir=tmp_path / "spool", flush_rows=2000)
     total = 200_000
-    with sdk.init(project="kill", id="victim", settings=settings) as run:
+    with stride.init(project="kill", id="victim", settings=settings) as run:
         for step in range(total):
             run.log({"a": float(step), "b": 1.0, "c": 2.0})
             if step == total // 4:
-                wait_for(lambda: sdk.Api(up.http_url).get("/api/v1/status")["ingest"]["points"] > 0)
+                wait_for(
+                    lambda: stride.Api(up.http_url).get("/api/v1/status")["ingest"]["points"] > 0
+                )
                 up.kill()  # SIGKILL while batches are in flight
     assert run.finish().complete  # JetStream holds everything while ingest is down
     with stride_up(data_dir, "--nats-url", nats_server.url) as restarted:
-        api = sdk.Api(restarted.http_url)
+        api = stride.Api(restarted.http_url)
         rows = wait_rows(api, "default/kill/victim", total)
         assert len(rows) == total
         assert [r["_step"] for r in rows] == list(range(total))
@@ -268,14 +272,14 @@ def test_ingest_killed_mid_stream_loses_and_duplicates_nothing(tmp_path: Path, n
 def test_ingest_survives_an_unavailable_dead_letter_stream(tmp_path: Path) -> None:
     """A message that cannot be dead-lettered yet is kept (retried), not dropped,
     and the worker goes on ingesting good data meanwhile."""
-    from ingest.streams import ensure_streams
+    from stride.ingest.streams import ensure_streams
 
     with stride_up(tmp_path / "data") as up:
         settings = up.settings(tmp_path / "spool")
-        api = sdk.Api(up.http_url)
+        api = stride.Api(up.http_url)
         # First let the worker subscribe (and ensure its streams), or it could
         # re-create the stream this test deletes.
-        with sdk.init(project="dlq-down", id="warm", settings=settings) as run:
+        with stride.init(project="dlq-down", id="warm", settings=settings) as run:
             run.log({"a": 1.0})
         wait_rows(api, "default/dlq-down/warm", 1)
 
@@ -287,7 +291,7 @@ def test_ingest_survives_an_unavailable_dead_letter_stream(tmp_path: Path) -> No
             await nc.close()
 
         asyncio.run(break_dlq_then_publish_garbage())
-        with sdk.init(project="dlq-down", id="good", settings=settings) as run:
+        with stride.init(project="dlq-down", id="good", settings=settings) as run:
             for step in range(100):
                 run.log({"a": float(step)})
         assert len(wait_rows(api, "default/dlq-down/good", 100)) == 100
@@ -304,15 +308,15 @@ def test_ingest_survives_an_unavailable_dead_letter_stream(tmp_path: Path) -> No
 
 def test_normal_exit_without_finish_delivers_everything(stack: StrideUp, spool: Path) -> None:
     out = run_python(
-        "import sdk\n"
-        "run = sdk.init(project='exits', id='no-finish')\n"
+        "import stride\n"
+        "run = stride.init(project='exits', id='no-finish')\n"
         "for i in range(3000):\n"
         "    run.log({'a': float(i)})\n"
         "print('done')\n",  # no finish(): the interpreter's exit must flush
         env={"STRIDE_SERVER": stack.nats_url, "STRIDE_SPOOL_DIR": str(spool)},
     )
     assert out.strip() == "done"
-    api = sdk.Api(stack.http_url)
+    api = stride.Api(stack.http_url)
     rows = wait_rows(api, "default/exits/no-finish", 3000)
     assert [r["_step"] for r in rows] == list(range(3000))
     wait_for(lambda: api.run("default/exits/no-finish").state == "finished")
@@ -322,8 +326,8 @@ def test_sigterm_flushes_what_was_logged_and_marks_the_run_cancelled(
     stack: StrideUp, spool: Path
 ) -> None:
     code = (
-        "import sdk, sys\n"
-        "run = sdk.init(project='exits', id='terminated')\n"
+        "import stride, sys\n"
+        "run = stride.init(project='exits', id='terminated')\n"
         "i = 0\n"
         "while True:\n"
         "    run.log({'a': float(i)})\n"
@@ -337,7 +341,7 @@ def test_sigterm_flushes_what_was_logged_and_marks_the_run_cancelled(
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(timeout=60) == 143
     proc.stdout.close()
-    api = sdk.Api(stack.http_url)
+    api = stride.Api(stack.http_url)
     wait_for(lambda: api.run("default/exits/terminated").state == "cancelled")
     rows = scan(api, "default/exits/terminated")
     assert len(rows) >= 5000

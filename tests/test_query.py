@@ -14,15 +14,15 @@ from typing import Any
 import pandas as pd
 import pytest
 
-import sdk
-from query.runs import _fold
-from sdk import BadRequestError, NotFoundError
+import stride
+from stride import BadRequestError, NotFoundError
+from stride.query.runs import _fold
 
 from .conftest import StrideUp, wait_for, wait_rows
 
 
 def _log_run(stack: StrideUp, spool: Path, project: str, rows: int, **init: Any) -> str:
-    with sdk.init(project=project, settings=stack.settings(spool), **init) as run:
+    with stride.init(project=project, settings=stack.settings(spool), **init) as run:
         for step in range(rows):
             # A spike at step 777 that sampling could miss; NaN and inf must survive JSON.
             loss = 100.0 if step == 777 else 1.0 / (step + 1)
@@ -34,7 +34,7 @@ def _log_run(stack: StrideUp, spool: Path, project: str, rows: int, **init: Any)
 
 
 @pytest.fixture(scope="module")
-def logged(stack: StrideUp, tmp_path_factory: pytest.TempPathFactory) -> tuple[sdk.Api, str]:
+def logged(stack: StrideUp, tmp_path_factory: pytest.TempPathFactory) -> tuple[stride.Api, str]:
     spool = tmp_path_factory.mktemp("spool")
     path = _log_run(
         stack,
@@ -47,12 +47,12 @@ def logged(stack: StrideUp, tmp_path_factory: pytest.TempPathFactory) -> tuple[s
         notes="first try",
         folder="sweeps/a",
     )
-    api = sdk.Api(stack.http_url)
+    api = stride.Api(stack.http_url)
     wait_rows(api, path, 20_001, keys=["loss"])
     return api, path
 
 
-def test_run_attributes_round_trip(logged: tuple[sdk.Api, str]) -> None:
+def test_run_attributes_round_trip(logged: tuple[stride.Api, str]) -> None:
     api, path = logged
     run = api.run(path)
     assert run.path == path and run.id == path.split("/")[-1]
@@ -69,7 +69,9 @@ def test_run_attributes_round_trip(logged: tuple[sdk.Api, str]) -> None:
     assert run.history_keys == ["acc", "loss", "odd", "weird"]
 
 
-def test_history_is_bounded_deterministic_and_keeps_the_ends(logged: tuple[sdk.Api, str]) -> None:
+def test_history_is_bounded_deterministic_and_keeps_the_ends(
+    logged: tuple[stride.Api, str],
+) -> None:
     api, path = logged
     run = api.run(path)
     first = run.history(samples=500, keys=["loss", "acc"], pandas=False)
@@ -83,7 +85,7 @@ def test_history_is_bounded_deterministic_and_keeps_the_ends(logged: tuple[sdk.A
     assert {"_step", "_runtime", "_timestamp", "loss"} <= set(first[0])
 
 
-def test_history_small_range_returns_every_row(logged: tuple[sdk.Api, str]) -> None:
+def test_history_small_range_returns_every_row(logged: tuple[stride.Api, str]) -> None:
     api, path = logged
     rows = api.run(path).history(
         samples=500, keys=["loss"], min_step=100, max_step=199, pandas=False
@@ -92,7 +94,7 @@ def test_history_small_range_returns_every_row(logged: tuple[sdk.Api, str]) -> N
     assert rows[0]["loss"] == pytest.approx(1 / 101)
 
 
-def test_history_filters_to_the_range_before_sampling(logged: tuple[sdk.Api, str]) -> None:
+def test_history_filters_to_the_range_before_sampling(logged: tuple[stride.Api, str]) -> None:
     api, path = logged
     rows = api.run(path).history(
         samples=50, keys=["acc"], min_step=1000, max_step=9000, pandas=False
@@ -102,7 +104,7 @@ def test_history_filters_to_the_range_before_sampling(logged: tuple[sdk.Api, str
     assert steps[0] == 1000 and steps[-1] == 9000
 
 
-def test_history_envelope_keeps_a_spike_between_samples(logged: tuple[sdk.Api, str]) -> None:
+def test_history_envelope_keeps_a_spike_between_samples(logged: tuple[stride.Api, str]) -> None:
     api, path = logged
     rows = api.run(path).history(
         samples=20, keys=["loss"], max_step=19_999, envelope=True, pandas=False
@@ -111,7 +113,7 @@ def test_history_envelope_keeps_a_spike_between_samples(logged: tuple[sdk.Api, s
     assert max(r.get("max(loss)", 0.0) for r in rows) == 100.0
 
 
-def test_history_pandas_and_sparse_keys(logged: tuple[sdk.Api, str]) -> None:
+def test_history_pandas_and_sparse_keys(logged: tuple[stride.Api, str]) -> None:
     api, path = logged
     frame = api.run(path).history(samples=100_000, keys=["odd", "weird"])
     assert isinstance(frame, pd.DataFrame)
@@ -122,14 +124,16 @@ def test_history_pandas_and_sparse_keys(logged: tuple[sdk.Api, str]) -> None:
     assert math.isnan(rows[-1]["weird"])
 
 
-def test_history_x_axis_metric(logged: tuple[sdk.Api, str]) -> None:
+def test_history_x_axis_metric(logged: tuple[stride.Api, str]) -> None:
     api, path = logged
     rows = api.run(path).history(samples=100, keys=["loss"], x_axis="odd", pandas=False)
     assert rows and all("odd" in r for r in rows)
 
 
 @pytest.mark.parametrize("page_size", [1, 999, 20_000])
-def test_scan_returns_every_row_once_in_order(logged: tuple[sdk.Api, str], page_size: int) -> None:
+def test_scan_returns_every_row_once_in_order(
+    logged: tuple[stride.Api, str], page_size: int
+) -> None:
     api, path = logged
     max_step = 800 if page_size == 1 else None
     rows = list(api.run(path).scan_history(keys=["loss"], page_size=page_size, max_step=max_step))
@@ -138,14 +142,16 @@ def test_scan_returns_every_row_once_in_order(logged: tuple[sdk.Api, str], page_
     assert rows[5]["loss"] == pytest.approx(1 / 6)
 
 
-def test_scan_with_keys_yields_only_rows_that_have_all_of_them(logged: tuple[sdk.Api, str]) -> None:
+def test_scan_with_keys_yields_only_rows_that_have_all_of_them(
+    logged: tuple[stride.Api, str],
+) -> None:
     api, path = logged
     rows = list(api.run(path).scan_history(keys=["loss", "odd"], page_size=777))
     assert [r["_step"] for r in rows] == list(range(1, 20_000, 2))
     assert set(rows[0]) == {"_step", "loss", "odd"}
 
 
-def test_scan_without_keys_carries_what_each_step_has(logged: tuple[sdk.Api, str]) -> None:
+def test_scan_without_keys_carries_what_each_step_has(logged: tuple[stride.Api, str]) -> None:
     api, path = logged
     rows = list(api.run(path).scan_history(page_size=3_000, min_step=10, max_step=13))
     assert [sorted(r) for r in rows] == [
@@ -157,8 +163,8 @@ def test_scan_without_keys_carries_what_each_step_has(logged: tuple[sdk.Api, str
 
 
 def test_scan_while_the_run_is_being_written(stack: StrideUp, spool: Path) -> None:
-    api = sdk.Api(stack.http_url)
-    run = sdk.init(project="live", settings=stack.settings(spool, linger_s=0.02, flush_rows=200))
+    api = stride.Api(stack.http_url)
+    run = stride.init(project="live", settings=stack.settings(spool, linger_s=0.02, flush_rows=200))
     total = 30_000
     done = threading.Event()
 
@@ -185,7 +191,7 @@ def test_scan_while_the_run_is_being_written(stack: StrideUp, spool: Path) -> No
     assert scans >= 2
 
 
-def _exists(api: sdk.Api, path: str) -> bool:
+def _exists(api: stride.Api, path: str) -> bool:
     try:
         api.run(path)
     except NotFoundError:
@@ -196,10 +202,10 @@ def _exists(api: sdk.Api, path: str) -> bool:
 def test_runs_are_listed_newest_first_across_pages(stack: StrideUp, spool: Path) -> None:
     paths = []
     for i in range(5):
-        with sdk.init(project="listing", name=f"run-{i}", settings=stack.settings(spool)) as run:
+        with stride.init(project="listing", name=f"run-{i}", settings=stack.settings(spool)) as run:
             run.log({"x": 1.0})
         paths.append(run.path)
-    api = sdk.Api(stack.http_url)
+    api = stride.Api(stack.http_url)
     wait_for(lambda: len(list(api.runs("default/listing"))) == 5)
     listed = [r.path for r in api.runs("default/listing", per_page=2)]
     assert listed == paths[::-1]
@@ -233,7 +239,7 @@ def _get(stack: StrideUp, path: str, **params: Any) -> tuple[int, dict[str, Any]
     ],
 )
 def test_bad_requests_get_a_json_4xx_with_the_reason(
-    logged: tuple[sdk.Api, str],
+    logged: tuple[stride.Api, str],
     stack: StrideUp,
     suffix: str,
     params: dict[str, Any],
@@ -248,7 +254,7 @@ def test_bad_requests_get_a_json_4xx_with_the_reason(
     assert message in body["error"]
 
 
-def test_client_raises_typed_errors(logged: tuple[sdk.Api, str]) -> None:
+def test_client_raises_typed_errors(logged: tuple[stride.Api, str]) -> None:
     api, path = logged
     with pytest.raises(NotFoundError, match="not found"):
         api.run("default/queries/does-not-exist")
@@ -258,8 +264,8 @@ def test_client_raises_typed_errors(logged: tuple[sdk.Api, str]) -> None:
         list(api.run(path).scan_history(keys=["nope"]))
     with pytest.raises(BadRequestError, match="order"):
         list(api.runs("default/queries", order="name"))
-    with pytest.raises(sdk.ServiceUnavailableError, match="cannot reach"):
-        sdk.Api("http://127.0.0.1:9", retries=0).run(path)
+    with pytest.raises(stride.ServiceUnavailableError, match="cannot reach"):
+        stride.Api("http://127.0.0.1:9", retries=0).run(path)
 
 
 def test_a_running_run_without_heartbeats_is_reported_crashed() -> None:
@@ -290,7 +296,7 @@ def _now_iso() -> str:
     ],
 )
 def test_history_points_are_real_and_the_envelope_covers_the_range(
-    logged: tuple[sdk.Api, str], samples: int, min_step: int | None, max_step: int | None
+    logged: tuple[stride.Api, str], samples: int, min_step: int | None, max_step: int | None
 ) -> None:
     api, path = logged
     run = api.run(path)
@@ -323,14 +329,14 @@ def test_history_points_are_real_and_the_envelope_covers_the_range(
 
 def test_relogged_steps_keep_the_last_value(stack: StrideUp, spool: Path) -> None:
     settings = stack.settings(spool, flush_rows=10)
-    with sdk.init(project="relog", settings=settings) as run:
+    with stride.init(project="relog", settings=settings) as run:
         for step in range(1000):
             run.log({"v": 1.0}, step=step)
         for step in range(0, 1000, 10):
             run.log({"v": 2.0}, step=step)  # a later batch replaces these
         run.log({"v": 3.0}, step=5)
         run.log({"v": 4.0}, step=5)  # same batch, logged twice: the later one wins
-    api = sdk.Api(stack.http_url)
+    api = stride.Api(stack.http_url)
     rows = wait_rows(api, run.path, 1000)
     assert len(rows) == 1000
     assert rows[5]["v"] == 4.0
@@ -344,10 +350,10 @@ def test_relogged_steps_keep_the_last_value(stack: StrideUp, spool: Path) -> Non
 
 def test_scans_cross_huge_step_gaps_in_few_pages(stack: StrideUp, spool: Path) -> None:
     far = 10**12
-    with sdk.init(project="gaps", settings=stack.settings(spool)) as run:
+    with stride.init(project="gaps", settings=stack.settings(spool)) as run:
         for step in [*range(500), *range(far, far + 500)]:
             run.log({"x": float(step), "y": -1.0} if step >= far else {"x": float(step)}, step=step)
-    api = sdk.Api(stack.http_url)
+    api = stride.Api(stack.http_url)
     wait_rows(api, run.path, 1000, keys=["x"])
     entity, project, run_id = run.path.split("/")
     pages, rows, cursor = 0, [], None
@@ -370,8 +376,8 @@ def test_scans_cross_huge_step_gaps_in_few_pages(stack: StrideUp, spool: Path) -
 def test_read_ahead_serves_exact_pages_then_forgets() -> None:
     import numpy as np
 
-    from query._columns import Columns
-    from query.readahead import ReadAhead
+    from stride.query._columns import Columns
+    from stride.query.readahead import ReadAhead
 
     rows = Columns(np.arange(10, 35), {"a": np.ones(25)}, {"a": np.ones(25, bool)})
     cache = ReadAhead(ttl_s=60, max_entries=2)
@@ -400,9 +406,9 @@ def test_read_ahead_serves_exact_pages_then_forgets() -> None:
 def test_leaving_the_block_by_an_exception_sets_the_state(
     stack: StrideUp, spool: Path, error: type[BaseException], state: str, exit_code: int
 ) -> None:
-    with pytest.raises(error), sdk.init(project="states", settings=stack.settings(spool)) as run:
+    with pytest.raises(error), stride.init(project="states", settings=stack.settings(spool)) as run:
         run.log({"a": 1.0})
         raise error()
-    api = sdk.Api(stack.http_url)
+    api = stride.Api(stack.http_url)
     wait_for(lambda: _exists(api, run.path) and api.run(run.path).state == state)
     assert api.run(run.path).exit_code == exit_code

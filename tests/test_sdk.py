@@ -7,34 +7,34 @@ from pathlib import Path
 
 import pytest
 
-import sdk
-from sdk import Settings, UsageError
-from sdk._spool import spooled_files
-from sdk.wire import decode_batch
+import stride
+from stride import Settings, UsageError
+from stride._spool import spooled_files
+from stride.wire import decode_batch
 
 
 def test_exported_names_are_the_public_api() -> None:
-    assert set(sdk.__all__) == {
+    assert set(stride.__all__) == {
         "Api", "ApiError", "ApiRun", "BadRequestError", "DeliveryReport", "NestedDict",
         "NotFoundError", "Run", "Runs", "ServiceUnavailableError", "Settings", "StrideError",
         "UsageError", "init",
     }  # fmt: skip
-    for name in sdk.__all__:
-        assert getattr(sdk, name) is not None
+    for name in stride.__all__:
+        assert getattr(stride, name) is not None
 
 
 def test_importing_the_sdk_starts_no_thread() -> None:
     import importlib
 
     before = threading.active_count()
-    importlib.reload(sdk)
+    importlib.reload(stride)
     assert threading.active_count() == before
 
 
 def test_disabled_mode_does_nothing(tmp_path: Path) -> None:
     before = threading.active_count()
     settings = Settings(spool_dir=tmp_path / "spool")
-    with sdk.init(project="p", mode="disabled", settings=settings) as run:
+    with stride.init(project="p", mode="disabled", settings=settings) as run:
         for i in range(1000):
             run.log({"loss": i})
         run.summary["x"] = 1
@@ -44,7 +44,7 @@ def test_disabled_mode_does_nothing(tmp_path: Path) -> None:
 
 def test_offline_mode_spools_everything_in_order(tmp_path: Path) -> None:
     settings = Settings(spool_dir=tmp_path / "spool", flush_rows=100)
-    run = sdk.init(project="p", mode="offline", settings=settings, config={"a": {"b": 1}})
+    run = stride.init(project="p", mode="offline", settings=settings, config={"a": {"b": 1}})
     for i in range(1000):
         run.log({"loss": 1.0 / (i + 1)})
     report = run.finish()
@@ -69,7 +69,7 @@ def test_offline_mode_spools_everything_in_order(tmp_path: Path) -> None:
     ],
 )
 def test_log_rejects_bad_input_with_a_clear_error(tmp_path: Path, data: dict, message: str) -> None:  # type: ignore[type-arg]
-    run = sdk.init(project="p", mode="offline", settings=Settings(spool_dir=tmp_path))
+    run = stride.init(project="p", mode="offline", settings=Settings(spool_dir=tmp_path))
     with pytest.raises(UsageError, match=message):
         run.log(data)
     run.log({"ok": 1.0})  # the run is unharmed
@@ -77,7 +77,7 @@ def test_log_rejects_bad_input_with_a_clear_error(tmp_path: Path, data: dict, me
 
 
 def test_step_auto_increments_and_can_be_set(tmp_path: Path) -> None:
-    run = sdk.init(project="p", mode="offline", settings=Settings(spool_dir=tmp_path))
+    run = stride.init(project="p", mode="offline", settings=Settings(spool_dir=tmp_path))
     run.log({"a": 1})
     run.log({"a": 1}, step=10)
     run.log({"a": 1})
@@ -101,11 +101,11 @@ def test_step_auto_increments_and_can_be_set(tmp_path: Path) -> None:
 )
 def test_init_rejects_bad_arguments(kwargs: dict, message: str) -> None:  # type: ignore[type-arg]
     with pytest.raises(UsageError, match=message):
-        sdk.init(**kwargs)
+        stride.init(**kwargs)
 
 
 def test_config_is_nested_and_addressable_by_dotted_key(tmp_path: Path) -> None:
-    run = sdk.init(
+    run = stride.init(
         project="p",
         mode="offline",
         settings=Settings(spool_dir=tmp_path),
@@ -122,7 +122,7 @@ def test_config_is_nested_and_addressable_by_dotted_key(tmp_path: Path) -> None:
 
 def test_entity_comes_from_the_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("STRIDE_ENTITY", "team-a")
-    run = sdk.init(project="p", mode="offline", settings=Settings(spool_dir=tmp_path))
+    run = stride.init(project="p", mode="offline", settings=Settings(spool_dir=tmp_path))
     assert run.path.startswith("team-a/p/")
     assert "-" in run.name  # a generated <adjective>-<noun>
     run.finish()
@@ -138,7 +138,7 @@ def test_settings_reject_nonsense() -> None:
 
 
 def test_rows_are_built_safely_for_any_metric_name() -> None:
-    from sdk._api import _rows
+    from stride._api import _rows
 
     hostile = 'it\'s "quoted"\n} ]; import os #'
     rows = list(_rows({"_step": [1, 2], hostile: [0.5, 0.25], "ünï": [1.0, 2.0]}))
@@ -151,9 +151,9 @@ def test_values_too_large_to_send_are_refused_with_the_limit(tmp_path: Path) -> 
     settings = Settings(spool_dir=tmp_path)
     before = threading.active_count()
     with pytest.raises(UsageError, match=r"config is \d+ KiB as JSON; the limit is 256 KiB"):
-        sdk.init(project="p", mode="offline", settings=settings, config={"blob": "x" * 300_000})
+        stride.init(project="p", mode="offline", settings=settings, config={"blob": "x" * 300_000})
     assert threading.active_count() == before  # nothing was started
-    run = sdk.init(project="p", mode="offline", settings=settings)
+    run = stride.init(project="p", mode="offline", settings=settings)
     with pytest.raises(UsageError, match=r"summary\['big'\] is \d+ KiB"):
         run.summary["big"] = list(range(100_000))
     with pytest.raises(UsageError, match="Split it over several calls"):
@@ -174,7 +174,7 @@ def test_a_full_buffer_blocks_log_briefly_warns_and_drops_nothing(
         max_block_s=0.05,
         connect_timeout_s=1.0,
     )
-    run = sdk.init(project="p", settings=settings)
+    run = stride.init(project="p", settings=settings)
     for i in range(1000):
         run.log({"a": float(i)})
     assert any("rows are waiting to be sent" in r.message for r in caplog.records)

@@ -5,8 +5,8 @@ from __future__ import annotations
 import msgspec
 import pytest
 
-from sdk._buffer import MetricBuffer, record_format, to_blocks
-from sdk.wire import WIRE_VERSION, Batch, MetricBlock, WireError, decode_batch, encode_batch
+from stride._buffer import MetricBuffer, record_format, to_blocks
+from stride.wire import WIRE_VERSION, Batch, MetricBlock, WireError, decode_batch, encode_batch
 
 
 def _batch(**changes: object) -> Batch:

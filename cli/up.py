@@ -20,11 +20,11 @@ from pathlib import Path
 import nats
 from aiohttp import web
 
-from ingest import IngestSettings, IngestWorker
-from ingest.streams import ensure_streams
-from query import STATUS, QuerySettings, create_app
-from store import AsyncStore
-from store.chdb import ChdbStore
+from stride.ingest import IngestSettings, IngestWorker
+from stride.ingest.streams import ensure_streams
+from stride.query import STATUS, QuerySettings, create_app
+from stride.store import AsyncStore
+from stride.store.chdb import ChdbStore
 
 from ._lock import DataDirLock
 from ._nats_server import NatsServer

@@ -79,8 +79,8 @@ def _up(args: argparse.Namespace) -> int:
 
 
 def _sync(args: argparse.Namespace) -> int:
-    from sdk._settings import Settings
-    from sdk._sync import sync_spool
+    from stride._settings import Settings
+    from stride._sync import sync_spool
 
     settings = Settings.from_env(server=args.server, spool_dir=args.dir)
     spool_dir, server = settings.spool_dir, settings.server
@@ -103,7 +103,3 @@ def _sync(args: argparse.Namespace) -> int:
     for path, reason in report.failed:
         print(f"stride: warning: {path} not sent ({reason}); run sync again", file=sys.stderr)
     return 1 if report.failed else 0
-
-
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
