@@ -18,19 +18,43 @@ A batch carries, for one run:
   bytes (``int64`` steps, ``float64`` elsewhere), so both ends convert them
   without a per-value loop.
 
-Versioning: the first field of every batch is ``v``. A reader decodes
-:class:`VersionPeek` first and rejects any version it does not know
-(ingest dead-letters it with the reason, it never drops it silently).
+Names are checked by :mod:`stride.ids`, the rules the query API reads with:
+entity, project, run id, writer and stream are URL-safe names; metric keys
+are any text without control characters.
+
+Evolving the wire
+-----------------
+
+The first field of every batch is ``v``. A reader accepts the versions
+``MIN_WIRE_VERSION`` to ``WIRE_VERSION`` and rejects anything else with a
+reason (:class:`WireError`; ingest dead-letters the message with it). Nothing
+a reader does not understand is ever silently ignored. The rules:
+
+* New record kinds (events, file chunks, system samples) arrive as new
+  optional trailing fields of :class:`Batch`, with a default, or as new
+  record types inside such a field, never by reordering or retyping a field
+  (the Structs are ``array_like``: position is the name).
+* Adding a field or record type bumps ``WIRE_VERSION``. A reader that knows
+  the new version decodes older, shorter batches with the defaults; an older
+  reader rejects the newer version. Raise ``MIN_WIRE_VERSION`` only when
+  support for old writers is dropped on purpose.
+* The Structs set ``forbid_unknown_fields``: msgspec would otherwise drop the
+  extra trailing elements of an ``array_like`` Struct without a word, so a
+  newer layout sent under an old version number would lose data silently.
+  Instead the batch is rejected as having unknown fields.
 """
 
 from __future__ import annotations
 
 import msgspec
 
+from .ids import InvalidIdentifier, check
+
 __all__ = [
     "DLQ_STREAM",
     "DLQ_SUBJECT",
     "INGEST_SUBJECT",
+    "MIN_WIRE_VERSION",
     "STREAM",
     "WIRE_VERSION",
     "Batch",
@@ -42,7 +66,10 @@ __all__ = [
     "message_id",
 ]
 
+#: The version writers send, and the newest a reader accepts.
 WIRE_VERSION = 1
+#: The oldest version a reader still accepts.
+MIN_WIRE_VERSION = 1
 
 #: JetStream stream holding every batch, and the subject writers publish to.
 STREAM = "STRIDE"
@@ -52,7 +79,7 @@ DLQ_STREAM = "STRIDE_DLQ"
 DLQ_SUBJECT = "stride.dlq"
 
 
-class MetricBlock(msgspec.Struct, array_like=True, gc=False):
+class MetricBlock(msgspec.Struct, array_like=True, gc=False, forbid_unknown_fields=True):
     """Rows that share one key set, stored column by column."""
 
     stream: str  # "default" for user metrics, "system" for machine metrics
@@ -63,7 +90,7 @@ class MetricBlock(msgspec.Struct, array_like=True, gc=False):
     values: list[bytes]  # per key, float64[n], aligned with steps
 
 
-class Batch(msgspec.Struct, array_like=True, gc=False):
+class Batch(msgspec.Struct, array_like=True, gc=False, forbid_unknown_fields=True):
     """One flush of one writer for one run."""
 
     v: int
@@ -90,7 +117,8 @@ class Batch(msgspec.Struct, array_like=True, gc=False):
 
 
 class VersionPeek(msgspec.Struct, array_like=True):
-    """Decodes only the leading version field of any batch."""
+    """Decodes only the leading version field of any batch (of any layout, so it
+    ignores the rest on purpose)."""
 
     v: int
 
@@ -103,6 +131,12 @@ _encoder = msgspec.msgpack.Encoder()
 _peek_decoder = msgspec.msgpack.Decoder(VersionPeek)
 _batch_decoder = msgspec.msgpack.Decoder(Batch)
 
+_KNOWN = (
+    f"version {WIRE_VERSION}"
+    if MIN_WIRE_VERSION == WIRE_VERSION
+    else f"versions {MIN_WIRE_VERSION} to {WIRE_VERSION}"
+)
+
 
 def encode_batch(batch: Batch) -> bytes:
     return _encoder.encode(batch)
@@ -114,21 +148,33 @@ def decode_batch(payload: bytes) -> Batch:
         version = _peek_decoder.decode(payload).v
     except msgspec.DecodeError as exc:
         raise WireError(f"not a stride batch: {exc}") from None
-    if version != WIRE_VERSION:
-        raise WireError(f"unknown wire version {version} (this reader knows {WIRE_VERSION})")
+    if not MIN_WIRE_VERSION <= version <= WIRE_VERSION:
+        raise WireError(f"unknown wire version {version} (this reader knows {_KNOWN})")
     try:
         batch = _batch_decoder.decode(payload)
     except msgspec.DecodeError as exc:
+        if "at most length" in str(exc):  # extra trailing elements: fields we do not know
+            raise WireError(
+                f"batch has fields this reader does not know (a newer layout sent as "
+                f"version {version}?): {exc}"
+            ) from None
         raise WireError(f"malformed batch: {exc}") from None
     _validate(batch)
     return batch
 
 
 def _validate(batch: Batch) -> None:
-    for name in ("entity", "project", "run_id", "writer"):
-        value = getattr(batch, name)
-        if not value or "/" in value:
-            raise WireError(f"invalid {name} {value!r}: must be non-empty and contain no '/'")
+    try:
+        check("entity", batch.entity)
+        check("project", batch.project)
+        check("run id", batch.run_id)
+        check("writer", batch.writer)
+        for block in batch.metrics:
+            check("stream", block.stream)
+            for key in block.keys:
+                check("key", key)
+    except InvalidIdentifier as exc:
+        raise WireError(str(exc)) from None
     if batch.seq < 0 or batch.ver <= 0:
         raise WireError(f"invalid seq {batch.seq} or ver {batch.ver}")
     for block in batch.metrics:
@@ -137,8 +183,8 @@ def _validate(batch: Batch) -> None:
             raise WireError("metric block arrays have different lengths")
         if len(block.values) != len(block.keys) or any(len(v) != n * 8 for v in block.values):
             raise WireError("metric block has a value array per key of the wrong length")
-        if len(set(block.keys)) != len(block.keys) or not all(block.keys):
-            raise WireError("metric block keys must be unique and non-empty")
+        if len(set(block.keys)) != len(block.keys):
+            raise WireError("metric block keys must be unique")
 
 
 def message_id(run_path: str, writer: str, seq: int) -> str:

@@ -1,12 +1,27 @@
-"""The wire schema: round trips, validation, and versioning."""
+"""The wire schema: round trips, validation, and versioning.
+
+Versioning is tested from both sides: an old reader meeting a newer writer's
+message must reject it with a reason, and a new reader meeting an older,
+shorter message must decode it with defaults. Writers of other layouts are
+simulated by test-local Structs.
+"""
 
 from __future__ import annotations
 
 import msgspec
 import pytest
 
+from stride import wire
 from stride._buffer import MetricBuffer, record_format, to_blocks
-from stride.wire import WIRE_VERSION, Batch, MetricBlock, WireError, decode_batch, encode_batch
+from stride.wire import (
+    MIN_WIRE_VERSION,
+    WIRE_VERSION,
+    Batch,
+    MetricBlock,
+    WireError,
+    decode_batch,
+    encode_batch,
+)
 
 
 def _batch(**changes: object) -> Batch:
@@ -47,8 +62,28 @@ def test_garbage_is_rejected() -> None:
 @pytest.mark.parametrize(
     ("changes", "reason"),
     [
-        ({"run_id": ""}, "invalid run_id"),
-        ({"project": "a/b"}, "invalid project"),
+        ({"run_id": ""}, "invalid run id ''"),
+        ({"project": "a/b"}, "invalid project 'a/b'"),
+        ({"entity": "has space"}, "invalid entity"),
+        ({"project": "x" * 129}, "invalid project"),
+        ({"run_id": ".hidden"}, "starting with a letter or digit"),
+        ({"writer": "host/1"}, "invalid writer"),
+        (
+            {"metrics": [MetricBlock("sys tem", ["a"], b"", b"", b"", [b""])]},
+            "invalid stream 'sys tem'",
+        ),
+        (
+            {"metrics": [MetricBlock("default", ["a\nb"], b"", b"", b"", [b""])]},
+            "invalid key",
+        ),
+        (
+            {"metrics": [MetricBlock("default", [""], b"", b"", b"", [b""])]},
+            "invalid key ''",
+        ),
+        (
+            {"metrics": [MetricBlock("default", ["k" * 257], b"", b"", b"", [b""])]},
+            "use 1-256 characters",
+        ),
         ({"seq": -1}, "invalid seq"),
         (
             {
@@ -75,3 +110,102 @@ def test_garbage_is_rejected() -> None:
 def test_invalid_batches_are_rejected(changes: dict[str, object], reason: str) -> None:
     with pytest.raises(WireError, match=reason):
         decode_batch(encode_batch(_batch(**changes)))
+
+
+def test_names_the_query_api_reads_are_accepted() -> None:
+    """The wire accepts exactly stride.ids' rules: the longest names, any printable key."""
+    block = MetricBlock(
+        "system", ["_step", "k" * 256, "loss/val ü", "a.b"], b"", b"", b"", [b""] * 4
+    )
+    batch = _batch(
+        entity="E-1", project="p" * 128, run_id="0.a_b-c", writer="h.1-2", metrics=[block]
+    )
+    assert decode_batch(encode_batch(batch)) == batch
+
+
+# ---- versions ---------------------------------------------------------------------------------
+
+
+def test_a_reader_accepts_every_version_in_its_range(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(wire, "MIN_WIRE_VERSION", 2)
+    monkeypatch.setattr(wire, "WIRE_VERSION", 4)
+    for v in (2, 3, 4):
+        assert decode_batch(encode_batch(_batch(v=v))).v == v
+    for v in (1, 5):
+        with pytest.raises(WireError, match=f"unknown wire version {v}"):
+            decode_batch(encode_batch(_batch(v=v)))
+
+
+def test_the_range_today_is_version_1_only() -> None:
+    assert (MIN_WIRE_VERSION, WIRE_VERSION) == (1, 1)
+    with pytest.raises(WireError, match=r"unknown wire version 0 \(this reader knows version 1\)"):
+        decode_batch(encode_batch(_batch(v=0)))
+
+
+class _NewerBatch(msgspec.Struct, array_like=True):
+    """A newer writer's layout: ``Batch`` plus a trailing optional field."""
+
+    v: int
+    entity: str
+    project: str
+    run_id: str
+    writer: str
+    seq: int
+    ver: int
+    set: dict[str, str] = {}
+    set_once: dict[str, str] = {}
+    metrics: list[MetricBlock] = []
+    events: list[tuple[int, str]] = []
+
+
+def _newer(v: int) -> bytes:
+    old = _batch()
+    fields = {f: getattr(old, f) for f in old.__struct_fields__}
+    return msgspec.msgpack.encode(_NewerBatch(**{**fields, "v": v, "events": [(1, "started")]}))
+
+
+def test_an_old_reader_rejects_a_newer_version_with_the_reason() -> None:
+    with pytest.raises(WireError, match=f"unknown wire version {WIRE_VERSION + 1}"):
+        decode_batch(_newer(WIRE_VERSION + 1))
+
+
+def test_an_old_reader_rejects_unknown_trailing_fields_instead_of_dropping_them() -> None:
+    """A newer layout under the current version number (a writer that forgot to bump
+    ``v``): msgspec alone would drop ``events`` silently; the reader must refuse."""
+    with pytest.raises(WireError, match="fields this reader does not know"):
+        decode_batch(_newer(WIRE_VERSION))
+
+
+def test_an_old_reader_rejects_unknown_fields_of_a_metric_block() -> None:
+    class _NewerBlock(msgspec.Struct, array_like=True):
+        stream: str
+        keys: list[str]
+        steps: bytes
+        times: bytes
+        timestamps: bytes
+        values: list[bytes]
+        units: list[str] = []
+
+    block = _NewerBlock("default", ["a"], b"", b"", b"", [b""], units=["s"])
+    payload = msgspec.msgpack.encode([WIRE_VERSION, "e", "p", "r", "w", 0, 1, {}, {}, [block]])
+    with pytest.raises(WireError, match="fields this reader does not know"):
+        decode_batch(payload)
+
+
+class _OlderBatch(msgspec.Struct, array_like=True):
+    """An older, shorter layout: none of the trailing optional fields."""
+
+    v: int
+    entity: str
+    project: str
+    run_id: str
+    writer: str
+    seq: int
+    ver: int
+
+
+def test_a_new_reader_decodes_an_older_shorter_batch_with_defaults() -> None:
+    payload = msgspec.msgpack.encode(_OlderBatch(WIRE_VERSION, "e", "p", "r", "w", 0, 7))
+    batch = decode_batch(payload)
+    assert (batch.path, batch.writer, batch.seq, batch.ver) == ("e/p/r", "w", 0, 7)
+    assert (batch.set, batch.set_once, batch.metrics) == ({}, {}, [])
