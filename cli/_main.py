@@ -86,20 +86,15 @@ def _sync(args: argparse.Namespace) -> int:
     spool_dir, server = settings.spool_dir, settings.server
     if not spool_dir.is_dir():
         raise CliError(f"no spool directory at {spool_dir}; pass the directory to sync")
-    try:
-        report = asyncio.run(sync_spool(spool_dir, server))
-    except OSError as exc:
-        raise CliError(f"cannot reach NATS at {server} ({exc}); nothing was removed") from None
-    except Exception as exc:
-        if exc.__class__.__name__ == "NoServersError":
-            raise CliError(f"cannot reach NATS at {server}; nothing was removed") from None
-        raise
+    report = asyncio.run(sync_spool(settings))
+    if report.logs_left and not report.batches and not report.duplicates:
+        raise CliError(
+            f"cannot deliver to NATS at {server} ({report.last_error}); nothing was removed"
+        )
     print(
-        f"stride: synced {report.sent} batches ({report.points} points) from {spool_dir}"
+        f"stride: synced {report.batches} batches ({report.points} points) from {spool_dir}"
         + (f"; {report.duplicates} were already delivered" if report.duplicates else "")
     )
-    for path in report.invalid:
-        print(f"stride: warning: {path} is not a valid batch; left in place", file=sys.stderr)
-    for path, reason in report.failed:
-        print(f"stride: warning: {path} not sent ({reason}); run sync again", file=sys.stderr)
-    return 1 if report.failed else 0
+    for path in report.logs_left:
+        print(f"stride: warning: {path} not fully delivered; run sync again", file=sys.stderr)
+    return 1 if report.logs_left else 0

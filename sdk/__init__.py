@@ -17,10 +17,10 @@ Querying::
 
 from ._api import Api, ApiRun, Runs
 from ._config import NestedDict
-from ._flusher import DeliveryReport
 from ._init import init
 from ._run import Run
 from ._settings import Settings
+from ._transport import DeliveryReport
 from .errors import (
     ApiError,
     BadRequestError,

@@ -2,7 +2,9 @@
 
 It speaks HTTP to the query service with the standard library (one kept-alive
 connection, retried on connection errors), so the SDK's base install stays
-small. pandas is optional: ``history(pandas=True)`` needs it installed.
+small. Answers are decoded into the Structs of :mod:`stride.api_types`, the
+ones the service encodes. pandas is optional: ``history(pandas=True)`` needs
+it installed.
 """
 
 from __future__ import annotations
@@ -14,12 +16,14 @@ import threading
 import time
 import urllib.parse
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from typing import Any
+from typing import Any, TypeVar
 
+import msgspec
 import orjson
 
 from ._config import NestedDict
 from ._settings import DEFAULT_API
+from .api_types import ColumnsPage, ErrorBody, MetricKeys, RunDoc, RunsPage
 from .errors import (
     ApiError,
     BadRequestError,
@@ -30,6 +34,14 @@ from .errors import (
 
 _NONFINITE = {"nan": float("nan"), "inf": float("inf"), "-inf": float("-inf")}
 _BUILTIN_AXES = ("_step", "_runtime", "_timestamp")
+
+T = TypeVar("T")
+# One decoder per answer type, built once.
+_RUN = msgspec.json.Decoder(RunDoc)
+_RUNS = msgspec.json.Decoder(RunsPage)
+_KEYS = msgspec.json.Decoder(MetricKeys)
+_COLUMNS = msgspec.json.Decoder(ColumnsPage)
+_ERROR = msgspec.json.Decoder(ErrorBody)
 
 
 class Api:
@@ -95,20 +107,40 @@ class Api:
         else:
             raise UsageError(f"run() takes 'entity/project/run_id', got {path!r}")
         quoted = "/".join(urllib.parse.quote(p, safe="") for p in (entity, project, run_id))
-        return ApiRun(self, self.get(f"/api/v1/runs/{quoted}"))
+        return ApiRun(self, self._get_as(_RUN, f"/api/v1/runs/{quoted}"))
 
     # ---- transport -----------------------------------------------------------------------------
 
     def get(self, path: str, params: Sequence[tuple[str, Any]] = ()) -> Any:
+        """GET ``path`` and return its JSON as plain dicts and lists (``None`` if empty).
+
+        For endpoints without a method of their own, such as ``/api/v1/status``;
+        the shapes are the Structs of :mod:`stride.api_types`.
+        """
+        body = self._get_body(path, params)
+        return orjson.loads(body) if body else None
+
+    def _get_as(
+        self, decoder: msgspec.json.Decoder[T], path: str, params: Sequence[tuple[str, Any]] = ()
+    ) -> T:
+        body = self._get_body(path, params)
+        try:
+            return decoder.decode(body)
+        except msgspec.DecodeError as exc:
+            raise ApiError(200, f"unexpected answer to GET {path}: {exc}") from None
+
+    def _get_body(self, path: str, params: Sequence[tuple[str, Any]]) -> bytes:
         query = urllib.parse.urlencode([(k, v) for k, v in params if v is not None])
         url = f"{self._prefix}{path}" + (f"?{query}" if query else "")
         status, body = self._request(url)
-        data = orjson.loads(body) if body else None
         if status >= 400:
-            message = data.get("error", "") if isinstance(data, dict) else body[:200].decode()
+            try:
+                message = _ERROR.decode(body).error
+            except msgspec.DecodeError:  # not the service's error body (a proxy's page...)
+                message = body[:200].decode(errors="replace")
             cls = {404: NotFoundError, 400: BadRequestError}.get(status, ApiError)
             raise cls(status, message)
-        return data
+        return body
 
     def _request(self, url: str) -> tuple[int, bytes]:
         delay = 0.1
@@ -165,10 +197,10 @@ class Runs:
         path = f"/api/v1/runs/{self.entity}/{self.project}"
         while True:
             params = [("per_page", self._per_page), ("order", self._order), ("after", cursor)]
-            page = self._api.get(path, params)
-            for doc in page["runs"]:
+            page = self._api._get_as(_RUNS, path, params)
+            for doc in page.runs:
                 yield ApiRun(self._api, doc)
-            cursor = page["next"]
+            cursor = page.next
             if cursor is None:
                 return
 
@@ -176,26 +208,26 @@ class Runs:
 class ApiRun:
     """A run as stored: attributes plus ``history`` and ``scan_history``."""
 
-    def __init__(self, api: Api, doc: dict[str, Any]) -> None:
+    def __init__(self, api: Api, doc: RunDoc) -> None:
         self._api = api
         self._set(doc)
 
-    def _set(self, doc: dict[str, Any]) -> None:
-        self.entity: str = doc["entity"]
-        self.project: str = doc["project"]
-        self.id: str = doc["id"]
-        self.path: str = doc["path"]
-        self.name: str | None = doc["name"]
-        self.state: str = doc["state"]
-        self.config = NestedDict(doc["config"])
-        self.summary: dict[str, Any] = doc["summary"]
-        self.tags: list[str] = doc["tags"]
-        self.notes: str | None = doc["notes"]
-        self.folder: str | None = doc["folder"]
-        self.created_at: str | None = doc["created_at"]
-        self.heartbeat_at: str | None = doc["heartbeat_at"]
-        self.finished_at: str | None = doc.get("finished_at")
-        self.exit_code: int | None = doc.get("exit_code")
+    def _set(self, doc: RunDoc) -> None:
+        self.entity: str = doc.entity
+        self.project: str = doc.project
+        self.id: str = doc.id
+        self.path: str = doc.path
+        self.name: str | None = doc.name
+        self.state: str = doc.state
+        self.config = NestedDict(doc.config)
+        self.summary: dict[str, Any] = doc.summary
+        self.tags: list[str] = doc.tags
+        self.notes: str | None = doc.notes
+        self.folder: str | None = doc.folder
+        self.created_at: str | None = doc.created_at
+        self.heartbeat_at: str | None = doc.heartbeat_at
+        self.finished_at: str | None = doc.finished_at
+        self.exit_code: int | None = doc.exit_code
 
     def __repr__(self) -> str:
         return f"<ApiRun {self.path} name={self.name!r} state={self.state}>"
@@ -206,12 +238,12 @@ class ApiRun:
 
     def load(self) -> ApiRun:
         """Fetch the run again (state, summary and heartbeat change while it runs)."""
-        self._set(self._api.get(self._base))
+        self._set(self._api._get_as(_RUN, self._base))
         return self
 
     @property
     def history_keys(self) -> list[str]:
-        return list(self._api.get(f"{self._base}/keys")["keys"])
+        return self._api._get_as(_KEYS, f"{self._base}/keys").keys
 
     def history(
         self,
@@ -242,7 +274,7 @@ class ApiRun:
             ("envelope", "true" if envelope else None),
         ]
         params += [("keys", k) for k in keys or ()]
-        columns = _columns(self._api.get(f"{self._base}/history", params))
+        columns = _columns(self._api._get_as(_COLUMNS, f"{self._base}/history", params))
         if x_axis not in _BUILTIN_AXES:
             if x_axis not in columns:
                 raise BadRequestError(400, f"x_axis {x_axis!r} is not a metric of run {self.path}")
@@ -276,9 +308,9 @@ class ApiRun:
                 ("cursor", cursor),
             ]
             params += [("keys", k) for k in keys or ()]
-            page = self._api.get(f"{self._base}/scan", params)
+            page = self._api._get_as(_COLUMNS, f"{self._base}/scan", params)
             yield from _rows(_columns(page))
-            cursor = page["next"]
+            cursor = page.next
             if cursor is None:
                 return
 
@@ -291,9 +323,10 @@ def _keys_param(keys: Sequence[str] | None) -> list[str] | None:
     return list(keys)
 
 
-def _columns(page: dict[str, Any]) -> dict[str, list[Any]]:
-    columns: dict[str, list[Any]] = page["columns"]
-    for key, items in page.get("nonfinite", {}).items():
+def _columns(page: ColumnsPage) -> dict[str, list[Any]]:
+    """The page's columns with its non-finite values put back (in place)."""
+    columns: dict[str, list[Any]] = page.columns
+    for key, items in page.nonfinite.items():
         column = columns[key]
         for row, name in items:
             column[row] = _NONFINITE[name]

@@ -1,45 +1,38 @@
-"""``Run``: what training code holds. ``log()`` only appends to memory."""
+"""``Run``: what training code holds. ``log()`` writes one frame into shared memory."""
 
 from __future__ import annotations
 
-import atexit
 import logging
-import os
-import re
-import signal
-import socket
 import struct
-import threading
+import sys
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from time import time as _now
-from types import FrameType, TracebackType
+from types import TracebackType
 from typing import Any
 
 import orjson
 
-from ._buffer import MetricBuffer, record_format
+from . import ids
 from ._config import NestedDict
-from ._flusher import DeliveryReport, Flusher, RunIdentity
-from ._names import random_id
 from ._settings import Settings
+from ._signals import terminated
+from ._transport import DeliveryReport, Transport, transport_for
+from ._wal import KEYSET, ROW, ROW_OVERHEAD, SET, SET_ONCE, LogWriter, frame_header, row_format
 from .errors import UsageError
 
 log = logging.getLogger("stride")
 
-_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}$")
 _MODES = ("online", "offline", "disabled")
 _JSON_OPTIONS = orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_NON_STR_KEYS
 _ONE_NUMBER = struct.Struct("<d")
 
 
-def check_identifier(kind: str, value: str) -> str:
-    if not isinstance(value, str) or not _NAME_RE.match(value):
-        raise UsageError(
-            f"invalid {kind} {value!r}: use 1-128 letters, digits, '_', '-' or '.', "
-            "starting with a letter or digit"
-        )
-    return value
+def check_identifier(kind: ids.Kind, value: object) -> str:
+    try:
+        return ids.check(kind, value)
+    except ids.InvalidIdentifier as exc:
+        raise UsageError(str(exc)) from None
 
 
 #: Largest JSON text of one run field (config, tags, a summary value...). A batch
@@ -64,13 +57,6 @@ def _iso_now() -> str:
     return datetime.now(UTC).isoformat()
 
 
-def _writer_id() -> str:
-    """Unique per producing process and run: host, pid, rank and a random tag."""
-    host = re.sub(r"[^A-Za-z0-9_.\-]", "_", socket.gethostname())[:48] or "host"
-    rank = os.environ.get("RANK", "0")
-    return f"{host}-{os.getpid()}-r{rank}-{random_id(6)}"
-
-
 class Summary(NestedDict):
     """The run summary; setting a key sends it (``run.summary["best"] = 0.9``)."""
 
@@ -88,6 +74,10 @@ class Summary(NestedDict):
     def update(self, other: Any = (), /, **kwargs: Any) -> None:
         for key, value in dict(other, **kwargs).items():
             self[key] = value
+
+
+#: Per key set: the frame packer, its header, its size in bytes.
+_Packer = tuple[Callable[..., None], int, int]
 
 
 class Run:
@@ -129,12 +119,15 @@ class Run:
         self.summary = Summary(self._send_fields)
         self._step = 0
         self._t0 = _now()
-        self._packers: dict[tuple[str, ...], Callable[..., bytes]] = {}
-        self._finished = False
+        self._packers: dict[tuple[str, ...], _Packer] = {}
         self._report = DeliveryReport()
-        self._buffer = MetricBuffer(settings.max_buffer_rows)
-        self._flusher: Flusher | None = None
+        #: The log ``log()`` writes to; ``None`` once finished (or disabled, or forked).
+        self._wal: LogWriter | None = None
+        self._closed_reason = "is finished; start a new run to log more"
+        self._transport: Transport | None = None
+        self._slot = 0
         if mode == "disabled":
+            self._closed_reason = ""
             return
         # Only what was given: a process joining an existing run by id must not
         # blank its tags, notes or config. Encoded first: a bad value starts nothing.
@@ -148,14 +141,12 @@ class Run:
         if folder is not None:
             init_fields["folder"] = _json(folder, "folder")
         name_field = {"name": _json(name, "name")}
-        identity = RunIdentity(entity, project, run_id, _writer_id())
-        self._flusher = Flusher(settings, identity, self._buffer, offline=mode == "offline")
-        self._flusher.set_fields({"created_at": _json(_iso_now())}, once=True)
-        self._flusher.set_fields(name_field, once=not name_given)
-        self._flusher.set_fields(init_fields)
-        self._flusher.start()
-        atexit.register(self._at_exit)
-        _install_sigterm_handler()
+        transport = self._transport = transport_for(settings, offline=mode == "offline")
+        self._slot = transport.open_run(self)
+        self._wal = transport.log
+        self._write_fields({"created_at": _json(_iso_now())}, once=True)
+        self._write_fields(name_field, once=not name_given)
+        self._write_fields(init_fields)
 
     @property
     def path(self) -> str:
@@ -179,11 +170,14 @@ class Run:
         ``step`` defaults to one more than the last step; ``time`` (seconds since
         the run started) and ``timestamp`` (Unix seconds) default to now. Values
         must be numbers (int, float, bool or anything with ``__float__``).
+
+        The row goes straight into a memory-mapped log file: once ``log()``
+        returns, the row survives the process being killed (SIGKILL, the OOM
+        killer) and is delivered by the helper, the next process or ``stride sync``.
         """
-        if self._flusher is None:
-            if self.mode == "disabled":
-                return
-            raise UsageError(f"run {self.path} is finished; start a new run to log more")
+        w = self._wal
+        if w is None:
+            return self._not_logging()
         ts = _now() if timestamp is None else float(timestamp)
         if step is None:
             step = self._step
@@ -191,38 +185,42 @@ class Run:
             step = self._check_step(step)
         self._step = step + 1
         keys = tuple(data)
-        pack = self._packers.get(keys)
-        if pack is None:
-            pack = self._new_packer(keys)
-        try:
-            # Packing checks, in C, that every value is a number.
-            t = ts - self._t0 if time is None else float(time)
-            record = pack(step, t, ts, *data.values())
-        except struct.error:
-            raise self._value_error(data) from None
-        if self._buffer.append(keys, record) >= self._buffer.max_rows:
-            self._buffer_full()
+        packer = self._packers.get(keys)
+        if packer is None:
+            packer = self._new_keyset(keys)
+        pack, header, size = packer
+        t = ts - self._t0 if time is None else float(time)
+        with w.lock:
+            pos = w.pos
+            if pos + size > w.end:
+                pos = w.reserve(size)
+            try:
+                # Packing checks, in C, that every value is a number.
+                pack(w.mm, pos, header, step, t, ts, *data.values())
+            except struct.error:
+                raise self._value_error(data) from None
+            w.commit(pos + size)
 
     def finish(
         self, exit_code: int = 0, *, state: str | None = None, timeout: float | None = None
     ) -> DeliveryReport:
-        """End the run: flush within ``timeout`` seconds and report what was delivered.
+        """End the run: wait at most ``timeout`` seconds for its data to be acknowledged.
 
-        Whatever could not be delivered in time stays in the spool directory,
-        named in the report and in a warning; ``stride sync`` uploads it later.
+        Whatever is not acknowledged by then is safe on disk in the spool
+        directory and still being delivered (by the helper after this process
+        exits, by the next run using that directory, or by ``stride sync``);
+        the report and a warning say so.
         """
-        if self._finished or self._flusher is None:
-            self._finished = True
+        if self._wal is None or self._transport is None:
             return self._report
-        self._finished = True
         state = state or ("finished" if exit_code == 0 else "failed")
-        self._flusher.set_fields(
-            {"state": _json(state), "exit_code": _json(exit_code), "finished_at": _json(_iso_now())}
-        )
-        flusher, self._flusher = self._flusher, None
-        self._report = flusher.close(self.settings.finish_timeout_s if timeout is None else timeout)
-        atexit.unregister(self._at_exit)
-        if not self._report.complete:
+        fields = {"state": state, "exit_code": exit_code, "finished_at": _iso_now()}
+        self._write_fields({k: _json(v) for k, v in fields.items()})
+        transport, self._transport = self._transport, None
+        self._wal = None
+        timeout = self.settings.finish_timeout_s if timeout is None else timeout
+        self._report = transport.finish_run(self._slot, timeout)
+        if not self._report.complete and self.mode != "offline":
             log.warning("stride: run %s finished: %s", self.path, self._report)
         return self._report
 
@@ -237,7 +235,7 @@ class Run:
     ) -> None:
         if exc_type is None:
             self.finish(0)
-        elif issubclass(exc_type, KeyboardInterrupt) or _terminated.is_set():
+        elif issubclass(exc_type, KeyboardInterrupt) or terminated.is_set():
             self.finish(130 if exc_type is KeyboardInterrupt else 143, state="cancelled")
         elif isinstance(exc, SystemExit) and exc.code in (0, None):
             self.finish(0)
@@ -249,11 +247,19 @@ class Run:
 
     # ---- slow paths, kept out of log() ---------------------------------------------------------
 
+    def _not_logging(self) -> None:
+        if self._closed_reason:
+            raise UsageError(f"run {self.path} {self._closed_reason}")
+
+    def _write_fields(self, fields: dict[str, str], *, once: bool = False) -> None:
+        assert self._wal is not None
+        self._wal.write_frame(SET_ONCE if once else SET, self._slot, fields)
+
     def _send_fields(self, fields: dict[str, str]) -> None:
-        if self._flusher is not None:
-            self._flusher.set_fields(fields)
-        elif self.mode != "disabled":
-            raise UsageError(f"run {self.path} is finished; its summary can no longer change")
+        if self._wal is not None:
+            self._write_fields(fields)
+        elif self._closed_reason:
+            raise UsageError(f"run {self.path} {self._closed_reason}; its summary cannot change")
 
     def _check_step(self, step: Any) -> int:
         if isinstance(step, bool) or not isinstance(step, int):
@@ -265,23 +271,30 @@ class Run:
                 raise UsageError(f"step must be an integer, got {step!r}") from None
         return int(step)
 
-    def _new_packer(self, keys: tuple[str, ...]) -> Callable[..., bytes]:
+    def _new_keyset(self, keys: tuple[str, ...]) -> _Packer:
         for key in keys:
             if not isinstance(key, str) or not key:
                 raise UsageError(f"metric names must be non-empty strings, got {key!r}")
             if key.startswith("_"):
                 raise UsageError(f"metric name {key!r} is reserved: names starting with '_' are")
-            if len(key) > 256:
-                raise UsageError(f"metric name {key[:40]!r}... is longer than 256 characters")
-        row_bytes = record_format(len(keys)).size + sum(len(k) for k in keys)
-        if row_bytes > self.settings.max_batch_bytes // 2:
+            check_identifier("key", key)
+        size = ROW_OVERHEAD + 8 * len(keys)
+        limit = min(self.settings.max_batch_bytes // 2, self.settings.segment_bytes // 2)
+        if size + sum(len(k) for k in keys) > limit:
             raise UsageError(
-                f"one log() call with {len(keys)} metrics is {row_bytes // 1024} KiB; the limit "
-                f"is {self.settings.max_batch_bytes // 2 // 1024} KiB (half a batch). "
+                f"one log() call with {len(keys)} metrics is {size // 1024} KiB; the limit "
+                f"is {limit // 1024} KiB (half a batch). "
                 "Split it over several calls with the same step."
             )
-        pack = self._packers[keys] = record_format(len(keys)).pack
-        return pack
+        assert self._wal is not None
+        ref = self._wal.new_ref()
+        self._wal.write_frame(KEYSET, ref, [self._slot, "default", list(keys)])
+        packer = self._packers[keys] = (
+            row_format(len(keys)).pack_into,
+            frame_header(size, ROW, ref),
+            size,
+        )
+        return packer
 
     def _value_error(self, data: Mapping[str, Any]) -> UsageError:
         for key, value in data.items():
@@ -294,42 +307,32 @@ class Run:
                 )
         return UsageError("log() records numbers only")
 
-    def _buffer_full(self) -> None:
-        """The flusher is behind: wait a bounded time, then keep the row anyway."""
-        if not self._buffer.wait_for_room(self.settings.max_block_s):
-            log.warning(
-                "stride: %d rows are waiting to be sent (limit %d); memory grows until the "
-                "flusher catches up. Nothing is dropped.",
-                len(self._buffer),
-                self._buffer.max_rows,
-            )
-            self._buffer.max_rows *= 2  # wait and warn again only if it doubles
+    def _detach(self, reason: str) -> None:
+        """Stop logging without writing anything (this process must not touch the log)."""
+        self._wal = None
+        self._transport = None
+        self._closed_reason = f"cannot log: {reason}; call stride.init in this process"
+
+    def _end_on_signal(self, timeout: float) -> None:
+        """SIGTERM arrived: record the run as cancelled, unless log() was interrupted mid-row."""
+        w = self._wal
+        if w is None:
+            return
+        if not w.lock.acquire(timeout=0.2):
+            return  # this thread was inside log(): delivery will mark the run crashed
+        w.lock.release()
+        self.finish(143, state="cancelled", timeout=timeout)
 
     def _at_exit(self) -> None:
-        if not self._finished:
-            if _terminated.is_set():
-                self.finish(143, state="cancelled")
-            else:
-                self.finish(0)
-
-
-_terminated = threading.Event()
-_sigterm_lock = threading.Lock()
-_sigterm_installed = False
-
-
-def _install_sigterm_handler() -> None:
-    """Turn SIGTERM into SystemExit so ``with`` blocks and atexit flush the run."""
-    global _sigterm_installed
-    with _sigterm_lock:
-        if _sigterm_installed or threading.current_thread() is not threading.main_thread():
+        if self._wal is None:
             return
-        if signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
-            return  # the program has its own handler; respect it
-        _sigterm_installed = True
-
-        def _on_sigterm(signum: int, frame: FrameType | None) -> None:
-            _terminated.set()
-            raise SystemExit(143)
-
-        signal.signal(signal.SIGTERM, _on_sigterm)
+        if terminated.is_set():
+            self.finish(143, state="cancelled")
+            return
+        last = getattr(sys, "last_type", None)  # set when an exception ends the program
+        if last is not None and issubclass(last, KeyboardInterrupt):
+            self.finish(130, state="cancelled")
+        elif last is not None and not issubclass(last, SystemExit):
+            self.finish(1, state="failed")
+        else:
+            self.finish(0)

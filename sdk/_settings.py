@@ -8,6 +8,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import msgspec
+
 DEFAULT_SERVER = "nats://127.0.0.1:4222"
 DEFAULT_API = "http://127.0.0.1:8080"
 DEFAULT_SPOOL_DIR = Path(".stride") / "spool"
@@ -27,32 +29,51 @@ class Settings:
     server: str = DEFAULT_SERVER
     #: Where batches that cannot be delivered yet are kept (and offline runs write).
     spool_dir: Path = DEFAULT_SPOOL_DIR
-    #: Flush when this many logged rows are buffered ...
+    #: Who delivers: "process" (a helper process the SDK starts: it outlives a killed
+    #: training process and keeps encoding and network work off its GIL) or "thread"
+    #: (a thread of this process; a kill leaves the rest for the next process or
+    #: `stride sync`).
+    delivery: str = "process"
+    #: A batch is sent when this many rows are waiting ...
     flush_rows: int = 4096
-    #: ... or when the oldest buffered row is this old. SIGKILL loses at most this window.
-    linger_s: float = 0.1
-    #: Rows the in-memory buffer holds before log() waits for the flusher.
-    max_buffer_rows: int = 2_000_000
-    #: The longest log() ever waits for buffer space; after that it keeps the row
-    #: anyway (memory above the limit, with a warning): log() never drops a point.
-    max_block_s: float = 0.5
+    #: ... or when the oldest waiting row is this old.
+    linger_s: float = 0.05
+    #: Size of one log segment file (the log is kept until delivered, then trimmed).
+    segment_bytes: int = 32 * 1024 * 1024
+    #: Undelivered data on disk beyond which a warning says so (again at each doubling).
+    #: Nothing is ever dropped: the log keeps growing while NATS is unreachable.
+    max_spool_bytes: int = 4 * 1024**3
     #: Upper bound on one encoded batch (NATS' default max payload is 1 MiB).
     max_batch_bytes: int = 900_000
     #: Publishes awaiting their JetStream ack at once.
     max_inflight: int = 256
-    #: How long one publish may wait for its ack before the batch is spooled.
+    #: How long one publish may wait for its ack before it is retried.
     ack_timeout_s: float = 10.0
-    #: How long finish() may take to deliver what is left before spooling it.
+    #: How long finish() waits for the run's data to be acknowledged.
     finish_timeout_s: float = 30.0
     #: A run with nothing to send still reports it is alive this often.
     heartbeat_s: float = 15.0
-    #: Time allowed to (re)connect to NATS before spooling to disk.
+    #: Time allowed to (re)connect to NATS.
     connect_timeout_s: float = 2.0
     #: Pause between reconnection attempts while NATS is unreachable.
     reconnect_interval_s: float = 1.0
+    #: After the training process exits, how long delivery keeps trying to reach NATS
+    #: before it leaves the rest on disk (for the next process or `stride sync`).
+    orphan_timeout_s: float = 120.0
+
+    def to_json(self) -> bytes:
+        return msgspec.json.encode(dataclasses.asdict(self), enc_hook=str)
+
+    @classmethod
+    def from_json(cls, data: bytes) -> Settings:
+        return cls(**msgspec.json.decode(data))
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "spool_dir", Path(self.spool_dir))  # accept a str too
+        if self.delivery not in ("process", "thread"):
+            raise ValueError(
+                f"Settings.delivery must be 'process' or 'thread', got {self.delivery!r}"
+            )
         for field in dataclasses.fields(self):
             value = getattr(self, field.name)
             if isinstance(value, int | float) and value <= 0:
@@ -60,12 +81,14 @@ class Settings:
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
-        """Settings from ``STRIDE_SERVER`` and ``STRIDE_SPOOL_DIR``, then ``overrides``."""
+        """Settings from ``STRIDE_SERVER``, ``STRIDE_SPOOL_DIR`` and ``STRIDE_DELIVERY``, then ``overrides``."""
         env = os.environ if env is None else env
         values: dict[str, Any] = {}
         if env.get("STRIDE_SERVER"):
             values["server"] = env["STRIDE_SERVER"]
         if env.get("STRIDE_SPOOL_DIR"):
             values["spool_dir"] = Path(env["STRIDE_SPOOL_DIR"])
+        if env.get("STRIDE_DELIVERY"):
+            values["delivery"] = env["STRIDE_DELIVERY"]
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)

@@ -1,0 +1,145 @@
+"""Frames read back from the log, grouped per run into the batches that travel.
+
+A :class:`Builder` collects the frames of one run slot that fall in one range
+of log positions ``[start, end)``; :meth:`Builder.build` turns them into a
+wire :class:`~stride.wire.Batch`. A batch is *defined* by its range: the
+frames of that slot between ``start`` and ``end``. That is what makes a
+crash harmless: the range is written down (sealed) with the batch's ``seq``
+and ``ver`` before it is published, and whoever recovers the log rebuilds the
+same batch, with the same identity, from the same frames.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import struct
+
+from .wire import WIRE_VERSION, Batch, MetricBlock
+
+#: A sealed batch, as written to the ``seals`` file before it is published.
+SEAL = struct.Struct("<IIQQQQ")  # slot, kind, seq, ver, start, end
+#: Seal kinds: a range of frames; a run ended by delivery (its writer died);
+#: and the trim mark (every seal wholly below ``end`` is delivered).
+SEAL_RANGE, SEAL_ENDED, SEAL_TRIM = 0, 1, 2
+
+
+@dataclasses.dataclass(frozen=True)
+class Seal:
+    slot: int
+    kind: int
+    seq: int
+    ver: int
+    start: int
+    end: int
+
+    def pack(self) -> bytes:
+        return SEAL.pack(self.slot, self.kind, self.seq, self.ver, self.start, self.end)
+
+    def delivered_below(self, trim: int) -> bool:
+        """Whether a trim mark at ``trim`` proves this seal was delivered."""
+        return self.end < trim or (self.end == trim and self.start < self.end)
+
+
+def read_seals(data: bytes) -> list[Seal]:
+    usable = len(data) - len(data) % SEAL.size  # a torn last record was never published
+    return [Seal(*SEAL.unpack_from(data, i)) for i in range(0, usable, SEAL.size)]
+
+
+@dataclasses.dataclass(frozen=True)
+class RunRef:
+    entity: str
+    project: str
+    run_id: str
+
+    @property
+    def path(self) -> str:
+        return f"{self.entity}/{self.project}/{self.run_id}"
+
+
+@dataclasses.dataclass(frozen=True)
+class KeySet:
+    slot: int
+    stream: str
+    keys: tuple[str, ...]
+
+    @property
+    def row_bytes(self) -> int:
+        return 8 * (4 + len(self.keys))
+
+
+class Builder:
+    """The frames of one run slot in ``[start, end)``."""
+
+    __slots__ = ("created", "nbytes", "nrows", "points", "rows", "set", "set_once", "start")
+
+    def __init__(self, start: int, created: float) -> None:
+        self.start = start
+        self.created = created
+        self.set: dict[str, str] = {}
+        self.set_once: dict[str, str] = {}
+        self.rows: dict[int, list[memoryview]] = {}  # key set -> runs of row frames
+        self.nbytes = 0
+        self.nrows = 0
+        self.points = 0
+
+    def add_fields(self, fields: dict[str, str], *, once: bool, size: int) -> None:
+        if once:
+            for name, value in fields.items():
+                self.set_once.setdefault(name, value)
+        else:
+            self.set.update(fields)
+        self.nbytes += size
+
+    def add_rows(self, keyset: int, width: int, frames: memoryview, rows: int) -> None:
+        self.rows.setdefault(keyset, []).append(frames)
+        self.nbytes += len(frames)
+        self.nrows += rows
+        self.points += rows * width
+
+    def build(
+        self, ref: RunRef, writer: str, seq: int, ver: int, keysets: dict[int, KeySet]
+    ) -> Batch:
+        blocks = []
+        for keyset_id, parts in self.rows.items():
+            keyset = keysets[keyset_id]
+            width = len(keyset.keys)
+            stride = 4 + width
+            data = parts[0] if len(parts) == 1 else b"".join(parts)
+            # Strided slices copy raw 8-byte cells: the int64 steps come through bit for bit.
+            with memoryview(data).cast("d") as cells:
+                blocks.append(
+                    MetricBlock(
+                        stream=keyset.stream,
+                        keys=list(keyset.keys),
+                        steps=cells[1::stride].tobytes(),
+                        times=cells[2::stride].tobytes(),
+                        timestamps=cells[3::stride].tobytes(),
+                        values=[cells[4 + j :: stride].tobytes() for j in range(width)],
+                    )
+                )
+        return Batch(
+            v=WIRE_VERSION,
+            entity=ref.entity,
+            project=ref.project,
+            run_id=ref.run_id,
+            writer=writer,
+            seq=seq,
+            ver=ver,
+            set=self.set,
+            set_once=self.set_once,
+            metrics=blocks,
+        )
+
+
+def ended_batch(ref: RunRef, writer: str, seq: int, ver: int) -> Batch:
+    """The run's writer died without finishing it: mark it crashed (no data of its own)."""
+    return Batch(
+        v=WIRE_VERSION,
+        entity=ref.entity,
+        project=ref.project,
+        run_id=ref.run_id,
+        writer=writer,
+        seq=seq,
+        ver=ver,
+        set={"state": '"crashed"'},
+    )

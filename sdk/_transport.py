@@ -1,0 +1,317 @@
+"""One delivery path per process, shared by every run in it.
+
+A :class:`Transport` owns the process's write-ahead log (:mod:`stride._wal`)
+and the delivery agent that empties it (:mod:`stride._agent`): a helper
+process by default, or a thread with ``Settings(delivery="thread")``, or
+nothing in offline mode (``stride sync`` delivers later). Runs open a slot
+in the log and write frames to it; finishing a run asks the agent for a
+report over a socket. The transport closes when its last run finishes; one is
+kept per ``(server, spool directory, mode, delivery)``.
+
+Process hygiene (the SDK is a guest in a training process):
+
+* nothing is started at import; the first ``init`` starts the agent;
+* the helper process runs in its own session, so Ctrl-C in the terminal
+  does not reach it, and it notices the training process is gone when its
+  control socket closes;
+* after ``fork()`` the child's copies of the runs refuse to log (they would
+  write into the parent's log): the child calls ``stride.init`` itself;
+* SIGTERM: see :mod:`stride._signals`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import atexit
+import contextlib
+import dataclasses
+import json
+import logging
+import os
+import re
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import msgspec
+
+from ._names import random_id
+from ._settings import Settings
+from ._wal import CLOSE, OPEN, LogMeta, LogWriter
+
+if TYPE_CHECKING:
+    from ._run import Run
+
+log = logging.getLogger("stride")
+
+_LENGTH_BYTES = 4
+_decode = msgspec.msgpack.Decoder(list).decode
+
+
+@dataclasses.dataclass
+class DeliveryReport:
+    """What ``finish()`` knows about a run's delivery when it returns."""
+
+    batches_sent: int = 0
+    points_sent: int = 0
+    #: Batches (or not yet batched data) of this run not acknowledged by NATS when
+    #: ``finish()`` returned. They are on disk in ``spool_dir`` and still being sent.
+    spooled_left: int = 0
+    spool_dir: Path | None = None
+    last_error: str | None = None
+
+    @property
+    def complete(self) -> bool:
+        return self.spooled_left == 0
+
+    def __str__(self) -> str:
+        text = f"{self.batches_sent} batches ({self.points_sent} points) delivered"
+        if self.spooled_left:
+            text += (
+                f"; the rest is kept in {self.spool_dir} and delivered by the helper once NATS "
+                f"answers, by the next run that uses that directory, or by `stride sync "
+                f"{self.spool_dir}`"
+            )
+            if self.last_error:
+                text += f" (last error: {self.last_error})"
+        return text
+
+
+def writer_id() -> str:
+    """Unique per producing process: host, pid, rank and a random tag."""
+    host = re.sub(r"[^A-Za-z0-9_.\-]", "_", socket.gethostname())[:48] or "host"
+    rank = re.sub(r"[^0-9]", "", os.environ.get("RANK", "0"))[:6] or "0"
+    return f"{host}-{os.getpid()}-r{rank}-{random_id(6)}"
+
+
+_BOOT = (
+    "import json, os, sys; a = json.loads(os.environ.pop('STRIDE_AGENT')); "
+    "sys.path[:0] = a['path']; from stride._helper import main; main(a)"
+)
+
+
+class Transport:
+    def __init__(self, settings: Settings, *, offline: bool) -> None:
+        self.settings = settings
+        self.offline = offline
+        self.spool_dir = settings.spool_dir.resolve()
+        self.writer = writer_id()
+        meta = LogMeta(
+            writer=self.writer,
+            host=socket.gethostname(),
+            pid=os.getpid(),
+            segment_bytes=settings.segment_bytes,
+            offline=offline,
+            created=time.time(),
+        )
+        self.dir = self.spool_dir / self.writer
+        self.log = LogWriter(self.dir, meta, settings.max_spool_bytes)
+        self.runs: dict[int, Run] = {}
+        self._pid = os.getpid()
+        self._control: socket.socket | None = None
+        self._control_lock = threading.Lock()
+        self._helper: subprocess.Popen[bytes] | None = None
+        self._thread: threading.Thread | None = None
+        self.closed = False
+        if not offline:
+            self._start_agent()
+
+    # ---- runs -----------------------------------------------------------------------------------
+
+    def open_run(self, run: Run) -> int:
+        slot = self.log.new_ref()
+        self.log.write_frame(OPEN, slot, [run.entity, run.project, run.id])
+        self.runs[slot] = run
+        return slot
+
+    def finish_run(self, slot: int, timeout: float) -> DeliveryReport:
+        """Close the run's slot and wait (at most ``timeout``) until its data is acknowledged."""
+        upto = self.log.write_frame(CLOSE, slot)
+        report = DeliveryReport(spool_dir=self.spool_dir, spooled_left=1)
+        if self.offline:
+            report.last_error = "offline run: upload it with `stride sync`"
+        else:
+            reply = self._request(["finish", slot, upto, timeout], timeout + 5.0)
+            if reply is None:
+                report.last_error = "the delivery helper did not answer"
+            else:
+                _, report.batches_sent, report.points_sent, report.spooled_left, error = reply
+                report.last_error = error
+        self.runs.pop(slot, None)
+        if not self.runs:
+            self.close()
+        return report
+
+    # ---- the agent ------------------------------------------------------------------------------
+
+    def _start_agent(self) -> None:
+        ours, theirs = socket.socketpair()
+        self._control = ours
+        if self.settings.delivery == "thread":
+            self._thread = threading.Thread(
+                target=_run_agent_thread,
+                args=(self.settings, self.dir, theirs),
+                name="stride-delivery",
+                daemon=True,
+            )
+            self._thread.start()
+            return
+        args = {
+            "path": [p for p in sys.path if isinstance(p, str)],
+            "fd": theirs.fileno(),
+            "dir": str(self.dir),
+            "settings": json.loads(self.settings.to_json()),
+        }
+        args["settings"]["spool_dir"] = str(self.spool_dir)
+        try:
+            self._helper = subprocess.Popen(
+                [sys.executable, "-I", "-c", _BOOT],
+                env={**os.environ, "STRIDE_AGENT": json.dumps(args)},
+                pass_fds=(theirs.fileno(),),
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,  # Ctrl-C in the terminal is not for it
+            )
+        except OSError as exc:
+            log.warning(
+                "stride: cannot start the delivery helper (%s); delivering from a thread instead",
+                exc,
+            )
+            self._thread = threading.Thread(
+                target=_run_agent_thread,
+                args=(self.settings, self.dir, theirs),
+                name="stride-delivery",
+                daemon=True,
+            )
+            self._thread.start()
+            return
+        theirs.close()
+
+    def _request(self, message: list[Any], timeout: float) -> list[Any] | None:
+        control = self._control
+        if control is None:
+            return None
+        with self._control_lock:
+            try:
+                control.settimeout(timeout)
+                body = msgspec.msgpack.encode(message)
+                control.sendall(len(body).to_bytes(_LENGTH_BYTES, "little") + body)
+                size = int.from_bytes(_recv_exactly(control, _LENGTH_BYTES), "little")
+                return _decode(_recv_exactly(control, size))
+            except (OSError, EOFError):
+                return None
+
+    def close(self) -> None:
+        """No more runs: let the agent deliver the rest and finish on its own."""
+        if self.closed:
+            return
+        self.closed = True
+        _forget(self)
+        if self._control is not None:
+            with contextlib.suppress(OSError):
+                body = msgspec.msgpack.encode(["close"])
+                with self._control_lock:
+                    self._control.sendall(len(body).to_bytes(_LENGTH_BYTES, "little") + body)
+        self.log.close()
+        if self._thread is not None:
+            self._thread.join(timeout=5.0)
+        if self._control is not None:
+            self._control.close()
+            self._control = None
+
+    def forked(self) -> None:
+        """In a forked child: this log belongs to the parent; never write or signal it."""
+        self.closed = True
+        for run in self.runs.values():
+            run._detach("this process is a fork of the one that started the run")
+        if self._control is not None:
+            with contextlib.suppress(OSError):
+                self._control.detach()  # the parent keeps its socket open
+            self._control = None
+        self.runs.clear()
+
+    def at_exit(self) -> None:
+        if os.getpid() != self._pid or self.closed:
+            return
+        for run in list(self.runs.values()):
+            run._at_exit()
+        self.close()
+
+
+def _recv_exactly(sock: socket.socket, size: int) -> bytes:
+    chunks = []
+    while size:
+        chunk = sock.recv(size)
+        if not chunk:
+            raise EOFError("the delivery agent closed its socket")
+        chunks.append(chunk)
+        size -= len(chunk)
+    return b"".join(chunks)
+
+
+def _run_agent_thread(settings: Settings, directory: Path, control: socket.socket) -> None:
+    from ._agent import Agent, open_own_reader
+
+    own = open_own_reader(directory)
+    agent = Agent(settings, own=own, control=control)
+    try:
+        asyncio.run(agent.run())
+    except Exception:
+        log.exception("stride: the delivery thread failed; the data is kept in %s", directory)
+
+
+# ---- one transport per (server, spool dir, mode, delivery) --------------------------------------
+
+_Key = tuple[str, Path, bool, str]
+_transports: dict[_Key, Transport] = {}
+_registry_lock = threading.Lock()
+_hooks_installed = False
+
+
+def transport_for(settings: Settings, *, offline: bool) -> Transport:
+    key = (settings.server, settings.spool_dir.resolve(), offline, settings.delivery)
+    with _registry_lock:
+        transport = _transports.get(key)
+        if transport is None or transport.closed:
+            _install_process_hooks()
+            transport = _transports[key] = Transport(settings, offline=offline)
+        return transport
+
+
+def open_transports() -> list[Transport]:
+    return list(_transports.values())
+
+
+def _forget(transport: Transport) -> None:
+    with _registry_lock:
+        for key, value in list(_transports.items()):
+            if value is transport:
+                del _transports[key]
+
+
+def _install_process_hooks() -> None:
+    global _hooks_installed
+    if _hooks_installed:
+        return
+    _hooks_installed = True
+    atexit.register(_at_exit)
+    os.register_at_fork(after_in_child=_after_fork_in_child)
+    from ._signals import install_sigterm_handler
+
+    install_sigterm_handler()
+
+
+def _at_exit() -> None:
+    for transport in list(_transports.values()):
+        transport.at_exit()
+
+
+def _after_fork_in_child() -> None:
+    global _registry_lock
+    _registry_lock = threading.Lock()
+    for transport in list(_transports.values()):
+        transport.forked()
+    _transports.clear()

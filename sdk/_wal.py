@@ -1,0 +1,372 @@
+"""The write-ahead log: what ``log()`` writes, and what delivery reads back.
+
+Every process that logs owns one log directory under the spool directory::
+
+    <spool_dir>/<writer>/
+        meta.json          who wrote it (writer id, host, pid, offline or not)
+        lock               flock: shared while the writer or its delivery agent lives
+        seg-000000.log     segments of ``segment_bytes``, memory-mapped by the writer
+        catalog            run and key-set definitions, copied out of segments by delivery
+        seals              batches sealed by delivery: (run slot, seq, ver, frame range)
+
+``log()`` packs one frame straight into the memory-mapped segment and then
+advances the segment's commit offset. That is a memory write, not I/O: the
+page belongs to the kernel's page cache the moment it is written, so a
+training process killed by SIGKILL or the OOM killer loses nothing it logged;
+the kernel writes the pages back to disk on its own schedule (an OS crash can
+lose the last seconds).
+
+Frames are 8-byte aligned. Each starts with one little-endian u64 header:
+``size`` (bits 0-31, the whole frame), ``kind`` (bits 32-39) and ``ref``
+(bits 40-63: a key-set id for rows, a run slot otherwise). Every row frame of
+one key set has the same size and the same header, so a reader finds a run
+of consecutive rows by comparing headers, and cuts columns out of it with
+strided slices (C only)::
+
+    ROW      ref=keyset  int64 step, float64 time, float64 timestamp, float64 value per key
+    KEYSET   ref=keyset  msgpack [slot, stream, [key, ...]]   (every payload: u32 length first)
+    OPEN     ref=slot    msgpack [entity, project, run_id]
+    SET      ref=slot    msgpack {field: json text}      last write wins
+    SET_ONCE ref=slot    msgpack {field: json text}      first write wins
+    CLOSE    ref=slot    (empty) the run was finished by this writer
+
+A segment's first 64 bytes are its header: magic, index, commit offset
+(bytes written so far), and a "full" flag set when the writer moved on to
+the next segment. Positions in the whole log are ``index * segment_bytes +
+offset``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import mmap
+import os
+import struct
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import IO, Any
+
+import msgspec
+
+ROW, KEYSET, OPEN, SET, SET_ONCE, CLOSE = 1, 2, 3, 4, 5, 6
+FRAME_KINDS = (ROW, KEYSET, OPEN, SET, SET_ONCE, CLOSE)
+HEADER_BYTES = 64
+_MAGIC = b"STRDLOG1"
+_COMMIT, _FULL = 2, 3  # u64 slots of the segment header
+_SEG_HEADER = struct.Struct("<8sQQQ")
+_U64 = struct.Struct("<Q")
+_U32 = struct.Struct("<I")
+#: Bytes of a row frame besides its values: header, step, time, timestamp.
+ROW_OVERHEAD = 32
+_MAX_REF = (1 << 24) - 1
+#: madvise(MADV_POPULATE_WRITE), Linux 5.14+: fault pages in ahead of log().
+_MADV_POPULATE_WRITE = 23
+_PREFAULT_BYTES = 256 * 1024
+
+_encode = msgspec.msgpack.Encoder().encode
+
+
+def frame_header(size: int, kind: int, ref: int) -> int:
+    return size | (kind << 32) | (ref << 40)
+
+
+def split_header(header: int) -> tuple[int, int, int]:
+    return header & 0xFFFFFFFF, (header >> 32) & 0xFF, header >> 40
+
+
+def frame_payload(body: memoryview) -> memoryview:
+    """The msgpack payload of a non-row frame body (which starts with its u32 length)."""
+    (length,) = _U32.unpack_from(body)
+    return body[4 : 4 + length]
+
+
+def row_format(width: int) -> struct.Struct:
+    """A row frame of a key set with ``width`` keys (header included)."""
+    return struct.Struct(f"<Qqdd{width}d")
+
+
+def segment_name(index: int) -> str:
+    return f"seg-{index:06d}.log"
+
+
+def segment_paths(directory: Path) -> list[tuple[int, Path]]:
+    found = []
+    for path in directory.glob("seg-*.log"):
+        with contextlib.suppress(ValueError):
+            found.append((int(path.stem.removeprefix("seg-")), path))
+    return sorted(found)
+
+
+class LogMeta(msgspec.Struct, frozen=True):
+    writer: str
+    host: str
+    pid: int
+    segment_bytes: int
+    offline: bool = False
+    created: float = 0.0
+    format: int = 1
+
+
+def read_meta(directory: Path) -> LogMeta | None:
+    try:
+        return msgspec.json.decode((directory / "meta.json").read_bytes(), type=LogMeta)
+    except (OSError, msgspec.DecodeError):
+        return None
+
+
+def lock_shared(directory: Path) -> IO[bytes]:
+    """Hold the log's lock shared (the writer and its own delivery agent)."""
+    f = open(directory / "lock", "ab")  # noqa: SIM115 - held for the life of the log
+    fcntl.flock(f, fcntl.LOCK_SH)
+    return f
+
+
+def try_lock_exclusive(directory: Path) -> IO[bytes] | None:
+    """Take over a log nobody holds (its writer and agent are gone), or ``None``."""
+    try:
+        f = open(directory / "lock", "ab")  # noqa: SIM115
+    except OSError:
+        return None
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        f.close()
+        return None
+    return f
+
+
+class LogWriter:
+    """The writing side, in the training process. Thread-safe; see the module docstring.
+
+    The hot path (``Run.log``) uses the attributes directly under ``lock``:
+    pack the frame into ``mm`` at ``pos``, then :meth:`commit`.
+    """
+
+    def __init__(self, directory: Path, meta: LogMeta, max_spool_bytes: int) -> None:
+        directory.mkdir(parents=True, exist_ok=True)
+        self.dir = directory
+        self.meta = meta
+        self.lock = threading.Lock()
+        self._lock_file: IO[bytes] | None = lock_shared(directory)
+        (directory / "meta.json").write_bytes(msgspec.json.encode(meta))
+        self.segment_bytes = meta.segment_bytes
+        self.max_spool_bytes = max_spool_bytes
+        self.spool_warnings = 0  # times the backlog on disk passed max_spool_bytes
+        self._warned_at = max_spool_bytes
+        self._next_ref = 1
+        self.index = -1
+        self.mm: mmap.mmap | None = None
+        self._header: memoryview | None = None
+        self.pos = 0
+        self.end = 0
+        self._prefaulted = 0
+        self.closed = False
+        self._open_segment(0)
+
+    # ---- hot path helpers (called with ``lock`` held) -------------------------------------------
+
+    def commit(self, end: int) -> None:
+        """Make bytes up to ``end`` visible to the reader (one aligned 8-byte store)."""
+        self.pos = end
+        assert self._header is not None
+        self._header[_COMMIT] = end
+        if end > self._prefaulted:
+            self._prefault()
+
+    def reserve(self, size: int) -> int:
+        """Where a frame of ``size`` bytes goes: the current segment, or a new one."""
+        if self.pos + size > self.end:
+            if size > self.segment_bytes - HEADER_BYTES:
+                raise ValueError(
+                    f"a frame of {size} bytes does not fit a {self.segment_bytes}-byte segment"
+                )
+            self._open_segment(self.index + 1)
+        return self.pos
+
+    @property
+    def position(self) -> int:
+        """The global position just past the last committed frame."""
+        return self.index * self.segment_bytes + self.pos
+
+    # ---- slow path: definitions and fields ------------------------------------------------------
+
+    def new_ref(self) -> int:
+        with self.lock:
+            ref = self._next_ref
+            if ref > _MAX_REF:
+                raise ValueError("too many runs or key sets in one process (16M)")
+            self._next_ref += 1
+            return ref
+
+    def write_frame(self, kind: int, ref: int, payload: Any = None) -> int:
+        """Append one non-row frame; return the global position just past it."""
+        encoded = b"" if payload is None else _encode(payload)
+        body = _U32.pack(len(encoded)) + encoded
+        size = 8 + len(body)
+        size += -size % 8
+        with self.lock:
+            if self.closed:
+                raise ValueError("the log is closed")
+            pos = self.reserve(size)
+            assert self.mm is not None
+            _U64.pack_into(self.mm, pos, frame_header(size, kind, ref))
+            self.mm[pos + 8 : pos + 8 + len(body)] = body
+            self.commit(pos + size)
+            return self.position
+
+    def close(self) -> None:
+        with self.lock:
+            if self.closed:
+                return
+            self.closed = True
+            self._unmap()
+            if self._lock_file is not None:
+                self._lock_file.close()
+                self._lock_file = None
+
+    # ---- segments -------------------------------------------------------------------------------
+
+    def _open_segment(self, index: int) -> None:
+        if self._header is not None:
+            self._header[_FULL] = 1  # the reader moves on once it has read up to the commit
+        self._unmap()
+        path = self.dir / segment_name(index)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            os.ftruncate(fd, self.segment_bytes)
+            self.mm = mmap.mmap(fd, self.segment_bytes, mmap.MAP_SHARED, mmap.PROT_WRITE)
+        finally:
+            os.close(fd)
+        _SEG_HEADER.pack_into(self.mm, 0, _MAGIC, index, HEADER_BYTES, 0)
+        self._header = memoryview(self.mm)[:32].cast("Q")
+        self.index = index
+        self.pos = HEADER_BYTES
+        self.end = self.segment_bytes
+        self._prefaulted = 0
+        self._prefault()
+        if index > 0:
+            self._check_backlog()
+
+    def _prefault(self) -> None:
+        """Fault the next pages in now, in one call, instead of one fault per page in log()."""
+        assert self.mm is not None
+        start = self._prefaulted or 0
+        stop = min(self.end, max(start, self.pos) + _PREFAULT_BYTES)
+        if stop <= start:
+            return
+        page = mmap.PAGESIZE
+        lo = start - start % page
+        with contextlib.suppress(OSError, ValueError):  # older kernels: one fault per page
+            self.mm.madvise(_MADV_POPULATE_WRITE, lo, stop - lo)
+        self._prefaulted = stop
+
+    def _unmap(self) -> None:
+        if self._header is not None:
+            self._header.release()
+            self._header = None
+        if self.mm is not None:
+            self.mm.close()
+            self.mm = None
+
+    def _check_backlog(self) -> None:
+        """Warn (once per doubling) when undelivered segments pass ``max_spool_bytes``."""
+        backlog = len(segment_paths(self.dir)) * self.segment_bytes
+        if backlog >= self._warned_at:
+            self.spool_warnings += 1
+            self._warned_at *= 2
+            import logging
+
+            logging.getLogger("stride").warning(
+                "stride: %d MiB of logged data in %s are not delivered yet (limit %d MiB); "
+                "nothing is dropped, but the disk fills until NATS is reachable again",
+                backlog >> 20,
+                self.dir,
+                self.max_spool_bytes >> 20,
+            )
+
+
+class Segment:
+    """A read-only view of one segment, for delivery."""
+
+    def __init__(self, path: Path, index: int, segment_bytes: int) -> None:
+        self.path = path
+        self.index = index
+        self.base = index * segment_bytes
+        with open(path, "rb") as f:
+            self.mm = mmap.mmap(f.fileno(), 0, mmap.MAP_SHARED, mmap.PROT_READ)
+        self.view = memoryview(self.mm)
+        self._header = self.view[:32].cast("Q")
+        self.seen_commit = HEADER_BYTES
+
+    def poll(self) -> tuple[int, bool]:
+        """The commit offset seen on the previous poll, and whether the segment is complete.
+
+        Reading one poll behind the writer means every byte below the offset was
+        stored at least one tick ago, also on CPUs that reorder stores.
+        """
+        readable = self.seen_commit
+        commit, full = int(self._header[_COMMIT]), bool(self._header[_FULL])
+        self.seen_commit = commit
+        return readable, full and readable == commit
+
+    def close(self) -> bool:
+        """Unmap; ``False`` if slices of it are still in use (try again later)."""
+        try:
+            self._header.release()
+            self.view.release()
+            self.mm.close()
+        except BufferError:
+            return False
+        return True
+
+
+def scan(
+    view: memoryview, pos: int, end: int, max_rows: int = 65536
+) -> Iterator[tuple[int, int, int, memoryview, int]]:
+    """Frames in ``view[pos:end]`` as ``(kind, ref, offset, body, rows)``.
+
+    Consecutive rows of one key set come as one item: ``body`` holds ``rows``
+    whole frames (headers included). Other frames come one by one with
+    ``body`` their payload.
+    """
+    unpack = _U64.unpack_from
+    while pos < end:
+        (header,) = unpack(view, pos)
+        size, kind, ref = split_header(header)
+        if size < 8 or size % 8 or pos + size > end or kind not in FRAME_KINDS:
+            raise CorruptLog(f"invalid frame header {header:#x} at offset {pos}")
+        if kind != ROW:
+            yield kind, ref, pos, view[pos + 8 : pos + size], 1
+            pos += size
+            continue
+        n = min((end - pos) // size, max_rows)
+        rows = 1
+        if n > 1:
+            headers = view[pos : pos + n * size].cast("Q")[:: size // 8].tobytes()
+            target = headers[:8]
+            if headers == target * n:
+                rows = n
+            else:  # the longest prefix of equal headers, by bisection (C compares)
+                lo, hi = 1, n - 1
+                while lo < hi:
+                    mid = (lo + hi + 1) // 2
+                    if headers[: 8 * mid] == target * mid:
+                        lo = mid
+                    else:
+                        hi = mid - 1
+                rows = lo
+        yield ROW, ref, pos, view[pos : pos + rows * size], rows
+        pos += rows * size
+
+
+class CorruptLog(Exception):
+    """A segment holds bytes that are not a frame (a torn or foreign file)."""
+
+
+def log_dirs(root: Path) -> list[Path]:
+    """The log directories under a spool directory (delivered ones are removed)."""
+    if not root.is_dir():
+        return []
+    return sorted(p for p in root.iterdir() if p.is_dir() and (p / "meta.json").exists())

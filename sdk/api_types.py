@@ -1,0 +1,128 @@
+"""The query service's HTTP response bodies: one schema for the service and the client.
+
+The service (``stride.query``) builds every response from these Structs and
+the client (:class:`stride.Api`) decodes with the same ones, so the two cannot
+drift apart. docs/http-api.md describes them for other clients.
+
+=================================================  ==========================
+``GET /api/v1/status``                             :class:`Status`
+``GET /api/v1/runs/{entity}/{project}``            :class:`RunsPage`
+``GET /api/v1/runs/{entity}/{project}/{run_id}``   :class:`RunDoc`
+``GET .../{run_id}/keys``                          :class:`MetricKeys`
+``GET .../{run_id}/history`` and ``.../scan``      :class:`ColumnsPage`
+any error (4xx, 5xx)                               :class:`ErrorBody`
+=================================================  ==========================
+
+Evolving: a new field is added at the end with a default, so a new client
+reads an old service. Clients ignore fields they do not know (msgspec's
+default for JSON objects), so an old client reads a new service. Renaming,
+removing or retyping a field is a new API version (``/api/v2``).
+
+Example::
+
+    import msgspec
+    from stride.api_types import RunDoc
+
+    run = msgspec.json.decode(body, type=RunDoc)
+    print(run.path, run.state)
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import msgspec
+
+__all__ = [
+    "ColumnsPage",
+    "ErrorBody",
+    "IngestCounters",
+    "MetricKeys",
+    "NonFinite",
+    "RunDoc",
+    "RunsPage",
+    "Status",
+]
+
+#: How a non-finite value is written in :attr:`ColumnsPage.nonfinite`.
+NonFinite = Literal["nan", "inf", "-inf"]
+
+
+class RunDoc(msgspec.Struct, gc=False):
+    """A run: its fields folded last-write-wins from everything its writers sent.
+
+    ``state`` is ``created``, ``running``, ``finished``, ``failed``,
+    ``cancelled`` or ``crashed``; ``crashed`` is derived by the service: a
+    ``running`` run whose last heartbeat is older than its ``lost_after_s``.
+    Times are ISO 8601 text with a UTC offset.
+    """
+
+    entity: str
+    project: str
+    id: str
+    path: str
+    name: str | None = None
+    state: str = "created"
+    config: dict[str, Any] = {}
+    summary: dict[str, Any] = {}
+    tags: list[str] = []
+    notes: str | None = None
+    folder: str | None = None
+    created_at: str | None = None
+    heartbeat_at: str | None = None
+    finished_at: str | None = None
+    exit_code: int | None = None
+
+
+class RunsPage(msgspec.Struct, gc=False):
+    """One page of a project's runs; pass ``next`` back as ``after`` (``None``: last page)."""
+
+    runs: list[RunDoc]
+    next: str | None = None
+
+
+class MetricKeys(msgspec.Struct, gc=False):
+    """The metric keys a run has logged in one stream, sorted."""
+
+    keys: list[str]
+
+
+class ColumnsPage(msgspec.Struct, gc=False):
+    """Rows of metrics, column by column (history and scan).
+
+    ``columns`` maps ``_step`` (always first) and each key to one value per
+    row; ``None`` means the key has no value at that row. JSON has no NaN or
+    infinity, so real non-finite values are ``None`` in ``columns`` and listed
+    in ``nonfinite`` as ``(row, "nan" | "inf" | "-inf")``. ``next`` is the
+    scan's cursor for the next page (``None`` when complete; always ``None``
+    for history).
+    """
+
+    columns: dict[str, list[float | int | None]]
+    nonfinite: dict[str, list[tuple[int, NonFinite]]] = {}
+    next: int | None = None
+
+
+class IngestCounters(msgspec.Struct, gc=False):
+    """What the ingest worker beside the service has done since it started."""
+
+    messages: int = 0
+    batches_applied: int = 0
+    batches_skipped: int = 0
+    points: int = 0
+    dead_lettered: int = 0
+    write_errors: int = 0
+
+
+class Status(msgspec.Struct, gc=False):
+    """The service is up; ``ingest`` is present when an ingest worker runs beside it."""
+
+    ok: bool = True
+    ingest: IngestCounters | None = None
+
+
+class ErrorBody(msgspec.Struct, gc=False):
+    """Every error answer: what went wrong and what to do, and the HTTP status."""
+
+    error: str
+    status: int
