@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import http.client
 import json
 import math
@@ -11,12 +12,13 @@ import urllib.parse
 from pathlib import Path
 from typing import Any
 
+import nats
 import pandas as pd
 import pytest
 
 import stride
 from stride import BadRequestError, NotFoundError
-from stride.query.runs import _fold
+from stride.wire import INGEST_SUBJECT, WIRE_VERSION, Batch, encode_batch
 
 from .conftest import StrideUp, wait_for, wait_rows
 
@@ -124,10 +126,41 @@ def test_history_pandas_and_sparse_keys(logged: tuple[stride.Api, str]) -> None:
     assert math.isnan(rows[-1]["weird"])
 
 
-def test_history_x_axis_metric(logged: tuple[stride.Api, str]) -> None:
+def _logged_loss(step: int) -> float:
+    """What ``_log_run`` logged as ``loss`` at ``step`` (for the 20,000-row run)."""
+    return math.inf if step == 20_000 else 100.0 if step == 777 else 1.0 / (step + 1)
+
+
+def test_history_x_axis_metric_returns_the_rows_where_that_metric_was_logged(
+    logged: tuple[stride.Api, str],
+) -> None:
+    """``x_axis="odd"``: exactly the steps where ``odd`` was logged (odd steps), each
+    with the ``odd`` and ``loss`` values logged there."""
     api, path = logged
-    rows = api.run(path).history(samples=100, keys=["loss"], x_axis="odd", pandas=False)
-    assert rows and all("odd" in r for r in rows)
+    rows = api.run(path).history(samples=100_000, keys=["loss"], x_axis="odd", pandas=False)
+    assert [r["_step"] for r in rows] == list(range(1, 20_000, 2))
+    assert [r["odd"] for r in rows] == [float(s) for s in range(1, 20_000, 2)]
+    assert [r["loss"] for r in rows] == [_logged_loss(s) for s in range(1, 20_000, 2)]
+    frame = api.run(path).history(samples=100_000, keys=["loss"], x_axis="odd")
+    assert frame["_step"].tolist() == list(range(1, 20_000, 2))
+    assert frame["loss"].tolist() == [_logged_loss(s) for s in range(1, 20_000, 2)]
+
+
+def test_history_x_axis_metric_when_sampled(logged: tuple[stride.Api, str]) -> None:
+    """Sampled: the rows are the sampled rows that have ``odd``, no others, and
+    every value in them is the one logged at that step."""
+    api, path = logged
+    run = api.run(path)
+    rows = run.history(samples=100, keys=["loss"], x_axis="odd", pandas=False)
+    sampled = run.history(samples=100, keys=["loss", "odd"], pandas=False)
+    assert rows == [r for r in sampled if "odd" in r]
+    steps = [r["_step"] for r in rows]
+    assert 10 <= len(rows) <= 100 and steps == sorted(set(steps))
+    assert steps[0] == 1  # odd's first point is always kept
+    for row in rows:
+        assert row["_step"] % 2 == 1 and row["odd"] == float(row["_step"])
+        if "loss" in row:
+            assert row["loss"] == _logged_loss(row["_step"])
 
 
 @pytest.mark.parametrize("page_size", [1, 999, 20_000])
@@ -268,13 +301,57 @@ def test_client_raises_typed_errors(logged: tuple[stride.Api, str]) -> None:
         stride.Api("http://127.0.0.1:9", retries=0).run(path)
 
 
-def test_a_running_run_without_heartbeats_is_reported_crashed() -> None:
-    fields = {"state": '"running"', "heartbeat_at": '"2020-01-01T00:00:00+00:00"'}
-    assert _fold("e", "p", "r", fields, lost_after_s=300)["state"] == "crashed"
-    recent = {"state": '"running"', "heartbeat_at": json.dumps(_now_iso())}
-    assert _fold("e", "p", "r", recent, lost_after_s=300)["state"] == "running"
-    finished = {**fields, "state": '"finished"'}
-    assert _fold("e", "p", "r", finished, lost_after_s=300)["state"] == "finished"
+def _publish(stack: StrideUp, batches: list[Batch]) -> None:
+    """Publish hand-built batches to the stack's NATS, as a writer would."""
+
+    async def go() -> None:
+        nc = await nats.connect(stack.nats_url)
+        js = nc.jetstream()
+        for b in batches:
+            msg_id = f"{b.path}/{b.writer}/{b.seq}"
+            await js.publish(INGEST_SUBJECT, encode_batch(b), headers={"Nats-Msg-Id": msg_id})
+        await nc.close()
+
+    asyncio.run(go())
+
+
+def _fields_batch(run_id: str, ver: int, **fields: Any) -> Batch:
+    """A batch of run fields only; ``ver`` (ns since the epoch) becomes ``heartbeat_at``."""
+    return Batch(
+        v=WIRE_VERSION, entity="default", project="liveness", run_id=run_id, writer="w",
+        seq=0, ver=ver, set={k: json.dumps(v) for k, v in fields.items()},
+        set_once={"created_at": json.dumps(_now_iso())},
+    )  # fmt: skip
+
+
+def test_a_running_run_without_heartbeats_is_reported_crashed(stack: StrideUp) -> None:
+    """The service's lost_after_s is 300 s: a running run last heard from 10 minutes
+    ago is crashed; one heard from now is running; a finished one stays finished."""
+    now = time.time_ns()
+    ten_minutes_ago = now - 600 * 10**9
+    _publish(
+        stack,
+        [
+            _fields_batch("silent", ten_minutes_ago, state="running"),
+            _fields_batch("alive", now, state="running"),
+            _fields_batch("done", ten_minutes_ago, state="finished", exit_code=0),
+        ],
+    )
+    api = stride.Api(stack.http_url)
+    states = wait_for(
+        lambda: (
+            all(_exists(api, f"default/liveness/{r}") for r in ("silent", "alive", "done"))
+            and {r: api.run(f"default/liveness/{r}").state for r in ("silent", "alive", "done")}
+        )
+    )
+    assert states == {"silent": "crashed", "alive": "running", "done": "finished"}
+    assert api.run("default/liveness/silent").heartbeat_at == _iso(ten_minutes_ago)
+
+
+def _iso(ns: int) -> str:
+    from datetime import UTC, datetime
+
+    return datetime.fromtimestamp(ns / 1e9, UTC).isoformat()
 
 
 def _now_iso() -> str:
