@@ -1,6 +1,6 @@
 """Rows of metrics as columns, and their JSON form.
 
-The HTTP answer for history and scan is columnar::
+The HTTP answer for history and scan is :class:`stride.api_types.ColumnsPage`::
 
     {"columns": {"_step": [0, 1, 2], "loss": [0.9, null, 0.7]},
      "nonfinite": {"loss": [[5, "nan"]]},
@@ -14,11 +14,14 @@ infinity, so real non-finite values are listed in ``nonfinite`` as
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+from typing import Any, cast
 
+import msgspec
 import numpy as np
 import orjson
 import pyarrow as pa
+
+from stride.api_types import ColumnsPage, NonFinite
 
 _NUMPY = orjson.OPT_SERIALIZE_NUMPY
 
@@ -51,19 +54,29 @@ class Columns:
             {k: p[rows] for k, p in self.present.items()},
         )
 
-    def to_json(self, **extra: Any) -> bytes:
+    def to_json(self, next_cursor: int | None = None) -> bytes:
+        """The :class:`ColumnsPage` for these rows, as JSON.
+
+        Encoded by orjson straight from the numpy arrays (NaN becomes ``null``),
+        several times faster than converting them to lists for msgspec, and
+        byte for byte what msgspec writes for the same Struct.
+        """
         columns: dict[str, np.ndarray] = {"_step": self.steps}
-        nonfinite: dict[str, list[tuple[int, str]]] = {}
+        nonfinite: dict[str, list[tuple[int, NonFinite]]] = {}
         for key, values in self.values.items():
             columns[key] = values
             bad = np.flatnonzero(~np.isfinite(values) & self.present[key])
             if len(bad):
                 nonfinite[key] = [(int(i), _name(values[i])) for i in bad]
-        body = {"columns": columns, "nonfinite": nonfinite, **extra}
-        return orjson.dumps(body, option=_NUMPY)
+        # The arrays stand in for the Struct's lists: orjson writes them as JSON arrays.
+        page = ColumnsPage(cast(_Lists, columns), nonfinite, next_cursor)
+        return orjson.dumps(msgspec.structs.asdict(page), option=_NUMPY)
 
 
-def _name(value: float) -> str:
+_Lists = dict[str, list[float | int | None]]
+
+
+def _name(value: float) -> NonFinite:
     if np.isnan(value):
         return "nan"
     return "inf" if value > 0 else "-inf"

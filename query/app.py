@@ -1,14 +1,20 @@
-"""The query HTTP service (aiohttp). Endpoints are listed in docs/http-api.md."""
+"""The query HTTP service (aiohttp). Endpoints are listed in docs/http-api.md.
+
+Every response body is a Struct of :mod:`stride.api_types`, the module the
+client decodes with.
+"""
 
 from __future__ import annotations
 
-import re
+import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-import orjson
+import msgspec
 from aiohttp import web
 
+from stride.api_types import ErrorBody, MetricKeys, RunsPage, Status
+from stride.ids import InvalidIdentifier, Kind, check
 from stride.store import AsyncStore
 
 from . import runs as runs_q
@@ -28,7 +34,8 @@ SETTINGS = web.AppKey("settings", QuerySettings)
 StatusProvider = Callable[[], dict[str, Any]]
 STATUS: web.AppKey[StatusProvider] = web.AppKey("status")
 
-_IDENT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}$")
+log = logging.getLogger("stride.query")
+
 _INT64 = (-(2**63), 2**63 - 1)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -51,8 +58,11 @@ def create_app(store: AsyncStore, settings: QuerySettings | None = None) -> web.
     return app
 
 
-def _json(body: Any, status: int = 200) -> web.Response:
-    return web.Response(body=orjson.dumps(body), status=status, content_type="application/json")
+_encoder = msgspec.json.Encoder()
+
+
+def _json(body: msgspec.Struct, status: int = 200) -> web.Response:
+    return web.Response(body=_encoder.encode(body), status=status, content_type="application/json")
 
 
 @web.middleware
@@ -60,9 +70,12 @@ async def _errors(request: web.Request, handler: Handler) -> web.StreamResponse:
     try:
         return await handler(request)
     except QueryError as exc:
-        return _json({"error": exc.message, "status": exc.status}, exc.status)
+        return _json(ErrorBody(exc.message, exc.status), exc.status)
     except web.HTTPException as exc:
-        return _json({"error": exc.reason, "status": exc.status}, exc.status)
+        return _json(ErrorBody(exc.reason, exc.status), exc.status)
+    except Exception:
+        log.exception("query: %s %s failed", request.method, request.path_qs)
+        return _json(ErrorBody("internal error; the service log has the details", 500), 500)
 
 
 # ---- parameters ---------------------------------------------------------------------------------
@@ -81,20 +94,26 @@ def _int(request: web.Request, name: str, default: int | None, lo: int, hi: int)
     return value
 
 
+def _ident(kind: Kind, value: str) -> str:
+    """``value`` if it is a valid ``kind`` by :mod:`stride.ids`, the rules writers obey."""
+    try:
+        return check(kind, value)
+    except InvalidIdentifier as exc:
+        raise BadRequest(str(exc)) from None
+
+
 def _run_path(request: web.Request) -> tuple[str, str, str]:
     info = request.match_info
-    parts = (info["entity"], info["project"], info.get("run_id", ""))
-    for kind, value in zip(("entity", "project", "run id"), parts, strict=True):
-        if value and not _IDENT.match(value):
-            raise BadRequest(f"invalid {kind} {value!r}")
-    return parts
+    run_id = info.get("run_id", "")
+    return (
+        _ident("entity", info["entity"]),
+        _ident("project", info["project"]),
+        run_id and _ident("run id", run_id),
+    )
 
 
 def _stream(request: web.Request) -> str:
-    stream = request.query.get("stream", "default")
-    if not _IDENT.match(stream):
-        raise BadRequest(f"invalid stream {stream!r}")
-    return stream
+    return _ident("stream", request.query.get("stream", "default"))
 
 
 async def _existing_run(request: web.Request) -> tuple[str, str, str]:
@@ -106,7 +125,7 @@ async def _existing_run(request: web.Request) -> tuple[str, str, str]:
 
 async def _requested_keys(request: web.Request, run: str, stream: str) -> tuple[list[str], bool]:
     """The keys asked for (all of the run's when none), and whether any were asked for."""
-    asked = request.query.getall("keys", [])
+    asked = [_ident("key", k) for k in request.query.getall("keys", [])]
     known = await request.app[CATALOG].keys(run, stream, asked or None)
     if not asked:
         return known, False
@@ -123,11 +142,9 @@ async def _requested_keys(request: web.Request, run: str, stream: str) -> tuple[
 
 
 async def _status(request: web.Request) -> web.Response:
-    body: dict[str, Any] = {"ok": True}
     status = request.app.get(STATUS)
-    if status is not None:
-        body.update(status())
-    return _json(body)
+    extra = status() if status is not None else {}
+    return _json(msgspec.convert({"ok": True, **extra}, Status))
 
 
 async def _list_runs(request: web.Request) -> web.Response:
@@ -144,7 +161,7 @@ async def _list_runs(request: web.Request) -> web.Response:
         after=request.query.get("after"),
         lost_after_s=settings.lost_after_s,
     )
-    return _json({"runs": runs, "next": cursor})
+    return _json(RunsPage(runs, cursor))
 
 
 async def _get_run(request: web.Request) -> web.Response:
@@ -157,7 +174,7 @@ async def _get_run(request: web.Request) -> web.Response:
 async def _keys(request: web.Request) -> web.Response:
     entity, project, run_id = await _existing_run(request)
     keys = await request.app[CATALOG].keys(f"{entity}/{project}/{run_id}", _stream(request))
-    return _json({"keys": keys})
+    return _json(MetricKeys(keys))
 
 
 async def _series_request(request: web.Request) -> tuple[str, str, int | None, int | None]:
@@ -170,8 +187,8 @@ async def _series_request(request: web.Request) -> tuple[str, str, int | None, i
     return f"{entity}/{project}/{run_id}", _stream(request), min_step, max_step
 
 
-def _no_rows(**extra: Any) -> web.Response:
-    return web.Response(body=Columns.empty().to_json(**extra), content_type="application/json")
+def _columns(cols: Columns, next_cursor: int | None = None) -> web.Response:
+    return web.Response(body=cols.to_json(next_cursor), content_type="application/json")
 
 
 async def _history(request: web.Request) -> web.Response:
@@ -180,7 +197,7 @@ async def _history(request: web.Request) -> web.Response:
     assert samples is not None
     keys, _ = await _requested_keys(request, run, stream)
     if not keys:
-        return _no_rows()
+        return _columns(Columns.empty())
     cols = await history(
         request.app[STORE],
         run,
@@ -191,7 +208,7 @@ async def _history(request: web.Request) -> web.Response:
         max_step=max_step,
         envelope=request.query.get("envelope", "false").lower() in ("1", "true", "yes"),
     )
-    return web.Response(body=cols.to_json(), content_type="application/json")
+    return _columns(cols)
 
 
 async def _scan(request: web.Request) -> web.Response:
@@ -202,7 +219,7 @@ async def _scan(request: web.Request) -> web.Response:
     lo = max(v for v in (cursor, min_step, _INT64[0]) if v is not None)
     keys, asked = await _requested_keys(request, run, stream)
     if not keys or (max_step is not None and lo > max_step):
-        return _no_rows(next=None)
+        return _columns(Columns.empty())
     read_ahead = request.app[READ_AHEAD]
     scan = (run, stream, tuple(keys), asked, lo, max_step)
     kept = read_ahead.take(scan)
@@ -220,4 +237,4 @@ async def _scan(request: web.Request) -> web.Response:
             max_step=max_step,
         )
     cols, next_cursor = read_ahead.serve(scan, *kept, page_size)
-    return web.Response(body=cols.to_json(next=next_cursor), content_type="application/json")
+    return _columns(cols, next_cursor)

@@ -1,62 +1,85 @@
-"""Runs: fold ``run_fields`` (last write wins per field) into run documents."""
+"""Runs: fold ``run_fields`` (last write wins per field) into :class:`RunDoc` documents."""
 
 from __future__ import annotations
 
+import logging
 import time
 from datetime import datetime
 from typing import Any
 
+import msgspec
 import orjson
 
+from stride.api_types import RunDoc
 from stride.store import DATABASE, AsyncStore
 from stride.store.params import string_array
 from stride.store.schema import ONCE_PREFIX
 
 from .errors import BadRequest, NotFound
 
-Doc = dict[str, Any]
+log = logging.getLogger("stride.query")
+
+#: The run fields a writer sets whole, and the type each must have (the identity
+#: comes from the path; the summary is assembled from ``summary.<key>`` fields).
+_FIELD_TYPES = {
+    f.name: f.type
+    for f in msgspec.structs.fields(RunDoc)
+    if f.name not in ("entity", "project", "id", "path", "summary")
+}
 
 
 def _fold(
     entity: str, project: str, run_id: str, fields: dict[str, str], lost_after_s: float
-) -> Doc:
-    doc: dict[str, Any] = {
-        "entity": entity,
-        "project": project,
-        "id": run_id,
-        "path": f"{entity}/{project}/{run_id}",
-        "name": None,
-        "state": "created",
-        "config": {},
-        "summary": {},
-        "tags": [],
-        "notes": None,
-        "folder": None,
-        "created_at": None,
-        "heartbeat_at": None,
-        "finished_at": None,
-        "exit_code": None,
-    }
+) -> RunDoc:
+    doc: dict[str, Any] = {}
+    summary: dict[str, Any] = {}
     for field, raw in sorted(fields.items()):  # "~x" sorts after "x": a plain field wins
         if field.startswith(ONCE_PREFIX):
             field = field.removeprefix(ONCE_PREFIX)
             if field in fields:
                 continue
-        value = orjson.loads(raw)
         if field.startswith("summary."):
-            doc["summary"][field.removeprefix("summary.")] = value
-        else:
-            doc[field] = value
-    if doc["state"] == "running" and doc["heartbeat_at"]:
-        age = time.time() - datetime.fromisoformat(doc["heartbeat_at"]).timestamp()
-        if age > lost_after_s:
-            doc["state"] = "crashed"
-    return doc
+            summary[field.removeprefix("summary.")] = orjson.loads(raw)
+        elif field in _FIELD_TYPES:
+            doc[field] = orjson.loads(raw)
+        # Any other field was sent by a newer SDK than this service: not part of RunDoc.
+    run = _typed(entity, project, run_id, doc, summary)
+    if run.state == "running" and run.heartbeat_at:
+        try:
+            beat = datetime.fromisoformat(run.heartbeat_at).timestamp()
+        except ValueError:
+            beat = None  # not written by ingest: no evidence either way
+        if beat is not None and time.time() - beat > lost_after_s:
+            run.state = "crashed"
+    return run
+
+
+def _typed(
+    entity: str, project: str, run_id: str, doc: dict[str, Any], summary: dict[str, Any]
+) -> RunDoc:
+    """``doc`` as a :class:`RunDoc`; a field of the wrong type is left at its default.
+
+    The wire carries any JSON for a run field, so the service checks the types
+    here, once, rather than hand a client a document it cannot decode.
+    """
+    path = f"{entity}/{project}/{run_id}"
+    identity = {"entity": entity, "project": project, "id": run_id, "path": path}
+    try:
+        return msgspec.convert({**identity, **doc, "summary": summary}, RunDoc)
+    except msgspec.ValidationError:
+        pass
+    good: dict[str, Any] = {}
+    for name, value in doc.items():
+        try:
+            good[name] = msgspec.convert(value, _FIELD_TYPES[name])
+        except msgspec.ValidationError as exc:
+            log.warning("run %s: field %r ignored: %s", path, name, exc)
+    return RunDoc(entity=entity, project=project, id=run_id, path=path, summary=summary, **good)
 
 
 async def get_run(
     store: AsyncStore, entity: str, project: str, run_id: str, lost_after_s: float
-) -> Doc:
+) -> RunDoc:
     runs = await _fetch(store, entity, project, [run_id], lost_after_s)
     if not runs:
         raise NotFound(f"run {entity}/{project}/{run_id} not found")
@@ -72,7 +95,7 @@ async def list_runs(
     order: str,
     after: str | None,
     lost_after_s: float,
-) -> tuple[list[dict[str, Any]], str | None]:
+) -> tuple[list[RunDoc], str | None]:
     """One page of a project's runs by creation time; ``after`` is the opaque cursor."""
     if order not in ("-created_at", "+created_at", "created_at"):
         raise BadRequest(f"order must be '-created_at' or '+created_at', got {order!r}")
@@ -105,7 +128,7 @@ async def list_runs(
     ids = [str(i) for i in page.column("run_id").to_pylist()]
     created = [str(c) for c in page.column("created").to_pylist()]
     runs = await _fetch(store, entity, project, ids, lost_after_s)
-    by_id = {r["id"]: r for r in runs}
+    by_id = {r.id: r for r in runs}
     ordered = [by_id[i] for i in ids if i in by_id]
     cursor = orjson.dumps([created[-1], ids[-1]]).decode() if len(ids) == per_page else None
     return ordered, cursor
@@ -122,7 +145,7 @@ async def run_exists(store: AsyncStore, entity: str, project: str, run_id: str) 
 
 async def _fetch(
     store: AsyncStore, entity: str, project: str, run_ids: list[str], lost_after_s: float
-) -> list[dict[str, Any]]:
+) -> list[RunDoc]:
     if not run_ids:
         return []
     rows = await store.query_arrow(

@@ -10,17 +10,30 @@ import threading
 import time
 import urllib.parse
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
+import msgspec
 import nats
+import orjson
 import pandas as pd
 import pytest
 
 import stride
 from stride import BadRequestError, NotFoundError
+from stride.api_types import (
+    ColumnsPage,
+    ErrorBody,
+    IngestCounters,
+    MetricKeys,
+    RunDoc,
+    RunsPage,
+    Status,
+)
 from stride.wire import INGEST_SUBJECT, WIRE_VERSION, Batch, encode_batch
 
 from .conftest import StrideUp, wait_for, wait_rows
+
+T = TypeVar("T")
 
 
 def _log_run(stack: StrideUp, spool: Path, project: str, rows: int, **init: Any) -> str:
@@ -358,6 +371,88 @@ def _now_iso() -> str:
     from datetime import UTC, datetime
 
     return datetime.now(UTC).isoformat()
+
+
+def test_run_fields_of_the_wrong_type_or_unknown_are_left_out(stack: StrideUp) -> None:
+    """The wire carries any JSON for a run field; the run document stays decodable."""
+    batch = _fields_batch(
+        "odd-fields", time.time_ns(), state="running", tags="not-a-list", exit_code="zero",
+        name="kept", from_the_future={"x": 1},
+    )  # fmt: skip
+    _publish(stack, [batch])
+    api = stride.Api(stack.http_url)
+    wait_for(lambda: _exists(api, batch.path))
+    run = api.run(batch.path)
+    assert (run.name, run.state, run.tags, run.exit_code) == ("kept", "running", [], None)
+    status, body = _get_raw(stack, f"/api/v1/runs/{batch.path}")
+    assert status == 200 and b"from_the_future" not in body
+    _exact(body, RunDoc)
+
+
+# ---- every answer is exactly its api_types Struct ---------------------------------------------
+
+
+def _get_raw(stack: StrideUp, path: str, **params: Any) -> tuple[int, bytes]:
+    parsed = urllib.parse.urlsplit(stack.http_url)
+    conn = http.client.HTTPConnection(parsed.hostname or "", parsed.port)
+    conn.request("GET", path + "?" + urllib.parse.urlencode(params, doseq=True))
+    response = conn.getresponse()
+    body = response.read()
+    conn.close()
+    return response.status, body
+
+
+def _exact(body: bytes, cls: type[T]) -> T:
+    """Decode ``body`` as ``cls`` in strict mode, and check that it is exactly that shape:
+    nothing in the body was ignored (an unknown field) and nothing defaulted (a missing one)."""
+    value = msgspec.json.decode(body, type=cls, strict=True)
+    assert orjson.loads(msgspec.json.encode(value)) == orjson.loads(body)
+    return value
+
+
+def test_the_service_answers_exactly_the_api_types(
+    logged: tuple[stride.Api, str], stack: StrideUp
+) -> None:
+    _, path = logged
+    entity, project, _ = path.split("/")
+    base = f"/api/v1/runs/{path}"
+
+    def get(cls: type[T], url: str, expect: int = 200, **params: Any) -> T:
+        status, body = _get_raw(stack, url, **params)
+        assert status == expect, body
+        return _exact(body, cls)
+
+    status = get(Status, "/api/v1/status")
+    assert status.ok and status.ingest is not None and status.ingest.points > 0
+    page = get(RunsPage, f"/api/v1/runs/{entity}/{project}", per_page=1)
+    assert [r.path for r in page.runs] == [path] and page.next is not None
+    run = get(RunDoc, base)
+    assert run.state == "finished" and run.config == {"lr": 1e-3, "model": {"depth": 50}}
+    assert get(MetricKeys, f"{base}/keys").keys == ["acc", "loss", "odd", "weird"]
+    history = get(ColumnsPage, f"{base}/history", samples=50, envelope="true")
+    assert next(iter(history.columns)) == "_step" and history.next is None
+    assert history.nonfinite["loss"] == [(len(history.columns["_step"]) - 1, "inf")]
+    assert history.nonfinite["weird"] == [(len(history.columns["_step"]) - 1, "nan")]
+    scan = get(ColumnsPage, f"{base}/scan", page_size=10, keys=["odd"])
+    assert scan.columns == {
+        "_step": list(range(1, 21, 2)),
+        "odd": [float(s) for s in range(1, 21, 2)],
+    }
+    assert scan.next == 20 and scan.nonfinite == {}
+    empty = get(ColumnsPage, f"{base}/scan", min_step=5, cursor=10, max_step=6)
+    assert empty.columns == {"_step": []} and empty.next is None
+    missing = get(ErrorBody, f"{base}-nope", 404)
+    assert missing.status == 404 and "not found" in missing.error
+    bad = get(ErrorBody, f"{base}/scan", 400, stream="no/slash")
+    assert bad.status == 400 and "invalid stream 'no/slash'" in bad.error
+    unrouted = get(ErrorBody, "/api/v1/nowhere", 404)
+    assert unrouted.status == 404
+
+
+def test_ingest_counters_are_the_workers_counters() -> None:
+    from stride.ingest.worker import IngestStats
+
+    assert list(IngestStats().as_dict()) == list(IngestCounters.__struct_fields__)
 
 
 @pytest.mark.parametrize(
