@@ -9,10 +9,10 @@ simulated by test-local Structs.
 from __future__ import annotations
 
 import msgspec
+import numpy as np
 import pytest
 
 from stride import wire
-from stride._buffer import MetricBuffer, record_format, to_blocks
 from stride.wire import (
     MIN_WIRE_VERSION,
     WIRE_VERSION,
@@ -24,13 +24,21 @@ from stride.wire import (
 )
 
 
+def _block() -> MetricBlock:
+    """Five rows of ``loss`` and ``acc``, as the wire carries them: little-endian arrays."""
+    i = np.arange(5)
+    return MetricBlock(
+        "default",
+        ["loss", "acc"],
+        i.astype("<i8").tobytes(),
+        i.astype("<f8").tobytes(),
+        (1e9 + i).astype("<f8").tobytes(),
+        [(1 / (i + 1)).astype("<f8").tobytes(), (i / 10).astype("<f8").tobytes()],
+    )
+
+
 def _batch(**changes: object) -> Batch:
-    buffer = MetricBuffer(max_rows=100)
-    for i in range(5):
-        buffer.append(
-            ("loss", "acc"), record_format(2).pack(i, float(i), 1e9 + i, 1 / (i + 1), i / 10)
-        )
-    blocks = next(to_blocks(buffer.take(), "default", 1 << 20))
+    blocks = [_block()]
     fields = dict(
         v=WIRE_VERSION, entity="e", project="p", run_id="r", writer="w", seq=3, ver=10,
         set={"state": '"running"'}, set_once={"created_at": '"t"'}, metrics=blocks,
