@@ -28,6 +28,13 @@ def _parser() -> argparse.ArgumentParser:
     up.add_argument("--nats-port", type=_port, default=4222, help="default 4222; 0 = any free")
     up.add_argument("--http-port", type=_port, default=8080, help="default 8080; 0 = any free")
     up.add_argument("--nats-url", default=None, help="use this NATS server instead of starting one")
+    up.add_argument(
+        "--duplicate-window",
+        type=float,
+        default=600.0,
+        metavar="SECONDS",
+        help="JetStream drops re-sent batches within this window (default 600)",
+    )
 
     sync = sub.add_parser("sync", help="upload spooled batches (offline runs, failed sends)")
     sync.add_argument("dir", nargs="?", type=Path, default=None, help="default: ./.stride/spool")
@@ -61,6 +68,8 @@ def main(argv: list[str] | None = None) -> int:
 
 def _up(args: argparse.Namespace) -> int:
     try:
+        from stride.ingest import IngestSettings
+
         from .up import UpSettings, serve
     except ImportError as exc:
         raise CliError(
@@ -73,6 +82,7 @@ def _up(args: argparse.Namespace) -> int:
         nats_port=args.nats_port,
         http_port=args.http_port,
         nats_url=args.nats_url,
+        ingest=IngestSettings(duplicate_window_s=args.duplicate_window),
     )
     asyncio.run(serve(settings))
     return 0

@@ -102,7 +102,11 @@ async def _serve(settings: UpSettings, data_dir: Path, nats_url: str) -> None:
         await store.close()
         raise CliError(f"cannot connect to NATS at {nats_url}: {exc}") from None
     # Streams exist before the addresses are printed: a writer may publish at once.
-    await ensure_streams(nc.jetstream(), replicas=settings.ingest.replicas)
+    await ensure_streams(
+        nc.jetstream(),
+        replicas=settings.ingest.replicas,
+        duplicate_window_s=settings.ingest.duplicate_window_s,
+    )
     worker = IngestWorker(nc, store, settings.ingest)
     app = create_app(store, settings.query)
     app[STATUS] = lambda: {"ingest": worker.stats.as_dict()}

@@ -17,3 +17,6 @@ class IngestSettings:
     drain_timeout_s: float = 30.0
     #: Stream replicas (1 for the embedded server, 3 in a cluster).
     replicas: int = 1
+    #: JetStream drops a batch re-published within this window (by its message id);
+    #: older re-sends are recognised by the ingest ledger.
+    duplicate_window_s: float = 600.0

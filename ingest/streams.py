@@ -11,7 +11,7 @@ from stride.wire import DLQ_STREAM, DLQ_SUBJECT, INGEST_SUBJECT, STREAM
 DURABLE = "stride-ingest"
 
 
-def stream_configs(replicas: int = 1) -> list[StreamConfig]:
+def stream_configs(replicas: int = 1, duplicate_window_s: float = 600.0) -> list[StreamConfig]:
     return [
         StreamConfig(
             name=STREAM,
@@ -22,7 +22,7 @@ def stream_configs(replicas: int = 1) -> list[StreamConfig]:
             num_replicas=replicas,
             # A batch re-published within this window is dropped by JetStream; older
             # re-syncs are caught by the ingest ledger.
-            duplicate_window=600.0,
+            duplicate_window=duplicate_window_s,
             max_msg_size=8 * 1024 * 1024,
         ),
         StreamConfig(
@@ -46,14 +46,16 @@ def consumer_config(ack_wait_s: float) -> ConsumerConfig:
     )
 
 
-async def ensure_streams(js: JetStreamContext, *, replicas: int = 1) -> None:
+async def ensure_streams(
+    js: JetStreamContext, *, replicas: int = 1, duplicate_window_s: float = 600.0
+) -> None:
     """Create the streams, or bring existing ones to this configuration.
 
     Safe against other processes doing the same, or deleting a stream meanwhile:
     adding a stream with its exact configuration is a no-op; a different one is
     updated; one deleted between the two calls is added again.
     """
-    for config in stream_configs(replicas):
+    for config in stream_configs(replicas, duplicate_window_s):
         for _ in range(3):
             try:
                 await js.add_stream(config)

@@ -70,7 +70,8 @@ class IngestWorker:
         self.stats = IngestStats()
 
     async def _subscribe(self) -> JetStreamContext.PullSubscription:
-        await ensure_streams(self._js, replicas=self._settings.replicas)
+        s = self._settings
+        await ensure_streams(self._js, replicas=s.replicas, duplicate_window_s=s.duplicate_window_s)
         return await self._js.pull_subscribe(
             INGEST_SUBJECT,
             durable=DURABLE,

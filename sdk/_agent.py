@@ -128,10 +128,10 @@ class Agent:
                 if self._adopt and now >= self._next_adopt:
                     self._adopt_orphans()
                     self._next_adopt = now + 30.0
-                if self._js is None and (connecting is None or connecting.done()):
-                    if now >= next_connect:
-                        connecting = asyncio.create_task(self._connect())
-                        next_connect = now + s.connect_timeout_s + s.reconnect_interval_s
+                idle = connecting is None or connecting.done()
+                if self._js is None and idle and now >= next_connect:
+                    connecting = asyncio.create_task(self._connect())
+                    next_connect = now + s.connect_timeout_s + s.reconnect_interval_s
                 if self._connected():
                     self._send_ready(now)
                 self._reap()
@@ -143,6 +143,8 @@ class Agent:
         finally:
             if control_task is not None:
                 control_task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await control_task
             if connecting is not None and not connecting.done():
                 connecting.cancel()
             for inflight in self._inflight:
@@ -151,6 +153,10 @@ class Agent:
                 self.report.logs_left.append(reader.dir)
                 reader.close()
             self._answer_waiters(float("inf"))
+            if self._writer is not None:
+                self._writer.close()
+            elif self._control is not None:
+                self._control.close()
             if self._nc is not None:
                 with contextlib.suppress(Exception):
                     await asyncio.wait_for(self._nc.close(), timeout=2.0)
@@ -164,8 +170,8 @@ class Agent:
         if now - max(self._writer_gone_at, self._progress_at) >= self._give_up_s:
             left = ", ".join(str(r.dir) for r in self._readers)
             log.warning(
-                "stride: gave up delivering after %.0f s without progress (%s); the data is kept in %s: "
-                "upload it with `stride sync`",
+                "stride: gave up delivering after %.1f s without progress (%s); "
+                "the data is kept in %s: upload it with `stride sync`",
                 self._give_up_s,
                 self.report.last_error or "NATS unreachable",
                 left,
@@ -285,7 +291,7 @@ class Agent:
                 f"logged data is kept in {s.spool_dir} and sent when it is back",
             )
 
-    # ---- adopting logs left behind ----------------------------------------------------------------
+    # ---- adopting logs left behind -------------------------------------------------------------
 
     def _adopt_orphans(self) -> None:
         root = self._s.spool_dir

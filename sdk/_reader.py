@@ -239,7 +239,7 @@ class LogReader:
     def _add(
         self, slot: int, pos: int, now: float, max_batch_bytes: int, size: int, out: list[Outgoing]
     ) -> Builder:
-        """The builder a frame at ``pos`` belongs to: a sealed range being rebuilt, or the live one."""
+        """The builder of a frame at ``pos``: a sealed range being rebuilt, or the live one."""
         state = self._state(slot)
         if pos < state.covered_until:
             pending = self._rebuild[slot]
@@ -410,7 +410,7 @@ class LogReader:
         return self.at_end()
 
     def pending_for(self, slot: int, upto: int) -> tuple[int, int]:
-        """(sealed batches of ``slot`` not yet acked, bytes of the log not yet read) up to ``upto``."""
+        """Up to ``upto``: the slot's batches not yet acked, and log bytes not yet read."""
         unacked = sum(1 for (s, _) in self.unacked if s == slot)
         state = self.slots.get(slot)
         if state is not None and state.builder is not None:
@@ -431,7 +431,7 @@ class LogReader:
         self._catalog.close()
         self._lock.close()
 
-    # ---- loading a log left behind ----------------------------------------------------------------
+    # ---- loading a log left behind -------------------------------------------------------------
 
     def _segment(self, index: int) -> Segment | None:
         segment = self._segments.get(index)

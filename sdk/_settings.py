@@ -81,7 +81,8 @@ class Settings:
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
-        """Settings from ``STRIDE_SERVER``, ``STRIDE_SPOOL_DIR`` and ``STRIDE_DELIVERY``, then ``overrides``."""
+        """Settings from ``STRIDE_SERVER``, ``STRIDE_SPOOL_DIR``, ``STRIDE_DELIVERY``, then
+        ``overrides``."""
         env = os.environ if env is None else env
         values: dict[str, Any] = {}
         if env.get("STRIDE_SERVER"):

@@ -189,6 +189,10 @@ class Transport:
             self._thread.start()
             return
         theirs.close()
+        # Kept, never waited for: it outlives this transport (and maybe this process).
+        # A finished one is reaped when the next helper starts.
+        _helpers[:] = [h for h in _helpers if h.poll() is None]
+        _helpers.append(self._helper)
 
     def _request(self, message: list[Any], timeout: float) -> list[Any] | None:
         control = self._control
@@ -269,6 +273,7 @@ _Key = tuple[str, Path, bool, str]
 _transports: dict[_Key, Transport] = {}
 _registry_lock = threading.Lock()
 _hooks_installed = False
+_helpers: list[subprocess.Popen[bytes]] = []
 
 
 def transport_for(settings: Settings, *, offline: bool) -> Transport:

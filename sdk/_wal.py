@@ -87,6 +87,17 @@ def row_format(width: int) -> struct.Struct:
     return struct.Struct(f"<Qqdd{width}d")
 
 
+def human_bytes(n: int) -> str:
+    if n < 1024:
+        return f"{n} bytes"
+    size, unit = n / 1024, "KiB"
+    for bigger in ("MiB", "GiB"):
+        if size < 1024:
+            break
+        size, unit = size / 1024, bigger
+    return f"{size:.1f} {unit}"
+
+
 def segment_name(index: int) -> str:
     return f"seg-{index:06d}.log"
 
@@ -279,11 +290,11 @@ class LogWriter:
             import logging
 
             logging.getLogger("stride").warning(
-                "stride: %d MiB of logged data in %s are not delivered yet (limit %d MiB); "
+                "stride: %s of logged data in %s are not delivered yet (limit %s); "
                 "nothing is dropped, but the disk fills until NATS is reachable again",
-                backlog >> 20,
+                human_bytes(backlog),
                 self.dir,
-                self.max_spool_bytes >> 20,
+                human_bytes(self.max_spool_bytes),
             )
 
 

@@ -22,6 +22,7 @@ import pytest
 import stride
 from stride import Settings
 from stride.cli._nats_server import NatsServer
+from stride.wire import Batch, decode_batch
 
 STRIDE = [sys.executable, "-m", "stride.cli"]
 
@@ -157,3 +158,34 @@ def wait_rows(
         return rows if len(rows) >= expected else None
 
     return wait_for(ready, timeout=90)  # type: ignore[no-any-return]
+
+
+def state_of(api: stride.Api, path: str) -> str | None:
+    """The run's state, or ``None`` while it is not stored yet."""
+    try:
+        return api.run(path).state
+    except stride.NotFoundError:
+        return None
+
+
+def read_log(directory: Path, max_batch_bytes: int = 900_000) -> list[Batch]:
+    """Every batch a gone writer's log holds, as delivery would seal them (no NATS)."""
+    from stride._reader import LogReader, Outgoing
+    from stride._wal import read_meta, try_lock_exclusive
+
+    meta = read_meta(directory)
+    lock = try_lock_exclusive(directory)
+    assert meta is not None and lock is not None, f"{directory} is not a free log"
+    reader = LogReader(directory, meta, lock, writer_alive=False)
+    out: list[Outgoing] = []
+    try:
+        while True:
+            before = len(out)
+            reader.read(0.0, max_batch_bytes, 1 << 30, out)
+            for slot in reader.due(0.0, 0.05, 4096, 15.0):
+                out.append(reader.seal(slot))
+            if len(out) == before:
+                break
+    finally:
+        reader.close()
+    return [decode_batch(item.payload) for item in out]

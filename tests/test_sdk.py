@@ -3,32 +3,57 @@
 from __future__ import annotations
 
 import threading
+import types
 from pathlib import Path
 
 import pytest
 
 import stride
 from stride import Settings, UsageError
-from stride._spool import spooled_files
-from stride.wire import decode_batch
+from stride._wal import log_dirs
+
+from .conftest import read_log, run_python, wait_for
 
 
 def test_exported_names_are_the_public_api() -> None:
-    assert set(stride.__all__) == {
+    expected = {
         "Api", "ApiError", "ApiRun", "BadRequestError", "DeliveryReport", "NestedDict",
         "NotFoundError", "Run", "Runs", "ServiceUnavailableError", "Settings", "StrideError",
         "UsageError", "init",
     }  # fmt: skip
-    for name in stride.__all__:
-        assert getattr(stride, name) is not None
+    assert set(stride.__all__) == expected
+    # Nothing else public leaks out of the package (submodules aside).
+    public = {
+        name
+        for name, value in vars(stride).items()
+        if not name.startswith("_") and not isinstance(value, types.ModuleType)
+    }
+    assert public == expected
 
 
-def test_importing_the_sdk_starts_no_thread() -> None:
-    import importlib
+IMPORT_CHECK = """
+import os, signal, sys, threading
+handlers = {s: signal.getsignal(s) for s in signal.valid_signals() if s not in (9, 19)}
+import stride
+assert threading.active_count() == 1, threading.enumerate()
+def target(fd):
+    try:
+        return os.readlink(f"/proc/self/fd/{fd}")
+    except OSError:  # the descriptor listdir itself used
+        return ""
+sockets = [t for t in map(target, os.listdir("/proc/self/fd")) if t.startswith("socket:")]
+assert not sockets, sockets
+changed = [s for s, h in handlers.items() if signal.getsignal(s) != h]
+assert not changed, changed
+assert "nats" not in sys.modules  # the NATS client loads with the first online run
+print(sorted(stride.__all__)[0])
+"""
 
-    before = threading.active_count()
-    importlib.reload(stride)
-    assert threading.active_count() == before
+
+def test_importing_stride_starts_nothing() -> None:
+    """In a fresh interpreter: no thread, no socket, no signal handler changed."""
+    out = run_python(IMPORT_CHECK)
+    assert out.strip() == "Api"
 
 
 def test_disabled_mode_does_nothing(tmp_path: Path) -> None:
@@ -42,20 +67,23 @@ def test_disabled_mode_does_nothing(tmp_path: Path) -> None:
     assert not (tmp_path / "spool").exists()
 
 
-def test_offline_mode_spools_everything_in_order(tmp_path: Path) -> None:
+def test_offline_mode_keeps_everything_in_the_log_in_order(tmp_path: Path) -> None:
     settings = Settings(spool_dir=tmp_path / "spool", flush_rows=100)
     run = stride.init(project="p", mode="offline", settings=settings, config={"a": {"b": 1}})
     for i in range(1000):
         run.log({"loss": 1.0 / (i + 1)})
     report = run.finish()
-    files = list(spooled_files(tmp_path / "spool"))
-    batches = [decode_batch(f.read_bytes()) for f in files]
+    assert not report.complete and report.batches_sent == 0
+    [directory] = log_dirs(tmp_path / "spool")
+    batches = read_log(directory, max_batch_bytes=8_000)  # small batches: several of them
+    assert len(batches) > 2
     assert [b.seq for b in batches] == list(range(len(batches)))
-    assert sum(b.points for b in batches) == 1000
+    assert {b.path for b in batches} == {run.path}
+    steps = [s for b in batches for blk in b.metrics for s in memoryview(blk.steps).cast("q")]
+    assert steps == list(range(1000))
     states = [b.set["state"] for b in batches if "state" in b.set]
-    assert states[-1] == '"finished"'
-    assert report.spooled_left == len(files)
-    assert report.batches_sent == 0
+    assert states == ['"running"', '"finished"']
+    assert batches[0].set["config"] == '{"a":{"b":1}}'
 
 
 @pytest.mark.parametrize(
@@ -162,24 +190,42 @@ def test_values_too_large_to_send_are_refused_with_the_limit(tmp_path: Path) -> 
     run.finish()
 
 
-def test_a_full_buffer_blocks_log_briefly_warns_and_drops_nothing(
+def test_a_backlog_over_the_spool_limit_warns_and_drops_nothing(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    # Nothing drains the buffer while the first connection attempt (to a dead
-    # address) is pending, so it fills.
+    """NATS is unreachable: the log grows past max_spool_bytes, log() warns and keeps
+    every row (on disk), and never blocks."""
     settings = Settings(
         server="nats://127.0.0.1:9",
         spool_dir=tmp_path,
-        max_buffer_rows=100,
-        max_block_s=0.05,
-        connect_timeout_s=1.0,
+        segment_bytes=64 * 1024,
+        max_spool_bytes=256 * 1024,
+        connect_timeout_s=0.2,
+        orphan_timeout_s=0.5,
+        delivery="thread",
     )
     run = stride.init(project="p", settings=settings)
-    for i in range(1000):
+    rows = 20_000  # 48 bytes a row: about 15 segments of 64 KiB
+    for i in range(rows):
         run.log({"a": float(i)})
-    assert any("rows are waiting to be sent" in r.message for r in caplog.records)
-    report = run.finish(timeout=5)
-    batches = [decode_batch(f.read_bytes()) for f in spooled_files(tmp_path)]
-    steps = sorted(s for b in batches for blk in b.metrics for s in memoryview(blk.steps).cast("q"))
-    assert steps == list(range(1000))
+    warnings = [r.message for r in caplog.records if "not delivered yet" in r.message]
+    assert len(warnings) == 2  # past 256 KiB, then again past 512 KiB
+    assert "(limit 256.0 KiB)" in warnings[0] and "nothing is dropped" in warnings[0]
+    report = run.finish(timeout=0.5)
     assert not report.complete
+    [directory] = log_dirs(tmp_path)
+    wait_for(lambda: not (directory / "lock").exists() or _free(directory))
+    steps = [
+        s for b in read_log(directory) for blk in b.metrics for s in memoryview(blk.steps).cast("q")
+    ]
+    assert steps == list(range(rows))
+
+
+def _free(directory: Path) -> bool:
+    from stride._wal import try_lock_exclusive
+
+    lock = try_lock_exclusive(directory)
+    if lock is None:
+        return False
+    lock.close()
+    return True
