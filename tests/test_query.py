@@ -449,6 +449,16 @@ def test_the_service_answers_exactly_the_api_types(
     assert unrouted.status == 404
 
 
+def test_api_types_exports_every_answer_and_nothing_else() -> None:
+    import stride.api_types as api_types
+
+    assert set(api_types.__all__) == {
+        "ColumnsPage", "ErrorBody", "IngestCounters", "MetricKeys", "NonFinite", "RunDoc",
+        "RunsPage", "Status",
+    }  # fmt: skip
+    assert all(hasattr(api_types, name) for name in api_types.__all__)
+
+
 def test_ingest_counters_are_the_workers_counters() -> None:
     from stride.ingest.worker import IngestStats
 

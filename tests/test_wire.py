@@ -217,3 +217,12 @@ def test_a_new_reader_decodes_an_older_shorter_batch_with_defaults() -> None:
     batch = decode_batch(payload)
     assert (batch.path, batch.writer, batch.seq, batch.ver) == ("e/p/r", "w", 0, 7)
     assert (batch.set, batch.set_once, batch.metrics) == ({}, {}, [])
+
+
+def test_the_exported_names_are_the_ones_we_mean() -> None:
+    assert set(wire.__all__) == {
+        "DLQ_STREAM", "DLQ_SUBJECT", "INGEST_SUBJECT", "MIN_WIRE_VERSION", "STREAM",
+        "WIRE_VERSION", "Batch", "MetricBlock", "VersionPeek", "WireError", "decode_batch",
+        "encode_batch", "message_id",
+    }  # fmt: skip
+    assert all(hasattr(wire, name) for name in wire.__all__)
