@@ -83,7 +83,9 @@ class DeliveryReport:
 
 def writer_id() -> str:
     """Unique per producing process: host, pid, rank and a random tag."""
-    host = re.sub(r"[^A-Za-z0-9_.\-]", "_", socket.gethostname())[:48] or "host"
+    host = re.sub(r"[^A-Za-z0-9_.\-]", "_", socket.gethostname())[:48]
+    if not host[:1].isalnum() or not host[:1].isascii():
+        host = "h" + host  # a writer name starts with a letter or digit (stride.ids)
     rank = re.sub(r"[^0-9]", "", os.environ.get("RANK", "0"))[:6] or "0"
     return f"{host}-{os.getpid()}-r{rank}-{random_id(6)}"
 
