@@ -37,6 +37,7 @@ import nats
 from nats.aio.client import Client as NatsClient
 from nats.js import JetStreamContext
 
+from ._batches import SEAL_CANCELLED, SEAL_CRASHED
 from ._reader import LogReader, Outgoing
 from ._settings import Settings
 from ._wal import read_meta, try_lock_exclusive
@@ -45,6 +46,7 @@ from .wire import INGEST_SUBJECT, message_id
 log = logging.getLogger("stride")
 
 _LENGTH = struct.Struct("<I")
+_WHOLE_LOG = -1  # a waiter for everything in the own log
 _encode = msgspec.msgpack.Encoder().encode
 _decode = msgspec.msgpack.Decoder(list).decode
 
@@ -110,6 +112,7 @@ class Agent:
         self._next_adopt = 0.0
         self._progress_at = time.monotonic()  # the last acknowledgement
         self._writer: asyncio.StreamWriter | None = None
+        self._end_kind = SEAL_CRASHED  # how the own log's unfinished runs end
         self.report = AgentReport()
 
     # ---- the loop -------------------------------------------------------------------------------
@@ -189,7 +192,7 @@ class Agent:
             reader.read(now, s.max_batch_bytes, room, out)
             for slot in reader.due(now, s.linger_s, s.flush_rows, s.heartbeat_s):
                 out.append(reader.seal(slot))
-            reader.end_orphans(out)
+            reader.end_orphans(out, self._end_kind if reader is self._own else SEAL_CRASHED)
             for item in out:
                 self._publish(reader, item)
         if self._retry and now >= self._retry_after:
@@ -330,6 +333,11 @@ class Agent:
                     self._waiters.append(_Waiter(slot, upto, time.monotonic() + timeout))
                 elif message[0] == "close":
                     self._writer_gone()
+                elif message[0] == "terminated":  # SIGTERM: the process ends after the reply
+                    _, timeout = message
+                    self._end_kind = SEAL_CANCELLED
+                    self._writer_gone()
+                    self._waiters.append(_Waiter(_WHOLE_LOG, 0, time.monotonic() + timeout))
         except (asyncio.IncompleteReadError, ConnectionError):
             self._writer_gone()  # the training process is gone
 
@@ -351,7 +359,12 @@ class Agent:
         own = self._own
         keep = []
         for waiter in self._waiters:
-            left = (0, 0) if own is None else own.pending_for(waiter.slot, waiter.upto)
+            if own is None or (waiter.slot == _WHOLE_LOG and own not in self._readers):
+                left = (0, 0)
+            elif waiter.slot == _WHOLE_LOG:
+                left = (1, 0)
+            else:
+                left = own.pending_for(waiter.slot, waiter.upto)
             if left != (0, 0) and now < waiter.deadline:
                 keep.append(waiter)
                 continue

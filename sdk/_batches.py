@@ -13,14 +13,17 @@ from __future__ import annotations
 
 import dataclasses
 import struct
+from datetime import UTC, datetime
 
 from .wire import WIRE_VERSION, Batch, MetricBlock
 
 #: A sealed batch, as written to the ``seals`` file before it is published.
 SEAL = struct.Struct("<IIQQQQ")  # slot, kind, seq, ver, start, end
-#: Seal kinds: a range of frames; a run ended by delivery (its writer died);
-#: and the trim mark (every seal wholly below ``end`` is delivered).
-SEAL_RANGE, SEAL_ENDED, SEAL_TRIM = 0, 1, 2
+#: Seal kinds: a range of frames; the trim mark (every seal wholly below ``end``
+#: is delivered); a run ended by delivery because its writer died (crashed) or
+#: was terminated by SIGTERM (cancelled).
+SEAL_RANGE, SEAL_CRASHED, SEAL_TRIM, SEAL_CANCELLED = 0, 1, 2, 3
+SEAL_ENDED = (SEAL_CRASHED, SEAL_CANCELLED)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -131,8 +134,15 @@ class Builder:
         )
 
 
-def ended_batch(ref: RunRef, writer: str, seq: int, ver: int) -> Batch:
-    """The run's writer died without finishing it: mark it crashed (no data of its own)."""
+def ended_batch(ref: RunRef, writer: str, seq: int, ver: int, kind: int) -> Batch:
+    """The run's writer ended without finishing it: crashed, or cancelled by SIGTERM.
+
+    Everything in it derives from the seal, so a rebuilt one is the same batch.
+    """
+    fields = {"state": '"crashed"'}
+    if kind == SEAL_CANCELLED:
+        ended = datetime.fromtimestamp(ver / 1e9, UTC).isoformat()
+        fields = {"state": '"cancelled"', "exit_code": "143", "finished_at": f'"{ended}"'}
     return Batch(
         v=WIRE_VERSION,
         entity=ref.entity,
@@ -141,5 +151,5 @@ def ended_batch(ref: RunRef, writer: str, seq: int, ver: int) -> Batch:
         writer=writer,
         seq=seq,
         ver=ver,
-        set={"state": '"crashed"'},
+        set=fields,
     )

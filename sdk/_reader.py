@@ -28,6 +28,7 @@ from typing import IO
 import msgspec
 
 from ._batches import (
+    SEAL_CRASHED,
     SEAL_ENDED,
     SEAL_RANGE,
     SEAL_TRIM,
@@ -312,15 +313,15 @@ class LogReader:
             builder.points,
         )
 
-    def end_orphans(self, out: list[Outgoing]) -> None:
+    def end_orphans(self, out: list[Outgoing], kind: int = SEAL_CRASHED) -> None:
         """The writer is gone and everything it wrote is read: mark its unfinished runs crashed."""
         if self.writer_alive or not self.at_end():
             return
         for slot, state in self.slots.items():
             if not state.ended and state.builder is None and slot not in self._rebuild:
                 state.ended = True
-                seal = Seal(slot, SEAL_ENDED, state.seq, self._next_ver(), self.cursor, self.cursor)
-                batch = ended_batch(state.ref, self.writer, seal.seq, seal.ver)
+                seal = Seal(slot, kind, state.seq, self._next_ver(), self.cursor, self.cursor)
+                batch = ended_batch(state.ref, self.writer, seal.seq, seal.ver, kind)
                 out.append(self._sealed(state, seal, batch, 0))
 
     def _sealed(self, state: SlotState, seal: Seal, batch: Batch, points: int) -> Outgoing:
@@ -331,8 +332,8 @@ class LogReader:
         return Outgoing(seal.slot, seal.seq, seal.start, seal.end, points, encode_batch(batch))
 
     def _rebuilt(self, state: SlotState, seal: Seal, builder: Builder) -> Outgoing:
-        if seal.kind == SEAL_ENDED:
-            batch = ended_batch(state.ref, self.writer, seal.seq, seal.ver)
+        if seal.kind in SEAL_ENDED:
+            batch = ended_batch(state.ref, self.writer, seal.seq, seal.ver, seal.kind)
         else:
             batch = builder.build(state.ref, self.writer, seal.seq, seal.ver, self.keysets)
         self.unacked[(seal.slot, seal.seq)] = seal.start
@@ -472,7 +473,7 @@ class LogReader:
                 if state is None:
                     continue
                 state.seq = max(state.seq, seal.seq + 1)
-                if seal.kind == SEAL_ENDED:
+                if seal.kind in SEAL_ENDED:
                     state.ended = True
                 if seal.delivered_below(self.trim):
                     continue

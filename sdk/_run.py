@@ -313,16 +313,6 @@ class Run:
         self._transport = None
         self._closed_reason = f"cannot log: {reason}; call stride.init in this process"
 
-    def _end_on_signal(self, timeout: float) -> None:
-        """SIGTERM arrived: record the run as cancelled, unless log() was interrupted mid-row."""
-        w = self._wal
-        if w is None:
-            return
-        if not w.lock.acquire(timeout=0.2):
-            return  # this thread was inside log(): delivery will mark the run crashed
-        w.lock.release()
-        self.finish(143, state="cancelled", timeout=timeout)
-
     def _at_exit(self) -> None:
         if self._wal is None:
             return

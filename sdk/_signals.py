@@ -3,9 +3,10 @@
 Installed at the first ``stride.init`` in the main thread, and only when
 SIGTERM has its default action: a handler installed by the program or its
 launcher (torchrun, Lightning, a SLURM wrapper), and an ignored SIGTERM, are
-left exactly as they are. On SIGTERM the handler writes each open run's end
-(state ``cancelled``) to the log, waits a bounded time for delivery to
-acknowledge it, restores the default action and sends the signal again, so
+left exactly as they are. On SIGTERM the handler tells delivery that the
+process is ending (delivery then ends each open run as ``cancelled`` once it
+has read everything logged), waits a bounded time for that to be
+acknowledged, restores the default action and sends the signal again, so
 the process ends by SIGTERM as it would have without Stride (its exit status
 says so). Data needs no flushing: every ``log()`` is already in the log,
 which the delivery helper empties after the process is gone.
@@ -40,8 +41,7 @@ def _on_sigterm(signum: int, frame: FrameType | None) -> None:
     from ._transport import open_transports
 
     for transport in open_transports():
-        for run in list(transport.runs.values()):
-            run._end_on_signal(SIGTERM_FLUSH_S)
+        transport.terminated(SIGTERM_FLUSH_S)
     if signal.getsignal(signal.SIGTERM) is _on_sigterm:
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
     os.kill(os.getpid(), signal.SIGTERM)

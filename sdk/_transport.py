@@ -228,6 +228,15 @@ class Transport:
             self._control.close()
             self._control = None
 
+    def terminated(self, timeout: float) -> None:
+        """SIGTERM: the process is about to end; delivery marks its open runs cancelled.
+
+        Nothing is written to the log here: the signal may have interrupted a
+        ``log()`` of this very thread, which holds the log's lock.
+        """
+        if not self.offline and not self.closed:
+            self._request(["terminated", timeout], timeout + 1.0)
+
     def forked(self) -> None:
         """In a forked child: this log belongs to the parent; never write or signal it."""
         self.closed = True
