@@ -39,10 +39,12 @@ offset``.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import fcntl
 import mmap
 import os
 import struct
+import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -63,7 +65,9 @@ ROW_OVERHEAD = 32
 _MAX_REF = (1 << 24) - 1
 #: madvise(MADV_POPULATE_WRITE), Linux 5.14+: fault pages in ahead of log().
 _MADV_POPULATE_WRITE = 23
-_PREFAULT_BYTES = 256 * 1024
+#: How far ahead of the writer pages are faulted in, and how often the page thread wakes.
+_PAGES_AHEAD = 16 * 1024 * 1024
+_PAGES_STEP = 4 * 1024 * 1024
 
 _encode = msgspec.msgpack.Encoder().encode
 
@@ -148,11 +152,66 @@ def try_lock_exclusive(directory: Path) -> IO[bytes] | None:
     return f
 
 
+class _Mapped:
+    """One segment mapped by the writer, and how far its pages are faulted in."""
+
+    def __init__(self, path: Path, index: int, size: int, populate: int) -> None:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            os.ftruncate(fd, size)
+            self.mm = mmap.mmap(fd, size, mmap.MAP_SHARED, mmap.PROT_WRITE)
+        finally:
+            os.close(fd)
+        self.index = index
+        self.size = size
+        self._anchor = ctypes.c_char.from_buffer(self.mm) if _madvise is not None else None
+        self.populated = 0
+        # Fault the first pages in before touching them: a fault on a new file page
+        # can wait on the file system's journal, and here it would hold the GIL.
+        self.populate(populate)
+        _SEG_HEADER.pack_into(self.mm, 0, _MAGIC, index, HEADER_BYTES, 0)
+        self.header = memoryview(self.mm)[:32].cast("Q")
+
+    def populate(self, stop: int) -> None:
+        """Fault pages in up to ``stop``, with the GIL released (ctypes drops it)."""
+        stop = min(stop, self.size)
+        if _madvise is None or self._anchor is None or stop <= self.populated:
+            return
+        start = self.populated - self.populated % mmap.PAGESIZE
+        _madvise(ctypes.addressof(self._anchor) + start, stop - start, _MADV_POPULATE_WRITE)
+        self.populated = stop  # on failure (an old kernel) pages just fault in one by one
+
+    def close(self) -> None:
+        self.header.release()
+        self._anchor = None
+        self.mm.close()
+
+
+def _libc_madvise() -> Any:
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        madvise = libc.madvise
+    except (OSError, AttributeError):
+        return None
+    madvise.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int)
+    madvise.restype = ctypes.c_int
+    return madvise
+
+
+_madvise = _libc_madvise() if sys.platform == "linux" else None
+
+
 class LogWriter:
     """The writing side, in the training process. Thread-safe; see the module docstring.
 
     The hot path (``Run.log``) uses the attributes directly under ``lock``:
     pack the frame into ``mm`` at ``pos``, then :meth:`commit`.
+
+    A first write to a page costs a page fault (2-4 µs on a VM), once every
+    few dozen rows, and creating a segment costs system calls. Neither
+    happens in ``log()``: a small thread (``stride-log-pages``) faults pages
+    in ahead of the writer, with the GIL released, and prepares the next
+    segment before it is needed. It takes no lock ``log()`` takes.
     """
 
     def __init__(self, directory: Path, meta: LogMeta, max_spool_bytes: int) -> None:
@@ -167,33 +226,41 @@ class LogWriter:
         self.spool_warnings = 0  # times the backlog on disk passed max_spool_bytes
         self._warned_at = max_spool_bytes
         self._next_ref = 1
-        self.index = -1
-        self.mm: mmap.mmap | None = None
-        self._header: memoryview | None = None
-        self.pos = 0
-        self.end = 0
-        self._prefaulted = 0
         self.closed = False
-        self._open_segment(0)
+        self._prepare_lock = threading.Lock()  # the next segment is made once
+        self._ready: _Mapped | None = None  # the next segment, made ahead
+        self._retired: list[_Mapped] = []  # full segments the page thread unmaps
+        self._wake = threading.Event()
+        self._wake_at = 0
+        self._current = self._map(0)
+        self.mm: mmap.mmap = self._current.mm
+        self._header = self._current.header
+        self.index = 0
+        self.pos = HEADER_BYTES
+        self.end = self.segment_bytes
+        self._pages = threading.Thread(
+            target=self._keep_pages, name="stride-log-pages", daemon=True
+        )
+        self._pages.start()
 
     # ---- hot path helpers (called with ``lock`` held) -------------------------------------------
 
     def commit(self, end: int) -> None:
         """Make bytes up to ``end`` visible to the reader (one aligned 8-byte store)."""
         self.pos = end
-        assert self._header is not None
         self._header[_COMMIT] = end
-        if end > self._prefaulted:
-            self._prefault()
+        if end >= self._wake_at:
+            self._wake_at = end + _PAGES_STEP
+            self._wake.set()
 
     def reserve(self, size: int) -> int:
-        """Where a frame of ``size`` bytes goes: the current segment, or a new one."""
+        """Where a frame of ``size`` bytes goes: the current segment, or the next one."""
         if self.pos + size > self.end:
             if size > self.segment_bytes - HEADER_BYTES:
                 raise ValueError(
                     f"a frame of {size} bytes does not fit a {self.segment_bytes}-byte segment"
                 )
-            self._open_segment(self.index + 1)
+            self._next_segment()
         return self.pos
 
     @property
@@ -221,7 +288,6 @@ class LogWriter:
             if self.closed:
                 raise ValueError("the log is closed")
             pos = self.reserve(size)
-            assert self.mm is not None
             _U64.pack_into(self.mm, pos, frame_header(size, kind, ref))
             self.mm[pos + 8 : pos + 8 + len(body)] = body
             self.commit(pos + size)
@@ -232,54 +298,62 @@ class LogWriter:
             if self.closed:
                 return
             self.closed = True
-            self._unmap()
-            if self._lock_file is not None:
-                self._lock_file.close()
-                self._lock_file = None
+        self._wake.set()
+        self._pages.join(timeout=5.0)
+        with self._prepare_lock:
+            for mapped in [self._current, *self._retired]:
+                mapped.close()
+            self._retired.clear()
+            if self._ready is not None:  # made ahead, never used: not part of the log
+                self._ready.close()
+                (self.dir / segment_name(self._ready.index)).unlink(missing_ok=True)
+                self._ready = None
+        if self._lock_file is not None:
+            self._lock_file.close()
+            self._lock_file = None
 
     # ---- segments -------------------------------------------------------------------------------
 
-    def _open_segment(self, index: int) -> None:
-        if self._header is not None:
-            self._header[_FULL] = 1  # the reader moves on once it has read up to the commit
-        self._unmap()
-        path = self.dir / segment_name(index)
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            os.ftruncate(fd, self.segment_bytes)
-            self.mm = mmap.mmap(fd, self.segment_bytes, mmap.MAP_SHARED, mmap.PROT_WRITE)
-        finally:
-            os.close(fd)
-        _SEG_HEADER.pack_into(self.mm, 0, _MAGIC, index, HEADER_BYTES, 0)
-        self._header = memoryview(self.mm)[:32].cast("Q")
-        self.index = index
+    def _map(self, index: int) -> _Mapped:
+        return _Mapped(self.dir / segment_name(index), index, self.segment_bytes, _PAGES_AHEAD)
+
+    def _next_segment(self) -> None:
+        self._header[_FULL] = 1  # the reader moves on once it has read up to the commit
+        with self._prepare_lock:  # the page thread may be making it right now
+            mapped = self._ready if self._ready is not None else self._map(self.index + 1)
+            self._ready = None
+        self._retired.append(self._current)
+        self._current = mapped
+        self.mm = mapped.mm
+        self._header = mapped.header
+        self.index = mapped.index
         self.pos = HEADER_BYTES
-        self.end = self.segment_bytes
-        self._prefaulted = 0
-        self._prefault()
-        if index > 0:
-            self._check_backlog()
+        self._wake_at = 0
+        self._wake.set()
+        self._check_backlog()
 
-    def _prefault(self) -> None:
-        """Fault the next pages in now, in one call, instead of one fault per page in log()."""
-        assert self.mm is not None
-        start = self._prefaulted or 0
-        stop = min(self.end, max(start, self.pos) + _PREFAULT_BYTES)
-        if stop <= start:
-            return
-        page = mmap.PAGESIZE
-        lo = start - start % page
-        with contextlib.suppress(OSError, ValueError):  # older kernels: one fault per page
-            self.mm.madvise(_MADV_POPULATE_WRITE, lo, stop - lo)
-        self._prefaulted = stop
+    def _keep_pages(self) -> None:
+        """The page thread: fault in pages ahead, make the next segment, unmap old ones.
 
-    def _unmap(self) -> None:
-        if self._header is not None:
-            self._header.release()
-            self._header = None
-        if self.mm is not None:
-            self.mm.close()
-            self.mm = None
+        It runs at the lowest priority (nice 19): on a busy machine its kernel
+        work must not take a CPU from the training thread. Starved, it only
+        falls behind, and log() takes the page faults itself.
+        """
+        with contextlib.suppress(OSError, AttributeError):
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
+        while not self.closed:
+            self._wake.wait(1.0)
+            self._wake.clear()
+            if self.closed:
+                return
+            current = self._current
+            current.populate(self.pos + _PAGES_AHEAD)
+            while self._retired:
+                self._retired.pop(0).close()
+            if self.pos > self.segment_bytes // 2:
+                with self._prepare_lock:
+                    if self._ready is None and current is self._current and not self.closed:
+                        self._ready = self._map(current.index + 1)
 
     def _check_backlog(self) -> None:
         """Warn (once per doubling) when undelivered segments pass ``max_spool_bytes``."""
