@@ -24,7 +24,6 @@ import resource
 import shutil
 import sys
 import tempfile
-import threading
 import time
 from array import array
 from contextlib import ExitStack
@@ -32,7 +31,16 @@ from pathlib import Path
 from time import perf_counter_ns
 
 from _machine import print_machine
-from _server import Http, StrideUp, fmt_rate, handle_sigterm, percentile, verdict, wait_for_points
+from _server import (
+    Http,
+    StrideUp,
+    cpu_seconds,
+    fmt_rate,
+    handle_sigterm,
+    percentile,
+    verdict,
+    wait_for_points,
+)
 
 import stride
 from stride import Settings
@@ -169,15 +177,16 @@ def main() -> None:
 
         run = stride.init(project="bench", name="log-latency", mode=args.mode, settings=settings)
         stack.callback(run.finish)  # no-op once finished; flushes on error
+        helper = run._transport._helper if run._transport is not None else None
+        helper_pid = helper.pid if helper is not None else None
         if args.pin:
             os.sched_setaffinity(0, {0})
-            flusher = next(t for t in threading.enumerate() if t.name == "stride-flusher")
-            assert flusher.native_id is not None
-            os.sched_setaffinity(flusher.native_id, {1})
-            print("pinned: training thread on CPU 0; flusher, stride up, nats-server on CPU 1")
+            if helper_pid is not None:
+                os.sched_setaffinity(helper_pid, {1})
+            print("pinned: training thread on CPU 0; helper, stride up, nats-server on CPU 1")
         for i in range(args.warmup):
             run.log(dict.fromkeys(KEYS, i * 0.5))
-        time.sleep(0.3)  # let the flusher connect and send the warm-up rows
+        time.sleep(0.5)  # let the helper start, connect and send the warm-up rows
         print()
 
         if args.no_gc:
@@ -187,12 +196,13 @@ def main() -> None:
         base_s = time.perf_counter() - t0
         gc_pauses = GcPauses()
         gc.callbacks.append(gc_pauses)
-        faults0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+        usage0 = resource.getrusage(resource.RUSAGE_SELF)
+        helper_cpu0 = cpu_seconds(helper_pid) if helper_pid is not None else 0.0
         t0 = time.perf_counter()
         lat = logged(run, args.calls)
         log_s = time.perf_counter() - t0
-        faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults0
-        backlog = len(run._buffer)  # rows the flusher had not taken yet
+        usage1 = resource.getrusage(resource.RUSAGE_SELF)
+        faults = usage1.ru_minflt - usage0.ru_minflt
         gc.callbacks.remove(gc_pauses)
         gc.enable()
 
@@ -201,19 +211,36 @@ def main() -> None:
         stats = summarize("log()", lat, log_s, targets=True)
         net = stats["p50"] - percentile(sorted(base), 50) / 1e3
         print(f"  p50 minus baseline p50 (log() alone, roughly): {net:.2f} µs")
-        print(f"  flusher backlog when the loop ended: {backlog} rows not yet taken")
         print(f"  minor page faults during the loop (whole process): {faults}")
+        print(
+            f"  training loop wall time with log() / without: {log_s:.3f} s / {base_s:.3f} s "
+            f"= {log_s / base_s:.2f}x ({(log_s - base_s) / args.calls * 1e6:.2f} µs per call)"
+        )
         gc_pauses.report()
         print()
 
         t0 = time.perf_counter()
         report = run.finish()
         finish_s = time.perf_counter() - t0
+        # CPU of every SDK thread and process for the logged rows: this process during
+        # the loop (log() itself) plus the helper until it had delivered them (finish()).
+        own_cpu = (usage1.ru_utime + usage1.ru_stime) - (usage0.ru_utime + usage0.ru_stime)
+        own_loop_floor = base_s  # the same loop without log() costs about its wall time
+        helper_cpu = 0.0
+        if helper_pid is not None:  # it exits once it has delivered everything: its whole CPU
+            _, _, usage = os.wait4(helper_pid, 0)
+            helper_cpu = usage.ru_utime + usage.ru_stime - helper_cpu0
+        sdk_cpu = max(0.0, own_cpu - own_loop_floor) + helper_cpu
+        print(
+            f"SDK CPU per logged row: {sdk_cpu / args.calls * 1e6:.2f} µs "
+            f"(training process beyond the bare loop {max(0.0, own_cpu - own_loop_floor):.3f} s, "
+            f"helper process {helper_cpu:.3f} s, for {args.calls} rows)"
+        )
         print(f"finish(): {finish_s * 1e3:.1f} ms")
         print(f"  DeliveryReport: {report}")
         print(
             f"  batches_sent={report.batches_sent} points_sent={report.points_sent} "
-            f"batches_spooled={report.batches_spooled} spooled_left={report.spooled_left} "
+            f"spooled_left={report.spooled_left} "
             f"last_error={report.last_error}"
         )
         expected = (args.calls + args.warmup) * len(KEYS)
@@ -227,9 +254,9 @@ def main() -> None:
             )
             http.close()
         else:
-            files = list((tmp / "spool").rglob("*.batch"))
-            size = sum(f.stat().st_size for f in files)
-            print(f"  spool: {len(files)} files, {size / 1e6:.1f} MB (offline mode)")
+            files = list((tmp / "spool").rglob("seg-*.log"))
+            size = sum(f.stat().st_blocks * 512 for f in files)
+            print(f"  log: {len(files)} segments, {size / 1e6:.1f} MB on disk (offline mode)")
 
 
 if __name__ == "__main__":

@@ -119,7 +119,7 @@ class Agent:
 
     async def run(self) -> AgentReport:
         s = self._s
-        tick = min(s.linger_s / 4, 0.02)
+        tick = pause = min(s.linger_s / 4, 0.02)
         connecting: asyncio.Task[None] | None = None
         next_connect = 0.0
         control_task = (
@@ -135,14 +135,15 @@ class Agent:
                 if self._js is None and idle and now >= next_connect:
                     connecting = asyncio.create_task(self._connect())
                     next_connect = now + s.connect_timeout_s + s.reconnect_interval_s
-                if self._connected():
-                    self._send_ready(now)
-                self._reap()
+                busy = self._send_ready(now) if self._connected() else 0
+                busy += self._reap()
                 self._trim_and_forget()
                 self._answer_waiters(now)
                 if self._done(now):
                     break
-                await asyncio.sleep(tick)
+                # Idle (nothing sent, nothing in flight): wake less often, up to linger_s.
+                pause = tick if busy or self._inflight else min(pause * 2, s.linger_s)
+                await asyncio.sleep(pause)
         finally:
             if control_task is not None:
                 control_task.cancel()
@@ -182,12 +183,14 @@ class Agent:
             return True
         return False
 
-    def _send_ready(self, now: float) -> None:
+    def _send_ready(self, now: float) -> int:
+        """Publish what is due; return how many batches went out."""
         s = self._s
+        sent = len(self._inflight)
         for reader in self._readers:
             room = s.max_inflight - len(self._inflight) - len(self._retry)
             if room <= 0:
-                return
+                break
             out: list[Outgoing] = []
             reader.read(now, s.max_batch_bytes, room, out)
             for slot in reader.due(now, s.linger_s, s.flush_rows, s.heartbeat_s):
@@ -199,6 +202,7 @@ class Agent:
             retry, self._retry = self._retry, []
             for reader, item in retry:
                 self._publish(reader, item)
+        return len(self._inflight) - sent
 
     def _publish(self, reader: LogReader, item: Outgoing) -> None:
         assert self._js is not None
@@ -215,7 +219,8 @@ class Agent:
         deadline = time.monotonic() + self._s.ack_timeout_s + 1.0
         self._inflight.append(_Inflight(reader, item, future, deadline))
 
-    def _reap(self) -> None:
+    def _reap(self) -> int:
+        """Settle finished and overdue publishes; return how many settled."""
         now = time.monotonic()
         keep: list[_Inflight] = []
         for inflight in self._inflight:
@@ -238,7 +243,9 @@ class Agent:
                 else:
                     self.report.batches += 1
                     self.report.points += inflight.item.points
+        settled = len(self._inflight) - len(keep)
         self._inflight = keep
+        return settled
 
     def _failed(self, inflight: _Inflight, reason: str) -> None:
         """Publish again later, as the same batch: same message id, same payload."""

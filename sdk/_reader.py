@@ -105,6 +105,7 @@ class LogReader:
         self._segments: dict[int, Segment] = {}
         self._last_ver = 0
         self.trim = HEADER_BYTES
+        self._trim_due = False  # something was acknowledged since the last trim
         self.unacked: dict[tuple[int, int], int] = {}  # (slot, seq) -> start
         self._rebuild: dict[int, list[tuple[Seal, Builder]]] = {}  # slot -> pending rebuilds
         self.ready: list[Outgoing] = []  # rebuilt seals with no frames (heartbeats, ends)
@@ -350,6 +351,7 @@ class LogReader:
     # ---- acknowledgements and trimming ----------------------------------------------------------
 
     def acked(self, item: Outgoing) -> None:
+        self._trim_due = True
         self.unacked.pop((item.slot, item.seq), None)
         state = self.slots[item.slot]
         state.batches_sent += 1
@@ -368,6 +370,9 @@ class LogReader:
 
     def trim_delivered(self) -> None:
         """Delete segments wholly below the low-water mark, and record it."""
+        if not self._trim_due:
+            return
+        self._trim_due = False
         low = self.low_water()
         removed = False
         for index, path in segment_paths(self.dir):
@@ -376,6 +381,7 @@ class LogReader:
             segment = self._segments.pop(index, None)
             if segment is not None and not segment.close():
                 self._segments[index] = segment  # slices still in use: next time
+                self._trim_due = True
                 break
             path.unlink(missing_ok=True)
             removed = True
