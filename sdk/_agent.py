@@ -113,6 +113,7 @@ class Agent:
         self._progress_at = time.monotonic()  # the last acknowledgement
         self._writer: asyncio.StreamWriter | None = None
         self._end_kind = SEAL_CRASHED  # how the own log's unfinished runs end
+        self._wakeup = asyncio.Event()
         self.report = AgentReport()
 
     # ---- the loop -------------------------------------------------------------------------------
@@ -143,7 +144,9 @@ class Agent:
                     break
                 # Idle (nothing sent, nothing in flight): wake less often, up to linger_s.
                 pause = tick if busy or self._inflight else min(pause * 2, s.linger_s)
-                await asyncio.sleep(pause)
+                with contextlib.suppress(TimeoutError):  # a control message wakes it early
+                    await asyncio.wait_for(self._wakeup.wait(), pause)
+                self._wakeup.clear()
         finally:
             if control_task is not None:
                 control_task.cancel()
@@ -335,6 +338,7 @@ class Agent:
                 header = await reader.readexactly(_LENGTH.size)
                 body = await reader.readexactly(_LENGTH.unpack(header)[0])
                 message = _decode(body)
+                self._wakeup.set()
                 if message[0] == "finish":
                     _, slot, upto, timeout = message
                     self._waiters.append(_Waiter(slot, upto, time.monotonic() + timeout))

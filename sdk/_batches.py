@@ -120,18 +120,7 @@ class Builder:
                         values=[cells[4 + j :: stride].tobytes() for j in range(width)],
                     )
                 )
-        return Batch(
-            v=WIRE_VERSION,
-            entity=ref.entity,
-            project=ref.project,
-            run_id=ref.run_id,
-            writer=writer,
-            seq=seq,
-            ver=ver,
-            set=self.set,
-            set_once=self.set_once,
-            metrics=blocks,
-        )
+        return _batch(ref, writer, seq, ver, self.set, self.set_once, blocks)
 
 
 def ended_batch(ref: RunRef, writer: str, seq: int, ver: int, kind: int) -> Batch:
@@ -143,6 +132,18 @@ def ended_batch(ref: RunRef, writer: str, seq: int, ver: int, kind: int) -> Batc
     if kind == SEAL_CANCELLED:
         ended = datetime.fromtimestamp(ver / 1e9, UTC).isoformat()
         fields = {"state": '"cancelled"', "exit_code": "143", "finished_at": f'"{ended}"'}
+    return _batch(ref, writer, seq, ver, fields, {}, [])
+
+
+def _batch(
+    ref: RunRef,
+    writer: str,
+    seq: int,
+    ver: int,
+    set_: dict[str, str],
+    set_once: dict[str, str],
+    metrics: list[MetricBlock],
+) -> Batch:
     return Batch(
         v=WIRE_VERSION,
         entity=ref.entity,
@@ -151,5 +152,7 @@ def ended_batch(ref: RunRef, writer: str, seq: int, ver: int, kind: int) -> Batc
         writer=writer,
         seq=seq,
         ver=ver,
-        set=fields,
+        set=set_,
+        set_once=set_once,
+        metrics=metrics,
     )

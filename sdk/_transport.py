@@ -154,13 +154,7 @@ class Transport:
         ours, theirs = socket.socketpair()
         self._control = ours
         if self.settings.delivery == "thread":
-            self._thread = threading.Thread(
-                target=_run_agent_thread,
-                args=(self.settings, self.dir, theirs),
-                name="stride-delivery",
-                daemon=True,
-            )
-            self._thread.start()
+            self._start_thread(theirs)
             return
         args = {
             "path": [p for p in sys.path if isinstance(p, str)],
@@ -182,19 +176,22 @@ class Transport:
                 "stride: cannot start the delivery helper (%s); delivering from a thread instead",
                 exc,
             )
-            self._thread = threading.Thread(
-                target=_run_agent_thread,
-                args=(self.settings, self.dir, theirs),
-                name="stride-delivery",
-                daemon=True,
-            )
-            self._thread.start()
+            self._start_thread(theirs)
             return
         theirs.close()
         # Kept, never waited for: it outlives this transport (and maybe this process).
         # A finished one is reaped when the next helper starts.
         _helpers[:] = [h for h in _helpers if h.poll() is None]
         _helpers.append(self._helper)
+
+    def _start_thread(self, control: socket.socket) -> None:
+        self._thread = threading.Thread(
+            target=_run_agent_thread,
+            args=(self.settings, self.dir, control),
+            name="stride-delivery",
+            daemon=True,
+        )
+        self._thread.start()
 
     def _request(self, message: list[Any], timeout: float) -> list[Any] | None:
         control = self._control
