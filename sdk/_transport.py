@@ -63,6 +63,8 @@ class DeliveryReport:
     spooled_left: int = 0
     spool_dir: Path | None = None
     last_error: str | None = None
+    #: Times this process's undelivered log passed ``Settings.max_spool_bytes`` (each warned).
+    spool_warnings: int = 0
 
     @property
     def complete(self) -> bool:
@@ -133,7 +135,9 @@ class Transport:
     def finish_run(self, slot: int, timeout: float) -> DeliveryReport:
         """Close the run's slot and wait (at most ``timeout``) until its data is acknowledged."""
         upto = self.log.write_frame(CLOSE, slot)
-        report = DeliveryReport(spool_dir=self.spool_dir, spooled_left=1)
+        report = DeliveryReport(
+            spool_dir=self.spool_dir, spooled_left=1, spool_warnings=self.log.spool_warnings
+        )
         if self.offline:
             report.last_error = "offline run: upload it with `stride sync`"
         else:

@@ -138,3 +138,20 @@ def _assert_exactly_once_across(api: stride.Api, logged: int) -> None:
     # 2 points per killed row, plus the new run's one point.
     wait_for(lambda: api.get("/api/v1/status")["ingest"]["points"] == 2 * len(rows) + 1)
     assert len(scan(api, "default/crash/next")) == 1
+
+
+def test_os_exit_delivers_everything_and_marks_the_run_crashed(tmp_path: Path) -> None:
+    """os._exit skips atexit: nothing finishes the run, yet nothing logged is lost."""
+    spool = tmp_path / "spool"
+    with stride_up(tmp_path / "data") as up:
+        code = (
+            "import os, stride\n"
+            f"s = stride.Settings(server={up.nats_url!r}, spool_dir={str(spool)!r})\n"
+            "run = stride.init(project='crash', id='os-exit', settings=s)\n"
+            "for i in range(30000):\n"
+            "    run.log({'a': float(i), 'b': -float(i)}, step=i)\n"
+            "os._exit(3)\n"
+        )
+        done = subprocess.run([sys.executable, "-c", code], timeout=60)
+        assert done.returncode == 3
+        _assert_exactly_once(stride.Api(up.http_url), "default/crash/os-exit", 30_000)

@@ -368,3 +368,22 @@ def test_sigterm_flushes_what_was_logged_and_marks_the_run_cancelled(
     assert len(rows) >= 5000
     assert [r["_step"] for r in rows] == list(range(len(rows)))  # a prefix, nothing missing
     wait_for(lambda: not log_dirs(spool))
+
+
+def test_every_name_the_sdk_accepts_can_be_read_back(stack: StrideUp, spool: Path) -> None:
+    """One set of identifier rules: the longest and oddest names that can be written are
+    served by the query API, in run paths and in metric keys."""
+    run_id = "A" + "b.c-d_e" * 18 + "z"  # 128 characters
+    keys = ["loss/train", "acc (top-1) ü", "x" * 256]
+    with stride.init(project="p.q-r_s", id=run_id, settings=stack.settings(spool)) as run:
+        for step in range(10):
+            run.log(dict.fromkeys(keys, float(step)))
+    api = stride.Api(stack.http_url)
+    rows = wait_rows(api, f"default/p.q-r_s/{run_id}", 10)
+    assert [r[keys[1]] for r in rows] == [float(s) for s in range(10)]
+    stored = api.run(f"default/p.q-r_s/{run_id}")
+    assert sorted(stored.history_keys) == sorted(keys)
+    history = stored.history(keys=keys, pandas=False)
+    assert [r[keys[2]] for r in history] == [float(s) for s in range(10)]
+    with pytest.raises(stride.UsageError, match="invalid run id"):
+        stride.init(project="p", id=run_id + "x", settings=stack.settings(spool))

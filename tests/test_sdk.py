@@ -213,6 +213,7 @@ def test_a_backlog_over_the_spool_limit_warns_and_drops_nothing(
     assert "(limit 256.0 KiB)" in warnings[0] and "nothing is dropped" in warnings[0]
     report = run.finish(timeout=0.5)
     assert not report.complete
+    assert report.spool_warnings == 2
     [directory] = log_dirs(tmp_path)
     wait_for(lambda: not (directory / "lock").exists() or _free(directory))
     steps = [
