@@ -313,16 +313,16 @@ class Run:
         self._transport = None
         self._closed_reason = f"cannot log: {reason}; call stride.init in this process"
 
-    def _at_exit(self) -> None:
+    def _at_exit(self, timeout: float) -> None:
+        """The interpreter exits with the run open: end it as the program ended."""
         if self._wal is None:
             return
-        if terminated.is_set():
-            self.finish(143, state="cancelled")
-            return
         last = getattr(sys, "last_type", None)  # set when an exception ends the program
-        if last is not None and issubclass(last, KeyboardInterrupt):
-            self.finish(130, state="cancelled")
+        if terminated.is_set():
+            self.finish(143, state="cancelled", timeout=timeout)
+        elif last is not None and issubclass(last, KeyboardInterrupt):
+            self.finish(130, state="cancelled", timeout=timeout)
         elif last is not None and not issubclass(last, SystemExit):
-            self.finish(1, state="failed")
+            self.finish(1, state="failed", timeout=timeout)
         else:
-            self.finish(0)
+            self.finish(0, timeout=timeout)

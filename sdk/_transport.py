@@ -252,8 +252,10 @@ class Transport:
     def at_exit(self) -> None:
         if os.getpid() != self._pid or self.closed:
             return
+        # One deadline for all of them: exit waits finish_timeout_s at most, not per run.
+        deadline = time.monotonic() + self.settings.finish_timeout_s
         for run in list(self.runs.values()):
-            run._at_exit()
+            run._at_exit(max(0.0, deadline - time.monotonic()))
         self.close()
 
 

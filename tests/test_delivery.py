@@ -387,3 +387,19 @@ def test_every_name_the_sdk_accepts_can_be_read_back(stack: StrideUp, spool: Pat
     assert [r[keys[2]] for r in history] == [float(s) for s in range(10)]
     with pytest.raises(stride.UsageError, match="invalid run id"):
         stride.init(project="p", id=run_id + "x", settings=stack.settings(spool))
+
+
+def test_an_uncaught_exception_at_exit_marks_the_run_failed(stack: StrideUp, spool: Path) -> None:
+    code = (
+        "import stride\n"
+        "run = stride.init(project='exits', id='uncaught')\n"
+        "for i in range(100):\n"
+        "    run.log({'a': float(i)})\n"
+        "raise RuntimeError('boom')\n"  # no with block, no finish(): atexit ends the run
+    )
+    env = {**os.environ, "STRIDE_SERVER": stack.nats_url, "STRIDE_SPOOL_DIR": str(spool)}
+    done = subprocess.run([*STRIDE[:1], "-c", code], env=env, capture_output=True, timeout=60)
+    assert done.returncode == 1 and b"boom" in done.stderr
+    api = stride.Api(stack.http_url)
+    wait_for(lambda: state_of(api, "default/exits/uncaught") == "failed")
+    assert len(wait_rows(api, "default/exits/uncaught", 100)) == 100
