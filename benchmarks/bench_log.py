@@ -222,6 +222,11 @@ def main() -> None:
         stats = summarize("log()", lat, log_s, targets=True)
         net = stats["p50"] - percentile(sorted(base), 50) / 1e3
         print(f"  p50 minus baseline p50 (log() alone, roughly): {net:.2f} µs")
+        slowest = sorted(range(len(lat)), key=lat.__getitem__)[-5:][::-1]
+        print(
+            "  slowest calls (index after the warm-up: µs): "
+            + ", ".join(f"{i}: {lat[i] / 1e3:.0f}" for i in slowest)
+        )
         print(f"  minor page faults during the loop (whole process): {faults}")
         print(
             f"  training loop wall time with log() / without: {log_s:.3f} s / {base_s:.3f} s "
