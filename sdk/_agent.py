@@ -142,8 +142,12 @@ class Agent:
                 self._answer_waiters(now)
                 if self._done(now):
                     break
-                # Idle (nothing sent, nothing in flight): wake less often, up to linger_s.
-                pause = tick if busy or self._inflight else min(pause * 2, s.linger_s)
+                if self._waiters:  # finish() is waiting on this loop: answer it promptly
+                    pause = 0.001
+                elif busy or self._inflight:
+                    pause = tick
+                else:  # idle: wake less and less often, up to linger_s
+                    pause = min(pause * 2, s.linger_s)
                 with contextlib.suppress(TimeoutError):  # a control message wakes it early
                     await asyncio.wait_for(self._wakeup.wait(), pause)
                 self._wakeup.clear()
@@ -338,6 +342,8 @@ class Agent:
                 header = await reader.readexactly(_LENGTH.size)
                 body = await reader.readexactly(_LENGTH.unpack(header)[0])
                 message = _decode(body)
+                if self._own is not None:
+                    self._own.catch_up()
                 self._wakeup.set()
                 if message[0] == "finish":
                     _, slot, upto, timeout = message

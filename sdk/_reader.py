@@ -172,6 +172,13 @@ class LogReader:
             and not (self.dir / segment_name(index + 1)).exists()
         )
 
+    def catch_up(self) -> None:
+        """The writer just told us something over a socket (a full memory barrier on
+        both sides): everything it committed before is visible, so the next read
+        may go up to the current commit instead of the one seen a poll earlier."""
+        for segment in self._segments.values():
+            segment.poll()
+
     def _final(self, segment: Segment) -> tuple[int, bool]:
         readable, _ = segment.poll()
         readable, full = segment.poll()  # the writer is gone: its last commit is final

@@ -65,9 +65,9 @@ ROW_OVERHEAD = 32
 _MAX_REF = (1 << 24) - 1
 #: madvise(MADV_POPULATE_WRITE), Linux 5.14+: fault pages in ahead of log().
 _MADV_POPULATE_WRITE = 23
-#: How far ahead of the writer pages are faulted in, and how often the page thread wakes.
-_PAGES_AHEAD = 16 * 1024 * 1024
-_PAGES_STEP = 4 * 1024 * 1024
+_MADV_DONTNEED = 4  # drops page-table entries; a shared file's pages stay in the page cache
+#: Pages of a new log faulted in by init itself; the page thread does the rest.
+_FIRST_PAGES = 1024 * 1024
 
 _encode = msgspec.msgpack.Encoder().encode
 
@@ -156,7 +156,8 @@ class _Mapped:
     """One segment mapped by the writer, and how far its pages are faulted in."""
 
     def __init__(self, path: Path, index: int, size: int, populate: int) -> None:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        """Create, size and map the segment file ``path``, and write its header."""
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644)
         try:
             os.ftruncate(fd, size)
             self.mm = mmap.mmap(fd, size, mmap.MAP_SHARED, mmap.PROT_WRITE)
@@ -182,6 +183,10 @@ class _Mapped:
         self.populated = stop  # on failure (an old kernel) pages just fault in one by one
 
     def close(self) -> None:
+        # Drop the page-table entries first, with the GIL released: mmap.close()
+        # unmaps holding the GIL, and unmapping 32 MiB of mapped pages takes ms.
+        if _madvise is not None and self._anchor is not None:
+            _madvise(ctypes.addressof(self._anchor), self.size, _MADV_DONTNEED)
         self.header.release()
         self._anchor = None
         self.mm.close()
@@ -209,9 +214,12 @@ class LogWriter:
 
     A first write to a page costs a page fault (2-4 µs on a VM), once every
     few dozen rows, and creating a segment costs system calls. Neither
-    happens in ``log()``: a small thread (``stride-log-pages``) faults pages
-    in ahead of the writer, with the GIL released, and prepares the next
-    segment before it is needed. It takes no lock ``log()`` takes.
+    happens in ``log()``: a small thread (``stride-log-pages``) makes the next
+    segment, all its pages faulted in with the GIL released, while the writer
+    is in the second half of the current one, and unmaps full ones. It wakes
+    twice per segment (every time it takes the GIL back, ``log()`` pauses, and
+    on a machine with no idle core that pause can last a scheduler slice), and
+    takes no lock ``log()`` takes except for a pointer swap.
     """
 
     def __init__(self, directory: Path, meta: LogMeta, max_spool_bytes: int) -> None:
@@ -226,13 +234,17 @@ class LogWriter:
         self.spool_warnings = 0  # times the backlog on disk passed max_spool_bytes
         self._warned_at = max_spool_bytes
         self._next_ref = 1
+        self._oldest = 0  # the oldest segment delivery has not deleted yet
         self.closed = False
-        self._prepare_lock = threading.Lock()  # the next segment is made once
+        #: Held only to hand the next segment over: never while a file is made.
+        self._swap_lock = threading.Lock()
         self._ready: _Mapped | None = None  # the next segment, made ahead
         self._retired: list[_Mapped] = []  # full segments the page thread unmaps
         self._wake = threading.Event()
-        self._wake_at = 0
-        self._current = self._map(0)
+        self._wake_at = self.segment_bytes // 2  # then the page thread makes the next one
+        first = self._create(0, "writer", _FIRST_PAGES)
+        assert first is not None  # a new directory: nobody else makes segments in it
+        self._current: _Mapped = first
         self.mm: mmap.mmap = self._current.mm
         self._header = self._current.header
         self.index = 0
@@ -242,6 +254,7 @@ class LogWriter:
             target=self._keep_pages, name="stride-log-pages", daemon=True
         )
         self._pages.start()
+        self._wake.set()  # fault in the rest of the first segment
 
     # ---- hot path helpers (called with ``lock`` held) -------------------------------------------
 
@@ -250,7 +263,7 @@ class LogWriter:
         self.pos = end
         self._header[_COMMIT] = end
         if end >= self._wake_at:
-            self._wake_at = end + _PAGES_STEP
+            self._wake_at = self.segment_bytes  # once per segment
             self._wake.set()
 
     def reserve(self, size: int) -> int:
@@ -300,64 +313,105 @@ class LogWriter:
             self.closed = True
         self._wake.set()
         self._pages.join(timeout=5.0)
-        with self._prepare_lock:
-            for mapped in [self._current, *self._retired]:
-                mapped.close()
-            self._retired.clear()
-            if self._ready is not None:  # made ahead, never used: not part of the log
-                self._ready.close()
-                (self.dir / segment_name(self._ready.index)).unlink(missing_ok=True)
-                self._ready = None
+        with self._swap_lock:
+            ready, self._ready = self._ready, None
+        for mapped in [self._current, *self._retired]:
+            mapped.close()
+        self._retired.clear()
+        if ready is not None:  # made ahead, never used: not part of the log
+            ready.close()
+            (self.dir / segment_name(ready.index)).unlink(missing_ok=True)
         if self._lock_file is not None:
             self._lock_file.close()
             self._lock_file = None
 
     # ---- segments -------------------------------------------------------------------------------
 
-    def _map(self, index: int) -> _Mapped:
-        return _Mapped(self.dir / segment_name(index), index, self.segment_bytes, _PAGES_AHEAD)
+    def _create(self, index: int, maker: str, populate: int) -> _Mapped | None:
+        """Make segment ``index`` under a private name, then link it into place.
+
+        The file appears under its real name only complete (header written,
+        first pages faulted in), and only once: if the other maker (the page
+        thread or the writer) linked it first, this one is dropped and ``None``
+        returned.
+        """
+        final = self.dir / segment_name(index)
+        tmp = final.with_name(f"{final.name}.{maker}.tmp")
+        tmp.unlink(missing_ok=True)
+        mapped = _Mapped(tmp, index, self.segment_bytes, populate)
+        try:
+            os.link(tmp, final)
+        except FileExistsError:
+            mapped.close()
+            return None
+        finally:
+            tmp.unlink(missing_ok=True)
+        return mapped
 
     def _next_segment(self) -> None:
+        """Move to the next segment: the one made ahead, or (rarely) one made now."""
         self._header[_FULL] = 1  # the reader moves on once it has read up to the commit
-        with self._prepare_lock:  # the page thread may be making it right now
-            mapped = self._ready if self._ready is not None else self._map(self.index + 1)
-            self._ready = None
+        index = self.index + 1
+        with self._swap_lock:
+            mapped, self._ready = self._ready, None
+        if mapped is None:
+            # The page thread has not made it (yet): make it here, faulting in only
+            # the first page; the page thread catches up with the rest.
+            mapped = self._create(index, "writer", mmap.PAGESIZE)
+            if mapped is None:  # the page thread linked it a moment ago: it is ready
+                with self._swap_lock:
+                    mapped, self._ready = self._ready, None
+        assert mapped is not None and mapped.index == index
         self._retired.append(self._current)
         self._current = mapped
         self.mm = mapped.mm
         self._header = mapped.header
         self.index = mapped.index
         self.pos = HEADER_BYTES
-        self._wake_at = 0
+        self._wake_at = self.segment_bytes // 2
         self._wake.set()
-        self._check_backlog()
 
     def _keep_pages(self) -> None:
         """The page thread: fault in pages ahead, make the next segment, unmap old ones.
 
-        It runs at the lowest priority (nice 19): on a busy machine its kernel
-        work must not take a CPU from the training thread. Starved, it only
-        falls behind, and log() takes the page faults itself.
+        It runs at the training thread's priority: it takes the GIL now and
+        then, and a low-priority thread holding the GIL would stall log()
+        whenever the scheduler left it waiting for a CPU.
         """
-        with contextlib.suppress(OSError, AttributeError):
-            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
         while not self.closed:
             self._wake.wait(1.0)
             self._wake.clear()
             if self.closed:
                 return
+            # Each step below releases the GIL for its system calls; every time it
+            # takes the GIL back, log() pauses briefly: keep the steps few.
             current = self._current
-            current.populate(self.pos + _PAGES_AHEAD)
-            while self._retired:
-                self._retired.pop(0).close()
-            if self.pos > self.segment_bytes // 2:
-                with self._prepare_lock:
-                    if self._ready is None and current is self._current and not self.closed:
-                        self._ready = self._map(current.index + 1)
+            current.populate(current.size)  # a no-op but for a log's first segment
+            if self._retired:
+                while self._retired:
+                    self._retired.pop(0).close()
+                self._check_backlog()  # once per segment
+            if self.pos > self.segment_bytes // 2 and self._ready is None:
+                self._make_next(current.index + 1)
+
+    def _make_next(self, index: int) -> None:
+        """Make the next segment ahead of the writer, and hand it over."""
+        mapped = self._create(index, "pages", self.segment_bytes)
+        if mapped is None:
+            return  # the writer got there first
+        with self._swap_lock:
+            if self.index + 1 == index and self._ready is None and not self.closed:
+                self._ready = mapped
+                return
+        mapped.close()  # the writer closed meanwhile: this segment is not part of the log
+        (self.dir / segment_name(index)).unlink(missing_ok=True)
 
     def _check_backlog(self) -> None:
         """Warn (once per doubling) when undelivered segments pass ``max_spool_bytes``."""
-        backlog = len(segment_paths(self.dir)) * self.segment_bytes
+        # Delivery deletes segments oldest first: find the oldest left with a few stats.
+        while self._oldest < self.index and not (self.dir / segment_name(self._oldest)).exists():
+            self._oldest += 1
+        backlog = (self.index - self._oldest + 1) * self.segment_bytes
         if backlog >= self._warned_at:
             self.spool_warnings += 1
             self._warned_at *= 2

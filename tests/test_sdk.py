@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 import types
 from pathlib import Path
 
@@ -208,9 +209,14 @@ def test_a_backlog_over_the_spool_limit_warns_and_drops_nothing(
     rows = 20_000  # 48 bytes a row: about 15 segments of 64 KiB
     for i in range(rows):
         run.log({"a": float(i)})
-    warnings = [r.message for r in caplog.records if "not delivered yet" in r.message]
-    assert len(warnings) == 2  # past 256 KiB, then again past 512 KiB
-    assert "(limit 256.0 KiB)" in warnings[0] and "nothing is dropped" in warnings[0]
+
+    def warnings() -> list[str]:  # the page thread checks the backlog as segments fill
+        return [r.getMessage() for r in caplog.records if "not delivered yet" in r.getMessage()]
+
+    wait_for(lambda: len(warnings()) == 2)  # past 256 KiB, then again past 512 KiB
+    time.sleep(0.3)
+    assert len(warnings()) == 2
+    assert "(limit 256.0 KiB)" in warnings()[0] and "nothing is dropped" in warnings()[0]
     report = run.finish(timeout=0.5)
     assert not report.complete
     assert report.spool_warnings == 2
