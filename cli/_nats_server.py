@@ -66,6 +66,10 @@ class NatsServer:
             stderr=subprocess.PIPE,
             text=True,
             preexec_fn=_die_with_parent if sys.platform == "linux" else None,
+            # Its own process group: Ctrl-C in the terminal reaches the whole foreground
+            # group, and nats-server must outlive `stride up`'s drain, which stops it
+            # itself afterwards (and PR_SET_PDEATHSIG still ends it if we are killed).
+            process_group=0,
         )
         ready = threading.Event()
         threading.Thread(target=self._read_log, args=(ready,), daemon=True).start()

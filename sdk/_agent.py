@@ -40,13 +40,15 @@ from nats.js import JetStreamContext
 from ._batches import SEAL_CANCELLED, SEAL_CRASHED
 from ._reader import LogReader, Outgoing
 from ._settings import Settings
-from ._wal import read_meta, try_lock_exclusive
+from ._wal import LOG_FORMAT, read_meta, try_lock_exclusive
 from .wire import INGEST_SUBJECT, message_id
 
 log = logging.getLogger("stride")
 
 _LENGTH = struct.Struct("<I")
 _WHOLE_LOG = -1  # a waiter for everything in the own log
+#: A log that could not be read is renamed with this suffix and left alone.
+UNREADABLE_SUFFIX = ".unreadable"
 _encode = msgspec.msgpack.Encoder().encode
 _decode = msgspec.msgpack.Decoder(list).decode
 
@@ -194,15 +196,19 @@ class Agent:
         """Publish what is due; return how many batches went out."""
         s = self._s
         sent = len(self._inflight)
-        for reader in self._readers:
+        for reader in list(self._readers):
             room = s.max_inflight - len(self._inflight) - len(self._retry)
             if room <= 0:
                 break
             out: list[Outgoing] = []
-            reader.read(now, s.max_batch_bytes, room, out)
-            for slot in reader.due(now, s.linger_s, s.flush_rows, s.heartbeat_s):
-                out.append(reader.seal(slot))
-            reader.end_orphans(out, self._end_kind if reader is self._own else SEAL_CRASHED)
+            try:
+                reader.read(now, s.max_batch_bytes, room, out)
+                for slot in reader.due(now, s.linger_s, s.flush_rows, s.heartbeat_s):
+                    out.append(reader.seal(slot))
+                reader.end_orphans(out, self._end_kind if reader is self._own else SEAL_CRASHED)
+            except Exception as exc:  # one bad log must not stop the others
+                self._set_aside(reader, exc)
+                continue
             for item in out:
                 self._publish(reader, item)
         if self._retry and now >= self._retry_after:
@@ -267,11 +273,33 @@ class Agent:
 
     def _trim_and_forget(self) -> None:
         for reader in list(self._readers):
-            reader.trim_delivered()
-            if reader.finished():
-                self._readers.remove(reader)
-                reader.remove()
-                self.report.logs_done += 1
+            try:
+                reader.trim_delivered()
+                if reader.finished():
+                    self._readers.remove(reader)
+                    reader.remove()
+                    self.report.logs_done += 1
+            except Exception as exc:
+                self._set_aside(reader, exc)
+
+    def _set_aside(self, reader: LogReader, exc: Exception) -> None:
+        """Stop delivering a log that cannot be read, say so, and keep it for inspection."""
+        self._readers.remove(reader)
+        self._retry = [(r, item) for r, item in self._retry if r is not reader]
+        reader.close()
+        self.report.logs_left.append(reader.dir)
+        kept = reader.dir
+        if reader is not self._own:  # renamed, so no agent adopts it again
+            kept = reader.dir.with_name(reader.dir.name + UNREADABLE_SUFFIX)
+            with contextlib.suppress(OSError):
+                reader.dir.rename(kept)
+        log.error(
+            "stride: cannot deliver the log %s (%s: %s); it is kept as it is for "
+            "inspection; please report this with the directory attached",
+            kept,
+            exc.__class__.__name__,
+            exc,
+        )
 
     # ---- connection -----------------------------------------------------------------------------
 
@@ -316,12 +344,26 @@ class Agent:
             return
         mine = {r.dir for r in self._readers}
         for directory in sorted(p for p in root.iterdir() if p.is_dir() and p not in mine):
+            if directory.name.endswith(UNREADABLE_SUFFIX):
+                continue
             meta = read_meta(directory)
             if meta is None or (meta.offline and not self._include_offline):
                 continue
+            if meta.format > LOG_FORMAT:
+                self._warn_once(
+                    f"format-{directory}",
+                    f"stride: {directory} was written by a newer Stride (log format "
+                    f"{meta.format}); upgrade to deliver it",
+                )
+                continue
+            if not self._include_offline and meta.host != socket.gethostname():
+                continue  # on a shared file system, another machine's logs are its own
             lock = try_lock_exclusive(directory)
             if lock is None:
                 continue  # its writer or its agent is alive
+            if read_meta(directory) is None:  # removed by its agent meanwhile
+                lock.close()
+                continue
             try:
                 reader = LogReader(directory, meta, lock, writer_alive=False)
             except Exception as exc:
@@ -351,10 +393,11 @@ class Agent:
                 elif message[0] == "close":
                     self._writer_gone()
                 elif message[0] == "terminated":  # SIGTERM: the process ends after the reply
-                    _, timeout = message
+                    # Its runs end "cancelled" once it is gone (end of file, below);
+                    # meanwhile other threads may still log: it is not gone yet.
+                    _, timeout, upto = message
                     self._end_kind = SEAL_CANCELLED
-                    self._writer_gone()
-                    self._waiters.append(_Waiter(_WHOLE_LOG, 0, time.monotonic() + timeout))
+                    self._waiters.append(_Waiter(_WHOLE_LOG, upto, time.monotonic() + timeout))
         except (asyncio.IncompleteReadError, ConnectionError):
             self._writer_gone()  # the training process is gone
 
@@ -376,10 +419,10 @@ class Agent:
         own = self._own
         keep = []
         for waiter in self._waiters:
-            if own is None or (waiter.slot == _WHOLE_LOG and own not in self._readers):
+            if own is None or own not in self._readers:
                 left = (0, 0)
             elif waiter.slot == _WHOLE_LOG:
-                left = (1, 0)
+                left = own.pending_all(waiter.upto)
             else:
                 left = own.pending_for(waiter.slot, waiter.upto)
             if left != (0, 0) and now < waiter.deadline:

@@ -21,9 +21,12 @@ from .wire import WIRE_VERSION, Batch, MetricBlock
 SEAL = struct.Struct("<IIQQQQ")  # slot, kind, seq, ver, start, end
 #: Seal kinds: a range of frames; the trim mark (every seal wholly below ``end``
 #: is delivered); a run ended by delivery because its writer died (crashed) or
-#: was terminated by SIGTERM (cancelled).
-SEAL_RANGE, SEAL_CRASHED, SEAL_TRIM, SEAL_CANCELLED = 0, 1, 2, 3
+#: was terminated by SIGTERM (cancelled); and a note that the writer finished
+#: a run (its CLOSE frame may be trimmed away later: a recovery must still
+#: know not to mark that run crashed). Only range and ended seals are batches.
+SEAL_RANGE, SEAL_CRASHED, SEAL_TRIM, SEAL_CANCELLED, SEAL_CLOSED = 0, 1, 2, 3, 4
 SEAL_ENDED = (SEAL_CRASHED, SEAL_CANCELLED)
+SEAL_NOTES = (SEAL_TRIM, SEAL_CLOSED)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -10,6 +10,7 @@ what it can for a few seconds and leaves the rest on disk.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import signal
 import socket
@@ -24,7 +25,7 @@ _HURRY_S = 5.0
 
 
 def main(args: dict[str, Any]) -> None:
-    logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(message)s")
     settings = Settings(**{**args["settings"], "spool_dir": Path(args["settings"]["spool_dir"])})
     control = socket.socket(fileno=args["fd"])
     own = open_own_reader(Path(args["dir"]))
@@ -35,4 +36,10 @@ def main(args: dict[str, Any]) -> None:
 
     signal.signal(signal.SIGTERM, hurry)
     signal.signal(signal.SIGINT, hurry)
-    asyncio.run(agent.run())
+    try:
+        asyncio.run(agent.run())
+    finally:
+        log_file = Path(args["log"])
+        with contextlib.suppress(OSError):
+            if log_file.stat().st_size == 0:
+                log_file.unlink()

@@ -18,18 +18,22 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import logging
 import os
 import shutil
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO
 
 import msgspec
 
 from ._batches import (
+    SEAL,
+    SEAL_CLOSED,
     SEAL_CRASHED,
     SEAL_ENDED,
+    SEAL_NOTES,
     SEAL_RANGE,
     SEAL_TRIM,
     Builder,
@@ -58,9 +62,12 @@ from ._wal import (
 )
 from .wire import Batch, encode_batch
 
+log = logging.getLogger("stride")
 _decode_list = msgspec.msgpack.Decoder(list).decode
 _decode_fields = msgspec.msgpack.Decoder(dict[str, str]).decode
 _FIELD_KINDS = (SET, SET_ONCE)
+#: A trim mark is written at least every this many bytes of delivered log.
+_MARK_EVERY = 1024 * 1024
 
 
 @dataclasses.dataclass
@@ -106,16 +113,21 @@ class LogReader:
         self._last_ver = 0
         self.trim = HEADER_BYTES
         self._trim_due = False  # something was acknowledged since the last trim
+        self._torn = False  # a gone writer's log ended in bytes that are not a frame
         self.unacked: dict[tuple[int, int], int] = {}  # (slot, seq) -> start
         self._rebuild: dict[int, list[tuple[Seal, Builder]]] = {}  # slot -> pending rebuilds
         self.ready: list[Outgoing] = []  # rebuilt seals with no frames (heartbeats, ends)
-        self._catalog = open(directory / "catalog", "ab")  # noqa: SIM115 - closed in close()
+        # A process killed mid-write leaves a torn last record: cut it before appending.
         self._load_catalog()
+        self._catalog = open(directory / "catalog", "ab")  # noqa: SIM115 - closed in close()
+        _cut_to(directory / "seals", lambda size: size - size % SEAL.size)
         self._seals_fd = os.open(directory / "seals", os.O_WRONLY | os.O_CREAT | os.O_APPEND)
         self._load_seals()
         first = segment_paths(directory)
         start_segment = first[0][0] if first else 0
         self.cursor = max(self.trim, start_segment * self._seg_bytes + HEADER_BYTES)
+        self._read_end = self.cursor  # just past the last frame read
+        self._marked = self.trim  # the last trim mark written
 
     # ---- reading --------------------------------------------------------------------------------
 
@@ -130,7 +142,7 @@ class LogReader:
         try:
             self._read_window(now, max_batch_bytes, room, out)
         finally:
-            self._publish_rebuilt(out)
+            self._publish_rebuilt(out, everything=not self.writer_alive and self.at_end())
 
     def _read_window(
         self, now: float, max_batch_bytes: int, room: int, out: list[Outgoing]
@@ -142,26 +154,38 @@ class LogReader:
                 return
             readable, complete = segment.poll() if self.writer_alive else self._final(segment)
             if offset < readable:
-                stopped = self._read_frames(
-                    segment, offset, readable, now, max_batch_bytes, room, out
-                )
+                try:
+                    stopped = self._read_frames(
+                        segment, offset, readable, now, max_batch_bytes, room, out
+                    )
+                except CorruptLog as exc:
+                    if self.writer_alive:
+                        raise
+                    # A gone writer's torn tail (an OS crash before writeback):
+                    # everything before it is delivered, the rest cannot be read.
+                    log.warning("stride: %s ends early in %s: %s", self.dir, segment.path, exc)
+                    self._torn = True
+                    return
                 if stopped:
                     return
             if not complete or not (self.dir / segment_name(index + 1)).exists():
                 return
             self.cursor = (index + 1) * self._seg_bytes + HEADER_BYTES
 
-    def _publish_rebuilt(self, out: list[Outgoing]) -> None:
-        """Rebuilt batches whose whole range has been read go out."""
+    def _publish_rebuilt(self, out: list[Outgoing], *, everything: bool) -> None:
+        """Rebuilt batches whose whole range has been read go out (with ``everything``,
+        all: a gone writer's log is read to its end, and a range past it holds no more)."""
         for slot, pending in list(self._rebuild.items()):
             state = self.slots[slot]
-            while pending and pending[0][0].end <= self.cursor:
+            while pending and (everything or pending[0][0].end <= self.cursor):
                 out.append(self._rebuilt(state, *pending.pop(0)))
             if not pending:
                 self._rebuild.pop(slot, None)
 
     def at_end(self) -> bool:
         """Everything committed so far has been read (for a gone writer: everything)."""
+        if self._torn:
+            return True
         index = self.cursor // self._seg_bytes
         segment = self._segment(index)
         if segment is None:
@@ -209,14 +233,18 @@ class LogReader:
                 )
             elif kind == CLOSE:
                 state = self._state(ref)
-                state.closed = state.ended = True
+                if not state.closed:
+                    state.closed = state.ended = True
+                    self._write_seal(Seal(ref, SEAL_CLOSED, 0, 0, where, where))
                 self._add(ref, where, now, max_batch_bytes, 8, out)
             else:
                 self._define(kind, ref, body)
-            self.cursor = base + pos + (len(body) if kind == ROW else len(body) + 8)
+            self.cursor = self._read_end = (
+                base + pos + (len(body) if kind == ROW else len(body) + 8)
+            )
             if len(out) >= room:
                 return True
-        self.cursor = base + end
+        self.cursor = self._read_end = base + end
         return False
 
     def _add_rows(
@@ -310,9 +338,11 @@ class LogReader:
     def seal(self, slot: int, end: int | None = None) -> Outgoing:
         """Seal the slot's builder (or an empty heartbeat batch) as the next batch."""
         state = self.slots[slot]
-        builder = state.builder or Builder(self.cursor, 0.0)
+        # Ranges end where frames were read, never in a segment not read yet (which
+        # a writer may delete unused): a recovery must be able to read up to the end.
+        builder = state.builder or Builder(self._read_end, 0.0)
         state.builder = None
-        end = self.cursor if end is None else end
+        end = self._read_end if end is None else end
         seal = Seal(slot, SEAL_RANGE, state.seq, self._next_ver(), builder.start, end)
         return self._sealed(
             state,
@@ -328,7 +358,7 @@ class LogReader:
         for slot, state in self.slots.items():
             if not state.ended and state.builder is None and slot not in self._rebuild:
                 state.ended = True
-                seal = Seal(slot, kind, state.seq, self._next_ver(), self.cursor, self.cursor)
+                seal = Seal(slot, kind, state.seq, self._next_ver(), self._read_end, self._read_end)
                 batch = ended_batch(state.ref, self.writer, seal.seq, seal.ver, kind)
                 out.append(self._sealed(state, seal, batch, 0))
 
@@ -336,8 +366,13 @@ class LogReader:
         state.seq = max(state.seq, seal.seq + 1)
         state.last_sealed = time.monotonic()
         self.unacked[(seal.slot, seal.seq)] = seal.start
-        os.write(self._seals_fd, seal.pack())  # before it is published: recovery needs it
+        self._write_seal(seal)  # before it is published: recovery needs it
         return Outgoing(seal.slot, seal.seq, seal.start, seal.end, points, encode_batch(batch))
+
+    def _write_seal(self, seal: Seal) -> None:
+        record = seal.pack()
+        if os.write(self._seals_fd, record) != len(record):
+            raise OSError(f"stride: short write to {self.dir / 'seals'} (disk full?)")
 
     def _rebuilt(self, state: SlotState, seal: Seal, builder: Builder) -> Outgoing:
         if seal.kind in SEAL_ENDED:
@@ -394,13 +429,20 @@ class LogReader:
             removed = True
         if removed:
             self._compact_seals(low)
+        elif low - self._marked >= _MARK_EVERY:
+            # No segment to delete yet (a slow run fills one in hours): still record
+            # progress, or a recovery would republish everything since the last mark.
+            self._write_seal(Seal(0, SEAL_TRIM, 0, 0, low, low))
+            self._marked = low
 
     def _compact_seals(self, low: int) -> None:
         """Rewrite ``seals`` with the trim mark and what recovery may still need."""
         keep = [Seal(0, SEAL_TRIM, 0, 0, low, low)]
         last: dict[int, Seal] = {}
         for seal in read_seals((self.dir / "seals").read_bytes()):
-            if seal.kind == SEAL_TRIM:
+            if seal.kind == SEAL_CLOSED:
+                keep.append(seal)  # small, one per run: kept for good
+            if seal.kind in SEAL_NOTES:
                 continue
             if not seal.delivered_below(low):
                 keep.append(seal)
@@ -413,7 +455,7 @@ class LogReader:
         os.close(self._seals_fd)
         os.replace(tmp, self.dir / "seals")
         self._seals_fd = os.open(self.dir / "seals", os.O_WRONLY | os.O_APPEND)
-        self.trim = low
+        self.trim = self._marked = low
 
     def finished(self) -> bool:
         """Everything the (gone) writer logged is delivered."""
@@ -422,6 +464,11 @@ class LogReader:
         if any(s.builder is not None or not s.ended for s in self.slots.values()):
             return False
         return self.at_end()
+
+    def pending_all(self, upto: int) -> tuple[int, int]:
+        """Up to ``upto``: batches of any run not yet acked, and log bytes not yet read."""
+        unacked = len(self.unacked) + sum(1 for s in self.slots.values() if s.builder is not None)
+        return unacked, max(0, upto - self.cursor)
 
     def pending_for(self, slot: int, upto: int) -> tuple[int, int]:
         """Up to ``upto``: the slot's batches not yet acked, and log bytes not yet read."""
@@ -432,7 +479,12 @@ class LogReader:
         return unacked, max(0, upto - self.cursor)
 
     def remove(self) -> None:
-        """Delete the delivered log directory."""
+        """Delete the delivered log directory.
+
+        ``meta.json`` goes first, while the lock is held: an agent that takes the
+        lock next finds no log there and leaves the rest alone.
+        """
+        (self.dir / "meta.json").unlink(missing_ok=True)
         self.close()
         shutil.rmtree(self.dir, ignore_errors=True)
 
@@ -457,12 +509,18 @@ class LogReader:
         return segment
 
     def _load_catalog(self) -> None:
-        with contextlib.suppress(FileNotFoundError):
-            data = (self.dir / "catalog").read_bytes()
-            view = memoryview(data)
-            for kind, ref, _, body, _ in scan(view, 0, len(data) - len(data) % 8):
+        path = self.dir / "catalog"
+        try:
+            data = path.read_bytes()
+        except FileNotFoundError:
+            return
+        whole = 0  # bytes of whole frames
+        with contextlib.suppress(CorruptLog):
+            for kind, ref, pos, body, _ in scan(memoryview(data), 0, len(data) - len(data) % 8):
                 if kind in (KEYSET, OPEN):
                     self._define_loaded(kind, ref, body)
+                whole = pos + 8 + len(body)
+        _cut_to(path, lambda size: whole)
 
     def _define_loaded(self, kind: int, ref: int, body: memoryview) -> None:
         item = _decode_list(frame_payload(body))
@@ -479,7 +537,9 @@ class LogReader:
                 if seal.kind == SEAL_TRIM:
                     self.trim = max(self.trim, seal.end)
             for seal in seals:
-                if seal.kind == SEAL_TRIM:
+                if seal.kind == SEAL_CLOSED and seal.slot in self.slots:
+                    self.slots[seal.slot].closed = self.slots[seal.slot].ended = True
+                if seal.kind in SEAL_NOTES:
                     continue
                 self._last_ver = max(self._last_ver, seal.ver)
                 state = self.slots.get(seal.slot)
@@ -501,3 +561,13 @@ class LogReader:
 
     def __iter__(self) -> Iterator[SlotState]:
         return iter(self.slots.values())
+
+
+def _cut_to(path: Path, keep: Callable[[int], int]) -> None:
+    """Truncate ``path`` to ``keep(size)`` bytes if that is shorter (a torn last record)."""
+    try:
+        size = path.stat().st_size
+    except FileNotFoundError:
+        return
+    if keep(size) < size:
+        os.truncate(path, keep(size))

@@ -119,6 +119,7 @@ class Transport:
         self._control: socket.socket | None = None
         self._control_lock = threading.Lock()
         self._helper: subprocess.Popen[bytes] | None = None
+        self.helper_log: Path | None = None
         self._thread: threading.Thread | None = None
         self.closed = False
         if not offline:
@@ -143,7 +144,9 @@ class Transport:
         else:
             reply = self._request(["finish", slot, upto, timeout], timeout + 5.0)
             if reply is None:
-                report.last_error = "the delivery helper did not answer"
+                report.last_error = "the delivery helper did not answer" + (
+                    f" (its messages: {self.helper_log})" if self.helper_log else ""
+                )
             else:
                 _, report.batches_sent, report.points_sent, report.spooled_left, error = reply
                 report.last_error = error
@@ -167,14 +170,22 @@ class Transport:
             "settings": json.loads(self.settings.to_json()),
         }
         args["settings"]["spool_dir"] = str(self.spool_dir)
+        # Its messages go to a file beside the log, not to this process's stdout and
+        # stderr: a caller waiting for those to close (capture_output, $(...), CI)
+        # must not wait for the helper. It removes the file if it stayed empty.
+        self.helper_log = self.spool_dir / f"{self.writer}.helper.log"
+        args["log"] = str(self.helper_log)
         try:
-            self._helper = subprocess.Popen(
-                [sys.executable, "-I", "-c", _BOOT],
-                env={**os.environ, "STRIDE_AGENT": json.dumps(args)},
-                pass_fds=(theirs.fileno(),),
-                stdin=subprocess.DEVNULL,
-                start_new_session=True,  # Ctrl-C in the terminal is not for it
-            )
+            with open(self.helper_log, "ab") as stderr:
+                self._helper = subprocess.Popen(
+                    [sys.executable, "-I", "-c", _BOOT],
+                    env={**os.environ, "STRIDE_AGENT": json.dumps(args)},
+                    pass_fds=(theirs.fileno(),),
+                    stdin=subprocess.DEVNULL,
+                    stdout=subprocess.DEVNULL,
+                    stderr=stderr,
+                    start_new_session=True,  # Ctrl-C in the terminal is not for it
+                )
         except OSError as exc:
             log.warning(
                 "stride: cannot start the delivery helper (%s); delivering from a thread instead",
@@ -197,11 +208,13 @@ class Transport:
         )
         self._thread.start()
 
-    def _request(self, message: list[Any], timeout: float) -> list[Any] | None:
+    def _request(
+        self, message: list[Any], timeout: float, *, lock_timeout: float = -1
+    ) -> list[Any] | None:
         control = self._control
-        if control is None:
+        if control is None or not self._control_lock.acquire(timeout=lock_timeout):
             return None
-        with self._control_lock:
+        try:
             try:
                 control.settimeout(timeout)
                 body = msgspec.msgpack.encode(message)
@@ -210,6 +223,8 @@ class Transport:
                 return _decode(_recv_exactly(control, size))
             except (OSError, EOFError):
                 return None
+        finally:
+            self._control_lock.release()
 
     def close(self) -> None:
         """No more runs: let the agent deliver the rest and finish on its own."""
@@ -217,12 +232,14 @@ class Transport:
             return
         self.closed = True
         _forget(self)
+        # The log first (its page thread stops): once told "close", the agent may
+        # deliver the rest and delete the directory at once.
+        self.log.close()
         if self._control is not None:
             with contextlib.suppress(OSError):
                 body = msgspec.msgpack.encode(["close"])
                 with self._control_lock:
                     self._control.sendall(len(body).to_bytes(_LENGTH_BYTES, "little") + body)
-        self.log.close()
         if self._thread is not None:
             self._thread.join(timeout=5.0)
         if self._control is not None:
@@ -236,17 +253,23 @@ class Transport:
         ``log()`` of this very thread, which holds the log's lock.
         """
         if not self.offline and not self.closed:
-            self._request(["terminated", timeout], timeout + 1.0)
+            # The signal may have interrupted a finish() of this thread, which holds the
+            # control lock while it waits: never wait for that lock here.
+            self._request(["terminated", timeout, self.log.position], timeout, lock_timeout=0.2)
 
     def forked(self) -> None:
         """In a forked child: this log belongs to the parent; never write or signal it."""
         self.closed = True
         for run in self.runs.values():
             run._detach("this process is a fork of the one that started the run")
+        # Close this process's copies of the control socket and the lock file: the
+        # helper must see end of file when the parent dies, even while this child
+        # lives, and an adopter must find the lock free. (The parent's copies, and
+        # its shared flock, are not affected by closing these.)
         if self._control is not None:
-            with contextlib.suppress(OSError):
-                self._control.detach()  # the parent keeps its socket open
+            self._control.close()
             self._control = None
+        self.log.forget_in_child()
         self.runs.clear()
 
     def at_exit(self) -> None:

@@ -41,6 +41,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import fcntl
+import logging
 import mmap
 import os
 import struct
@@ -114,6 +115,10 @@ def segment_paths(directory: Path) -> list[tuple[int, Path]]:
     return sorted(found)
 
 
+#: The log layout this SDK writes and reads; a newer one is left for a newer SDK.
+LOG_FORMAT = 1
+
+
 class LogMeta(msgspec.Struct, frozen=True):
     writer: str
     host: str
@@ -159,6 +164,9 @@ class _Mapped:
         """Create, size and map the segment file ``path``, and write its header."""
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644)
         try:
+            # Blocks reserved now: a full disk is an OSError here, not a SIGBUS in log().
+            if hasattr(os, "posix_fallocate"):
+                os.posix_fallocate(fd, 0, size)
             os.ftruncate(fd, size)
             self.mm = mmap.mmap(fd, size, mmap.MAP_SHARED, mmap.PROT_WRITE)
         finally:
@@ -235,6 +243,7 @@ class LogWriter:
         self._warned_at = max_spool_bytes
         self._next_ref = 1
         self._oldest = 0  # the oldest segment delivery has not deleted yet
+        self._warned_no_segment = False
         self.closed = False
         #: Held only to hand the next segment over: never while a file is made.
         self._swap_lock = threading.Lock()
@@ -242,9 +251,7 @@ class LogWriter:
         self._retired: list[_Mapped] = []  # full segments the page thread unmaps
         self._wake = threading.Event()
         self._wake_at = self.segment_bytes // 2  # then the page thread makes the next one
-        first = self._create(0, "writer", _FIRST_PAGES)
-        assert first is not None  # a new directory: nobody else makes segments in it
-        self._current: _Mapped = first
+        self._current: _Mapped = self._create(0, "writer", _FIRST_PAGES)
         self.mm: mmap.mmap = self._current.mm
         self._header = self._current.header
         self.index = 0
@@ -325,43 +332,67 @@ class LogWriter:
             self._lock_file.close()
             self._lock_file = None
 
+    def forget_in_child(self) -> None:
+        """In a forked child: drop this process's copy of the lock; write nothing."""
+        self.closed = True
+        if self._lock_file is not None:
+            self._lock_file.close()  # not LOCK_UN: the parent still holds the lock
+            self._lock_file = None
+
     # ---- segments -------------------------------------------------------------------------------
 
-    def _create(self, index: int, maker: str, populate: int) -> _Mapped | None:
-        """Make segment ``index`` under a private name, then link it into place.
-
-        The file appears under its real name only complete (header written,
-        first pages faulted in), and only once: if the other maker (the page
-        thread or the writer) linked it first, this one is dropped and ``None``
-        returned.
-        """
+    def _prepare(self, index: int, maker: str, populate: int) -> tuple[_Mapped, Path]:
+        """Make segment ``index`` under a private name (header written, pages faulted in)."""
         final = self.dir / segment_name(index)
         tmp = final.with_name(f"{final.name}.{maker}.tmp")
         tmp.unlink(missing_ok=True)
-        mapped = _Mapped(tmp, index, self.segment_bytes, populate)
         try:
-            os.link(tmp, final)
-        except FileExistsError:
-            mapped.close()
-            return None
+            return _Mapped(tmp, index, self.segment_bytes, populate), tmp
+        except OSError as exc:
+            tmp.unlink(missing_ok=True)
+            raise OSError(
+                exc.errno,
+                f"stride: cannot make a log segment in {self.dir} ({exc.strerror}); "
+                "free disk space there, or set Settings.spool_dir to a larger disk",
+            ) from exc
+
+    def _link(self, mapped: _Mapped, tmp: Path) -> None:
+        """Put a prepared segment in place under its real name (with ``_swap_lock`` held)."""
+        try:
+            os.link(tmp, self.dir / segment_name(mapped.index))
         finally:
             tmp.unlink(missing_ok=True)
+
+    def _create(self, index: int, maker: str, populate: int) -> _Mapped:
+        mapped, tmp = self._prepare(index, maker, populate)
+        self._link(mapped, tmp)
         return mapped
 
     def _next_segment(self) -> None:
-        """Move to the next segment: the one made ahead, or (rarely) one made now."""
-        self._header[_FULL] = 1  # the reader moves on once it has read up to the commit
+        """Move to the next segment: the one made ahead, or (rarely) one made now.
+
+        Segments appear under their real name only complete, and only through
+        ``_link`` under ``_swap_lock``: whichever maker links first, the other
+        sees it (in ``_ready``) and drops its own.
+        """
         index = self.index + 1
         with self._swap_lock:
             mapped, self._ready = self._ready, None
         if mapped is None:
             # The page thread has not made it (yet): make it here, faulting in only
             # the first page; the page thread catches up with the rest.
-            mapped = self._create(index, "writer", mmap.PAGESIZE)
-            if mapped is None:  # the page thread linked it a moment ago: it is ready
-                with self._swap_lock:
-                    mapped, self._ready = self._ready, None
-        assert mapped is not None and mapped.index == index
+            mine, tmp = self._prepare(index, "writer", mmap.PAGESIZE)
+            with self._swap_lock:
+                mapped, self._ready = self._ready, None
+                if mapped is None:
+                    self._link(mine, tmp)
+                    mapped = mine
+            if mapped is not mine:  # the page thread finished it meanwhile
+                mine.close()
+                tmp.unlink(missing_ok=True)
+        # Only now: a reader moves on once it has read up to a full segment's commit,
+        # so nothing may be written to this one after the flag.
+        self._header[_FULL] = 1
         self._retired.append(self._current)
         self._current = mapped
         self.mm = mapped.mm
@@ -379,7 +410,7 @@ class LogWriter:
         whenever the scheduler left it waiting for a CPU.
         """
         while not self.closed:
-            self._wake.wait(1.0)
+            self._wake.wait()  # no timeout: every wake costs log() a GIL hand-over
             self._wake.clear()
             if self.closed:
                 return
@@ -396,15 +427,20 @@ class LogWriter:
 
     def _make_next(self, index: int) -> None:
         """Make the next segment ahead of the writer, and hand it over."""
-        mapped = self._create(index, "pages", self.segment_bytes)
-        if mapped is None:
-            return  # the writer got there first
+        try:
+            mapped, tmp = self._prepare(index, "pages", self.segment_bytes)
+        except OSError as exc:
+            if not self._warned_no_segment:
+                self._warned_no_segment = True
+                logging.getLogger("stride").warning("%s", exc.strerror)
+            return
         with self._swap_lock:
             if self.index + 1 == index and self._ready is None and not self.closed:
+                self._link(mapped, tmp)
                 self._ready = mapped
                 return
-        mapped.close()  # the writer closed meanwhile: this segment is not part of the log
-        (self.dir / segment_name(index)).unlink(missing_ok=True)
+        mapped.close()  # the writer made it itself, or closed meanwhile
+        tmp.unlink(missing_ok=True)
 
     def _check_backlog(self) -> None:
         """Warn (once per doubling) when undelivered segments pass ``max_spool_bytes``."""
@@ -415,8 +451,6 @@ class LogWriter:
         if backlog >= self._warned_at:
             self.spool_warnings += 1
             self._warned_at *= 2
-            import logging
-
             logging.getLogger("stride").warning(
                 "stride: %s of logged data in %s are not delivered yet (limit %s); "
                 "nothing is dropped, but the disk fills until NATS is reachable again",

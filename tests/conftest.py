@@ -56,11 +56,16 @@ class StrideUp:
         self.http_url = ""
         self.output: list[str] = []
 
-    def start(self, timeout: float = 60.0) -> StrideUp:
+    def start(self, timeout: float = 60.0, *, new_session: bool = False) -> StrideUp:
         args = [*STRIDE, "up", "--data-dir", str(self.data_dir), "--nats-port", "0"]
         args += ["--http-port", "0", *self.extra]
         self.proc = subprocess.Popen(
-            args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1
+            args,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            bufsize=1,
+            start_new_session=new_session,
         )
         deadline = time.monotonic() + timeout
         assert self.proc.stdout is not None

@@ -115,3 +115,20 @@ def test_sync_errors_are_clear(tmp_path: Path) -> None:
     assert "cannot reach NATS" in down.stderr
     assert "Traceback" not in down.stderr
     assert log_dirs(tmp_path / "s")  # nothing was removed
+
+
+def test_ctrl_c_in_a_terminal_drains_before_nats_server_stops(tmp_path: Path) -> None:
+    """Ctrl-C sends SIGINT to the whole foreground process group: nats-server must not
+    get it, or it dies while `stride up` is still draining (`nats: unexpected EOF`)."""
+    up = StrideUp(tmp_path / "data")
+    up.start(new_session=True)  # its own group, as a terminal's foreground job has
+    assert up.proc is not None
+    [child] = _nats_children(up.proc.pid)
+    with stride.init(project="ctrl-c", settings=up.settings(tmp_path / "spool")) as run:
+        run.log({"x": 1.0})
+    wait_rows(stride.Api(up.http_url), run.path, 1)
+    os.killpg(up.proc.pid, signal.SIGINT)  # what the terminal does on Ctrl-C
+    assert up.stop(timeout=30) == 0
+    assert "stride: stopped" in up.output
+    assert not [line for line in up.output if "NATS:" in line or "EOF" in line], up.output
+    wait_for(lambda: not _alive(child), timeout=10)  # stopped by stride up, after the drain

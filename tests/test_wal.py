@@ -145,3 +145,45 @@ def test_values_survive_bit_for_bit(tmp_path: Path, value: float) -> None:
         run.log({"v": value})
     [batch] = [b for b in read_log(log_dirs(tmp_path / "spool")[0]) if b.metrics]
     assert batch.metrics[0].values[0] == np.float64(value).tobytes()
+
+
+def test_a_run_finished_before_a_crash_is_not_marked_crashed_by_the_recovery(
+    tmp_path: Path,
+) -> None:
+    """Run a finishes, run b goes on; the segments holding a's end are delivered and
+    deleted; then everything dies. The recovery marks b crashed, never a."""
+    settings = _offline(tmp_path, segment_bytes=64 * 1024)
+    a = stride.init(project="p", id="a", mode="offline", settings=settings)
+    b = stride.init(project="p", id="b", mode="offline", settings=settings)
+    a.log({"x": 1.0})
+    a.finish()
+    for i in range(5000):  # about 4 segments after a's end
+        b.log({"x": float(i)})
+    [directory] = log_dirs(tmp_path / "spool")
+    b._transport.close()  # type: ignore[union-attr]  # the writer dies: b is never finished
+
+    def reader() -> LogReader:
+        meta, lock = read_meta(directory), try_lock_exclusive(directory)
+        assert meta is not None and lock is not None
+        return LogReader(directory, meta, lock, writer_alive=False)
+
+    first = reader()
+    sent: list[Outgoing] = []
+    first.read(0.0, 30_000, 1 << 20, sent)
+    sent += [first.seal(slot) for slot in first.due(0.0, 0.05, 4096, 15.0)]
+    for item in sent[:-1]:  # all but the last batch is acknowledged, then trimmed
+        first.acked(item)
+    first.trim_delivered()
+    assert segment_paths(directory)[0][0] > 0  # a's segment is gone
+    first.close()  # and the delivering agent dies
+
+    second = reader()
+    rest: list[Outgoing] = []
+    second.read(0.0, 30_000, 1 << 20, rest)
+    rest += [second.seal(slot) for slot in second.due(0.0, 0.05, 4096, 15.0)]
+    second.end_orphans(rest)
+    second.close()
+    states = {(b.run_id, b.set["state"]) for b in map(decode_batch, (o.payload for o in rest))
+              if "state" in b.set}  # fmt: skip
+    assert ("b", '"crashed"') in states
+    assert not [s for s in states if s[0] == "a"]
