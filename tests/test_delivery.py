@@ -229,7 +229,9 @@ def test_sync_after_the_duplicate_window_is_absorbed_by_the_ledger(tmp_path: Pat
         assert [r["k"] for r in rows] == [float(i) for i in range(2000)]
 
 
-def test_malformed_and_unknown_version_messages_are_dead_lettered(stack: StrideUp) -> None:
+def test_malformed_and_unknown_version_messages_are_dead_lettered(
+    stack: StrideUp, spool: Path
+) -> None:
     future_batch = msgspec.msgpack.encode([WIRE_VERSION + 1, "e", "p", "r", "w", 0, 1])
 
     async def go() -> list[str]:
@@ -259,7 +261,7 @@ def test_malformed_and_unknown_version_messages_are_dead_lettered(stack: StrideU
     run_python(
         "import stride; r = stride.init(project='after-dlq', id='ok'); r.log({'a': 1}); "
         "assert r.finish().complete",
-        env={"STRIDE_SERVER": stack.nats_url},
+        env={"STRIDE_SERVER": stack.nats_url, "STRIDE_SPOOL_DIR": str(spool)},
     )
     assert wait_rows(stride.Api(stack.http_url), "default/after-dlq/ok", 1) == [
         {"_step": 0, "a": 1.0}
