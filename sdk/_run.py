@@ -17,7 +17,7 @@ from . import ids
 from ._config import NestedDict
 from ._settings import Settings
 from ._signals import terminated
-from ._transport import DeliveryReport, Transport, transport_for
+from ._transport import DeliveryReport, Transport, open_run
 from ._wal import KEYSET, ROW, ROW_OVERHEAD, SET, SET_ONCE, LogWriter, frame_header, row_format
 from .errors import UsageError
 
@@ -141,9 +141,8 @@ class Run:
         if folder is not None:
             init_fields["folder"] = _json(folder, "folder")
         name_field = {"name": _json(name, "name")}
-        transport = self._transport = transport_for(settings, offline=mode == "offline")
-        self._slot = transport.open_run(self)
-        self._wal = transport.log
+        self._transport, self._slot = open_run(self, settings, offline=mode == "offline")
+        self._wal = self._transport.log
         self._write_fields({"created_at": _json(_iso_now())}, once=True)
         self._write_fields(name_field, once=not name_given)
         self._write_fields(init_fields)

@@ -144,15 +144,14 @@ class Transport:
         else:
             reply = self._request(["finish", slot, upto, timeout], timeout + 5.0)
             if reply is None:
-                report.last_error = "the delivery helper did not answer" + (
-                    f" (its messages: {self.helper_log})" if self.helper_log else ""
-                )
+                report.last_error = self._silence()
             else:
                 _, report.batches_sent, report.points_sent, report.spooled_left, error = reply
                 report.last_error = error
-        self.runs.pop(slot, None)
-        if not self.runs:
-            self.close()
+        with _registry_lock:
+            self.runs.pop(slot, None)
+            if not self.runs:
+                self.close()
         return report
 
     # ---- the agent ------------------------------------------------------------------------------
@@ -199,6 +198,18 @@ class Transport:
         _helpers[:] = [h for h in _helpers if h.poll() is None]
         _helpers.append(self._helper)
 
+    def _silence(self) -> str:
+        """Why the agent did not answer, for the report."""
+        code = self._helper.poll() if self._helper is not None else None
+        if code is None:
+            where = f"; its messages: {self.helper_log}" if self.helper_log else ""
+            return f"the delivery agent did not answer in time{where}"
+        return (
+            f"the delivery helper exited (status {code}; its messages: {self.helper_log}); "
+            f"what was logged is kept in {self.spool_dir}: the next run there, or "
+            f"`stride sync {self.spool_dir}`, delivers it"
+        )
+
     def _start_thread(self, control: socket.socket) -> None:
         self._thread = threading.Thread(
             target=_run_agent_thread,
@@ -228,10 +239,11 @@ class Transport:
 
     def close(self) -> None:
         """No more runs: let the agent deliver the rest and finish on its own."""
-        if self.closed:
-            return
-        self.closed = True
-        _forget(self)
+        with _registry_lock:
+            if self.closed:
+                return
+            self.closed = True
+            _forget(self)
         # The log first (its page thread stops): once told "close", the agent may
         # deliver the rest and delete the directory at once.
         self.log.close()
@@ -308,19 +320,24 @@ def _run_agent_thread(settings: Settings, directory: Path, control: socket.socke
 
 _Key = tuple[str, Path, bool, str]
 _transports: dict[_Key, Transport] = {}
-_registry_lock = threading.Lock()
+_registry_lock = threading.RLock()  # close() runs with it held, and may be re-entered
 _hooks_installed = False
 _helpers: list[subprocess.Popen[bytes]] = []
 
 
-def transport_for(settings: Settings, *, offline: bool) -> Transport:
+def open_run(run: Run, settings: Settings, *, offline: bool) -> tuple[Transport, int]:
+    """The process's transport for these settings (started if needed), and a slot in it.
+
+    Under the registry lock, as the close of a transport whose last run ends is:
+    a run never lands in a transport that is closing.
+    """
     key = (settings.server, settings.spool_dir.resolve(), offline, settings.delivery)
     with _registry_lock:
         transport = _transports.get(key)
         if transport is None or transport.closed:
             _install_process_hooks()
             transport = _transports[key] = Transport(settings, offline=offline)
-        return transport
+        return transport, transport.open_run(run)
 
 
 def open_transports() -> list[Transport]:
@@ -328,10 +345,10 @@ def open_transports() -> list[Transport]:
 
 
 def _forget(transport: Transport) -> None:
-    with _registry_lock:
-        for key, value in list(_transports.items()):
-            if value is transport:
-                del _transports[key]
+    """Drop a closed transport from the registry (called with ``_registry_lock`` held)."""
+    for key, value in list(_transports.items()):
+        if value is transport:
+            del _transports[key]
 
 
 def _install_process_hooks() -> None:
@@ -353,7 +370,7 @@ def _at_exit() -> None:
 
 def _after_fork_in_child() -> None:
     global _registry_lock
-    _registry_lock = threading.Lock()
+    _registry_lock = threading.RLock()
     for transport in list(_transports.values()):
         transport.forked()
     _transports.clear()

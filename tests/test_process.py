@@ -14,7 +14,7 @@ import pytest
 import stride
 from stride import _transport
 
-from .conftest import StrideUp, run_python, state_of, wait_for, wait_rows
+from .conftest import StrideUp, read_log, run_python, state_of, wait_for, wait_rows
 
 
 def test_three_runs_in_one_process_share_one_transport(stack: StrideUp, spool: Path) -> None:
@@ -163,3 +163,25 @@ def test_the_base_install_is_one_import_name_and_imports_cleanly(tmp_path: Path)
         "stride.query True",
         "stride.store True",
     ]
+
+
+def test_a_killed_helper_is_reported_and_its_data_is_kept(tmp_path: Path) -> None:
+    """The helper dies (killed by hand, OOM): finish() says so, names the spool and
+    `stride sync`; nothing logged is lost (it is all in the log)."""
+    spool = tmp_path / "spool"
+    settings = stride.Settings(server="nats://127.0.0.1:9", spool_dir=spool)
+    run = stride.init(project="p", id="orphan", settings=settings)
+    for i in range(1000):
+        run.log({"a": float(i)})
+    assert run._transport is not None and run._transport._helper is not None
+    helper = run._transport._helper
+    helper.send_signal(signal.SIGKILL)
+    helper.wait(timeout=10)
+    report = run.finish(timeout=1)
+    assert not report.complete
+    assert report.last_error is not None
+    assert "helper exited" in report.last_error and "stride sync" in report.last_error
+    [directory] = [d for d in spool.iterdir() if d.is_dir()]
+    batches = read_log(directory)
+    steps = [s for b in batches for blk in b.metrics for s in memoryview(blk.steps).cast("q")]
+    assert steps == list(range(1000))
