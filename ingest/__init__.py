@@ -6,6 +6,7 @@ require_server_extra("stride.ingest", "pyarrow", "numpy")
 
 
 from ._settings import IngestSettings
+from .handlers import Handler, default_handlers
 from .worker import IngestStats, IngestWorker
 
-__all__ = ["IngestSettings", "IngestStats", "IngestWorker"]
+__all__ = ["Handler", "IngestSettings", "IngestStats", "IngestWorker", "default_handlers"]

@@ -1,8 +1,14 @@
-"""Turn decoded batches into the Arrow tables that are inserted into ClickHouse."""
+"""Turn decoded batches into the Arrow tables that are inserted into ClickHouse.
+
+One builder per table: the handlers in :mod:`.handlers` call the ones they own,
+the worker calls :func:`build_ledger`. All of it is pure CPU, run in the prepare
+stage while the previous fetch is written.
+"""
 
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 from datetime import UTC, datetime
 
 import numpy as np
@@ -15,16 +21,27 @@ from stride.wire import Batch
 
 
 @dataclasses.dataclass
-class Tables:
-    points: pa.Table | None
-    fields: pa.Table
-    ledger: pa.Table
+class Points:
+    """The ``points`` rows of some batches, and the series they touch."""
+
+    table: pa.Table
     keys: set[tuple[str, str, str]]  # (run, stream, key)
-    point_count: int
+    count: int
 
 
-def build_tables(batches: list[Batch]) -> Tables:
+def build_points(batches: Sequence[Batch]) -> Points | None:
+    """The points of ``batches`` over their decoded buffers, or ``None`` if they hold none."""
     points = _Points()
+    keys: set[tuple[str, str, str]] = set()
+    for b in batches:
+        points.add(b, keys)
+    table = points.table()
+    return None if table is None else Points(table, keys, points.count)
+
+
+def build_fields(batches: Sequence[Batch]) -> pa.Table:
+    """The ``run_fields`` rows: each set field, each set-once field as ``~name`` with
+    the reversed version (first write wins), and ``heartbeat_at`` for every batch."""
     f_entity: list[str] = []
     f_project: list[str] = []
     f_run: list[str] = []
@@ -40,7 +57,6 @@ def build_tables(batches: list[Batch]) -> Tables:
         f_value.append(value)
         f_ver.append(ver)
 
-    keys: set[tuple[str, str, str]] = set()
     for b in batches:
         for name, value in b.set.items():
             field(b, name, value, b.ver)
@@ -49,9 +65,8 @@ def build_tables(batches: list[Batch]) -> Tables:
             field(b, ONCE_PREFIX + name, value, MAX_VER - b.ver)
         heartbeat = datetime.fromtimestamp(b.ver / 1e9, UTC).isoformat()
         field(b, "heartbeat_at", orjson.dumps(heartbeat).decode(), b.ver)
-        points.add(b, keys)
 
-    fields = pa.table(
+    return pa.table(
         {
             "entity": f_entity,
             "project": f_project,
@@ -61,7 +76,11 @@ def build_tables(batches: list[Batch]) -> Tables:
             "ver": pa.array(f_ver, pa.uint64()),
         }
     )
-    ledger = pa.table(
+
+
+def build_ledger(batches: Sequence[Batch]) -> pa.Table:
+    """The ``batches`` rows (the ledger) that record ``batches`` as applied."""
+    return pa.table(
         {
             "run": [b.path for b in batches],
             "writer": [b.writer for b in batches],
@@ -70,7 +89,12 @@ def build_tables(batches: list[Batch]) -> Tables:
             "points": pa.array([b.points for b in batches], pa.uint64()),
         }
     )
-    return Tables(points.table(), fields, ledger, keys, points.count)
+
+
+def build_tables(batches: Sequence[Batch]) -> tuple[Points | None, pa.Table, pa.Table]:
+    """Every table the default handlers and the ledger build for one fetch: the CPU
+    side of ingest, as ``benchmarks/bench_micro.py`` times it."""
+    return build_points(batches), build_fields(batches), build_ledger(batches)
 
 
 class _Points:

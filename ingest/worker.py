@@ -1,12 +1,13 @@
 """The ingest worker: a member of one durable JetStream pull consumer.
 
 Loop: fetch up to ``fetch_batch`` messages → decode (msgspec) → dead-letter the
-invalid ones → skip batches already in the ledger → insert points, run fields
-and keys as Arrow blocks → record the batches in the ledger → ack. A message
-is acked only after its data is written; a crash at any point redelivers it,
-and storage is idempotent (see :mod:`store.schema`), so a redelivered batch
-changes nothing. On stop, the worker stops fetching and finishes the batch in
-hand.
+invalid ones → have every handler prepare its rows → skip batches already in
+the ledger → have every handler write (points and keys, run fields: see
+:mod:`.handlers`) → record the batches in the ledger → ack. The loop knows no
+record kind: a new one is a handler in the registry. A message is acked only
+after its data is written; a crash at any point redelivers it, and storage is
+idempotent (see :mod:`store.schema`), so a redelivered batch changes nothing.
+On stop, the worker stops fetching and finishes the batch in hand.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
+from collections.abc import Sequence
 from typing import Any
 
 import pyarrow as pa
@@ -25,11 +27,12 @@ from nats.js import JetStreamContext
 
 from stride.store import DATABASE, AsyncStore, StoreError
 from stride.store.params import int_array, string_array
-from stride.store.schema import BATCHES_COLUMNS, FIELDS_COLUMNS, KEYS_COLUMNS, POINTS_COLUMNS
+from stride.store.schema import BATCHES_COLUMNS
 from stride.wire import DLQ_SUBJECT, INGEST_SUBJECT, STREAM, Batch, WireError, decode_batch
 
 from ._settings import IngestSettings
-from ._tables import Tables, build_tables
+from ._tables import build_ledger
+from .handlers import Handler, check_registry, default_handlers
 from .streams import DURABLE, consumer_config, ensure_streams
 
 log = logging.getLogger("stride.ingest")
@@ -54,19 +57,31 @@ class IngestStats:
 
 @dataclasses.dataclass
 class _Job:
-    """A fetch decoded and turned into tables, waiting to be written."""
+    """A fetch decoded and prepared by every handler, waiting to be written."""
 
     decoded: list[tuple[Msg, Batch]]
-    tables: Tables | None
+    prepared: list[Any]  # per handler, in registry order, for every decoded batch
+    ledger: pa.Table | None
 
 
 class IngestWorker:
-    def __init__(self, nc: NatsClient, store: AsyncStore, settings: IngestSettings) -> None:
+    """Consumes batches and stores them through ``handlers`` (by default
+    :func:`~.handlers.default_handlers`: metrics, then run fields)."""
+
+    def __init__(
+        self,
+        nc: NatsClient,
+        store: AsyncStore,
+        settings: IngestSettings,
+        *,
+        handlers: Sequence[Handler[Any]] | None = None,
+    ) -> None:
         self._js = nc.jetstream()
         self._store = store
         self._settings = settings
+        self._handlers = list(default_handlers() if handlers is None else handlers)
+        check_registry(self._handlers)
         self._stopping = asyncio.Event()
-        self._known_keys: set[tuple[str, str, str]] = set()
         self.stats = IngestStats()
 
     async def _subscribe(self) -> JetStreamContext.PullSubscription:
@@ -127,7 +142,12 @@ class IngestWorker:
             except WireError as exc:
                 await self._dead_letter(msg, str(exc))
         batches = [b for _, b in decoded]
-        return _Job(decoded, build_tables(batches) if batches else None)
+        if not batches:
+            return _Job(decoded, [], None)
+        return _Job(decoded, self._prepare_all(batches), build_ledger(batches))
+
+    def _prepare_all(self, batches: list[Batch]) -> list[Any]:
+        return [handler.prepare(batches) for handler in self._handlers]
 
     async def _commit_safely(self, job: _Job) -> None:
         try:
@@ -144,10 +164,11 @@ class IngestWorker:
             batches = [b for _, b in decoded]
             fresh = await self._not_yet_applied(batches)
             if fresh:
-                # Built ahead for every batch; rebuilt only if the ledger skipped some.
-                tables = job.tables if len(fresh) == len(batches) else build_tables(fresh)
-                assert tables is not None
-                await self._write(tables, len(fresh))
+                # Prepared ahead for every batch; again only if the ledger skipped some.
+                if len(fresh) == len(batches) and job.ledger is not None:
+                    await self._write(job.prepared, job.ledger, len(fresh))
+                else:
+                    await self._write(self._prepare_all(fresh), build_ledger(fresh), len(fresh))
         except StoreError as exc:
             self.stats.write_errors += 1
             log.error("ingest: write failed, the batches will be redelivered: %s", exc)
@@ -188,21 +209,16 @@ class IngestWorker:
                 fresh.append(b)
         return fresh
 
-    async def _write(self, tables: Tables, batches: int) -> None:
-        if tables.points is not None:
-            await self._store.insert_arrow(f"{DATABASE}.points", POINTS_COLUMNS, tables.points)
-        await self._store.insert_arrow(f"{DATABASE}.run_fields", FIELDS_COLUMNS, tables.fields)
-        new_keys = tables.keys - self._known_keys
-        if new_keys:
-            run, stream, key = zip(*sorted(new_keys), strict=True)
-            keys = pa.table({"run": list(run), "stream": list(stream), "key": list(key)})
-            await self._store.insert_arrow(f"{DATABASE}.run_keys", KEYS_COLUMNS, keys)
-            self._known_keys |= new_keys
+    async def _write(self, prepared: list[Any], ledger: pa.Table, batches: int) -> None:
+        points = 0
+        for handler, rows in zip(self._handlers, prepared, strict=True):
+            if rows is not None:
+                points += await handler.write(self._store, rows)
         # The ledger is written last: if we die before it, the batch is redelivered
         # and re-applied, which the ReplacingMergeTree tables absorb.
-        await self._store.insert_arrow(f"{DATABASE}.batches", BATCHES_COLUMNS, tables.ledger)
+        await self._store.insert_arrow(f"{DATABASE}.batches", BATCHES_COLUMNS, ledger)
         self.stats.batches_applied += batches
-        self.stats.points += tables.point_count
+        self.stats.points += points
 
     async def _dead_letter(self, msg: Msg, reason: str) -> None:
         meta: Any = msg.metadata

@@ -1,0 +1,131 @@
+"""Handlers: what ingest stores from a batch, one record kind each.
+
+The worker's loop knows no record kind: it dispatches every fetch through a
+registry of handlers. For each fetch it
+
+1. calls ``prepare`` on every handler with the fetch's decoded batches (pure
+   CPU, in the stage that overlaps the previous fetch's write);
+2. drops the batches the ledger already holds; if it dropped any, it calls
+   ``prepare`` again with the rest, so what was prepared for the full fetch is
+   discarded unwritten;
+3. calls ``write`` on every handler, in registry order, with what it prepared
+   (skipping a handler that prepared ``None``);
+4. writes the ledger, always last, then acks.
+
+A handler therefore writes each batch once in effect, but may write it again
+after a crash or a store error between its write and the ledger's: tables it
+writes must absorb a repeat (a ``ReplacingMergeTree`` keyed by the record's
+identity, as in :mod:`stride.store.schema`). A ``StoreError`` from ``write``
+makes the worker nak the fetch for redelivery; other handlers are not undone.
+
+Adding a record kind (events, file records, alert evaluation) means adding a
+handler, not editing the loop::
+
+    worker = IngestWorker(nc, store, settings, handlers=[*default_handlers(), Events()])
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, Protocol, TypeVar
+
+import pyarrow as pa
+
+from stride.store import DATABASE, AsyncStore
+from stride.store.schema import FIELDS_COLUMNS, KEYS_COLUMNS, POINTS_COLUMNS
+from stride.wire import Batch
+
+from ._tables import Points, build_fields, build_points
+
+__all__ = ["Handler", "MetricsHandler", "RunFieldsHandler", "check_registry", "default_handlers"]
+
+T = TypeVar("T")
+
+
+class Handler(Protocol[T]):
+    """Stores one kind of record found in batches; ``T`` is what it prepares."""
+
+    @property
+    def name(self) -> str:
+        """Short and unique in a registry; names the handler in logs."""
+        ...
+
+    @property
+    def parts(self) -> frozenset[str]:
+        """The fields of :class:`~stride.wire.Batch` it reads (``"metrics"``, ``"set"``...)."""
+        ...
+
+    def prepare(self, batches: Sequence[Batch]) -> T | None:
+        """Build what to write for ``batches``, or ``None`` for nothing.
+
+        Pure CPU with no side effects: it runs while another fetch is being
+        written, and its result is dropped if the ledger then skips a batch.
+        """
+        ...
+
+    async def write(self, store: AsyncStore, prepared: T) -> int:
+        """Write what :meth:`prepare` built; return the metric points it stored
+        (added to ``IngestStats.points``; 0 for other records)."""
+        ...
+
+
+class MetricsHandler:
+    """``points`` (zero-copy Arrow over the decoded buffers) and ``run_keys``.
+
+    Remembers the keys it has written, so a run's keys are inserted once per
+    worker, not once per fetch.
+    """
+
+    name = "metrics"
+    parts = frozenset({"metrics"})
+
+    def __init__(self) -> None:
+        self._known_keys: set[tuple[str, str, str]] = set()
+
+    def prepare(self, batches: Sequence[Batch]) -> Points | None:
+        return build_points(batches)
+
+    async def write(self, store: AsyncStore, prepared: Points) -> int:
+        await store.insert_arrow(f"{DATABASE}.points", POINTS_COLUMNS, prepared.table)
+        # Decided at write time, not in prepare: the fetch written meanwhile may add keys.
+        new_keys = prepared.keys - self._known_keys
+        if new_keys:
+            run, stream, key = zip(*sorted(new_keys), strict=True)
+            keys = pa.table({"run": list(run), "stream": list(stream), "key": list(key)})
+            await store.insert_arrow(f"{DATABASE}.run_keys", KEYS_COLUMNS, keys)
+            self._known_keys |= new_keys
+        return prepared.count
+
+
+class RunFieldsHandler:
+    """``run_fields``: set fields (last write wins), set-once fields as ``~name``
+    (first write wins) and every batch's ``heartbeat_at``."""
+
+    name = "run_fields"
+    parts = frozenset({"set", "set_once", "ver"})
+
+    def prepare(self, batches: Sequence[Batch]) -> pa.Table:
+        return build_fields(batches)
+
+    async def write(self, store: AsyncStore, prepared: pa.Table) -> int:
+        await store.insert_arrow(f"{DATABASE}.run_fields", FIELDS_COLUMNS, prepared)
+        return 0
+
+
+def default_handlers() -> list[Handler[Any]]:
+    """A fresh registry of what Stride stores today: metrics, then run fields.
+
+    Fresh on every call, because handlers keep per-worker state (known keys).
+    """
+    return [MetricsHandler(), RunFieldsHandler()]
+
+
+def check_registry(handlers: Sequence[Handler[Any]]) -> None:
+    """Refuse a registry with two handlers of one name or a part that is no batch field."""
+    names = [h.name for h in handlers]
+    if len(set(names)) != len(names):
+        raise ValueError(f"handler names must be unique, got {names}")
+    for h in handlers:
+        unknown = h.parts - set(Batch.__struct_fields__)
+        if unknown:
+            raise ValueError(f"handler {h.name!r} reads {sorted(unknown)}, not fields of a Batch")

@@ -1,0 +1,275 @@
+"""The ingest loop dispatches through a registry of handlers.
+
+A real nats-server and a real chDB on a temporary path; a test-only handler
+registered beside the default ones records what it is given and writes a row
+per batch into its own table, so "exactly once" is checked both in memory and
+in storage.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import nats
+import numpy as np
+import orjson
+import pyarrow as pa
+import pytest
+from nats.aio.client import Client as NatsClient
+
+from stride.cli._nats_server import NatsServer
+from stride.ingest import Handler, IngestSettings, IngestWorker, default_handlers
+from stride.ingest.handlers import check_registry
+from stride.ingest.streams import ensure_streams
+from stride.store import DATABASE, AsyncStore, StoreError
+from stride.store.chdb import ChdbStore
+from stride.wire import INGEST_SUBJECT, WIRE_VERSION, Batch, MetricBlock, encode_batch, message_id
+
+SETTINGS = IngestSettings(fetch_timeout_s=0.05)
+SEEN = f"{DATABASE}.test_seen"
+
+Ident = tuple[str, str, int]
+
+
+class Seen:
+    """Test-only handler: keeps the identity of every batch it writes, and a row
+    per batch in a plain MergeTree (which would keep a repeat, not absorb it)."""
+
+    name = "seen"
+    parts = frozenset({"entity", "project", "run_id", "writer", "seq"})
+
+    def __init__(self, store: ChdbStore) -> None:
+        store.command(
+            f"CREATE TABLE IF NOT EXISTS {SEEN} (run String, writer String, seq UInt64) "
+            "ENGINE = MergeTree ORDER BY tuple()"
+        )
+        self.written: list[Ident] = []
+
+    def prepare(self, batches: Sequence[Batch]) -> list[Ident]:
+        return [(b.path, b.writer, b.seq) for b in batches]
+
+    async def write(self, store: AsyncStore, prepared: list[Ident]) -> int:
+        self.written += prepared
+        run, writer, seq = zip(*prepared, strict=True)
+        rows = pa.table({"run": run, "writer": writer, "seq": pa.array(seq, pa.uint64())})
+        await store.insert_arrow(SEEN, ("run", "writer", "seq"), rows)
+        return 0
+
+
+class LedgerThenFail(AsyncStore):
+    """The store seam: the first ledger insert lands, then the call fails, as when
+    the worker loses its ack after the ledger is written."""
+
+    def __init__(self, store: ChdbStore) -> None:
+        super().__init__(store)
+        self.failed = False
+
+    async def insert_arrow(self, table: str, columns: tuple[str, ...], data: pa.Table) -> None:
+        await super().insert_arrow(table, columns, data)
+        if table == f"{DATABASE}.batches" and not self.failed:
+            self.failed = True
+            raise StoreError("injected: failed after the ledger was written")
+
+
+def batch(run_id: str, seq: int, steps: range, **set_fields: Any) -> Batch:
+    """A batch of ``loss`` (= step / 10) and ``acc`` at ``steps``, with fields."""
+    n = len(steps)
+    s = np.array(steps, np.int64)
+    block = MetricBlock(
+        stream="default",
+        keys=["loss", "acc"],
+        steps=s.tobytes(),
+        times=(s * 0.5).tobytes(),
+        timestamps=np.full(n, 1.7e9).tobytes(),
+        values=[(s / 10).tobytes(), np.ones(n).tobytes()],
+    )
+    return Batch(
+        v=WIRE_VERSION,
+        entity="ent",
+        project="proj",
+        run_id=run_id,
+        writer="w1",
+        seq=seq,
+        ver=time.time_ns(),
+        set={k: orjson.dumps(v).decode() for k, v in set_fields.items()},
+        set_once={"created_at": orjson.dumps(f"created in batch {seq}").decode()},
+        metrics=[block],
+    )
+
+
+def ident(b: Batch) -> Ident:
+    return (b.path, b.writer, b.seq)
+
+
+async def publish(nc: NatsClient, b: Batch, msg_id: str | None = None) -> None:
+    msg_id = msg_id or message_id(b.path, b.writer, b.seq)
+    ack = await nc.jetstream().publish(
+        INGEST_SUBJECT, encode_batch(b), headers={"Nats-Msg-Id": msg_id}
+    )
+    assert not ack.duplicate, "JetStream dropped the batch: the test would prove nothing"
+
+
+async def until(predicate: Callable[[], bool], what: str, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, f"not within {timeout} s: {what}"
+        await asyncio.sleep(0.02)
+
+
+def rows_of(table: pa.Table) -> list[tuple[Any, ...]]:
+    return [tuple(row.values()) for row in table.to_pylist()]
+
+
+class Running:
+    """An IngestWorker with the default handlers and ``extra``, running as a task,
+    stopped (draining) on exit."""
+
+    def __init__(self, nc: NatsClient, store: AsyncStore, extra: Handler[Any]) -> None:
+        self.worker = IngestWorker(nc, store, SETTINGS, handlers=[*default_handlers(), extra])
+        self.task: asyncio.Task[None] | None = None
+
+    async def __aenter__(self) -> IngestWorker:
+        self.task = asyncio.create_task(self.worker.run())
+        return self.worker
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.worker.stop()
+        assert self.task is not None
+        await asyncio.wait_for(self.task, 30)
+
+
+@pytest.fixture
+def chdb(tmp_path: Path) -> ChdbStore:
+    return ChdbStore(tmp_path / "clickhouse")
+
+
+@pytest.fixture
+async def nc(nats_server: NatsServer) -> AsyncIterator[NatsClient]:
+    client = await nats.connect(nats_server.url)
+    await ensure_streams(client.jetstream())
+    yield client
+    await client.close()
+
+
+async def test_every_handler_gets_each_batch_once_and_the_defaults_still_store(
+    nc: NatsClient, chdb: ChdbStore
+) -> None:
+    store = AsyncStore(chdb)
+    seen = Seen(chdb)
+    b1 = batch("r1", 0, range(0, 5), config={"lr": 0.1})
+    b2 = batch("r1", 1, range(5, 8), state="running")
+    b3 = batch("r2", 0, range(0, 4), config={"lr": 0.2})
+    async with Running(nc, store, seen) as w:
+        for b in (b1, b2, b3):
+            await publish(nc, b)
+        await until(lambda: w.stats.batches_applied == 3, "the 3 batches applied")
+
+    # The extra handler: each batch once, in memory and in its table.
+    assert sorted(seen.written) == sorted(map(ident, (b1, b2, b3)))
+    rows = await store.query_arrow(
+        f"SELECT run, seq, count() FROM {SEEN} GROUP BY run, seq ORDER BY run, seq"
+    )
+    assert rows_of(rows) == [("ent/proj/r1", 0, 1), ("ent/proj/r1", 1, 1), ("ent/proj/r2", 0, 1)]
+
+    # Metrics: every point, the counter, and the keys of each run.
+    points = await store.query_arrow(
+        f"SELECT run, key, step, value FROM {DATABASE}.points FINAL ORDER BY run, key, step"
+    )
+    expected = [
+        (b.path, key, step, step / 10 if key == "loss" else 1.0)
+        for b, steps in ((b1, range(0, 5)), (b2, range(5, 8)), (b3, range(0, 4)))
+        for key in ("acc", "loss")
+        for step in steps
+    ]
+    assert rows_of(points) == sorted(expected)
+    assert w.stats.points == len(expected) == 24
+    keys = await store.query_arrow(
+        f"SELECT run, stream, key FROM {DATABASE}.run_keys FINAL ORDER BY run, key"
+    )
+    assert rows_of(keys) == [
+        (run, "default", key) for run in ("ent/proj/r1", "ent/proj/r2") for key in ("acc", "loss")
+    ]
+
+    # Run fields: last write wins, first write wins for `~created_at`, a heartbeat.
+    fields = await store.query_arrow(
+        f"SELECT run_id, field, argMax(value, ver) AS value FROM {DATABASE}.run_fields "
+        "GROUP BY run_id, field"
+    )
+    got = {(r["run_id"], r["field"]): orjson.loads(r["value"]) for r in fields.to_pylist()}
+    assert got[("r1", "config")] == {"lr": 0.1}
+    assert got[("r1", "state")] == "running"
+    assert got[("r2", "config")] == {"lr": 0.2}
+    assert got[("r1", "~created_at")] == "created in batch 0"  # not batch 1's
+    assert {run for run, field in got if field == "heartbeat_at"} == {"r1", "r2"}
+    await store.close()
+
+
+async def test_a_batch_the_ledger_holds_is_not_given_to_handlers_again(
+    nc: NatsClient, chdb: ChdbStore
+) -> None:
+    seen = Seen(chdb)
+    b1 = batch("r1", 0, range(0, 5))
+    b2 = batch("r1", 1, range(5, 8))
+
+    # 1. JetStream redelivers b1 (nak after the ledger was written): skipped.
+    faulty = LedgerThenFail(chdb)
+    async with Running(nc, faulty, seen) as w:
+        await publish(nc, b1)
+        await until(lambda: w.stats.batches_applied + w.stats.batches_skipped == 1, "b1 redone")
+        assert seen.written == [ident(b1)]
+        assert faulty.failed and w.stats.write_errors == 1
+        assert (w.stats.batches_applied, w.stats.batches_skipped, w.stats.messages) == (0, 1, 2)
+
+    # 2. A writer re-sends b1 past the duplicate window, in one fetch with a new b2:
+    #    JetStream takes it as new, the ledger stops it, b2 alone reaches the handlers.
+    await publish(nc, b1, msg_id="re-sync of b1")
+    await publish(nc, b2)
+    store = AsyncStore(chdb)
+    async with Running(nc, store, seen) as w:
+        await until(lambda: w.stats.batches_applied + w.stats.batches_skipped == 2, "b1, b2")
+        assert seen.written == [ident(b1), ident(b2)]
+        assert (w.stats.batches_applied, w.stats.batches_skipped, w.stats.messages) == (1, 1, 2)
+        assert w.stats.points == 6  # b2's two keys at 3 steps, nothing of b1
+    rows = await store.query_arrow(f"SELECT seq, count() FROM {SEEN} GROUP BY seq ORDER BY seq")
+    assert rows_of(rows) == [(0, 1), (1, 1)]
+    points = await store.query_arrow(f"SELECT count() AS n FROM {DATABASE}.points FINAL")
+    assert points.column("n").to_pylist() == [16]
+    await store.close()
+
+
+def test_a_registry_with_a_clash_or_an_unknown_part_is_refused() -> None:
+    class Named:
+        def __init__(self, name: str, parts: frozenset[str] = frozenset({"metrics"})) -> None:
+            self.name, self.parts = name, parts
+
+        def prepare(self, batches: Sequence[Batch]) -> None:
+            return None
+
+        async def write(self, store: AsyncStore, prepared: None) -> int:
+            return 0
+
+    check_registry([*default_handlers(), Named("alerts")])
+    with pytest.raises(ValueError, match="unique"):
+        check_registry([*default_handlers(), Named("metrics")])
+    with pytest.raises(ValueError, match="metric"):
+        check_registry([Named("events", frozenset({"metric"}))])
+
+
+def test_default_handlers_are_fresh_per_call() -> None:
+    """Handlers keep per-worker state (known keys): two workers must not share it."""
+    first, second = default_handlers(), default_handlers()
+    assert [h.name for h in first] == ["metrics", "run_fields"]
+    assert all(a is not b for a, b in zip(first, second, strict=True))
+
+
+def test_ingest_exports_what_we_mean() -> None:
+    import stride.ingest as ingest
+
+    assert set(ingest.__all__) == {
+        "Handler", "IngestSettings", "IngestStats", "IngestWorker", "default_handlers",
+    }  # fmt: skip
+    assert all(hasattr(ingest, name) for name in ingest.__all__)
