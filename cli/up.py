@@ -16,13 +16,14 @@ import logging
 import signal
 import socket
 from pathlib import Path
+from typing import Any
 
 import nats
 from aiohttp import web
 
 from stride.ingest import IngestSettings, IngestWorker
 from stride.ingest.streams import ensure_streams
-from stride.query import STATUS, QuerySettings, create_app
+from stride.query import READY, STATUS, QuerySettings, create_app
 from stride.store import AsyncStore
 from stride.store.chdb import ChdbStore
 
@@ -109,7 +110,19 @@ async def _serve(settings: UpSettings, data_dir: Path, nats_url: str) -> None:
     )
     worker = IngestWorker(nc, store, settings.ingest)
     app = create_app(store, settings.query)
-    app[STATUS] = lambda: {"ingest": worker.stats.as_dict()}
+
+    async def status() -> dict[str, Any]:
+        return {"ingest": worker.stats.as_dict(), "lag": await worker.lag()}
+
+    async def ready() -> str | None:
+        if not nc.is_connected:
+            return f"not connected to NATS at {nats_url}"
+        if not worker.subscribed:
+            return "the ingest worker has not subscribed yet"
+        return None
+
+    app[STATUS] = status
+    app[READY] = ready
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, settings.host, settings.http_port)

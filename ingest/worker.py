@@ -16,7 +16,9 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
+import time
 from collections.abc import Sequence
+from datetime import datetime
 from typing import Any
 
 import pyarrow as pa
@@ -82,6 +84,7 @@ class IngestWorker:
         self._handlers = list(default_handlers() if handlers is None else handlers)
         check_registry(self._handlers)
         self._stopping = asyncio.Event()
+        self.subscribed = False  # ready: the durable consumer exists and is read
         self.stats = IngestStats()
 
     async def _subscribe(self) -> JetStreamContext.PullSubscription:
@@ -97,6 +100,7 @@ class IngestWorker:
     async def run(self) -> None:
         """Consume until :meth:`stop` is called."""
         sub = await self._subscribe()
+        self.subscribed = True
         # Two stages: while one fetch is written (chDB releases the GIL), the next is
         # fetched, decoded and turned into Arrow tables.
         writing: asyncio.Task[None] | None = None
@@ -129,6 +133,31 @@ class IngestWorker:
             if writing is not None:
                 await writing  # the batch in hand is written and acked before stopping
             await sub.unsubscribe()
+
+    async def lag(self) -> dict[str, int | float | None]:
+        """How far behind ingest is (the shape of :class:`stride.api_types.IngestLag`).
+
+        ``pending``: batches in the stream not yet given to a worker;
+        ``ack_pending``: given, not yet acknowledged; ``oldest_s``: the age of the
+        oldest batch still in the stream (a work queue keeps only unacknowledged
+        ones), ``None`` when it is empty.
+        """
+        consumer = await self._js.consumer_info(STREAM, DURABLE)
+        stream = await self._js.stream_info(STREAM)
+        oldest: float | None = None
+        if stream.state.messages:
+            with contextlib.suppress(Exception):  # acknowledged meanwhile: no age to give
+                first = await self._js.get_msg(STREAM, seq=stream.state.first_seq)
+                stamp: datetime | str | None = first.time
+                if isinstance(stamp, str):  # older nats-py: the RFC 3339 text
+                    stamp = datetime.fromisoformat(stamp)
+                if stamp is not None:
+                    oldest = max(0.0, time.time() - stamp.timestamp())
+        return {
+            "pending": consumer.num_pending or 0,
+            "ack_pending": consumer.num_ack_pending or 0,
+            "oldest_s": oldest,
+        }
 
     def stop(self) -> None:
         self._stopping.set()

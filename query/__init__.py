@@ -6,6 +6,6 @@ require_server_extra("stride.query", "pyarrow", "numpy", "aiohttp")
 
 
 from ._settings import QuerySettings
-from .app import STATUS, create_app
+from .app import READY, STATUS, create_app
 
-__all__ = ["STATUS", "QuerySettings", "create_app"]
+__all__ = ["READY", "STATUS", "QuerySettings", "create_app"]

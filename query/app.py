@@ -21,7 +21,7 @@ from . import runs as runs_q
 from ._columns import Columns
 from ._settings import QuerySettings
 from .catalog import Catalog
-from .errors import BadRequest, NotFound, QueryError
+from .errors import BadRequest, NotFound, QueryError, Unavailable
 from .history import history
 from .readahead import ReadAhead
 from .scan import scan_page
@@ -30,9 +30,13 @@ STORE = web.AppKey("store", AsyncStore)
 CATALOG = web.AppKey("catalog", Catalog)
 READ_AHEAD = web.AppKey("read_ahead", ReadAhead)
 SETTINGS = web.AppKey("settings", QuerySettings)
-#: Optional: a callable returning extra status (the ingest counters, in ``stride up``).
-StatusProvider = Callable[[], dict[str, Any]]
+#: Optional: returns extra status (the ingest counters and lag, in ``stride up``).
+StatusProvider = Callable[[], Awaitable[dict[str, Any]]]
 STATUS: web.AppKey[StatusProvider] = web.AppKey("status")
+#: Optional: returns why the service is not ready to serve yet, or ``None`` when it is
+#: (in ``stride up``: NATS connected and the ingest worker reading).
+ReadinessProbe = Callable[[], Awaitable[str | None]]
+READY: web.AppKey[ReadinessProbe] = web.AppKey("ready")
 
 log = logging.getLogger("stride.query")
 
@@ -49,6 +53,8 @@ def create_app(store: AsyncStore, settings: QuerySettings | None = None) -> web.
     app[READ_AHEAD] = ReadAhead()
     app[SETTINGS] = settings or QuerySettings()
     base = "/api/v1"
+    app.router.add_get("/healthz", _healthz)
+    app.router.add_get("/readyz", _readyz)
     app.router.add_get(f"{base}/status", _status)
     app.router.add_get(f"{base}/runs/{{entity}}/{{project}}", _list_runs)
     app.router.add_get(f"{base}/runs/{{entity}}/{{project}}/{{run_id}}", _get_run)
@@ -141,9 +147,27 @@ async def _requested_keys(request: web.Request, run: str, stream: str) -> tuple[
 # ---- handlers -----------------------------------------------------------------------------------
 
 
+async def _healthz(request: web.Request) -> web.Response:
+    """Liveness: the process answers HTTP."""
+    return _json(Status())
+
+
+async def _readyz(request: web.Request) -> web.Response:
+    """Readiness: storage answers a query, and whatever runs beside the service is up."""
+    try:
+        await request.app[STORE].query_arrow("SELECT 1 AS ok")
+    except Exception as exc:
+        raise Unavailable(f"storage does not answer: {exc}") from None
+    probe = request.app.get(READY)
+    reason = await probe() if probe is not None else None
+    if reason is not None:
+        raise Unavailable(reason)
+    return _json(Status())
+
+
 async def _status(request: web.Request) -> web.Response:
     status = request.app.get(STATUS)
-    extra = status() if status is not None else {}
+    extra = await status() if status is not None else {}
     return _json(msgspec.convert({"ok": True, **extra}, Status))
 
 

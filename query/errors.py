@@ -17,3 +17,9 @@ class BadRequest(QueryError):
 
 class NotFound(QueryError):
     status = 404
+
+
+class Unavailable(QueryError):
+    """Not ready (storage or a companion service is not answering): try again later."""
+
+    status = 503

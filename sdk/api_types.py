@@ -37,6 +37,7 @@ __all__ = [
     "ColumnsPage",
     "ErrorBody",
     "IngestCounters",
+    "IngestLag",
     "MetricKeys",
     "NonFinite",
     "RunDoc",
@@ -114,11 +115,23 @@ class IngestCounters(msgspec.Struct, gc=False):
     write_errors: int = 0
 
 
+class IngestLag(msgspec.Struct, gc=False):
+    """How far behind ingest is: batches not yet given to a worker (``pending``),
+    given but not yet acknowledged (``ack_pending``), and the age in seconds of
+    the oldest batch still waiting (``None`` when none waits)."""
+
+    pending: int = 0
+    ack_pending: int = 0
+    oldest_s: float | None = None
+
+
 class Status(msgspec.Struct, gc=False):
-    """The service is up; ``ingest`` is present when an ingest worker runs beside it."""
+    """The service is up; ``ingest`` and ``lag`` are present when an ingest worker
+    runs beside it."""
 
     ok: bool = True
     ingest: IngestCounters | None = None
+    lag: IngestLag | None = None
 
 
 class ErrorBody(msgspec.Struct, gc=False):

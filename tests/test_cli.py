@@ -12,6 +12,7 @@ import pytest
 
 import stride
 from stride._wal import log_dirs
+from stride.cli._nats_server import NatsServer
 
 from .conftest import STRIDE, StrideUp, free_port, stride_up, wait_for, wait_rows
 
@@ -132,3 +133,20 @@ def test_ctrl_c_in_a_terminal_drains_before_nats_server_stops(tmp_path: Path) ->
     assert "stride: stopped" in up.output
     assert not [line for line in up.output if "NATS:" in line or "EOF" in line], up.output
     wait_for(lambda: not _alive(child), timeout=10)  # stopped by stride up, after the drain
+
+
+def test_readyz_says_why_stride_up_is_not_ready(tmp_path: Path, nats_server: NatsServer) -> None:
+    with stride_up(tmp_path / "data", "--nats-url", nats_server.url) as up:
+        api = stride.Api(up.http_url, retries=0)
+        wait_for(lambda: api.get("/readyz")["ok"])
+        nats_server.stop()  # NATS goes away: still alive, no longer ready
+
+        def refused() -> str | None:
+            try:
+                api.get("/readyz")
+            except stride.ApiError as exc:
+                return exc.message if exc.status == 503 else None
+            return None
+
+        assert "not connected to NATS" in wait_for(refused)
+        assert api.get("/healthz")["ok"] is True

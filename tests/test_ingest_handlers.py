@@ -273,3 +273,24 @@ def test_ingest_exports_what_we_mean() -> None:
         "Handler", "IngestSettings", "IngestStats", "IngestWorker", "default_handlers",
     }  # fmt: skip
     assert all(hasattr(ingest, name) for name in ingest.__all__)
+
+
+async def test_lag_counts_what_waits_and_how_old_it_is(nc: NatsClient, chdb: ChdbStore) -> None:
+    """Batches published while no worker reads wait in the stream: the lag says how
+    many and how old the oldest is; once a worker has ingested them, nothing waits."""
+    store = AsyncStore(chdb)
+    worker = IngestWorker(nc, store, SETTINGS)
+    task = asyncio.create_task(worker.run())
+    await until(lambda: worker.subscribed, "the worker subscribed")
+    worker.stop()
+    await asyncio.wait_for(task, 30)  # the durable consumer stays; nobody reads it now
+    for seq in range(3):
+        await publish(nc, batch("lagging", seq, range(seq * 10, seq * 10 + 10)))
+    await asyncio.sleep(0.3)
+    lag = await worker.lag()
+    assert lag["pending"] == 3 and lag["ack_pending"] == 0
+    assert lag["oldest_s"] is not None and 0.3 <= lag["oldest_s"] < 30
+    async with Running(nc, store, Seen(chdb)) as again:
+        await until(lambda: again.stats.batches_applied == 3, "the 3 waiting batches applied")
+        await asyncio.sleep(0.2)  # the acks reach the server
+        assert await again.lag() == {"pending": 0, "ack_pending": 0, "oldest_s": None}

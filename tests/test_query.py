@@ -453,8 +453,8 @@ def test_api_types_exports_every_answer_and_nothing_else() -> None:
     import stride.api_types as api_types
 
     assert set(api_types.__all__) == {
-        "ColumnsPage", "ErrorBody", "IngestCounters", "MetricKeys", "NonFinite", "RunDoc",
-        "RunsPage", "Status",
+        "ColumnsPage", "ErrorBody", "IngestCounters", "IngestLag", "MetricKeys", "NonFinite",
+        "RunDoc", "RunsPage", "Status",
     }  # fmt: skip
     assert all(hasattr(api_types, name) for name in api_types.__all__)
 
@@ -594,3 +594,11 @@ def test_leaving_the_block_by_an_exception_sets_the_state(
     api = stride.Api(stack.http_url)
     wait_for(lambda: _exists(api, run.path) and api.run(run.path).state == state)
     assert api.run(run.path).exit_code == exit_code
+
+
+def test_health_readiness_and_lag_over_http(stack: StrideUp) -> None:
+    api = stride.Api(stack.http_url)
+    assert api.get("/healthz") == {"ok": True, "ingest": None, "lag": None}
+    assert api.get("/readyz")["ok"] is True
+    lag = wait_for(lambda: (s := api.get("/api/v1/status")["lag"]) and s["pending"] == 0 and s)
+    assert lag["ack_pending"] == 0 and lag["oldest_s"] is None
