@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import logging
 import sys
 from pathlib import Path
 
+from ._logs import FORMATS, configure
 from .errors import CliError
 
 __all__ = ["main"]
@@ -20,9 +20,18 @@ __all__ = ["main"]
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="stride", description="Stride experiment tracker")
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--log-format",
+        choices=FORMATS,
+        default="text",
+        help="logs on stderr as text lines (default) or one JSON object per line",
+    )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    up = sub.add_parser("up", help="run NATS, ingest and the query API in one process")
+    up = sub.add_parser(
+        "up", parents=[common], help="run NATS, ingest and the query API in one process"
+    )
     up.add_argument("--data-dir", type=Path, default=Path(".stride"), help="default: ./.stride")
     up.add_argument("--host", default="127.0.0.1", help="address to listen on (default: loopback)")
     up.add_argument("--nats-port", type=_port, default=4222, help="default 4222; 0 = any free")
@@ -36,7 +45,9 @@ def _parser() -> argparse.ArgumentParser:
         help="JetStream drops re-sent batches within this window (default 600)",
     )
 
-    sync = sub.add_parser("sync", help="upload spooled batches (offline runs, failed sends)")
+    sync = sub.add_parser(
+        "sync", parents=[common], help="upload spooled batches (offline runs, failed sends)"
+    )
     sync.add_argument("dir", nargs="?", type=Path, default=None, help="default: ./.stride/spool")
     sync.add_argument("--server", default=None, help="NATS URL (default: $STRIDE_SERVER or local)")
     return parser
@@ -54,7 +65,7 @@ def _port(text: str) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="stride: %(message)s")
+    configure(args.log_format)
     try:
         if args.command == "up":
             return _up(args)

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
+import json
 import os
 import signal
 import socket
 import subprocess
 from pathlib import Path
 
+import nats
 import pytest
 
 import stride
@@ -138,15 +141,35 @@ def test_ctrl_c_in_a_terminal_drains_before_nats_server_stops(tmp_path: Path) ->
 def test_readyz_says_why_stride_up_is_not_ready(tmp_path: Path, nats_server: NatsServer) -> None:
     with stride_up(tmp_path / "data", "--nats-url", nats_server.url) as up:
         api = stride.Api(up.http_url, retries=0)
-        wait_for(lambda: api.get("/readyz")["ok"])
-        nats_server.stop()  # NATS goes away: still alive, no longer ready
 
-        def refused() -> str | None:
+        def readiness() -> str:
             try:
                 api.get("/readyz")
             except stride.ApiError as exc:
-                return exc.message if exc.status == 503 else None
-            return None
+                assert exc.status == 503
+                return exc.message
+            return "ready"
 
-        assert "not connected to NATS" in wait_for(refused)
+        wait_for(lambda: readiness() == "ready")  # once the worker has subscribed
+        nats_server.stop()  # NATS goes away: still alive, no longer ready
+        assert "not connected to NATS" in wait_for(lambda: (r := readiness()) != "ready" and r)
         assert api.get("/healthz")["ok"] is True
+
+
+def test_log_format_json_writes_one_object_per_line(tmp_path: Path) -> None:
+    with stride_up(tmp_path / "data", "--log-format", "json") as up:
+
+        async def garbage() -> None:
+            nc = await nats.connect(up.nats_url)
+            await nc.jetstream().publish(
+                "stride.ingest.v1", b"\x00garbage", headers={"Nats-Msg-Id": "json-log"}
+            )
+            await nc.close()
+
+        asyncio.run(garbage())
+        api = stride.Api(up.http_url)
+        wait_for(lambda: api.get("/api/v1/status")["ingest"]["dead_lettered"] == 1)
+    logged = [json.loads(line) for line in up.output if line.startswith("{")]
+    warning = next(e for e in logged if "dead-lettered" in e["message"])
+    assert warning["level"] == "warning" and warning["logger"] == "stride.ingest"
+    assert warning["ts"].endswith("+00:00")
