@@ -37,7 +37,7 @@ from _server import fmt_rate  # also puts the repository root on sys.path
 import stride
 from stride import Settings
 from stride._batches import Builder, KeySet, RunRef
-from stride._reader import LogReader, Outgoing
+from stride._reader import Outgoing, seal_whole_log
 from stride._wal import (
     HEADER_BYTES,
     KEYSET,
@@ -49,11 +49,9 @@ from stride._wal import (
     frame_header,
     frame_payload,
     log_dirs,
-    read_meta,
     row_format,
     scan,
     segment_paths,
-    try_lock_exclusive,
 )
 from stride.ingest._tables import build_tables
 from stride.query._columns import Columns
@@ -110,23 +108,8 @@ def offline_log(tmp: Path, rows: int) -> Path:
 
 
 def read_whole_log(directory: Path, max_batch_bytes: int = 900_000) -> list[Outgoing]:
-    """What delivery does with a gone writer's log, up to publishing (as tests/conftest.py)."""
-    meta = read_meta(directory)
-    lock = try_lock_exclusive(directory)
-    assert meta is not None and lock is not None, f"{directory} is not a free log"
-    reader = LogReader(directory, meta, lock, writer_alive=False)
-    out: list[Outgoing] = []
-    try:
-        while True:
-            before = len(out)
-            reader.read(0.0, max_batch_bytes, 1 << 30, out)
-            for slot in reader.due(0.0, 0.05, 4096, 15.0):
-                out.append(reader.seal(slot))
-            if len(out) == before:
-                break
-    finally:
-        reader.close()
-    return out
+    """What delivery does with a gone writer's log, up to publishing."""
+    return seal_whole_log(directory, max_batch_bytes)
 
 
 def log_reader_ns(directory: Path, rows: int, repeat: int) -> float:

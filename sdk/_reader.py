@@ -571,3 +571,31 @@ def _cut_to(path: Path, keep: Callable[[int], int]) -> None:
         return
     if keep(size) < size:
         os.truncate(path, keep(size))
+
+
+def seal_whole_log(directory: Path, max_batch_bytes: int = 900_000) -> list[Outgoing]:
+    """Every batch of a gone writer's log, sealed as delivery would, without sending.
+
+    For tests and benchmarks (and inspection by hand). The log must be free (its
+    writer and agent gone); sealing writes its ``seals`` file, as delivery does.
+    """
+    from ._wal import read_meta, try_lock_exclusive
+
+    meta = read_meta(directory)
+    lock = try_lock_exclusive(directory)
+    if meta is None or lock is None:
+        if lock is not None:
+            lock.close()
+        raise ValueError(f"{directory} is not a log, or its writer or agent still holds it")
+    reader = LogReader(directory, meta, lock, writer_alive=False)
+    out: list[Outgoing] = []
+    try:
+        while True:
+            before = len(out)
+            reader.read(0.0, max_batch_bytes, 1 << 30, out)
+            for slot in reader.due(0.0, 0.05, 4096, 15.0):
+                out.append(reader.seal(slot))
+            if len(out) == before:
+                return out
+    finally:
+        reader.close()

@@ -175,22 +175,6 @@ def state_of(api: stride.Api, path: str) -> str | None:
 
 def read_log(directory: Path, max_batch_bytes: int = 900_000) -> list[Batch]:
     """Every batch a gone writer's log holds, as delivery would seal them (no NATS)."""
-    from stride._reader import LogReader, Outgoing
-    from stride._wal import read_meta, try_lock_exclusive
+    from stride._reader import seal_whole_log
 
-    meta = read_meta(directory)
-    lock = try_lock_exclusive(directory)
-    assert meta is not None and lock is not None, f"{directory} is not a free log"
-    reader = LogReader(directory, meta, lock, writer_alive=False)
-    out: list[Outgoing] = []
-    try:
-        while True:
-            before = len(out)
-            reader.read(0.0, max_batch_bytes, 1 << 30, out)
-            for slot in reader.due(0.0, 0.05, 4096, 15.0):
-                out.append(reader.seal(slot))
-            if len(out) == before:
-                break
-    finally:
-        reader.close()
-    return [decode_batch(item.payload) for item in out]
+    return [decode_batch(item.payload) for item in seal_whole_log(directory, max_batch_bytes)]
