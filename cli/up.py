@@ -109,7 +109,7 @@ async def _serve(settings: UpSettings, data_dir: Path, nats_url: str) -> None:
         duplicate_window_s=settings.ingest.duplicate_window_s,
     )
     worker = IngestWorker(nc, store, settings.ingest)
-    app = create_app(store, settings.query)
+    app = create_app(settings.query, store=store)
 
     async def status() -> dict[str, Any]:
         return {"ingest": worker.stats.as_dict(), "lag": await worker.lag()}

@@ -7,6 +7,9 @@ import dataclasses
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class QuerySettings:
+    #: Where the data is, when the app opens its own store (``create_app`` without
+    #: ``store=``): a URL for :func:`stride.store.open_store`, e.g. ``chdb:///path``.
+    store_url: str | None = None
     #: A running run whose last heartbeat is older than this is reported "crashed".
     lost_after_s: float = 300.0
     max_samples: int = 100_000

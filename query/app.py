@@ -6,8 +6,9 @@ client decodes with.
 
 from __future__ import annotations
 
+import asyncio
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import msgspec
@@ -15,7 +16,7 @@ from aiohttp import web
 
 from stride.api_types import ErrorBody, MetricKeys, RunsPage, Status
 from stride.ids import InvalidIdentifier, Kind, check
-from stride.store import AsyncStore
+from stride.store import AsyncStore, open_store
 
 from . import runs as runs_q
 from ._columns import Columns
@@ -45,13 +46,30 @@ _INT64 = (-(2**63), 2**63 - 1)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
-def create_app(store: AsyncStore, settings: QuerySettings | None = None) -> web.Application:
-    """Build the app. The caller owns ``store`` (and closes it)."""
+def create_app(
+    settings: QuerySettings | None = None, *, store: AsyncStore | None = None
+) -> web.Application:
+    """Build the app.
+
+    With ``store``, the caller owns it and closes it (``stride up`` shares one
+    with ingest). Without, the app opens ``settings.store_url`` when it starts
+    and closes it when it stops (aiohttp's ``cleanup_ctx``).
+
+    Example::
+
+        app = create_app(QuerySettings(store_url="chdb:///var/lib/stride/clickhouse"))
+        web.run_app(app, port=8080)
+    """
+    settings = settings or QuerySettings()
     app = web.Application(middlewares=[_errors])
-    app[STORE] = store
-    app[CATALOG] = Catalog(store)
     app[READ_AHEAD] = ReadAhead()
-    app[SETTINGS] = settings or QuerySettings()
+    app[SETTINGS] = settings
+    if store is not None:
+        _attach(app, store)
+    elif settings.store_url:
+        app.cleanup_ctx.append(_own_store)
+    else:
+        raise ValueError("create_app needs a store: pass store=, or QuerySettings(store_url=...)")
     base = "/api/v1"
     app.router.add_get("/healthz", _healthz)
     app.router.add_get("/readyz", _readyz)
@@ -65,6 +83,23 @@ def create_app(store: AsyncStore, settings: QuerySettings | None = None) -> web.
 
 
 _encoder = msgspec.json.Encoder()
+
+
+def _attach(app: web.Application, store: AsyncStore) -> None:
+    app[STORE] = store
+    app[CATALOG] = Catalog(store)
+
+
+async def _own_store(app: web.Application) -> AsyncIterator[None]:
+    """The app's own store: opened at start-up, closed at clean-up."""
+    url = app[SETTINGS].store_url
+    assert url is not None
+    store = AsyncStore(await asyncio.to_thread(open_store, url))
+    _attach(app, store)
+    try:
+        yield
+    finally:
+        await store.close()
 
 
 def _json(body: msgspec.Struct, status: int = 200) -> web.Response:
