@@ -27,16 +27,15 @@ import contextlib
 import dataclasses
 import logging
 import socket
-import struct
 import time
 from pathlib import Path
 from typing import Any
 
-import msgspec
 import nats
 from nats.aio.client import Client as NatsClient
 from nats.js import JetStreamContext
 
+from . import _control as protocol
 from ._batches import SEAL_CANCELLED, SEAL_CRASHED
 from ._reader import LogReader, Outgoing
 from ._settings import Settings
@@ -45,17 +44,9 @@ from .wire import INGEST_SUBJECT, message_id
 
 log = logging.getLogger("stride")
 
-_LENGTH = struct.Struct("<I")
 _WHOLE_LOG = -1  # a waiter for everything in the own log
 #: A log that could not be read is renamed with this suffix and left alone.
 UNREADABLE_SUFFIX = ".unreadable"
-_encode = msgspec.msgpack.Encoder().encode
-_decode = msgspec.msgpack.Decoder(list).decode
-
-
-def send_message(sock: socket.socket, message: list[Any]) -> None:
-    body = _encode(message)
-    sock.sendall(_LENGTH.pack(len(body)) + body)
 
 
 @dataclasses.dataclass
@@ -381,9 +372,9 @@ class Agent:
         reader, self._writer = await asyncio.open_unix_connection(sock=self._control)
         try:
             while True:
-                header = await reader.readexactly(_LENGTH.size)
-                body = await reader.readexactly(_LENGTH.unpack(header)[0])
-                message = _decode(body)
+                header = await reader.readexactly(protocol.LENGTH.size)
+                body = await reader.readexactly(protocol.LENGTH.unpack(header)[0])
+                message = protocol.decode(body)
                 if self._own is not None:
                     self._own.catch_up()
                 self._wakeup.set()
@@ -421,10 +412,9 @@ class Agent:
         for waiter in self._waiters:
             if own is None or own not in self._readers:
                 left = (0, 0)
-            elif waiter.slot == _WHOLE_LOG:
-                left = own.pending_all(waiter.upto)
             else:
-                left = own.pending_for(waiter.slot, waiter.upto)
+                slot = None if waiter.slot == _WHOLE_LOG else waiter.slot
+                left = own.pending(waiter.upto, slot)
             if left != (0, 0) and now < waiter.deadline:
                 keep.append(waiter)
                 continue
@@ -432,8 +422,7 @@ class Agent:
             sent = (state.batches_sent, state.points_sent) if state is not None else (0, 0)
             reply = ["report", *sent, left[0] + (1 if left[1] else 0), self.report.last_error]
             if self._writer is not None and not self._writer.is_closing():
-                body = _encode(reply)
-                self._writer.write(_LENGTH.pack(len(body)) + body)
+                self._writer.write(protocol.encode(reply))
         self._waiters = keep
 
     def _warn_once(self, key: str, message: str) -> None:

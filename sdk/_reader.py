@@ -22,7 +22,7 @@ import logging
 import os
 import shutil
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import IO
 
@@ -204,9 +204,8 @@ class LogReader:
             segment.poll()
 
     def _final(self, segment: Segment) -> tuple[int, bool]:
-        readable, _ = segment.poll()
-        readable, full = segment.poll()  # the writer is gone: its last commit is final
-        return readable, True if full else not self.writer_alive
+        """The writer is gone: its last commit is final, and the segment complete."""
+        return segment.commit(), True
 
     def _read_frames(
         self,
@@ -455,7 +454,7 @@ class LogReader:
         os.close(self._seals_fd)
         os.replace(tmp, self.dir / "seals")
         self._seals_fd = os.open(self.dir / "seals", os.O_WRONLY | os.O_APPEND)
-        self.trim = self._marked = low
+        self._marked = low
 
     def finished(self) -> bool:
         """Everything the (gone) writer logged is delivered."""
@@ -465,17 +464,15 @@ class LogReader:
             return False
         return self.at_end()
 
-    def pending_all(self, upto: int) -> tuple[int, int]:
-        """Up to ``upto``: batches of any run not yet acked, and log bytes not yet read."""
-        unacked = len(self.unacked) + sum(1 for s in self.slots.values() if s.builder is not None)
-        return unacked, max(0, upto - self.cursor)
-
-    def pending_for(self, slot: int, upto: int) -> tuple[int, int]:
-        """Up to ``upto``: the slot's batches not yet acked, and log bytes not yet read."""
-        unacked = sum(1 for (s, _) in self.unacked if s == slot)
-        state = self.slots.get(slot)
-        if state is not None and state.builder is not None:
-            unacked += 1
+    def pending(self, upto: int, slot: int | None = None) -> tuple[int, int]:
+        """Up to ``upto``: batches not yet acked (of ``slot``, or of every run, counting
+        a builder not sealed yet as one), and log bytes not yet read."""
+        unacked = sum(1 for (s, _) in self.unacked if slot is None or s == slot)
+        unacked += sum(
+            1
+            for s, state in self.slots.items()
+            if (slot is None or s == slot) and state.builder is not None
+        )
         return unacked, max(0, upto - self.cursor)
 
     def remove(self) -> None:
@@ -558,9 +555,6 @@ class LogReader:
                     self._rebuild.setdefault(seal.slot, []).append((seal, builder))
             for pending in self._rebuild.values():
                 pending.sort(key=lambda item: item[0].start)
-
-    def __iter__(self) -> Iterator[SlotState]:
-        return iter(self.slots.values())
 
 
 def _cut_to(path: Path, keep: Callable[[int], int]) -> None:

@@ -191,7 +191,7 @@ class Run:
         t = ts - self._t0 if time is None else float(time)
         with w.lock:
             pos = w.pos
-            if pos + size > w.end:
+            if pos + size > w.segment_bytes:
                 pos = w.reserve(size)
             try:
                 # Packing checks, in C, that every value is a number.

@@ -37,8 +37,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import msgspec
-
+from . import _control as protocol
 from ._names import random_id
 from ._settings import Settings
 from ._wal import CLOSE, OPEN, LogMeta, LogWriter
@@ -47,9 +46,6 @@ if TYPE_CHECKING:
     from ._run import Run
 
 log = logging.getLogger("stride")
-
-_LENGTH_BYTES = 4
-_decode = msgspec.msgpack.Decoder(list).decode
 
 
 @dataclasses.dataclass
@@ -228,10 +224,9 @@ class Transport:
         try:
             try:
                 control.settimeout(timeout)
-                body = msgspec.msgpack.encode(message)
-                control.sendall(len(body).to_bytes(_LENGTH_BYTES, "little") + body)
-                size = int.from_bytes(_recv_exactly(control, _LENGTH_BYTES), "little")
-                return _decode(_recv_exactly(control, size))
+                control.sendall(protocol.encode(message))
+                (size,) = protocol.LENGTH.unpack(_recv_exactly(control, protocol.LENGTH.size))
+                return protocol.decode(_recv_exactly(control, size))
             except (OSError, EOFError):
                 return None
         finally:
@@ -248,10 +243,8 @@ class Transport:
         # deliver the rest and delete the directory at once.
         self.log.close()
         if self._control is not None:
-            with contextlib.suppress(OSError):
-                body = msgspec.msgpack.encode(["close"])
-                with self._control_lock:
-                    self._control.sendall(len(body).to_bytes(_LENGTH_BYTES, "little") + body)
+            with contextlib.suppress(OSError), self._control_lock:
+                self._control.sendall(protocol.encode(["close"]))
         if self._thread is not None:
             self._thread.join(timeout=5.0)
         if self._control is not None:

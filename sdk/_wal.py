@@ -256,7 +256,6 @@ class LogWriter:
         self._header = self._current.header
         self.index = 0
         self.pos = HEADER_BYTES
-        self.end = self.segment_bytes
         self._pages = threading.Thread(
             target=self._keep_pages, name="stride-log-pages", daemon=True
         )
@@ -275,7 +274,7 @@ class LogWriter:
 
     def reserve(self, size: int) -> int:
         """Where a frame of ``size`` bytes goes: the current segment, or the next one."""
-        if self.pos + size > self.end:
+        if self.pos + size > self.segment_bytes:
             if size > self.segment_bytes - HEADER_BYTES:
                 raise ValueError(
                     f"a frame of {size} bytes does not fit a {self.segment_bytes}-byte segment"
@@ -480,9 +479,13 @@ class Segment:
         stored at least one tick ago, also on CPUs that reorder stores.
         """
         readable = self.seen_commit
-        commit, full = int(self._header[_COMMIT]), bool(self._header[_FULL])
-        self.seen_commit = commit
-        return readable, full and readable == commit
+        self.seen_commit = self.commit()
+        return readable, bool(self._header[_FULL]) and readable == self.seen_commit
+
+    def commit(self) -> int:
+        """The commit offset now (only safe to read up to once the writer is gone, or
+        after a memory barrier such as a socket round trip; see :meth:`poll`)."""
+        return int(self._header[_COMMIT])
 
     def close(self) -> bool:
         """Unmap; ``False`` if slices of it are still in use (try again later)."""
