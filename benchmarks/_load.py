@@ -14,7 +14,6 @@ import _server  # noqa: F401  (puts the repository root on sys.path)
 import numpy as np
 import pyarrow as pa
 
-from stride.store import DATABASE
 from stride.store.chdb import ChdbStore
 from stride.store.schema import FIELDS_COLUMNS, KEYS_COLUMNS, POINTS_COLUMNS
 
@@ -60,7 +59,7 @@ def load_series(
             for name in keys:
                 for start in range(0, n, CHUNK):
                     table = _points_chunk(path, name, start, min(CHUNK, n - start))
-                    store.insert_arrow(f"{DATABASE}.points", POINTS_COLUMNS, table)
+                    store.insert_arrow("points", POINTS_COLUMNS, table)
             fields = pa.table(
                 {
                     "entity": [entity] * 3,
@@ -71,19 +70,19 @@ def load_series(
                     "ver": pa.array([1, 1, 1], pa.uint64()),
                 }
             )
-            store.insert_arrow(f"{DATABASE}.run_fields", FIELDS_COLUMNS, fields)
+            store.insert_arrow("run_fields", FIELDS_COLUMNS, fields)
             names = pa.table(
                 {"run": [path] * len(keys), "stream": ["default"] * len(keys), "key": keys}
             )
-            store.insert_arrow(f"{DATABASE}.run_keys", KEYS_COLUMNS, names)
+            store.insert_arrow("run_keys", KEYS_COLUMNS, names)
         load_s = time.perf_counter() - t0
         if optimize:
-            store.command(f"OPTIMIZE TABLE {DATABASE}.points FINAL")
+            store.command("OPTIMIZE TABLE points FINAL")
         parts = store.query_arrow(
             "SELECT count() AS n FROM system.parts "
-            f"WHERE database = '{DATABASE}' AND table = 'points' AND active"
+            "WHERE database = currentDatabase() AND table = 'points' AND active"
         )
-        total = store.query_arrow(f"SELECT count() AS n FROM {DATABASE}.points")
+        total = store.query_arrow("SELECT count() AS n FROM points")
     finally:
         store.close()
     return {

@@ -1,27 +1,61 @@
-"""The ``stride`` command: ``stride up`` and ``stride sync``.
+"""The ``stride`` command: ``stride up``, ``stride ingest``, ``stride query``, ``stride sync``.
 
 This is the one place that reads flags and the environment; everything below
-it receives frozen settings. Errors the user can fix are printed as one line
-and exit with status 1 (2 for bad usage), never as a traceback.
+it receives frozen settings. Every flag of the services has an environment
+variable (``ENV`` below, listed in ``--help``), for containers; a flag given
+on the command line wins. Errors the user can fix are printed as one line and
+exit with status 1 (2 for bad usage), never as a traceback.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import sys
 from pathlib import Path
+from typing import Any
 
 from ._logs import FORMATS, configure
 from .errors import CliError
 
-__all__ = ["main"]
+__all__ = ["ENV", "main"]
+
+#: The environment variables the services read, and the flag each stands for.
+ENV = {
+    "STRIDE_LOG_FORMAT": "--log-format",
+    "STRIDE_NATS_URL": "--nats-url",
+    "STRIDE_STORE": "--store",
+    "STRIDE_OBJECTS": "--objects",
+    "STRIDE_HOST": "--host",
+    "STRIDE_HTTP_PORT": "--http-port",
+    "STRIDE_INGEST_WORKERS": "--workers",
+    "STRIDE_STREAM_REPLICAS": "--replicas",
+    "STRIDE_DUPLICATE_WINDOW": "--duplicate-window",
+    "STRIDE_DRAIN_TIMEOUT": "--drain-timeout",
+    "STRIDE_CONNECT_TIMEOUT": "--connect-timeout",
+    "STRIDE_LOST_AFTER": "--lost-after",
+}
+_FLAG_ENV = {flag: name for name, flag in ENV.items()}
+
+
+def _option(parser: argparse.ArgumentParser, flag: str, *, default: Any = None, **kw: Any) -> None:
+    """A flag whose default comes from its environment variable, then ``default``."""
+    env = _FLAG_ENV[flag]
+    kw["help"] = f"{kw.get('help', '')} [${env}]".strip()
+    value = os.environ.get(env)
+    # A string default goes through ``type`` as if typed on the command line.
+    kw["default"] = value if value not in (None, "") else default
+    if kw["default"] is None and kw.pop("required", False):
+        kw["required"] = True
+    parser.add_argument(flag, **kw)
 
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="stride", description="Stride experiment tracker")
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument(
+    _option(
+        common,
         "--log-format",
         choices=FORMATS,
         default="text",
@@ -45,12 +79,73 @@ def _parser() -> argparse.ArgumentParser:
         help="JetStream drops re-sent batches within this window (default 600)",
     )
 
+    ingest = sub.add_parser(
+        "ingest", parents=[common], help="run ingest workers: NATS -> storage (any number)"
+    )
+    _service_options(ingest, http_port=8081)
+    _option(
+        ingest,
+        "--nats-url",
+        default="nats://127.0.0.1:4222",
+        help="NATS server URL(s), comma-separated for a cluster",
+    )
+    _option(ingest, "--workers", type=int, default=1, help="workers in this process (default 1)")
+    _option(ingest, "--replicas", type=int, default=1, help="stream replicas: 3 on a NATS cluster")
+    _option(
+        ingest,
+        "--duplicate-window",
+        type=float,
+        default=600.0,
+        metavar="SECONDS",
+        help="JetStream drops re-sent batches within this window (default 600)",
+    )
+    query = sub.add_parser("query", parents=[common], help="serve the query HTTP API (any number)")
+    _service_options(query, http_port=8080)
+    _option(
+        query,
+        "--lost-after",
+        type=float,
+        default=300.0,
+        metavar="SECONDS",
+        help="a running run silent this long is reported crashed (default 300)",
+    )
+
     sync = sub.add_parser(
         "sync", parents=[common], help="upload spooled batches (offline runs, failed sends)"
     )
     sync.add_argument("dir", nargs="?", type=Path, default=None, help="default: ./.stride/spool")
     sync.add_argument("--server", default=None, help="NATS URL (default: $STRIDE_SERVER or local)")
     return parser
+
+
+def _service_options(parser: argparse.ArgumentParser, *, http_port: int) -> None:
+    _option(
+        parser,
+        "--store",
+        required=True,
+        help="storage URL: chdb:///dir or http(s)://user:pass@host:port/db[?cluster=NAME]",
+    )
+    _option(
+        parser, "--objects", help="object store URL: file:///dir or s3://KEY:SECRET@host/bucket"
+    )
+    _option(parser, "--host", default="0.0.0.0", help="address to serve HTTP on (default all)")
+    _option(parser, "--http-port", type=_port, default=http_port, help=f"default {http_port}")
+    _option(
+        parser,
+        "--drain-timeout",
+        type=float,
+        default=30.0,
+        metavar="SECONDS",
+        help="on SIGTERM, finish the work in hand within this bound (default 30)",
+    )
+    _option(
+        parser,
+        "--connect-timeout",
+        type=float,
+        default=60.0,
+        metavar="SECONDS",
+        help="keep retrying servers at start-up this long (default 60)",
+    )
 
 
 def _port(text: str) -> int:
@@ -69,6 +164,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "up":
             return _up(args)
+        if args.command in ("ingest", "query"):
+            return _service(args)
         return _sync(args)
     except CliError as exc:
         print(f"stride: error: {exc}", file=sys.stderr)
@@ -96,6 +193,52 @@ def _up(args: argparse.Namespace) -> int:
         ingest=IngestSettings(duplicate_window_s=args.duplicate_window),
     )
     asyncio.run(serve(settings))
+    return 0
+
+
+def _service(args: argparse.Namespace) -> int:
+    try:
+        from stride.ingest import IngestSettings
+        from stride.query import QuerySettings
+
+        from .services import (
+            IngestServiceSettings,
+            QueryServiceSettings,
+            serve_ingest,
+            serve_query,
+        )
+    except ImportError as exc:
+        raise CliError(
+            f"`stride {args.command}` needs the server extra ({exc.name} is missing): "
+            "pip install 'stride[server]'"
+        ) from None
+    if args.command == "ingest":
+        ingest = IngestServiceSettings(
+            nats_url=args.nats_url,
+            store_url=args.store,
+            objects_url=args.objects,
+            workers=args.workers,
+            host=args.host,
+            http_port=args.http_port,
+            connect_timeout_s=args.connect_timeout,
+            ingest=IngestSettings(
+                replicas=args.replicas,
+                duplicate_window_s=args.duplicate_window,
+                drain_timeout_s=args.drain_timeout,
+            ),
+        )
+        asyncio.run(serve_ingest(ingest))
+        return 0
+    query = QueryServiceSettings(
+        store_url=args.store,
+        objects_url=args.objects,
+        host=args.host,
+        http_port=args.http_port,
+        connect_timeout_s=args.connect_timeout,
+        drain_timeout_s=args.drain_timeout,
+        query=QuerySettings(lost_after_s=args.lost_after),
+    )
+    asyncio.run(serve_query(query))
     return 0
 
 

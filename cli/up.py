@@ -13,13 +13,11 @@ import contextlib
 import dataclasses
 import errno
 import logging
-import signal
 import socket
 from pathlib import Path
 from typing import Any
 
-import nats
-from aiohttp import web
+from nats.aio.client import Client as NatsClient
 
 from stride.ingest import IngestSettings, IngestWorker
 from stride.ingest.streams import ensure_streams
@@ -29,6 +27,7 @@ from stride.store.chdb import ChdbStore
 
 from ._lock import DataDirLock
 from ._nats_server import NatsServer
+from ._service import connect_nats, finish, serve_http, wait_for_stop
 from .errors import CliError
 
 log = logging.getLogger("stride.up")
@@ -62,10 +61,6 @@ def _check_port_free(host: str, port: int, what: str, flag: str) -> None:
             raise CliError(f"cannot listen on {host}:{port}: {exc.strerror}") from None
 
 
-async def _log_nats_error(exc: Exception) -> None:
-    log.warning("NATS: %s", exc or exc.__class__.__name__)
-
-
 async def serve(settings: UpSettings) -> None:
     """Run until SIGINT/SIGTERM (or until the task is cancelled)."""
     data_dir = settings.data_dir.resolve()
@@ -93,15 +88,21 @@ async def serve(settings: UpSettings) -> None:
 async def _serve(settings: UpSettings, data_dir: Path, nats_url: str) -> None:
     store = AsyncStore(await asyncio.to_thread(ChdbStore, data_dir / "clickhouse"))
     try:
-        nc = await asyncio.wait_for(
-            nats.connect(
-                nats_url, max_reconnect_attempts=-1, name="stride-up", error_cb=_log_nats_error
-            ),
-            timeout=10.0,
-        )
-    except Exception as exc:
+        nc = await connect_nats(nats_url, "stride-up", 10.0)
+    except BaseException:
         await store.close()
-        raise CliError(f"cannot connect to NATS at {nats_url}: {exc}") from None
+        raise
+    try:
+        await _run(settings, data_dir, nats_url, store, nc)
+    finally:
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(nc.drain(), 5.0)
+        await store.close()
+
+
+async def _run(
+    settings: UpSettings, data_dir: Path, nats_url: str, store: AsyncStore, nc: NatsClient
+) -> None:
     # Streams exist before the addresses are printed: a writer may publish at once.
     await ensure_streams(
         nc.jetstream(),
@@ -112,7 +113,12 @@ async def _serve(settings: UpSettings, data_dir: Path, nats_url: str) -> None:
     app = create_app(settings.query, store=store)
 
     async def status() -> dict[str, Any]:
-        return {"ingest": worker.stats.as_dict(), "lag": await worker.lag()}
+        try:
+            lag = await worker.lag()
+        except Exception as exc:  # the consumer is not there yet, or NATS is away
+            log.debug("ingest lag unavailable: %s", exc)
+            lag = None
+        return {"ingest": worker.stats.as_dict(), "lag": lag}
 
     async def ready() -> str | None:
         if not nc.is_connected:
@@ -123,45 +129,18 @@ async def _serve(settings: UpSettings, data_dir: Path, nats_url: str) -> None:
 
     app[STATUS] = status
     app[READY] = ready
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, settings.host, settings.http_port)
-    try:
-        await site.start()
-    except OSError as exc:
-        await runner.cleanup()
-        await nc.close()
-        await store.close()
-        raise CliError(
-            f"cannot serve HTTP on {settings.host}:{settings.http_port}: {exc}"
-        ) from None
-    http_port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
+    runner, http_port = await serve_http(app, settings.host, settings.http_port, 5.0)
     worker_task = asyncio.create_task(worker.run(), name="ingest")
     print(f"stride: NATS  {nats_url}", flush=True)
     print(f"stride: HTTP  http://{settings.host}:{http_port}", flush=True)
     print(f"stride: data  {data_dir}", flush=True)
-    failure: BaseException | None = None
     try:
-        stop_task = asyncio.create_task(stop.wait())
-        done, _ = await asyncio.wait({stop_task, worker_task}, return_when=asyncio.FIRST_COMPLETED)
-        if worker_task in done:
-            failure = worker_task.exception()
+        failure = await wait_for_stop(worker_task)
         print("stride: stopping (draining ingest)...", flush=True)
-    finally:
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.remove_signal_handler(sig)
         worker.stop()
-        with contextlib.suppress(Exception, asyncio.CancelledError):
-            await asyncio.wait_for(worker_task, settings.ingest.drain_timeout_s)
+        await finish([worker_task], settings.ingest.drain_timeout_s)
+    finally:
         await runner.cleanup()
-        with contextlib.suppress(Exception):
-            await asyncio.wait_for(nc.drain(), 5.0)
-        await store.close()
     if failure is not None:
         raise CliError(f"ingest stopped unexpectedly: {failure!r}; restart `stride up`")
     print("stride: stopped", flush=True)

@@ -31,7 +31,7 @@ from typing import Any, Protocol, TypeVar
 
 import pyarrow as pa
 
-from stride.store import DATABASE, AsyncStore
+from stride.store import AsyncStore
 from stride.store.schema import FIELDS_COLUMNS, KEYS_COLUMNS, POINTS_COLUMNS
 from stride.wire import Batch
 
@@ -86,13 +86,13 @@ class MetricsHandler:
         return build_points(batches)
 
     async def write(self, store: AsyncStore, prepared: Points) -> int:
-        await store.insert_arrow(f"{DATABASE}.points", POINTS_COLUMNS, prepared.table)
+        await store.insert_arrow("points", POINTS_COLUMNS, prepared.table)
         # Decided at write time, not in prepare: the fetch written meanwhile may add keys.
         new_keys = prepared.keys - self._known_keys
         if new_keys:
             run, stream, key = zip(*sorted(new_keys), strict=True)
             keys = pa.table({"run": list(run), "stream": list(stream), "key": list(key)})
-            await store.insert_arrow(f"{DATABASE}.run_keys", KEYS_COLUMNS, keys)
+            await store.insert_arrow("run_keys", KEYS_COLUMNS, keys)
             self._known_keys |= new_keys
         return prepared.count
 
@@ -108,7 +108,7 @@ class RunFieldsHandler:
         return build_fields(batches)
 
     async def write(self, store: AsyncStore, prepared: pa.Table) -> int:
-        await store.insert_arrow(f"{DATABASE}.run_fields", FIELDS_COLUMNS, prepared)
+        await store.insert_arrow("run_fields", FIELDS_COLUMNS, prepared)
         return 0
 
 

@@ -27,8 +27,7 @@ from nats.aio.msg import Msg
 from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js import JetStreamContext
 
-from stride.store import DATABASE, AsyncStore, StoreError
-from stride.store.params import int_array, string_array
+from stride.store import AsyncStore, StoreError
 from stride.store.schema import BATCHES_COLUMNS
 from stride.wire import DLQ_SUBJECT, INGEST_SUBJECT, STREAM, Batch, WireError, decode_batch
 
@@ -40,6 +39,10 @@ from .streams import DURABLE, consumer_config, ensure_streams
 log = logging.getLogger("stride.ingest")
 
 __all__ = ["IngestStats", "IngestWorker"]
+
+#: After a failed write, the worker waits this long, doubling per failure up to the max.
+MIN_BACKOFF_S = 0.5
+MAX_BACKOFF_S = 30.0
 
 
 class IngestStats:
@@ -84,6 +87,7 @@ class IngestWorker:
         self._handlers = list(default_handlers() if handlers is None else handlers)
         check_registry(self._handlers)
         self._stopping = asyncio.Event()
+        self._backoff_s = 0.0
         self.subscribed = False  # ready: the durable consumer exists and is read
         self.stats = IngestStats()
 
@@ -199,11 +203,25 @@ class IngestWorker:
                 else:
                     await self._write(self._prepare_all(fresh), build_ledger(fresh), len(fresh))
         except StoreError as exc:
+            # Storage is failing: hand the batches back, and wait longer after each
+            # failure (up to MAX_BACKOFF_S) before writing again, so an outage is not
+            # hammered; the first success resets the wait.
             self.stats.write_errors += 1
-            log.error("ingest: write failed, the batches will be redelivered: %s", exc)
+            self._backoff_s = min(max(2 * self._backoff_s, MIN_BACKOFF_S), MAX_BACKOFF_S)
+            log.error(
+                "ingest: write failed, %d batches will be redelivered; retrying in %.1f s: %s",
+                len(decoded),
+                self._backoff_s,
+                exc,
+            )
             for msg, _ in decoded:
-                await msg.nak(delay=1.0)
+                await msg.nak(delay=self._backoff_s)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), self._backoff_s)
             return
+        if self._backoff_s:
+            log.info("ingest: storage answers again; writing")
+            self._backoff_s = 0.0
         self.stats.batches_skipped += len(decoded) - len(fresh)
         for msg, _ in decoded:
             await msg.ack()
@@ -212,13 +230,13 @@ class IngestWorker:
         if not batches:
             return []
         rows = await self._store.query_arrow(
-            f"SELECT run, writer, seq FROM {DATABASE}.batches "
+            "SELECT run, writer, seq FROM batches "
             "WHERE run IN {runs:Array(String)} AND writer IN {writers:Array(String)} "
             "AND seq IN {seqs:Array(UInt64)}",
             {
-                "runs": string_array({b.path for b in batches}),
-                "writers": string_array({b.writer for b in batches}),
-                "seqs": int_array({b.seq for b in batches}),
+                "runs": sorted({b.path for b in batches}),
+                "writers": sorted({b.writer for b in batches}),
+                "seqs": sorted({b.seq for b in batches}),
             },
         )
         applied = set(
@@ -245,7 +263,7 @@ class IngestWorker:
                 points += await handler.write(self._store, rows)
         # The ledger is written last: if we die before it, the batch is redelivered
         # and re-applied, which the ReplacingMergeTree tables absorb.
-        await self._store.insert_arrow(f"{DATABASE}.batches", BATCHES_COLUMNS, ledger)
+        await self._store.insert_arrow("batches", BATCHES_COLUMNS, ledger)
         self.stats.batches_applied += batches
         self.stats.points += points
 

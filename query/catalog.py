@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 
-from stride.store import DATABASE, AsyncStore
+from stride.store import AsyncStore
 
 from . import runs as runs_q
 
@@ -43,7 +43,7 @@ class Catalog:
             if fresh and (wanted is None or set(wanted) <= set(keys)):
                 return keys
         rows = await self._store.query_arrow(
-            f"SELECT DISTINCT key FROM {DATABASE}.run_keys "
+            "SELECT DISTINCT key FROM run_keys "
             "WHERE run = {run:String} AND stream = {stream:String} ORDER BY key",
             {"run": run, "stream": stream},
         )

@@ -30,8 +30,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from stride.store import DATABASE, AsyncStore
-from stride.store.params import string_array
+from stride.store import AsyncStore
 from stride.store.schema import ROLLUP_MERGE, ROLLUP_STEPS, rollup_aggregates
 
 from ._columns import Columns, pivot
@@ -54,20 +53,18 @@ async def history(
     max_step: int | None,
     envelope: bool,
 ) -> Columns:
-    params: dict[str, Any] = {"run": run, "stream": stream, "keys": string_array(keys)}
+    params: dict[str, Any] = {"run": run, "stream": stream, "keys": sorted(keys)}
     edges = _set_range(
         params,
         _INT64_MIN if min_step is None else min_step,
         _INT64_MAX if max_step is None else max_step,
     )
     edge_stats = (
-        f" UNION ALL SELECT step, step, 1 FROM {DATABASE}.points WHERE {_SERIES} AND {_EDGES}"
-        if edges
-        else ""
+        f" UNION ALL SELECT step, step, 1 FROM points WHERE {_SERIES} AND {_EDGES}" if edges else ""
     )
     stats = await store.query_arrow(
         "SELECT min(smin) AS lo, max(smax) AS hi, sum(n) AS n FROM ("
-        f"SELECT smin, smax, n FROM {DATABASE}.points_rollup "
+        f"SELECT smin, smax, n FROM points_rollup "
         f"WHERE {_SERIES} AND {_INTERIOR}{edge_stats})",
         params,
     )
@@ -114,7 +111,7 @@ async def _every_point(
 ) -> Columns:
     table = await store.query_arrow(
         "SELECT key, step, value, time AS _runtime, timestamp AS _timestamp "
-        f"FROM {DATABASE}.points FINAL WHERE {_SERIES} AND {_RANGE} ORDER BY key, step",
+        f"FROM points FINAL WHERE {_SERIES} AND {_RANGE} ORDER BY key, step",
         params,
     )
     cols = pivot(table, keys, ("_runtime", "_timestamp"))
@@ -128,7 +125,7 @@ async def _every_point(
 async def _raw_buckets(store: AsyncStore, params: dict[str, Any], width: int) -> pa.Table:
     return await store.query_arrow(
         f"SELECT key, intDiv(step - {{origin:Int64}}, {width}) AS sb, {rollup_aggregates()} "
-        f"FROM {DATABASE}.points WHERE {_SERIES} AND {_RANGE} GROUP BY key, sb",
+        f"FROM points WHERE {_SERIES} AND {_RANGE} GROUP BY key, sb",
         params,
     )
 
@@ -139,7 +136,7 @@ async def _rollup_buckets(
     span = math.ceil(width / ROLLUP_STEPS)  # rollup buckets per sample bucket
     interior = await store.query_arrow(
         f"SELECT key, intDiv(bucket - {{origin_bucket:Int64}}, {span}) AS sb, {ROLLUP_MERGE} "
-        f"FROM {DATABASE}.points_rollup WHERE {_SERIES} AND {_INTERIOR} GROUP BY key, sb",
+        f"FROM points_rollup WHERE {_SERIES} AND {_INTERIOR} GROUP BY key, sb",
         params,
     )
     series = _by_key(interior, keys, edge=False)
@@ -147,7 +144,7 @@ async def _rollup_buckets(
         return series
     edge_rows = await store.query_arrow(
         f"SELECT key, if(step < {{in_lo:Int64}}, -1, {_INT64_MAX}) AS sb, {rollup_aggregates()} "
-        f"FROM {DATABASE}.points WHERE {_SERIES} AND {_EDGES} GROUP BY key, sb",
+        f"FROM points WHERE {_SERIES} AND {_EDGES} GROUP BY key, sb",
         params,
     )
     return _concat(series, _by_key(edge_rows, keys, edge=True))

@@ -11,8 +11,7 @@ import msgspec
 import orjson
 
 from stride.api_types import RunDoc
-from stride.store import DATABASE, AsyncStore
-from stride.store.params import string_array
+from stride.store import AsyncStore
 from stride.store.schema import ONCE_PREFIX
 
 from .errors import BadRequest, NotFound
@@ -119,7 +118,7 @@ async def list_runs(
         having = f"HAVING (created, run_id) {cmp} ({{c:String}}, {{r:String}})"
     direction = "DESC" if descending else "ASC"
     page = await store.query_arrow(
-        f"SELECT run_id, argMax(value, ver) AS created FROM {DATABASE}.run_fields "
+        f"SELECT run_id, argMax(value, ver) AS created FROM run_fields "
         "WHERE entity = {e:String} AND project = {p:String} AND field = {created:String} "
         f"GROUP BY run_id {having} "
         f"ORDER BY created {direction}, run_id {direction} LIMIT {{n:UInt32}}",
@@ -136,7 +135,7 @@ async def list_runs(
 
 async def run_exists(store: AsyncStore, entity: str, project: str, run_id: str) -> bool:
     rows = await store.query_arrow(
-        f"SELECT count() AS n FROM {DATABASE}.run_fields "
+        "SELECT count() AS n FROM run_fields "
         "WHERE entity = {e:String} AND project = {p:String} AND run_id = {r:String}",
         {"e": entity, "p": project, "r": run_id},
     )
@@ -149,10 +148,10 @@ async def _fetch(
     if not run_ids:
         return []
     rows = await store.query_arrow(
-        f"SELECT run_id, field, argMax(value, ver) AS value FROM {DATABASE}.run_fields "
+        "SELECT run_id, field, argMax(value, ver) AS value FROM run_fields "
         "WHERE entity = {e:String} AND project = {p:String} AND run_id IN {ids:Array(String)} "
         "GROUP BY run_id, field",
-        {"e": entity, "p": project, "ids": string_array(run_ids)},
+        {"e": entity, "p": project, "ids": sorted(run_ids)},
     )
     fields: dict[str, dict[str, str]] = {}
     for run_id, field, value in zip(

@@ -22,8 +22,7 @@ from __future__ import annotations
 import numpy as np
 import pyarrow as pa
 
-from stride.store import DATABASE, AsyncStore
-from stride.store.params import string_array
+from stride.store import AsyncStore, ParamValue
 from stride.store.schema import ROLLUP_STEPS
 
 from ._columns import Columns, pivot
@@ -51,12 +50,18 @@ async def scan_page(
     were logged at that step.
     """
     hi = _INT64_MAX if max_step is None else max_step
-    params: dict[str, object] = {"run": run, "stream": stream, "lo": lo, "hi": hi, "n": page_size}
+    params: dict[str, ParamValue] = {
+        "run": run,
+        "stream": stream,
+        "lo": lo,
+        "hi": hi,
+        "n": page_size,
+    }
     if len(keys) == 1:
         # With the key fixed, ORDER BY step LIMIT n reads the index in order and stops.
         params["key"] = keys[0]
         table = await store.query_arrow(
-            f"SELECT key, step, value FROM {DATABASE}.points FINAL WHERE {_ONE_KEY} "
+            f"SELECT key, step, value FROM points FINAL WHERE {_ONE_KEY} "
             "AND step BETWEEN {lo:Int64} AND {hi:Int64} ORDER BY step LIMIT {n:UInt32}",
             params,
         )
@@ -65,13 +70,13 @@ async def scan_page(
         full = table.num_rows >= page_size
         bound = int(table.column("step")[-1].as_py()) if full else hi
     else:
-        params["keys"] = string_array(keys)
+        params["keys"] = sorted(keys)
         found = await _page_bound(store, params, keys, page_size, lo, hi, require_all)
         if found is None:
             return Columns.empty(), None
         bound = found
         table = await store.query_arrow(
-            f"SELECT key, step, value FROM {DATABASE}.points FINAL WHERE {_KEYS} "
+            f"SELECT key, step, value FROM points FINAL WHERE {_KEYS} "
             "AND step BETWEEN {lo:Int64} AND {bound:Int64} ORDER BY key, step",
             {**params, "bound": bound},
         )
@@ -87,7 +92,7 @@ async def scan_page(
 
 async def _page_bound(
     store: AsyncStore,
-    params: dict[str, object],
+    params: dict[str, ParamValue],
     keys: list[str],
     page_size: int,
     lo: int,
@@ -106,7 +111,7 @@ async def _page_bound(
 
     async def counts_in_window() -> pa.Table:
         return await store.query_arrow(
-            f"SELECT key, bucket, sum(n) AS n FROM {DATABASE}.points_rollup WHERE {_KEYS} "
+            f"SELECT key, bucket, sum(n) AS n FROM points_rollup WHERE {_KEYS} "
             "AND bucket BETWEEN {b_lo:Int64} AND {b_hi:Int64} "
             "GROUP BY key, bucket ORDER BY key, bucket",
             {**params, **window},
@@ -115,7 +120,7 @@ async def _page_bound(
     counts = await counts_in_window()
     if counts.num_rows == 0:  # a gap in the steps: jump to the next bucket with data
         nxt = await store.query_arrow(
-            f"SELECT min(bucket) AS b, count() AS c FROM {DATABASE}.points_rollup WHERE {_KEYS} "
+            f"SELECT min(bucket) AS b, count() AS c FROM points_rollup WHERE {_KEYS} "
             "AND bucket > {b_hi:Int64}",
             {**params, **window},
         )
@@ -129,7 +134,7 @@ async def _page_bound(
         # A required key has no points in the window: no row can have them all.
         # Skip the window, unless the key has no points left at all.
         rest = await store.query_arrow(
-            f"SELECT uniqExact(key) AS k FROM {DATABASE}.points_rollup WHERE {_KEYS} "
+            f"SELECT uniqExact(key) AS k FROM points_rollup WHERE {_KEYS} "
             "AND bucket >= {b_lo:Int64}",
             {**params, **window},
         )

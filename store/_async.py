@@ -1,4 +1,4 @@
-"""Run blocking store calls off the event loop, on one dedicated thread."""
+"""Run blocking store calls off the event loop, on the store's own threads."""
 
 from __future__ import annotations
 
@@ -8,20 +8,32 @@ from typing import Any
 
 import pyarrow as pa
 
-from ._base import Store
+from ._base import Params, Store
 
 
 class AsyncStore:
+    """A :class:`Store` for coroutines: each call runs on one of
+    ``store.concurrency`` threads (one for chDB, which serialises calls)."""
+
     def __init__(self, store: Store) -> None:
         self.sync = store
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="stride-store")
+        self._executor = ThreadPoolExecutor(
+            max_workers=store.concurrency, thread_name_prefix="stride-store"
+        )
+
+    @property
+    def address(self) -> str:
+        return self.sync.address
 
     async def insert_arrow(self, table: str, columns: tuple[str, ...], data: pa.Table) -> None:
         await self._call(self.sync.insert_arrow, table, columns, data)
 
-    async def query_arrow(self, sql: str, params: dict[str, Any] | None = None) -> pa.Table:
+    async def query_arrow(self, sql: str, params: Params | None = None) -> pa.Table:
         result: pa.Table = await self._call(self.sync.query_arrow, sql, params)
         return result
+
+    async def ping(self) -> None:
+        await self._call(self.sync.ping)
 
     async def close(self) -> None:
         await self._call(self.sync.close)

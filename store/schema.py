@@ -24,16 +24,19 @@ Idempotent storage, which makes at-least-once delivery exactly-once in effect:
   invariant under merges, so answers are deterministic; a point re-logged
   with a new value still counts its old value in ``vmin``/``vmax`` (the
   envelope may be wider, never narrower).
+
+:func:`ddl` writes this schema for one server or, given a cluster name, as
+replicated tables behind ``Distributed`` ones; the SQL that reads and writes
+it is the same either way.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from ._base import Store
-
-DATABASE = "stride"
 
 #: Steps per rollup bucket.
 ROLLUP_STEPS = 256
@@ -83,39 +86,64 @@ FIELDS_COLUMNS = ("entity", "project", "run_id", "field", "value", "ver")
 BATCHES_COLUMNS = ("run", "writer", "seq", "ver", "points")
 KEYS_COLUMNS = ("run", "stream", "key")
 
-DDL = (
-    f"CREATE DATABASE IF NOT EXISTS {DATABASE}",
-    f"""CREATE TABLE IF NOT EXISTS {DATABASE}.points (
-        run String,
+
+#: One table: its columns, engine (without "Replicated"), engine arguments and
+#: sorting key, and (in cluster mode) the sharding key of its Distributed table.
+@dataclasses.dataclass(frozen=True)
+class _Table:
+    name: str
+    columns: str
+    engine: str
+    engine_args: str
+    order_by: str
+    shard_by: str
+
+
+_TABLES = (
+    _Table(
+        "points",
+        """run String,
         stream LowCardinality(String),
         key LowCardinality(String),
         step Int64,
         time Float64,
         timestamp Float64,
         value Float64,
-        ver UInt64
-    ) ENGINE = ReplacingMergeTree(ver)
-    ORDER BY (run, stream, key, step)""",
-    f"""CREATE TABLE IF NOT EXISTS {DATABASE}.run_fields (
-        entity String,
+        ver UInt64""",
+        "ReplacingMergeTree",
+        "ver",
+        "run, stream, key, step",
+        "cityHash64(run)",
+    ),
+    _Table(
+        "run_fields",
+        """entity String,
         project String,
         run_id String,
         field String,
         value String,
-        ver UInt64
-    ) ENGINE = ReplacingMergeTree(ver)
-    ORDER BY (entity, project, run_id, field)""",
-    f"""CREATE TABLE IF NOT EXISTS {DATABASE}.batches (
-        run String,
+        ver UInt64""",
+        "ReplacingMergeTree",
+        "ver",
+        "entity, project, run_id, field",
+        "cityHash64(entity, project, run_id)",
+    ),
+    _Table(
+        "batches",
+        """run String,
         writer String,
         seq UInt64,
         ver UInt64,
         points UInt64,
-        applied_at DateTime64(3) DEFAULT now64(3)
-    ) ENGINE = ReplacingMergeTree
-    ORDER BY (run, writer, seq)""",
-    f"""CREATE TABLE IF NOT EXISTS {DATABASE}.points_rollup (
-        run String,
+        applied_at DateTime64(3) DEFAULT now64(3)""",
+        "ReplacingMergeTree",
+        "",
+        "run, writer, seq",
+        "cityHash64(run)",
+    ),
+    _Table(
+        "points_rollup",
+        """run String,
         stream LowCardinality(String),
         key LowCardinality(String),
         bucket Int64,
@@ -129,26 +157,78 @@ DDL = (
         fs AggregateFunction(argMin, Float64, Int128),
         lv AggregateFunction(argMax, Float64, Int128),
         lt AggregateFunction(argMax, Float64, Int128),
-        ls AggregateFunction(argMax, Float64, Int128)
-    ) ENGINE = AggregatingMergeTree
-    ORDER BY (run, stream, key, bucket)""",
-    f"""CREATE MATERIALIZED VIEW IF NOT EXISTS {DATABASE}.points_rollup_mv
-    TO {DATABASE}.points_rollup AS
-    SELECT run, stream, key, {BUCKET_SQL} AS bucket, {rollup_aggregates("State")}
-    FROM {DATABASE}.points
-    GROUP BY run, stream, key, bucket""",
-    f"""CREATE TABLE IF NOT EXISTS {DATABASE}.run_keys (
-        run String,
+        ls AggregateFunction(argMax, Float64, Int128)""",
+        "AggregatingMergeTree",
+        "",
+        "run, stream, key, bucket",
+        "cityHash64(run)",
+    ),
+    _Table(
+        "run_keys",
+        """run String,
         stream LowCardinality(String),
-        key String
-    ) ENGINE = ReplacingMergeTree
-    ORDER BY (run, stream, key)""",
+        key String""",
+        "ReplacingMergeTree",
+        "",
+        "run, stream, key",
+        "cityHash64(run)",
+    ),
 )
 
-#: Run after DDL: fill the rollup from points written before it existed.
-BACKFILL_ROLLUP = f"""INSERT INTO {DATABASE}.points_rollup
+#: In cluster mode, the suffix of the replicated table behind each Distributed one.
+LOCAL_SUFFIX = "_local"
+#: Where replicas of a cluster-mode table meet in ClickHouse Keeper; ``{shard}``
+#: and ``{replica}`` are the server's macros (set in each server's config).
+REPLICA_PATH = "/clickhouse/tables/{{shard}}/{database}/{table}"
+
+
+def ddl(database: str, cluster: str | None = None) -> list[str]:
+    """Every statement that creates the schema in ``database`` (idempotent).
+
+    Without ``cluster``: plain MergeTree tables. With it, on every server of
+    the cluster (``ON CLUSTER``): a ``Replicated*MergeTree`` table ``<name>_local``
+    per table, a ``Distributed`` table ``<name>`` in front of it, sharded so a run's
+    rows stay on one shard (``FINAL`` and ``argMax`` then work per shard), and
+    the rollup view between the local tables. Ingest and query use the names
+    without the suffix in both modes; inserts go through the Distributed tables
+    synchronously (see :class:`~.clickhouse.ClickHouseStore`).
+    """
+    on = f" ON CLUSTER {cluster}" if cluster else ""
+    statements = [f"CREATE DATABASE IF NOT EXISTS {database}{on}"]
+    for t in _TABLES:
+        if not cluster:
+            args = f"({t.engine_args})" if t.engine_args else ""
+            statements.append(
+                f"CREATE TABLE IF NOT EXISTS {database}.{t.name} (\n        {t.columns}\n    )"
+                f" ENGINE = {t.engine}{args}\n    ORDER BY ({t.order_by})"
+            )
+            continue
+        local = t.name + LOCAL_SUFFIX
+        path = REPLICA_PATH.format(database=database, table=local)
+        args = ", ".join(a for a in (f"'{path}'", "'{replica}'", t.engine_args) if a)
+        statements.append(
+            f"CREATE TABLE IF NOT EXISTS {database}.{local}{on} (\n        {t.columns}\n    )"
+            f" ENGINE = Replicated{t.engine}({args})\n    ORDER BY ({t.order_by})"
+        )
+        statements.append(
+            f"CREATE TABLE IF NOT EXISTS {database}.{t.name}{on} AS {database}.{local}"
+            f" ENGINE = Distributed({cluster}, {database}, {local}, {t.shard_by})"
+        )
+    suffix = LOCAL_SUFFIX if cluster else ""
+    statements.append(
+        f"CREATE MATERIALIZED VIEW IF NOT EXISTS {database}.points_rollup_mv{on}\n"
+        f"    TO {database}.points_rollup{suffix} AS\n"
+        f"    SELECT run, stream, key, {BUCKET_SQL} AS bucket, {rollup_aggregates('State')}\n"
+        f"    FROM {database}.points{suffix}\n"
+        "    GROUP BY run, stream, key, bucket"
+    )
+    return statements
+
+
+#: Fill the rollup from points written before it existed (see :func:`backfill_rollup`).
+BACKFILL_ROLLUP = f"""INSERT INTO points_rollup
     SELECT run, stream, key, {BUCKET_SQL} AS bucket, {rollup_aggregates("State")}
-    FROM {DATABASE}.points GROUP BY run, stream, key, bucket"""
+    FROM points GROUP BY run, stream, key, bucket"""
 
 #: First-write-wins fields are stored as ``~name``: a last-write-wins ``name``
 #: (an explicit run name) beats a first-write-wins one (a generated name).
@@ -158,15 +238,19 @@ ONCE_PREFIX = "~"
 MAX_VER = 2**64 - 1
 
 
-def prepare(store: Store) -> None:
-    """Create everything (idempotent) and backfill the rollup if it is new."""
-    for statement in DDL:
+def create_schema(store: Store, database: str, cluster: str | None = None) -> None:
+    """Create the database and everything in it (idempotent)."""
+    for statement in ddl(database, cluster):
         store.command(statement)
-    has_points = store.query_arrow(
-        f"SELECT count() AS n FROM (SELECT 1 FROM {DATABASE}.points LIMIT 1)"
-    )
-    has_rollup = store.query_arrow(
-        f"SELECT count() AS n FROM (SELECT 1 FROM {DATABASE}.points_rollup LIMIT 1)"
-    )
+
+
+def backfill_rollup(store: Store) -> None:
+    """Fill the rollup if it is empty while points exist.
+
+    This serves data directories from before the rollup existed; a cluster is
+    always created with it, so it never needs this.
+    """
+    has_points = store.query_arrow("SELECT count() AS n FROM (SELECT 1 FROM points LIMIT 1)")
+    has_rollup = store.query_arrow("SELECT count() AS n FROM (SELECT 1 FROM points_rollup LIMIT 1)")
     if has_points.column("n")[0].as_py() and not has_rollup.column("n")[0].as_py():
         store.command(BACKFILL_ROLLUP)

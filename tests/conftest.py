@@ -45,27 +45,32 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-class StrideUp:
-    """A ``stride up`` subprocess and the addresses it printed."""
+class StrideProcess:
+    """A ``stride`` command in a subprocess, and what it printed."""
 
-    def __init__(self, data_dir: Path, *extra: str) -> None:
-        self.data_dir = data_dir
-        self.extra = extra
+    def __init__(self, *args: str, env: dict[str, str] | None = None) -> None:
+        self.args = args
+        self.env = env
         self.proc: subprocess.Popen[str] | None = None
-        self.nats_url = ""
         self.http_url = ""
         self.output: list[str] = []
 
-    def start(self, timeout: float = 60.0, *, new_session: bool = False) -> StrideUp:
-        args = [*STRIDE, "up", "--data-dir", str(self.data_dir), "--nats-port", "0"]
-        args += ["--http-port", "0", *self.extra]
+    def _ready(self, line: str) -> bool:
+        """Read one start-up line; True once the process serves."""
+        raise NotImplementedError
+
+    def _args(self) -> list[str]:
+        return [*STRIDE, *self.args]
+
+    def start(self, timeout: float = 60.0, *, new_session: bool = False) -> Any:
         self.proc = subprocess.Popen(
-            args,
+            self._args(),
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,
             bufsize=1,
             start_new_session=new_session,
+            env={**os.environ, **self.env} if self.env else None,
         )
         deadline = time.monotonic() + timeout
         assert self.proc.stdout is not None
@@ -74,13 +79,10 @@ class StrideUp:
             if not line:
                 break
             self.output.append(line.rstrip())
-            if line.startswith("stride: NATS"):
-                self.nats_url = line.split()[-1]
-            if line.startswith("stride: HTTP"):
-                self.http_url = line.split()[-1]
+            if self._ready(line):
                 return self
         self.stop()
-        raise AssertionError("stride up did not start:\n" + "\n".join(self.output))
+        raise AssertionError(f"{' '.join(self.args[:1])} did not start:\n" + "\n".join(self.output))
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 30.0) -> int:
         if self.proc is None:
@@ -100,8 +102,43 @@ class StrideUp:
     def kill(self) -> None:
         self.stop(signal.SIGKILL)
 
+
+class StrideUp(StrideProcess):
+    """A ``stride up`` subprocess and the addresses it printed."""
+
+    def __init__(self, data_dir: Path, *extra: str) -> None:
+        super().__init__("up", "--data-dir", str(data_dir), "--nats-port", "0", "--http-port", "0")
+        self.data_dir = data_dir
+        self.extra = extra
+        self.nats_url = ""
+
+    def _args(self) -> list[str]:
+        return [*super()._args(), *self.extra]
+
+    def _ready(self, line: str) -> bool:
+        if line.startswith("stride: NATS"):
+            self.nats_url = line.split()[-1]
+        if line.startswith("stride: HTTP"):
+            self.http_url = line.split()[-1]
+            return True
+        return False
+
     def settings(self, spool_dir: Path, **overrides: Any) -> Settings:
         return Settings(server=self.nats_url, spool_dir=spool_dir, **overrides)
+
+
+class StrideService(StrideProcess):
+    """``stride ingest`` or ``stride query`` on loopback, on a free HTTP port."""
+
+    def __init__(self, command: str, *args: str, env: dict[str, str] | None = None) -> None:
+        super().__init__(command, "--host", "127.0.0.1", "--http-port", "0", *args, env=env)
+        self.command = command
+
+    def _ready(self, line: str) -> bool:
+        if line.startswith(f"stride: {self.command} HTTP"):
+            self.http_url = line.split()[-1]
+            return True
+        return False
 
 
 @pytest.fixture
@@ -178,3 +215,57 @@ def read_log(directory: Path, max_batch_bytes: int = 900_000) -> list[Batch]:
     from stride._reader import seal_whole_log
 
     return [decode_batch(item.payload) for item in seal_whole_log(directory, max_batch_bytes)]
+
+
+class ChdbHttpServer:
+    """``tests/chdb_http.py`` in a subprocess: the ClickHouse engine over HTTP.
+
+    ``url(database)`` is a storage URL for it. :meth:`stop` and :meth:`start`
+    take it away and bring it back on the same port and data (an outage).
+    """
+
+    user = "stride"
+    password = "s3cret"
+
+    def __init__(self, data_dir: Path) -> None:
+        self.data_dir = data_dir
+        self.port = 0
+        self.proc: subprocess.Popen[str] | None = None
+
+    def start(self, timeout: float = 60.0) -> ChdbHttpServer:
+        script = Path(__file__).with_name("chdb_http.py")
+        args = [sys.executable, str(script), str(self.data_dir), "--port", str(self.port)]
+        args += ["--user", self.user, "--password", self.password]
+        self.proc = subprocess.Popen(args, stdout=subprocess.PIPE, text=True)
+        assert self.proc.stdout is not None
+        line = self.proc.stdout.readline()  # blocks until it serves, or exits
+        if not line.startswith("listening on "):
+            self.stop()
+            raise AssertionError(f"chdb_http did not start: {line!r}")
+        self.port = int(line.split()[-1])
+        return self
+
+    def url(self, database: str = "stride", **options: str) -> str:
+        query = "&".join(f"{k}={v}" for k, v in options.items())
+        base = f"http://{self.user}:{self.password}@127.0.0.1:{self.port}/{database}"
+        return base + (f"?{query}" if query else "")
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+            if self.proc.stdout is not None:
+                self.proc.stdout.close()
+            self.proc = None
+
+
+@pytest.fixture(scope="module")
+def clickhouse_http(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ChdbHttpServer]:
+    """The ClickHouse engine behind its HTTP interface, shared by a module's tests."""
+    server = ChdbHttpServer(tmp_path_factory.mktemp("clickhouse-http")).start()
+    yield server
+    server.stop()

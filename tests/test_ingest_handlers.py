@@ -25,12 +25,12 @@ from stride.cli._nats_server import NatsServer
 from stride.ingest import Handler, IngestSettings, IngestWorker, default_handlers
 from stride.ingest.handlers import check_registry
 from stride.ingest.streams import ensure_streams
-from stride.store import DATABASE, AsyncStore, StoreError
+from stride.store import AsyncStore, StoreError
 from stride.store.chdb import ChdbStore
 from stride.wire import INGEST_SUBJECT, WIRE_VERSION, Batch, MetricBlock, encode_batch, message_id
 
 SETTINGS = IngestSettings(fetch_timeout_s=0.05)
-SEEN = f"{DATABASE}.test_seen"
+SEEN = "test_seen"
 
 Ident = tuple[str, str, int]
 
@@ -70,7 +70,7 @@ class LedgerThenFail(AsyncStore):
 
     async def insert_arrow(self, table: str, columns: tuple[str, ...], data: pa.Table) -> None:
         await super().insert_arrow(table, columns, data)
-        if table == f"{DATABASE}.batches" and not self.failed:
+        if table == "batches" and not self.failed:
             self.failed = True
             raise StoreError("injected: failed after the ledger was written")
 
@@ -177,7 +177,7 @@ async def test_every_handler_gets_each_batch_once_and_the_defaults_still_store(
 
     # Metrics: every point, the counter, and the keys of each run.
     points = await store.query_arrow(
-        f"SELECT run, key, step, value FROM {DATABASE}.points FINAL ORDER BY run, key, step"
+        "SELECT run, key, step, value FROM points FINAL ORDER BY run, key, step"
     )
     expected = [
         (b.path, key, step, step / 10 if key == "loss" else 1.0)
@@ -187,17 +187,14 @@ async def test_every_handler_gets_each_batch_once_and_the_defaults_still_store(
     ]
     assert rows_of(points) == sorted(expected)
     assert w.stats.points == len(expected) == 24
-    keys = await store.query_arrow(
-        f"SELECT run, stream, key FROM {DATABASE}.run_keys FINAL ORDER BY run, key"
-    )
+    keys = await store.query_arrow("SELECT run, stream, key FROM run_keys FINAL ORDER BY run, key")
     assert rows_of(keys) == [
         (run, "default", key) for run in ("ent/proj/r1", "ent/proj/r2") for key in ("acc", "loss")
     ]
 
     # Run fields: last write wins, first write wins for `~created_at`, a heartbeat.
     fields = await store.query_arrow(
-        f"SELECT run_id, field, argMax(value, ver) AS value FROM {DATABASE}.run_fields "
-        "GROUP BY run_id, field"
+        "SELECT run_id, field, argMax(value, ver) AS value FROM run_fields GROUP BY run_id, field"
     )
     got = {(r["run_id"], r["field"]): orjson.loads(r["value"]) for r in fields.to_pylist()}
     assert got[("r1", "config")] == {"lr": 0.1}
@@ -236,7 +233,7 @@ async def test_a_batch_the_ledger_holds_is_not_given_to_handlers_again(
         assert w.stats.points == 6  # b2's two keys at 3 steps, nothing of b1
     rows = await store.query_arrow(f"SELECT seq, count() FROM {SEEN} GROUP BY seq ORDER BY seq")
     assert rows_of(rows) == [(0, 1), (1, 1)]
-    points = await store.query_arrow(f"SELECT count() AS n FROM {DATABASE}.points FINAL")
+    points = await store.query_arrow("SELECT count() AS n FROM points FINAL")
     assert points.column("n").to_pylist() == [16]
     await store.close()
 

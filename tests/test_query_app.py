@@ -11,7 +11,7 @@ from aiohttp import web
 
 from stride.query import QuerySettings, create_app
 from stride.query.app import STORE
-from stride.store import DATABASE, open_store
+from stride.store import open_store
 from stride.store.schema import FIELDS_COLUMNS
 
 
@@ -31,7 +31,7 @@ async def test_the_app_opens_its_store_at_start_and_closes_it_at_stop(tmp_path: 
         {"entity": ["e"], "project": ["p"], "run_id": ["r"], "field": ["name"],
          "value": ['"kept"'], "ver": pa.array([1], pa.uint64())}
     )  # fmt: skip
-    store.insert_arrow(f"{DATABASE}.run_fields", FIELDS_COLUMNS, fields)
+    store.insert_arrow("run_fields", FIELDS_COLUMNS, fields)
     store.close()
 
     app = create_app(QuerySettings(store_url=f"chdb://{tmp_path / 'clickhouse'}"))
@@ -49,7 +49,7 @@ async def test_the_app_opens_its_store_at_start_and_closes_it_at_stop(tmp_path: 
         await app[STORE].query_arrow("SELECT 1")
     # ... and the data is there for the next process.
     again = open_store(f"chdb://{tmp_path / 'clickhouse'}")
-    names = again.query_arrow(f"SELECT count() AS n FROM {DATABASE}.run_fields")
+    names = again.query_arrow("SELECT count() AS n FROM run_fields")
     assert names.column("n")[0].as_py() == 1
     again.close()
 

@@ -1,0 +1,163 @@
+"""``stride ingest`` and ``stride query``: the services, run any number of each.
+
+Each runs against the configured NATS, storage and object store, serves
+``/healthz``, ``/readyz`` and ``/api/v1/status`` over HTTP, logs as text or
+JSON, and on SIGTERM (or Ctrl-C) drains within ``drain_timeout_s``:
+
+* ingest stops fetching and finishes, writes and acknowledges the batches in
+  hand; what is still unacknowledged at the bound is redelivered to another
+  worker, so stopping loses nothing;
+* query stops accepting connections and lets requests in flight finish.
+
+``stride up`` (:mod:`.up`) is the one-process embedded default instead.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import logging
+
+from nats.aio.client import Client as NatsClient
+
+from stride.ingest import IngestSettings, IngestWorker
+from stride.ingest.app import create_ingest_app
+from stride.ingest.streams import ensure_streams
+from stride.query import QuerySettings, create_app
+from stride.store import AsyncStore, redact
+from stride.store.objects import open_objects
+
+from ._service import connect_nats, finish, open_async_store, retry_until, serve_http, wait_for_stop
+from .errors import CliError
+
+log = logging.getLogger("stride.service")
+
+__all__ = ["IngestServiceSettings", "QueryServiceSettings", "serve_ingest", "serve_query"]
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class IngestServiceSettings:
+    nats_url: str
+    store_url: str
+    #: The object store (``file:///dir`` or ``s3://...``), opened and checked at start.
+    objects_url: str | None = None
+    #: Workers in this process, all members of the one durable consumer.
+    workers: int = 1
+    host: str = "0.0.0.0"
+    http_port: int = 8081
+    #: How long to keep retrying NATS and storage at start-up.
+    connect_timeout_s: float = 60.0
+    ingest: IngestSettings = dataclasses.field(default_factory=IngestSettings)
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class QueryServiceSettings:
+    store_url: str
+    objects_url: str | None = None
+    host: str = "0.0.0.0"
+    http_port: int = 8080
+    connect_timeout_s: float = 60.0
+    #: On SIGTERM, requests in flight get this long to finish.
+    drain_timeout_s: float = 30.0
+    query: QuerySettings = dataclasses.field(default_factory=QuerySettings)
+
+
+async def _check_objects(url: str | None, timeout_s: float) -> None:
+    """Open the object store once (creating the bucket): a wrong URL fails at start."""
+    if url is None:
+        return
+
+    async def attempt() -> None:
+        await asyncio.to_thread(open_objects, url)
+
+    await retry_until(f"the object store at {redact(url)}", attempt, timeout_s)
+
+
+async def serve_ingest(settings: IngestServiceSettings) -> None:
+    """Run ``settings.workers`` ingest workers until SIGINT or SIGTERM."""
+    if settings.workers < 1:
+        raise CliError("--workers must be at least 1")
+    await _check_objects(settings.objects_url, settings.connect_timeout_s)
+    store = await open_async_store(settings.store_url, settings.connect_timeout_s)
+    try:
+        nc = await connect_nats(settings.nats_url, "stride-ingest", settings.connect_timeout_s)
+    except BaseException:
+        await store.close()
+        raise
+    try:
+        await _run_ingest(settings, store, nc)
+    finally:
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(nc.drain(), 5.0)
+        await store.close()
+
+
+async def _run_ingest(settings: IngestServiceSettings, store: AsyncStore, nc: NatsClient) -> None:
+    s = settings.ingest
+    await ensure_streams(
+        nc.jetstream(), replicas=s.replicas, duplicate_window_s=s.duplicate_window_s
+    )
+    workers = [IngestWorker(nc, store, s) for _ in range(settings.workers)]
+
+    async def ready() -> str | None:
+        if not nc.is_connected:
+            return f"not connected to NATS at {settings.nats_url}"
+        if not all(w.subscribed for w in workers):
+            return "the ingest workers have not subscribed yet"
+        try:
+            await store.ping()
+        except Exception as exc:
+            return f"storage does not answer: {exc}"
+        return None
+
+    runner, port = await serve_http(
+        create_ingest_app(workers, ready), settings.host, settings.http_port, 5.0
+    )
+    tasks = [asyncio.create_task(w.run(), name=f"ingest-{i}") for i, w in enumerate(workers)]
+    log.info(
+        "ingest: %d worker(s), NATS %s, storage %s, HTTP %s:%d",
+        len(workers),
+        settings.nats_url,
+        store.address,
+        settings.host,
+        port,
+    )
+    print(f"stride: ingest HTTP http://{settings.host}:{port}", flush=True)
+    try:
+        failure = await wait_for_stop(*tasks)
+        log.info("ingest: stopping; draining for up to %g s", s.drain_timeout_s)
+        for worker in workers:
+            worker.stop()
+        if not await finish(tasks, s.drain_timeout_s):
+            log.warning(
+                "ingest: batches still in hand after %g s; NATS redelivers them",
+                s.drain_timeout_s,
+            )
+    finally:
+        await runner.cleanup()
+    if failure is not None:
+        raise CliError(f"an ingest worker stopped unexpectedly: {failure!r}")
+    print("stride: stopped", flush=True)
+
+
+async def serve_query(settings: QueryServiceSettings) -> None:
+    """Serve the query API until SIGINT or SIGTERM."""
+    await _check_objects(settings.objects_url, settings.connect_timeout_s)
+    # Opened here (not by the app) so start-up retries while storage comes up.
+    store = await open_async_store(settings.store_url, settings.connect_timeout_s)
+    try:
+        app = create_app(settings.query, store=store)
+        runner, port = await serve_http(
+            app, settings.host, settings.http_port, settings.drain_timeout_s
+        )
+        log.info("query: storage %s, HTTP %s:%d", store.address, settings.host, port)
+        print(f"stride: query HTTP http://{settings.host}:{port}", flush=True)
+        try:
+            await wait_for_stop()
+            log.info("query: stopping; requests in flight get %g s", settings.drain_timeout_s)
+        finally:
+            await runner.cleanup()
+    finally:
+        await store.close()
+    print("stride: stopped", flush=True)

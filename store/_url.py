@@ -1,0 +1,144 @@
+"""The storage URL: the one setting that picks and configures the ClickHouse backend.
+
+Two forms:
+
+* ``chdb:///path/to/dir``: ClickHouse embedded in the process (chDB), the
+  single-process default. One process at a time may open a data directory.
+* ``http://`` or ``https://user:password@host:port/database?option=value...``:
+  a ClickHouse server over its HTTP interface (clickhouse-connect). The port
+  defaults to 8123 (http) or 8443 (https), the user to ``default``, the
+  database to ``stride``. The user and password are percent-encoded.
+  Options:
+
+  ``cluster=NAME``
+      cluster mode: DDL runs ``ON CLUSTER NAME``, tables are replicated, and
+      ``Distributed`` tables sharded by run sit in front (see :mod:`.schema`);
+  ``connect_timeout=SECONDS`` (default 10), ``send_receive_timeout=SECONDS`` (300);
+  ``compress=lz4|zstd|gzip|none`` (default ``lz4``): what the client asks for
+      on results and uses on inserts;
+  ``verify=true|false`` (default true) and ``ca_cert=PATH``: TLS checks.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from pathlib import Path
+from urllib.parse import parse_qsl, unquote, urlsplit
+
+__all__ = ["ChdbConfig", "ClickHouseConfig", "parse_store_url"]
+
+DEFAULT_DATABASE = "stride"
+_IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_FORMS = "chdb:///path/to/dir or http(s)://user:password@host:port/database"
+_COMPRESSION = ("lz4", "zstd", "gzip", "none")
+_BOOLS = {"true": True, "1": True, "false": False, "0": False}
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class ChdbConfig:
+    path: Path
+    database: str = DEFAULT_DATABASE
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class ClickHouseConfig:
+    host: str
+    port: int
+    secure: bool
+    user: str = "default"
+    password: str = dataclasses.field(default="", repr=False)
+    database: str = DEFAULT_DATABASE
+    cluster: str | None = None
+    connect_timeout_s: float = 10.0
+    send_receive_timeout_s: float = 300.0
+    compress: str | None = "lz4"
+    verify: bool = True
+    ca_cert: str | None = None
+
+    @property
+    def address(self) -> str:
+        """The server's address without credentials, for messages and logs."""
+        return f"{'https' if self.secure else 'http'}://{self.host}:{self.port}/{self.database}"
+
+
+def parse_store_url(url: str) -> ChdbConfig | ClickHouseConfig:
+    """Read a storage URL (see the module docstring); ``ValueError`` says what is wrong."""
+    parts = urlsplit(url)
+    if parts.scheme == "chdb":
+        if parts.netloc or not parts.path.startswith("/") or parts.query:
+            raise ValueError(f"storage URL {url!r}: a chDB URL is chdb:///absolute/path")
+        return ChdbConfig(path=Path(unquote(parts.path)))
+    if parts.scheme in ("http", "https"):
+        return _clickhouse(url)
+    raise ValueError(f"unsupported storage URL {redact(url)!r}: expected {_FORMS}")
+
+
+def redact(url: str) -> str:
+    """``url`` with its password replaced by ``***``."""
+    parts = urlsplit(url)
+    userinfo, at, hostport = parts.netloc.rpartition("@")
+    if not at or ":" not in userinfo:
+        return url
+    user = userinfo.partition(":")[0]
+    return parts._replace(netloc=f"{user}:***@{hostport}").geturl()
+
+
+def _clickhouse(url: str) -> ClickHouseConfig:
+    shown = redact(url)
+    parts = urlsplit(url)
+    secure = parts.scheme == "https"
+    try:
+        port = parts.port or (8443 if secure else 8123)
+    except ValueError:
+        raise ValueError(f"storage URL {shown!r}: the port is not a number") from None
+    if not parts.hostname:
+        raise ValueError(f"storage URL {shown!r}: no host; expected {_FORMS}")
+    database = parts.path.strip("/") or DEFAULT_DATABASE
+    if not _IDENTIFIER.fullmatch(database):
+        raise ValueError(
+            f"storage URL {shown!r}: database {database!r} must be letters, digits and _"
+        )
+    options = dict(parse_qsl(parts.query, keep_blank_values=True))
+    known = {"cluster", "connect_timeout", "send_receive_timeout", "compress", "verify", "ca_cert"}
+    unknown = sorted(set(options) - known)
+    if unknown:
+        raise ValueError(
+            f"storage URL {shown!r}: unknown option(s) {unknown}; the options are {sorted(known)}"
+        )
+    cluster = options.get("cluster") or None
+    if cluster is not None and not _IDENTIFIER.fullmatch(cluster):
+        raise ValueError(f"storage URL {shown!r}: cluster {cluster!r} must be letters, digits, _")
+    compress = options.get("compress", "lz4").lower()
+    if compress not in _COMPRESSION:
+        raise ValueError(f"storage URL {shown!r}: compress={compress!r}; use one of {_COMPRESSION}")
+    verify = options.get("verify", "true").lower()
+    if verify not in _BOOLS:
+        raise ValueError(f"storage URL {shown!r}: verify={verify!r}; use true or false")
+    return ClickHouseConfig(
+        host=parts.hostname,
+        port=port,
+        secure=secure,
+        user=unquote(parts.username) if parts.username else "default",
+        password=unquote(parts.password or ""),
+        database=database,
+        cluster=cluster,
+        connect_timeout_s=_seconds(options, "connect_timeout", 10.0, shown),
+        send_receive_timeout_s=_seconds(options, "send_receive_timeout", 300.0, shown),
+        compress=None if compress == "none" else compress,
+        verify=_BOOLS[verify],
+        ca_cert=options.get("ca_cert") or None,
+    )
+
+
+def _seconds(options: dict[str, str], name: str, default: float, shown: str) -> float:
+    text = options.get(name)
+    if text is None:
+        return default
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not value > 0:
+        raise ValueError(f"storage URL {shown!r}: {name}={text!r} must be a positive number")
+    return value

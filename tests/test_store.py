@@ -1,0 +1,324 @@
+"""The storage protocol against both backends, the storage URL, and the DDL.
+
+Every behaviour test runs twice: on chDB embedded in the test process, and on
+a ClickHouse server reached over HTTP with clickhouse-connect. The server is
+``tests/chdb_http.py``: the real ClickHouse engine (chDB) behind ClickHouse's
+HTTP interface, since no current ClickHouse server can be installed here.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from pathlib import Path
+
+import clickhouse_connect
+import pyarrow as pa
+import pytest
+
+from stride.store import (
+    ChdbConfig,
+    ClickHouseConfig,
+    CredentialsRefusedError,
+    Store,
+    StoreError,
+    StoreUnavailableError,
+    open_store,
+    parse_store_url,
+    redact,
+)
+from stride.store.chdb import ChdbStore
+from stride.store.schema import POINTS_COLUMNS, ddl
+
+from .conftest import ChdbHttpServer, free_port
+
+
+def points(run: str, steps: list[int], values: list[float], ver: int = 1) -> pa.Table:
+    n = len(steps)
+    return pa.table(
+        {
+            "run": [run] * n,
+            "stream": ["default"] * n,
+            "key": ["loss"] * n,
+            "step": pa.array(steps, pa.int64()),
+            "time": [0.5] * n,
+            "timestamp": [1.7e9] * n,
+            "value": pa.array(values, pa.float64()),
+            "ver": pa.array([ver] * n, pa.uint64()),
+        }
+    )
+
+
+@pytest.fixture(scope="module")
+def chdb_store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ChdbStore]:
+    store = ChdbStore(tmp_path_factory.mktemp("chdb"))
+    yield store
+    store.close()
+
+
+@pytest.fixture(params=["chdb", "http"])
+def store(
+    request: pytest.FixtureRequest, chdb_store: ChdbStore, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Store]:
+    if request.param == "chdb":
+        yield chdb_store
+        return
+    server: ChdbHttpServer = request.getfixturevalue("clickhouse_http")
+    http = open_store(server.url())
+    yield http
+    http.close()
+
+
+def test_points_round_trip_with_every_parameter_kind(store: Store) -> None:
+    run = f"e/p/round-trip-{store.concurrency}"
+    store.insert_arrow(
+        "points", POINTS_COLUMNS, points(run, [1, 2, 3, 4], [0.1, -2.5, math.inf, 4])
+    )
+    rows = store.query_arrow(
+        "SELECT step, value FROM points FINAL WHERE run = {run:String} "
+        "AND key IN {keys:Array(String)} AND step IN {steps:Array(Int64)} "
+        "AND value > {floor:Float64} ORDER BY step",
+        {"run": run, "keys": {"loss", "it's \\ odd"}, "steps": [1, 2, 3], "floor": -1.0},
+    )
+    assert rows.column("step").to_pylist() == [1, 3]
+    assert rows.column("value").to_pylist() == [0.1, math.inf]
+
+
+@pytest.mark.parametrize(
+    "text", ["plain", "new\nline", "tab\there", "back\\slash", "quote's", "\\n"]
+)
+def test_string_parameters_arrive_exactly_as_given(store: Store, text: str) -> None:
+    rows = store.query_arrow(
+        "SELECT {s:String} AS s, {a:Array(String)} AS a", {"s": text, "a": [text, "x"]}
+    )
+    assert rows.column("s").to_pylist() == [text]
+    assert rows.column("a").to_pylist() == [[text, "x"]]
+
+
+def test_a_point_logged_again_replaces_the_older_version(store: Store) -> None:
+    run = f"e/p/replace-{store.concurrency}"
+    store.insert_arrow("points", POINTS_COLUMNS, points(run, [7], [1.0], ver=5))
+    store.insert_arrow("points", POINTS_COLUMNS, points(run, [7], [2.0], ver=9))
+    store.insert_arrow("points", POINTS_COLUMNS, points(run, [7], [3.0], ver=6))
+    rows = store.query_arrow(
+        "SELECT value FROM points FINAL WHERE run = {run:String}", {"run": run}
+    )
+    assert rows.column("value").to_pylist() == [2.0]
+
+
+def test_the_rollup_view_is_fed_by_inserts(store: Store) -> None:
+    run = f"e/p/rollup-{store.concurrency}"
+    store.insert_arrow("points", POINTS_COLUMNS, points(run, list(range(600)), [1.0] * 600))
+    rows = store.query_arrow(
+        "SELECT bucket, sum(n) AS n FROM points_rollup WHERE run = {run:String} "
+        "GROUP BY bucket ORDER BY bucket",
+        {"run": run},
+    )
+    assert rows.column("n").to_pylist() == [256, 256, 88]
+
+
+def test_strings_come_back_as_strings_and_results_are_identical(
+    chdb_store: ChdbStore, clickhouse_http: ChdbHttpServer
+) -> None:
+    """Both backends give the same Arrow types, so query code never branches."""
+    http = open_store(clickhouse_http.url())
+    try:
+        sql = "SELECT toString(number) AS s, number AS n FROM numbers(3)"
+        assert http.query_arrow(sql).equals(chdb_store.query_arrow(sql))
+        assert http.query_arrow(sql).schema.field("s").type == pa.string()
+    finally:
+        http.close()
+
+
+def test_an_engine_error_keeps_clickhouses_code_and_message(store: Store) -> None:
+    with pytest.raises(StoreError, match=r"Code: 60\..*nope"):
+        store.query_arrow("SELECT * FROM nope")
+    with pytest.raises(StoreError, match=r"Code: 62\..*SYNTAX_ERROR"):
+        store.command("SELEC 1")
+
+
+@pytest.mark.parametrize("compress", ["lz4", "zstd", "gzip", "none"])
+def test_every_compression_the_client_offers_round_trips(
+    clickhouse_http: ChdbHttpServer, compress: str
+) -> None:
+    http = open_store(clickhouse_http.url(compress=compress))
+    try:
+        run = f"e/p/compress-{compress}"
+        steps = list(range(5000))
+        http.insert_arrow("points", POINTS_COLUMNS, points(run, steps, [s / 7 for s in steps]))
+        rows = http.query_arrow(
+            "SELECT step, value FROM points FINAL WHERE run = {run:String} ORDER BY step",
+            {"run": run},
+        )
+        assert rows.column("step").to_pylist() == steps
+        assert rows.column("value").to_pylist() == [s / 7 for s in steps]
+    finally:
+        http.close()
+
+
+def test_native_inserts_and_results_work_through_the_same_server(
+    clickhouse_http: ChdbHttpServer,
+) -> None:
+    """clickhouse-connect's default path (Native blocks, compressed) on the helper."""
+    client = clickhouse_connect.get_client(
+        host="127.0.0.1",
+        port=clickhouse_http.port,
+        username=clickhouse_http.user,
+        password=clickhouse_http.password,
+        database="stride",
+        compress="lz4",
+    )
+    try:
+        client.command(
+            "CREATE TABLE IF NOT EXISTS native_rows (a Int64, s String) "
+            "ENGINE = MergeTree ORDER BY a"
+        )
+        client.insert("native_rows", [[1, "x"], [2, "y"]], column_names=["a", "s"])
+        result = client.query("SELECT a, s FROM native_rows WHERE a >= {lo:Int64}", {"lo": 2})
+        assert result.result_rows == [(2, "y")]
+    finally:
+        client.close()
+
+
+def test_a_wrong_password_is_refused_clearly(clickhouse_http: ChdbHttpServer) -> None:
+    url = clickhouse_http.url().replace(clickhouse_http.password, "wrong")
+    with pytest.raises(CredentialsRefusedError, match="refused user 'stride'") as info:
+        open_store(url)
+    assert "wrong" not in str(info.value)  # the password is never echoed
+
+
+def test_an_unreachable_server_is_reported_as_unavailable() -> None:
+    port = free_port()
+    with pytest.raises(StoreUnavailableError, match=f"127.0.0.1:{port}.*unavailable") as info:
+        open_store(f"http://u:secret@127.0.0.1:{port}/stride?connect_timeout=2")
+    assert info.value.retriable
+    assert "secret" not in str(info.value)
+
+
+def test_the_database_in_the_url_is_created_and_used(clickhouse_http: ChdbHttpServer) -> None:
+    http = open_store(clickhouse_http.url("other_db"))
+    try:
+        http.insert_arrow("points", POINTS_COLUMNS, points("e/p/other", [1], [1.0]))
+        assert (
+            http.query_arrow("SELECT currentDatabase() AS d").column("d")[0].as_py() == "other_db"
+        )
+        in_other = http.query_arrow("SELECT count() AS n FROM other_db.points")
+        assert in_other.column("n")[0].as_py() == 1
+    finally:
+        http.close()
+
+
+# --- the storage URL ---------------------------------------------------------
+
+
+def test_store_urls_parse_into_their_settings() -> None:
+    assert parse_store_url("chdb:///var/lib/stride") == ChdbConfig(path=Path("/var/lib/stride"))
+    config = parse_store_url(
+        "https://ingest:p%40ss@ch.example:9443/metrics?cluster=main&connect_timeout=3"
+        "&send_receive_timeout=60&compress=zstd&verify=false&ca_cert=/etc/ca.pem"
+    )
+    assert config == ClickHouseConfig(
+        host="ch.example",
+        port=9443,
+        secure=True,
+        user="ingest",
+        password="p@ss",
+        database="metrics",
+        cluster="main",
+        connect_timeout_s=3.0,
+        send_receive_timeout_s=60.0,
+        compress="zstd",
+        verify=False,
+        ca_cert="/etc/ca.pem",
+    )
+    plain = parse_store_url("http://ch")
+    assert isinstance(plain, ClickHouseConfig)
+    assert (plain.port, plain.user, plain.database, plain.compress) == (
+        8123,
+        "default",
+        "stride",
+        "lz4",
+    )
+    assert parse_store_url("https://ch").port == 8443  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize(
+    ("url", "message"),
+    [
+        ("mysql://h/db", "expected chdb:///path/to/dir or http"),
+        ("chdb://relative/dir", "chdb:///absolute/path"),
+        ("http://h/db?colour=red", r"unknown option\(s\) \['colour'\]"),
+        ("http://h/my-db", "letters, digits and _"),
+        ("http://h/db?cluster=a;DROP", "cluster"),
+        ("http://h/db?compress=snappy", "compress='snappy'"),
+        ("http://h/db?connect_timeout=-1", "connect_timeout='-1' must be a positive number"),
+        ("http://h:port/db", "the port is not a number"),
+        ("http:///db", "no host"),
+    ],
+)
+def test_a_bad_store_url_says_what_is_wrong(url: str, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        parse_store_url(url)
+
+
+def test_passwords_never_appear_in_messages() -> None:
+    assert redact("https://u:topsecret@h:8443/db") == "https://u:***@h:8443/db"
+    with pytest.raises(ValueError) as info:
+        parse_store_url("https://u:topsecret@h/db?bad=1")
+    assert "topsecret" not in str(info.value)
+    assert "topsecret" not in repr(parse_store_url("https://u:topsecret@h/db"))
+
+
+# --- the DDL -----------------------------------------------------------------
+
+
+def _formatted(store: ChdbStore, statement: str) -> str:
+    """ClickHouse's own parser reads the statement (a syntax error raises)."""
+    result = store.query_arrow("SELECT formatQuery({q:String}) AS f", {"q": statement})
+    return str(result.column("f")[0].as_py())
+
+
+def test_single_server_ddl_is_what_the_embedded_store_runs(chdb_store: ChdbStore) -> None:
+    statements = ddl("stride")
+    assert all("ON CLUSTER" not in s and "Replicated" not in s for s in statements)
+    assert not any("Distributed" in s for s in statements)
+    tables = chdb_store.query_arrow(
+        "SELECT name, engine FROM system.tables WHERE database = 'stride' ORDER BY name"
+    )
+    engines = dict(zip(*(tables.column(c).to_pylist() for c in ("name", "engine")), strict=True))
+    assert engines == {
+        "batches": "ReplacingMergeTree",
+        "points": "ReplacingMergeTree",
+        "points_rollup": "AggregatingMergeTree",
+        "points_rollup_mv": "MaterializedView",
+        "run_fields": "ReplacingMergeTree",
+        "run_keys": "ReplacingMergeTree",
+    }
+
+
+def test_cluster_ddl_replicates_shards_by_run_and_parses(chdb_store: ChdbStore) -> None:
+    statements = ddl("metrics", "main")
+    assert all(" ON CLUSTER main" in s for s in statements)
+    assert statements[0] == "CREATE DATABASE IF NOT EXISTS metrics ON CLUSTER main"
+    formatted = [_formatted(chdb_store, s) for s in statements]
+    by_name = {s.split()[5]: s for s in formatted[1:]}  # CREATE TABLE IF NOT EXISTS <name>
+    path = "'/clickhouse/tables/{shard}/metrics/%s_local', '{replica}'"
+    for table, engine in [
+        ("points", f"ReplicatedReplacingMergeTree({path % 'points'}, ver)"),
+        ("batches", f"ReplicatedReplacingMergeTree({path % 'batches'})"),
+        ("points_rollup", f"ReplicatedAggregatingMergeTree({path % 'points_rollup'})"),
+    ]:
+        assert f"ENGINE = {engine}" in by_name[f"metrics.{table}_local"]
+        front = by_name[f"metrics.{table}"]
+        assert f"AS metrics.{table}_local" in front
+        assert f"ENGINE = Distributed(main, metrics, {table}_local, cityHash64(run))" in front
+    fields = by_name["metrics.run_fields"]
+    assert (
+        "Distributed(main, metrics, run_fields_local, cityHash64(entity, project, run_id))"
+        in fields
+    )
+    view = formatted[-1]
+    assert view.startswith("CREATE MATERIALIZED VIEW IF NOT EXISTS metrics.points_rollup_mv")
+    assert "TO metrics.points_rollup_local" in view and "FROM metrics.points_local" in view
+    # Every table has its replicated local table and a Distributed one in front.
+    assert len(statements) == 1 + 2 * 5 + 1
