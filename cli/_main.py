@@ -46,8 +46,7 @@ def _option(parser: argparse.ArgumentParser, flag: str, *, default: Any = None, 
     value = os.environ.get(env)
     # A string default goes through ``type`` as if typed on the command line.
     kw["default"] = value if value not in (None, "") else default
-    if kw["default"] is None and kw.pop("required", False):
-        kw["required"] = True
+    kw["required"] = kw.pop("required", False) and kw["default"] is None
     parser.add_argument(flag, **kw)
 
 
