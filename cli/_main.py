@@ -33,6 +33,7 @@ ENV = {
     "STRIDE_STREAM_REPLICAS": "--replicas",
     "STRIDE_DUPLICATE_WINDOW": "--duplicate-window",
     "STRIDE_DRAIN_TIMEOUT": "--drain-timeout",
+    "STRIDE_ACK_WAIT": "--ack-wait",
     "STRIDE_CONNECT_TIMEOUT": "--connect-timeout",
     "STRIDE_LOST_AFTER": "--lost-after",
 }
@@ -97,6 +98,15 @@ def _parser() -> argparse.ArgumentParser:
         default=600.0,
         metavar="SECONDS",
         help="JetStream drops re-sent batches within this window (default 600)",
+    )
+    _option(
+        ingest,
+        "--ack-wait",
+        type=float,
+        default=60.0,
+        metavar="SECONDS",
+        help="a batch a worker took but did not acknowledge (it died) goes to another "
+        "worker after this long (default 60)",
     )
     query = sub.add_parser("query", parents=[common], help="serve the query HTTP API (any number)")
     _service_options(query, http_port=8080)
@@ -224,6 +234,7 @@ def _service(args: argparse.Namespace) -> int:
                 replicas=args.replicas,
                 duplicate_window_s=args.duplicate_window,
                 drain_timeout_s=args.drain_timeout,
+                ack_wait_s=args.ack_wait,
             ),
         )
         asyncio.run(serve_ingest(ingest))

@@ -308,7 +308,7 @@ class Agent:
             # bound it, and keep its endless reconnects for once we are connected.
             nc = await asyncio.wait_for(
                 nats.connect(
-                    s.server,
+                    [server.strip() for server in s.server.split(",")],
                     connect_timeout=s.connect_timeout_s,
                     allow_reconnect=True,
                     max_reconnect_attempts=-1,

@@ -25,7 +25,8 @@ class Settings:
         with stride.init(project="p", settings=settings) as run: ...
     """
 
-    #: NATS URL the SDK publishes to (the only endpoint a training node needs).
+    #: NATS URL the SDK publishes to (the only endpoint a training node needs); for a
+    #: cluster, several URLs separated by commas (it also learns the others from any one).
     server: str = DEFAULT_SERVER
     #: Where batches that cannot be delivered yet are kept (and offline runs write).
     spool_dir: Path = DEFAULT_SPOOL_DIR

@@ -269,3 +269,105 @@ def clickhouse_http(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ChdbHt
     server = ChdbHttpServer(tmp_path_factory.mktemp("clickhouse-http")).start()
     yield server
     server.stop()
+
+
+class NatsCluster:
+    """Three nats-server processes on loopback forming one JetStream cluster.
+
+    ``urls`` lists the nodes' client URLs; :meth:`kill` SIGKILLs one node and
+    :meth:`restart` brings it back on the same ports and storage.
+    """
+
+    def __init__(self, directory: Path, size: int = 3) -> None:
+        self.directory = directory
+        self.client_ports = [free_port() for _ in range(size)]
+        self.route_ports = [free_port() for _ in range(size)]
+        self.procs: list[subprocess.Popen[bytes] | None] = [None] * size
+
+    @property
+    def urls(self) -> list[str]:
+        return [f"nats://127.0.0.1:{port}" for port in self.client_ports]
+
+    @property
+    def url(self) -> str:
+        """All nodes, comma-separated, as the services and the SDK take them."""
+        return ",".join(self.urls)
+
+    def start(self) -> NatsCluster:
+        for node in range(len(self.procs)):
+            self._start(node)
+        wait_for(self._has_leader, timeout=60)
+        return self
+
+    def _start(self, node: int) -> None:
+        from stride.cli._nats_server import nats_server_binary
+
+        store = self.directory / f"n{node}"
+        store.mkdir(parents=True, exist_ok=True)
+        routes = ", ".join(
+            f"nats-route://127.0.0.1:{port}" for i, port in enumerate(self.route_ports) if i != node
+        )
+        conf = store / "nats.conf"
+        conf.write_text(
+            f'server_name: "n{node}"\n'
+            f'listen: "127.0.0.1:{self.client_ports[node]}"\n'
+            "max_payload: 8MB\n"
+            f'jetstream {{ store_dir: "{store}" }}\n'
+            f'cluster {{ name: "stride-test", listen: "127.0.0.1:{self.route_ports[node]}", '
+            f"routes: [{routes}] }}\n"
+        )
+        log = (store / "nats.log").open("ab")
+        self.procs[node] = subprocess.Popen(
+            [nats_server_binary(), "-c", str(conf)], stdout=log, stderr=log
+        )
+        log.close()
+
+    def _has_leader(self) -> bool:
+        """JetStream answers on every node (the meta group has elected a leader)."""
+        import asyncio
+
+        import nats
+
+        async def check() -> bool:
+            for url in self.urls:
+                try:
+                    nc = await nats.connect(url, connect_timeout=1, max_reconnect_attempts=0)
+                except Exception:
+                    return False
+                try:
+                    await nc.jetstream().account_info()
+                except Exception:
+                    return False
+                finally:
+                    await nc.close()
+            return True
+
+        return asyncio.run(check())
+
+    def kill(self, node: int) -> None:
+        proc = self.procs[node]
+        if proc is not None:
+            proc.kill()
+            proc.wait()
+            self.procs[node] = None
+
+    def restart(self, node: int) -> None:
+        self._start(node)
+
+    def stop(self) -> None:
+        for node, proc in enumerate(self.procs):
+            if proc is not None:
+                proc.terminate()
+                try:
+                    proc.wait(10)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait()
+                self.procs[node] = None
+
+
+@pytest.fixture
+def nats_cluster(tmp_path: Path) -> Iterator[NatsCluster]:
+    cluster = NatsCluster(tmp_path / "nats-cluster").start()
+    yield cluster
+    cluster.stop()
