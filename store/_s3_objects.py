@@ -113,6 +113,10 @@ class S3Objects:
                 total=settings.retries,
                 backoff_factor=0.2,
                 status_forcelist=[500, 502, 503, 504],
+                # POSTs too: starting a multipart upload again only leaves an unused
+                # upload id; completing it again after a lost answer fails, and the
+                # caller's retry of the whole put then stores the same bytes.
+                allowed_methods=None,
             ),
         )
         self._client = Minio(

@@ -125,6 +125,39 @@ def test_writer_started_while_nats_is_down_spools_then_delivers(
         assert stride.Api(up.http_url).run(run.path).state == "finished"
 
 
+@pytest.mark.slow
+def test_nats_away_at_start_and_again_mid_run_loses_nothing(tmp_path: Path, spool: Path) -> None:
+    """NATS is down when the writer starts, comes up, goes away mid-run, and returns."""
+    port = free_port()
+    settings = Settings(
+        server=f"nats://127.0.0.1:{port}",
+        spool_dir=spool,
+        connect_timeout_s=0.2,
+        reconnect_interval_s=0.2,
+    )
+    run = stride.init(project="outage", id="away-twice", settings=settings)
+    steps = iter(range(40000))
+
+    def log(rows: int) -> None:
+        for _ in range(rows):
+            step = next(steps)
+            run.log({"x": float(step)}, step=step)
+
+    log(10000)  # NATS down
+    with stride_up(tmp_path / "data", "--nats-port", str(port)) as up:
+        log(10000)
+        assert len(wait_rows(stride.Api(up.http_url), run.path, 20000)) == 20000
+    log(10000)  # NATS (and ingest) gone again, mid-run
+    with stride_up(tmp_path / "data", "--nats-port", str(port)) as up:
+        log(10000)
+        report = run.finish(timeout=60)
+        assert report.complete, report
+        rows = wait_rows(stride.Api(up.http_url), run.path, 40000)
+        assert [r["_step"] for r in rows] == list(range(40000))
+        assert [r["x"] for r in rows] == [float(i) for i in range(40000)]
+        assert stride.Api(up.http_url).run(run.path).state == "finished"
+
+
 def test_writer_started_before_ingest_exists_delivers_once_it_does(
     tmp_path: Path, spool: Path, nats_server: NatsServer
 ) -> None:

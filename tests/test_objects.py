@@ -15,6 +15,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.parse
@@ -83,6 +84,7 @@ def _free_ports(n: int) -> list[int]:
 @dataclass(frozen=True)
 class Weed:
     endpoint: str
+    pid: int = 0
     shared_bucket = "objects"  # a new bucket's first write costs weed 0.2 s: the tests share one
 
     def settings(self, bucket: str = shared_bucket, **overrides: Any) -> S3Settings:
@@ -96,6 +98,13 @@ class Weed:
             **overrides,
         }
         return S3Settings(**fields)
+
+    def freeze(self) -> None:
+        """Stop every weed process (SIGSTOP): connections hang, as on a stalled server."""
+        os.killpg(self.pid, signal.SIGSTOP)
+
+    def thaw(self) -> None:
+        os.killpg(self.pid, signal.SIGCONT)
 
 
 @pytest.fixture(scope="module")
@@ -158,8 +167,9 @@ def weed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Weed]:
             return True
 
         wait_for(writable, timeout=60, interval=0.1)
-        yield Weed(endpoint)
+        yield Weed(endpoint, proc.pid)
     finally:
+        os.killpg(proc.pid, signal.SIGCONT)  # in case a test left it frozen
         os.killpg(proc.pid, signal.SIGKILL)  # a throwaway server: no need to wait for its drain
         proc.wait()
         for name, port in http.items():  # what a graceful stop (2-3 s) would have removed
@@ -601,3 +611,60 @@ def test_the_exported_names_are_the_ones_we_mean(tmp_path: Path) -> None:
     assert isinstance(LocalObjects(tmp_path), ObjectStore)
     for name in errors.__all__:
         assert issubclass(getattr(errors, name), StoreError)
+
+
+# --- the store away during a write --------------------------------------------------
+
+
+def _freezing(
+    data: bytes, weed: Weed, at_chunk: int, thaw_after_s: float | None
+) -> Iterator[bytes]:
+    """Yields ``data`` in 1 MiB chunks, freezing weed before chunk ``at_chunk`` (after the
+    first 5 MiB part went out) and thawing it ``thaw_after_s`` later (never if None)."""
+    for i, chunk in enumerate(_chunks(data)):
+        if i == at_chunk:
+            weed.freeze()
+            if thaw_after_s is not None:
+                threading.Timer(thaw_after_s, weed.thaw).start()
+        yield chunk
+
+
+@pytest.mark.slow
+def test_a_put_rides_out_a_stalled_s3_server_by_retrying(weed: Weed) -> None:
+    store = S3Objects(weed.settings(read_timeout_s=1.0, connect_timeout_s=1.0, retries=8))
+    data = os.urandom(12 * MIB)
+    try:
+        started = time.monotonic()
+        info = store.put("outage/rides-out.bin", _freezing(data, weed, 6, thaw_after_s=2.5))
+        assert time.monotonic() - started > 2.5  # it did wait for the server
+        assert info.size == len(data)
+        with store.get("outage/rides-out.bin") as stream:
+            assert b"".join(stream) == data
+    finally:
+        weed.thaw()
+        store.delete("outage/rides-out.bin")
+        store.close()
+
+
+@pytest.mark.slow
+def test_a_put_that_gives_up_leaves_no_partial_object(weed: Weed) -> None:
+    store = S3Objects(weed.settings(read_timeout_s=1.0, connect_timeout_s=1.0, retries=1))
+    data = os.urandom(12 * MIB)
+    try:
+        with pytest.raises(StoreUnavailableError) as info:
+            store.put("outage/gave-up.bin", _freezing(data, weed, 6, thaw_after_s=None))
+        assert info.value.retriable
+        weed.thaw()
+        with pytest.raises(ObjectNotFoundError):
+            store.head("outage/gave-up.bin")
+        client = Minio(weed.endpoint, ACCESS_KEY, SECRET_KEY, secure=False)
+        listed = client.list_objects(Weed.shared_bucket, prefix="outage/", recursive=True)
+        assert [o.object_name for o in listed] == []
+        # Retrying the whole put once the server is back stores it whole.
+        store.put("outage/gave-up.bin", _chunks(data))
+        with store.get("outage/gave-up.bin") as stream:
+            assert b"".join(stream) == data
+    finally:
+        weed.thaw()
+        store.delete("outage/gave-up.bin")
+        store.close()
