@@ -95,9 +95,14 @@ async def serve_ingest(settings: IngestServiceSettings) -> None:
 
 async def _run_ingest(settings: IngestServiceSettings, store: AsyncStore, nc: NatsClient) -> None:
     s = settings.ingest
-    await ensure_streams(
-        nc.jetstream(), replicas=s.replicas, duplicate_window_s=s.duplicate_window_s
-    )
+
+    async def streams() -> None:
+        # A cluster still electing its JetStream leader answers with errors: wait.
+        await ensure_streams(
+            nc.jetstream(), replicas=s.replicas, duplicate_window_s=s.duplicate_window_s
+        )
+
+    await retry_until("JetStream (creating the streams)", streams, settings.connect_timeout_s)
     workers = [IngestWorker(nc, store, s) for _ in range(settings.workers)]
 
     async def ready() -> str | None:
