@@ -47,6 +47,15 @@ KEYS = tuple(f"metric_{j}" for j in range(10))
 TARGET = 1_000_000
 
 
+def memory(pid: int) -> str:
+    """Resident memory now and at its peak (VmRSS, VmHWM), children excluded."""
+    fields = dict(
+        line.split(":", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines()
+    )
+    rss, peak = (int(fields[k].split()[0]) / 1024 for k in ("VmRSS", "VmHWM"))
+    return f"RSS {rss:.0f} MiB (peak {peak:.0f} MiB)"
+
+
 def writer_main(args: argparse.Namespace) -> None:
     """One writer process: init, report ready, wait for go, log, finish, report JSON."""
     import stride
@@ -250,6 +259,9 @@ def main() -> None:
         )
         status = http.get("/api/v1/status")["ingest"]
         print(f"\ningest status: {status}")
+        print(
+            f"stride up memory after ingest: {memory(up.pid)} (target: RSS < 400 MiB at 10M points)"
+        )
 
         t0 = time.monotonic()
         problems = verify(up.http_url, [f"default/bench/{r}" for r in run_ids], args.rows)

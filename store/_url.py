@@ -2,8 +2,11 @@
 
 Two forms:
 
-* ``chdb:///path/to/dir``: ClickHouse embedded in the process (chDB), the
-  single-process default. One process at a time may open a data directory.
+* ``chdb:///path/to/dir[?setting=value...]``: ClickHouse embedded in the
+  process (chDB), the single-process default. One process at a time may open
+  a data directory. Options are ClickHouse server settings for the engine,
+  such as ``mark_cache_size`` or ``max_server_memory_usage`` (bytes); see
+  :data:`EMBEDDED_DEFAULTS` for the bounds Stride applies unless given.
 * ``http://`` or ``https://user:password@host:port/database?option=value...``:
   a ClickHouse server over its HTTP interface (clickhouse-connect). The port
   defaults to 8123 (http) or 8443 (https), the user to ``default``, the
@@ -26,7 +29,7 @@ import re
 from pathlib import Path
 from urllib.parse import parse_qsl, unquote, urlsplit
 
-__all__ = ["ChdbConfig", "ClickHouseConfig", "parse_store_url"]
+__all__ = ["EMBEDDED_DEFAULTS", "ChdbConfig", "ClickHouseConfig", "parse_store_url"]
 
 DEFAULT_DATABASE = "stride"
 _IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
@@ -35,10 +38,26 @@ _COMPRESSION = ("lz4", "zstd", "gzip", "none")
 _BOOLS = {"true": True, "1": True, "false": False, "0": False}
 
 
+#: Engine settings for embedded ClickHouse, which runs beside training on the same
+#: machine: its caches are bounded (a server's defaults are sized for a server of
+#: its own, e.g. a 5 GiB mark cache), and ``chdb:///dir?name=value`` overrides them.
+EMBEDDED_DEFAULTS: dict[str, str] = {
+    "mark_cache_size": str(64 << 20),
+    "primary_index_cache_size": str(64 << 20),
+    "index_mark_cache_size": str(16 << 20),
+    "index_uncompressed_cache_size": "0",
+    "uncompressed_cache_size": "0",
+    "query_condition_cache_size": str(16 << 20),
+    "compiled_expression_cache_size": str(16 << 20),
+}
+
+
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class ChdbConfig:
     path: Path
     database: str = DEFAULT_DATABASE
+    #: ClickHouse server settings for the engine (see :data:`EMBEDDED_DEFAULTS`).
+    engine: dict[str, str] = dataclasses.field(default_factory=lambda: dict(EMBEDDED_DEFAULTS))
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -66,9 +85,16 @@ def parse_store_url(url: str) -> ChdbConfig | ClickHouseConfig:
     """Read a storage URL (see the module docstring); ``ValueError`` says what is wrong."""
     parts = urlsplit(url)
     if parts.scheme == "chdb":
-        if parts.netloc or not parts.path.startswith("/") or parts.query:
+        if parts.netloc or not parts.path.startswith("/"):
             raise ValueError(f"storage URL {url!r}: a chDB URL is chdb:///absolute/path")
-        return ChdbConfig(path=Path(unquote(parts.path)))
+        options = dict(parse_qsl(parts.query, keep_blank_values=True))
+        for name, value in options.items():
+            if not _IDENTIFIER.fullmatch(name) or not re.fullmatch(r"[\w.]+", value):
+                raise ValueError(
+                    f"storage URL {url!r}: engine option {name}={value!r} must be a setting "
+                    "name and a plain value"
+                )
+        return ChdbConfig(path=Path(unquote(parts.path)), engine={**EMBEDDED_DEFAULTS, **options})
     if parts.scheme in ("http", "https"):
         return _clickhouse(url)
     raise ValueError(f"unsupported storage URL {redact(url)!r}: expected {_FORMS}")

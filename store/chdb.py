@@ -32,8 +32,10 @@ class ChdbStore:
         self.path = path
         self.address = f"chdb://{path}"
         self._lock = threading.Lock()
+        # Engine settings travel in the connection string; chDB reads them at start.
+        options = "&".join(f"{name}={value}" for name, value in config.engine.items())
         try:
-            self._session = chdb_session.Session(str(path))
+            self._session = chdb_session.Session(f"{path}?{options}" if options else str(path))
         except Exception as exc:
             raise StoreError(f"cannot open the ClickHouse data directory {path}: {exc}") from exc
         create_schema(self, config.database)

@@ -242,6 +242,28 @@ def test_store_urls_parse_into_their_settings() -> None:
     assert parse_store_url("https://ch").port == 8443  # type: ignore[union-attr]
 
 
+def test_embedded_engine_settings_are_bounded_and_overridable(tmp_path: Path) -> None:
+    config = parse_store_url(f"chdb://{tmp_path}?mark_cache_size=1000000")
+    assert isinstance(config, ChdbConfig)
+    assert config.engine["mark_cache_size"] == "1000000"
+    assert config.engine["primary_index_cache_size"] == str(64 << 20)  # the default bound
+    with pytest.raises(ValueError, match="engine option"):
+        parse_store_url(f"chdb://{tmp_path}?mark_cache_size=1;DROP")
+
+
+def test_the_embedded_engine_runs_with_its_settings(chdb_store: ChdbStore) -> None:
+    """A server's defaults (a 5 GiB mark cache...) would not suit a process beside training."""
+    rows = chdb_store.query_arrow(
+        "SELECT name, value FROM system.server_settings WHERE name IN {names:Array(String)}",
+        {"names": ["mark_cache_size", "primary_index_cache_size", "uncompressed_cache_size"]},
+    )
+    assert dict(zip(*(rows.column(c).to_pylist() for c in ("name", "value")), strict=True)) == {
+        "mark_cache_size": str(64 << 20),
+        "primary_index_cache_size": str(64 << 20),
+        "uncompressed_cache_size": "0",
+    }
+
+
 @pytest.mark.parametrize(
     ("url", "message"),
     [
