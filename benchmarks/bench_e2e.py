@@ -53,7 +53,12 @@ def memory(pid: int) -> str:
         line.split(":", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines()
     )
     rss, peak = (int(fields[k].split()[0]) / 1024 for k in ("VmRSS", "VmHWM"))
-    return f"RSS {rss:.0f} MiB (peak {peak:.0f} MiB)"
+    rollup = Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines()[1:]
+    kinds = {k: int(v.split()[0]) / 1024 for k, v in (line.split(":", 1) for line in rollup)}
+    return (
+        f"RSS {rss:.0f} MiB (peak {peak:.0f} MiB): {kinds['Anonymous']:.0f} MiB anonymous, "
+        f"{kinds['Pss_File']:.0f} MiB mapped files (the chDB library's code among them)"
+    )
 
 
 def writer_main(args: argparse.Namespace) -> None:

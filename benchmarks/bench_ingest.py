@@ -177,6 +177,7 @@ def run_config(kind: str, workers: int, items: list[tuple[bytes, str]], points: 
                 assert last is not None, "ingest did not finish"
                 assert ingested_points(http) == points, "ingest applied a batch twice"
                 ingest_cpu = cpu_seconds(ingest.pid) - cpu_at_first
+                rss_mib = _rss_mib(ingest.pid)
                 nats_cpu2 = sum(cpu_seconds(p) for p in server.pids())
             finally:
                 ingest.terminate()
@@ -191,7 +192,15 @@ def run_config(kind: str, workers: int, items: list[tuple[bytes, str]], points: 
         "ingest_s": last - first,
         "ingest_cpu": ingest_cpu,
         "ingest_nats_cpu": nats_cpu2 - nats_cpu1,
+        "rss": rss_mib,
     }
+
+
+def _rss_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
 
 
 def _wait_until_serving(url: str, timeout: float = 120.0) -> None:
@@ -217,14 +226,15 @@ def main() -> None:
     print(f"backlog: {args.batches} batches x {args.rows} rows x {len(KEYS)} keys = {points:,}")
     print(
         f"{'configuration':<34} {'publish pts/s':>13} {'NATS CPU':>9} "
-        f"{'ingest pts/s':>13} {'ingest CPU':>11} {'NATS CPU':>9}"
+        f"{'ingest pts/s':>13} {'ingest CPU':>11} {'NATS CPU':>9} {'ingest RSS':>11}"
     )
     for config in args.configs.split(","):
         kind, workers = config.split(":")
         r = run_config(kind, int(workers), items, points)
         print(
             f"{r['config']:<34} {fmt_rate(r['publish']):>13} {r['publish_nats_cpu']:>8.2f}s "
-            f"{fmt_rate(r['ingest']):>13} {r['ingest_cpu']:>10.2f}s {r['ingest_nats_cpu']:>8.2f}s",
+            f"{fmt_rate(r['ingest']):>13} {r['ingest_cpu']:>10.2f}s {r['ingest_nats_cpu']:>8.2f}s "
+            f"{r['rss']:>7.0f} MiB",
             flush=True,
         )
 

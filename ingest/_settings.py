@@ -7,8 +7,11 @@ import dataclasses
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class IngestSettings:
-    #: Messages fetched (and written to ClickHouse) at once.
+    #: Most messages fetched (and written to ClickHouse) at once.
     fetch_batch: int = 128
+    #: Fewer when they are large: a fetch aims at about this many bytes of batches,
+    #: which bounds ingest's memory (two fetches are in hand: one written, one prepared).
+    fetch_bytes: int = 4 << 20
     #: How long one fetch waits for messages before checking for shutdown.
     fetch_timeout_s: float = 0.25
     #: JetStream redelivers a message not acked within this time.

@@ -69,6 +69,26 @@ class _Job:
     ledger: pa.Table | None
 
 
+class _FetchSize:
+    """How many messages to fetch next: ``fetch_bytes`` worth at the sizes seen lately,
+    between 1 and ``fetch_batch`` (small batches are many to a fetch, large ones few)."""
+
+    def __init__(self, most: int, target_bytes: int) -> None:
+        self._most = most
+        self._target = target_bytes
+        self._mean = 0.0  # moving average of a message's size; 0 until one is seen
+
+    def next(self) -> int:
+        if not self._mean:
+            return 1  # the first fetch learns the size
+        return max(1, min(self._most, int(self._target / self._mean)))
+
+    def saw(self, msgs: Sequence[Msg]) -> None:
+        if msgs:
+            size = sum(len(m.data) for m in msgs) / len(msgs)
+            self._mean = size if not self._mean else 0.7 * self._mean + 0.3 * size
+
+
 class IngestWorker:
     """Consumes batches and stores them through ``handlers`` (by default
     :func:`~.handlers.default_handlers`: metrics, then run fields)."""
@@ -88,6 +108,7 @@ class IngestWorker:
         check_registry(self._handlers)
         self._stopping = asyncio.Event()
         self._backoff_s = 0.0
+        self._fetch_size = _FetchSize(settings.fetch_batch, settings.fetch_bytes)
         self.subscribed = False  # ready: the durable consumer exists and is read
         self.stats = IngestStats()
 
@@ -112,7 +133,7 @@ class IngestWorker:
             while not self._stopping.is_set():
                 try:
                     msgs = await sub.fetch(
-                        self._settings.fetch_batch, timeout=self._settings.fetch_timeout_s
+                        self._fetch_size.next(), timeout=self._settings.fetch_timeout_s
                     )
                 except (TimeoutError, NatsTimeoutError):
                     continue
@@ -168,6 +189,7 @@ class IngestWorker:
 
     async def _prepare(self, msgs: list[Msg]) -> _Job:
         self.stats.messages += len(msgs)
+        self._fetch_size.saw(msgs)
         decoded: list[tuple[Msg, Batch]] = []
         for msg in msgs:
             try:

@@ -16,7 +16,7 @@ from chdb import session as chdb_session
 from ._base import Params, ParamValue
 from ._url import ChdbConfig
 from .errors import StoreError
-from .schema import backfill_rollup, create_schema
+from .schema import SESSION_SETTINGS, backfill_rollup, create_schema
 
 __all__ = ["ChdbStore"]
 
@@ -38,6 +38,8 @@ class ChdbStore:
             self._session = chdb_session.Session(f"{path}?{options}" if options else str(path))
         except Exception as exc:
             raise StoreError(f"cannot open the ClickHouse data directory {path}: {exc}") from exc
+        for name, value in SESSION_SETTINGS.items():
+            self.command(f"SET {name} = {value}")
         create_schema(self, config.database)
         self.command(f"USE {config.database}")
         backfill_rollup(self)

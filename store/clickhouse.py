@@ -25,7 +25,7 @@ from clickhouse_connect.driver.exceptions import DatabaseError, Error, Operation
 from ._base import Params, ParamValue
 from ._url import ClickHouseConfig
 from .errors import CredentialsRefusedError, StoreError, StoreUnavailableError
-from .schema import backfill_rollup, create_schema
+from .schema import SESSION_SETTINGS, backfill_rollup, create_schema
 
 __all__ = ["ClickHouseStore"]
 
@@ -40,7 +40,7 @@ class ClickHouseStore:
     def __init__(self, config: ClickHouseConfig) -> None:
         self.config = config
         self.address = config.address
-        settings: dict[str, Any] = {}
+        settings: dict[str, Any] = dict(SESSION_SETTINGS)
         if config.cluster:
             settings["insert_distributed_sync"] = 1
         self._client: Client = _call(

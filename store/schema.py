@@ -175,6 +175,12 @@ _TABLES = (
     ),
 )
 
+#: Session settings both backends apply. ``optimize_on_insert=0``: a
+#: ReplacingMergeTree would otherwise sort and deduplicate every inserted block
+#: by its key (about a quarter of ingest's insert CPU); readers deduplicate
+#: anyway (``FINAL``, ``argMax``), as they must for rows from separate inserts.
+SESSION_SETTINGS = {"optimize_on_insert": "0"}
+
 #: In cluster mode, the suffix of the replicated table behind each Distributed one.
 LOCAL_SUFFIX = "_local"
 #: Where replicas of a cluster-mode table meet in ClickHouse Keeper; ``{shard}``

@@ -291,3 +291,18 @@ async def test_lag_counts_what_waits_and_how_old_it_is(nc: NatsClient, chdb: Chd
         await until(lambda: again.stats.batches_applied == 3, "the 3 waiting batches applied")
         await asyncio.sleep(0.2)  # the acks reach the server
         assert await again.lag() == {"pending": 0, "ack_pending": 0, "oldest_s": None}
+
+
+def test_fetches_shrink_for_large_batches_and_grow_for_small_ones() -> None:
+    """A fetch aims at ``fetch_bytes``: that bounds ingest's memory whatever the batch size."""
+    from types import SimpleNamespace
+
+    from stride.ingest.worker import _FetchSize
+
+    size = _FetchSize(most=128, target_bytes=8 << 20)
+    assert size.next() == 1  # nothing seen yet
+    size.saw([SimpleNamespace(data=b"x" * (1 << 20))] * 4)  # type: ignore[list-item]
+    assert size.next() == 8  # 1 MiB batches: 8 to a fetch
+    for _ in range(30):
+        size.saw([SimpleNamespace(data=b"x" * 3000)] * 8)  # type: ignore[list-item]
+    assert size.next() == 128  # tiny batches: as many as allowed

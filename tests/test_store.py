@@ -106,6 +106,20 @@ def test_a_point_logged_again_replaces_the_older_version(store: Store) -> None:
     assert rows.column("value").to_pylist() == [2.0]
 
 
+def test_a_step_twice_in_one_insert_reads_back_once_with_the_newer_value(store: Store) -> None:
+    """Inserts skip merging on insert (optimize_on_insert=0): reads deduplicate."""
+    run = f"e/p/one-insert-{store.concurrency}"
+    older, newer = points(run, [3, 4], [1.0, 1.0], ver=7), points(run, [3], [9.0], ver=8)
+    both = pa.concat_tables([older, newer])
+    store.insert_arrow("points", POINTS_COLUMNS, both)
+    rows = store.query_arrow(
+        "SELECT step, value FROM points FINAL WHERE run = {run:String} ORDER BY step", {"run": run}
+    )
+    assert rows.to_pylist() == [{"step": 3, "value": 9.0}, {"step": 4, "value": 1.0}]
+    setting = store.query_arrow("SELECT getSetting('optimize_on_insert') AS v")
+    assert setting.column("v")[0].as_py() in (0, False)
+
+
 def test_the_rollup_view_is_fed_by_inserts(store: Store) -> None:
     run = f"e/p/rollup-{store.concurrency}"
     store.insert_arrow("points", POINTS_COLUMNS, points(run, list(range(600)), [1.0] * 600))
