@@ -16,11 +16,13 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
+import re
 import time
 from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
+import orjson
 import pyarrow as pa
 from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
@@ -69,6 +71,16 @@ class _Job:
     ledger: pa.Table | None
 
 
+def _rfc3339(text: str) -> float | None:
+    """Seconds since the epoch of JetStream's RFC 3339 time (nanoseconds cut to micro)."""
+    match = re.fullmatch(r"(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(\.\d+)?(Z|[+-]\d\d:\d\d)", text)
+    if match is None:
+        return None
+    day, fraction, zone = match.groups()
+    stamp = datetime.fromisoformat(day + (fraction or "")[:7] + zone.replace("Z", "+00:00"))
+    return None if stamp.year < 1970 else stamp.timestamp()
+
+
 class _FetchSize:
     """How many messages to fetch next: ``fetch_bytes`` worth at the sizes seen lately,
     between 1 and ``fetch_batch`` (small batches are many to a fetch, large ones few)."""
@@ -101,6 +113,7 @@ class IngestWorker:
         *,
         handlers: Sequence[Handler[Any]] | None = None,
     ) -> None:
+        self._nc = nc
         self._js = nc.jetstream()
         self._store = store
         self._settings = settings
@@ -168,16 +181,16 @@ class IngestWorker:
         ones), ``None`` when it is empty.
         """
         consumer = await self._js.consumer_info(STREAM, DURABLE)
-        stream = await self._js.stream_info(STREAM)
+        # The stream's info as JetStream sends it: it carries the first message's
+        # time (``first_ts``), which nats-py's StreamState drops. Reading that
+        # message instead would move up to a whole batch per status request.
+        reply = await self._nc.request(f"$JS.API.STREAM.INFO.{STREAM}", b"", timeout=5.0)
+        state = orjson.loads(reply.data).get("state", {})
         oldest: float | None = None
-        if stream.state.messages:
-            with contextlib.suppress(Exception):  # acknowledged meanwhile: no age to give
-                first = await self._js.get_msg(STREAM, seq=stream.state.first_seq)
-                stamp: datetime | str | None = first.time
-                if isinstance(stamp, str):  # older nats-py: the RFC 3339 text
-                    stamp = datetime.fromisoformat(stamp)
-                if stamp is not None:
-                    oldest = max(0.0, time.time() - stamp.timestamp())
+        if state.get("messages"):
+            stamp = _rfc3339(state.get("first_ts", ""))
+            if stamp is not None:
+                oldest = max(0.0, time.time() - stamp)
         return {
             "pending": consumer.num_pending or 0,
             "ack_pending": consumer.num_ack_pending or 0,
