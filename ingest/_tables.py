@@ -10,21 +10,25 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Sequence
 from datetime import UTC, datetime
+from typing import Any
 
 import numpy as np
 import orjson
 import pyarrow as pa
 
 from stride.store import MAX_VER
-from stride.store.schema import ONCE_PREFIX, POINTS_COLUMNS
+from stride.store.schema import ONCE_PREFIX, POINTS_COLUMNS, ROLLUP_PARTIALS, ROLLUP_STEPS
 from stride.wire import Batch
 
 
 @dataclasses.dataclass
 class Points:
-    """The ``points`` rows of some batches, and the series they touch."""
+    """The ``points`` rows of some batches, their rollup partials (one row per
+    series, bucket and batch: :data:`stride.store.schema.ROLLUP_PARTIALS`), and
+    the series they touch."""
 
     table: pa.Table
+    rollup: pa.Table
     keys: set[tuple[str, str, str]]  # (run, stream, key)
     count: int
 
@@ -35,8 +39,8 @@ def build_points(batches: Sequence[Batch]) -> Points | None:
     keys: set[tuple[str, str, str]] = set()
     for b in batches:
         points.add(b, keys)
-    table = points.table()
-    return None if table is None else Points(table, keys, points.count)
+    tables = points.tables()
+    return None if tables is None else Points(*tables, keys, points.count)
 
 
 def build_fields(batches: Sequence[Batch]) -> pa.Table:
@@ -144,36 +148,68 @@ class _Points:
             self.series.append((run_idx, stream_idx, key_idx, b.ver, len(cols[0])))
             self.count += len(cols[0])
 
-    def table(self) -> pa.Table | None:
-        """All points as one record batch (see the class docstring for why)."""
+    def tables(self) -> tuple[pa.Table, pa.Table] | None:
+        """All points as one record batch (see the class docstring for why), and
+        their rollup partials; ``None`` without points."""
         if not self.series:
             return None
         run_idx, stream_idx, key_idx, ver, rows = (
             np.array(c) for c in zip(*self.series, strict=True)
         )
-        runs, streams, keys = (pa.array(list(d)) for d in (self.runs, self.streams, self.keys))
-
-        def repeated(per_series: np.ndarray, dtype: type) -> np.ndarray:
-            return np.repeat(per_series.astype(dtype), rows)
+        names = [pa.array(list(d)) for d in (self.runs, self.streams, self.keys)]
 
         def joined(parts: list[np.ndarray]) -> np.ndarray:
             return parts[0] if len(parts) == 1 else np.concatenate(parts)
 
+        def named(indices: np.ndarray) -> list[pa.DictionaryArray[Any, Any]]:
+            return [
+                pa.DictionaryArray.from_arrays(i.astype(np.int32), d)
+                for i, d in zip(indices, names, strict=True)
+            ]
+
+        per_series = np.stack([run_idx, stream_idx, key_idx])
         steps, times, stamps, values = (joined(c) for c in self.columns)
-        batch = pa.RecordBatch.from_arrays(
+        series = np.repeat(np.arange(len(rows)), rows)  # the series of each point
+        points = pa.RecordBatch.from_arrays(
             [
-                pa.DictionaryArray.from_arrays(repeated(run_idx, np.int32), runs),
-                pa.DictionaryArray.from_arrays(repeated(stream_idx, np.int32), streams),
-                pa.DictionaryArray.from_arrays(repeated(key_idx, np.int32), keys),
+                *named(per_series[:, series]),
                 pa.array(steps),
                 pa.array(times),
                 pa.array(stamps),
                 pa.array(values),
-                pa.array(repeated(ver, np.uint64)),
+                pa.array(ver.astype(np.uint64)[series]),
             ],
             names=list(POINTS_COLUMNS),
         )
-        return pa.Table.from_batches([batch])
+        # Rollup partials: steps ascend within each series, so a (series, bucket)
+        # group is a run of consecutive points.
+        bucket = np.floor_divide(steps, ROLLUP_STEPS)
+        starts = np.flatnonzero(
+            np.concatenate(([True], (series[1:] != series[:-1]) | (bucket[1:] != bucket[:-1])))
+        )
+        ends = np.append(starts[1:], len(steps)) - 1
+        group = series[starts]
+        nan = np.isnan(values)
+        partials = pa.RecordBatch.from_arrays(
+            [
+                *named(per_series[:, group]),
+                pa.array(bucket[starts]),
+                pa.array((ends - starts + 1).astype(np.uint64)),
+                pa.array(steps[starts]),
+                pa.array(steps[ends]),
+                pa.array(np.minimum.reduceat(np.where(nan, np.inf, values), starts)),
+                pa.array(np.maximum.reduceat(np.where(nan, -np.inf, values), starts)),
+                pa.array(values[starts]),
+                pa.array(times[starts]),
+                pa.array(stamps[starts]),
+                pa.array(values[ends]),
+                pa.array(times[ends]),
+                pa.array(stamps[ends]),
+                pa.array(ver.astype(np.uint64)[group]),
+            ],
+            names=[name for name, _ in ROLLUP_PARTIALS],
+        )
+        return pa.Table.from_batches([points]), pa.Table.from_batches([partials])
 
 
 def _last_per_step(*cols: np.ndarray) -> tuple[np.ndarray, ...]:

@@ -32,7 +32,14 @@ from typing import Any, Protocol, TypeVar
 import pyarrow as pa
 
 from stride.store import AsyncStore
-from stride.store.schema import FIELDS_COLUMNS, KEYS_COLUMNS, POINTS_COLUMNS
+from stride.store.schema import (
+    FIELDS_COLUMNS,
+    KEYS_COLUMNS,
+    POINTS_COLUMNS,
+    ROLLUP_COLUMNS,
+    ROLLUP_FROM_PARTIALS,
+    ROLLUP_PARTIALS_STRUCTURE,
+)
 from stride.wire import Batch
 
 from ._tables import Points, build_fields, build_points
@@ -70,7 +77,8 @@ class Handler(Protocol[T]):
 
 
 class MetricsHandler:
-    """``points`` (zero-copy Arrow over the decoded buffers) and ``run_keys``.
+    """``points``, ``points_rollup`` (from partials built beside the points) and
+    ``run_keys``.
 
     Remembers the keys it has written, so a run's keys are inserted once per
     worker, not once per fetch.
@@ -87,6 +95,13 @@ class MetricsHandler:
 
     async def write(self, store: AsyncStore, prepared: Points) -> int:
         await store.insert_arrow("points", POINTS_COLUMNS, prepared.table)
+        await store.insert_select(
+            "points_rollup",
+            ROLLUP_COLUMNS,
+            ROLLUP_FROM_PARTIALS,
+            prepared.rollup,
+            ROLLUP_PARTIALS_STRUCTURE,
+        )
         # Decided at write time, not in prepare: the fetch written meanwhile may add keys.
         new_keys = prepared.keys - self._known_keys
         if new_keys:

@@ -28,6 +28,11 @@ class AsyncStore:
     async def insert_arrow(self, table: str, columns: tuple[str, ...], data: pa.Table) -> None:
         await self._call(self.sync.insert_arrow, table, columns, data)
 
+    async def insert_select(
+        self, table: str, columns: tuple[str, ...], select: str, data: pa.Table, structure: str
+    ) -> None:
+        await self._call(self.sync.insert_select, table, columns, select, data, structure)
+
     async def query_arrow(self, sql: str, params: Params | None = None) -> pa.Table:
         result: pa.Table = await self._call(self.sync.query_arrow, sql, params)
         return result

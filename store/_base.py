@@ -29,6 +29,16 @@ class Store(Protocol):
 
     def insert_arrow(self, table: str, columns: tuple[str, ...], data: pa.Table) -> None: ...
 
+    def insert_select(
+        self, table: str, columns: tuple[str, ...], select: str, data: pa.Table, structure: str
+    ) -> None:
+        """Insert into ``columns`` of ``table`` what ``select`` computes over ``data``.
+
+        ``select`` names the data ``{source}``; ``structure`` gives its columns'
+        ClickHouse types (``"run String, n UInt64"``), for backends that send it.
+        """
+        ...
+
     def query_arrow(self, sql: str, params: Params | None = None) -> pa.Table: ...
 
     def command(self, sql: str, params: Params | None = None) -> None: ...

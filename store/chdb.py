@@ -51,6 +51,12 @@ class ChdbStore:
             f"INSERT INTO {table} ({names}) SELECT {names} FROM Python(data)", None, "CSV", data
         )
 
+    def insert_select(
+        self, table: str, columns: tuple[str, ...], select: str, data: pa.Table, structure: str
+    ) -> None:
+        sql = select.replace("{source}", "Python(data)")
+        self._run(f"INSERT INTO {table} ({', '.join(columns)}) {sql}", None, "CSV", data)
+
     def query_arrow(self, sql: str, params: Params | None = None) -> pa.Table:
         result = self._run(sql, params, "ArrowTable", None)
         assert isinstance(result, pa.Table)

@@ -70,6 +70,18 @@ class ClickHouseStore:
     def insert_arrow(self, table: str, columns: tuple[str, ...], data: pa.Table) -> None:
         _call(self.config, lambda: self._client.insert_arrow(table, data.select(list(columns))))
 
+    def insert_select(
+        self, table: str, columns: tuple[str, ...], select: str, data: pa.Table, structure: str
+    ) -> None:
+        # The server transforms the rows as they arrive: input() is the request's body.
+        sql = select.replace("{source}", f"input('{structure}')")
+        sink = pa.BufferOutputStream()
+        with pa.ipc.new_file(sink, data.schema) as writer:
+            writer.write_table(data)
+        body = sink.getvalue().to_pybytes()
+        statement = f"INSERT INTO {table} ({', '.join(columns)}) {sql} FORMAT Arrow"
+        _call(self.config, lambda: self._client.command(statement, data=body))
+
     def query_arrow(self, sql: str, params: Params | None = None) -> pa.Table:
         bound = _bind(params)
         result = _call(

@@ -15,8 +15,15 @@ Idempotent storage, which makes at-least-once delivery exactly-once in effect:
   skips a batch it has already applied (a re-sync after JetStream's duplicate
   window), so derived tables are not fed twice.
 * ``run_keys`` lists the metric keys of each run and stream.
-* ``points_rollup`` is kept by a materialized view on ``points``: per
-  ``ROLLUP_STEPS``-step bucket of each series, the point count, the first
+* ``points_rollup`` is written by ingest beside ``points``: it folds each
+  fetch into partials (one row per series, bucket and batch:
+  :data:`ROLLUP_PARTIALS`) that the database turns into aggregate states
+  (:data:`ROLLUP_FROM_PARTIALS`). This used to be a materialized view on
+  ``points``; computing the partials in ingest (numpy, on rows it already
+  holds) cut ingest's CPU per point by about a sixth in a micro run on chDB
+  (460-493 ns with the view, 386-446 ns without), and in a cluster it moves
+  that work off the ClickHouse servers onto the stateless ingest processes. Per ``ROLLUP_STEPS``-step
+  bucket of each series, the point count, the first
   and last step, the min and max value (NaN ignored), and the value, time and
   timestamp of the first and last point (``argMin``/``argMax`` ranked by step,
   then version, as one Int128 so comparisons stay native). Sampled history
@@ -73,6 +80,59 @@ def rollup_aggregates(combinator: str = "") -> str:
         for name, expr in _ROLLUP_AGGREGATES
     )
 
+
+#: What ingest computes per series, bucket and batch before the database folds
+#: it into ``points_rollup`` (:data:`ROLLUP_FROM_PARTIALS`): count, first and
+#: last step, NaN-free min and max, the first and last point's value, time and
+#: timestamp, and the batch version that ranks them. Names and ClickHouse types.
+ROLLUP_PARTIALS = (
+    ("run", "String"),
+    ("stream", "String"),
+    ("key", "String"),
+    ("bucket", "Int64"),
+    ("n", "UInt64"),
+    ("smin", "Int64"),
+    ("smax", "Int64"),
+    ("vmin", "Float64"),
+    ("vmax", "Float64"),
+    ("fv", "Float64"),
+    ("ft", "Float64"),
+    ("fs", "Float64"),
+    ("lv", "Float64"),
+    ("lt", "Float64"),
+    ("ls", "Float64"),
+    ("ver", "UInt64"),
+)
+ROLLUP_COLUMNS = tuple(name for name, _ in ROLLUP_PARTIALS[:-1])
+# assumeNotNull: chDB reads Arrow columns as Nullable, and an aggregate's state
+# type follows its arguments' (a no-op where the types are declared).
+_PARTIAL_FIRST = FIRST_KEY.replace("(step)", "(assumeNotNull(smin))").replace(
+    "- ver", "- assumeNotNull(ver)"
+)
+_PARTIAL_LAST = LAST_KEY.replace("(step)", "(assumeNotNull(smax))").replace(
+    "(ver)", "(assumeNotNull(ver))"
+)
+#: Partials (from ``{source}``) to ``points_rollup`` rows, in ROLLUP_COLUMNS order,
+#: one row each (``initializeAggregation``: no GROUP BY at insert). Merged, they
+#: give the same aggregates as :func:`rollup_aggregates` over the raw points: the
+#: first point of a bucket is the first of its partials ranked by (step, newest
+#: version), the last likewise, and counts, minima and maxima fold.
+ROLLUP_FROM_PARTIALS = (
+    "SELECT run, stream, key, bucket, n, smin, smax, vmin, vmax, "
+    + ", ".join(
+        f"initializeAggregation('{fn}State', assumeNotNull({col}), {rank})"
+        for fn, col, rank in (
+            ("argMin", "fv", _PARTIAL_FIRST),
+            ("argMin", "ft", _PARTIAL_FIRST),
+            ("argMin", "fs", _PARTIAL_FIRST),
+            ("argMax", "lv", _PARTIAL_LAST),
+            ("argMax", "lt", _PARTIAL_LAST),
+            ("argMax", "ls", _PARTIAL_LAST),
+        )
+    )
+    + " FROM {source}"
+)
+ROLLUP_PARTIALS_STRUCTURE = ", ".join(f"{name} {kind}" for name, kind in ROLLUP_PARTIALS)
 
 #: The same columns merged over rollup rows.
 ROLLUP_MERGE = (
@@ -220,14 +280,9 @@ def ddl(database: str, cluster: str | None = None) -> list[str]:
             f"CREATE TABLE IF NOT EXISTS {database}.{t.name}{on} AS {database}.{local}"
             f" ENGINE = Distributed({cluster}, {database}, {local}, {t.shard_by})"
         )
-    suffix = LOCAL_SUFFIX if cluster else ""
-    statements.append(
-        f"CREATE MATERIALIZED VIEW IF NOT EXISTS {database}.points_rollup_mv{on}\n"
-        f"    TO {database}.points_rollup{suffix} AS\n"
-        f"    SELECT run, stream, key, {BUCKET_SQL} AS bucket, {rollup_aggregates('State')}\n"
-        f"    FROM {database}.points{suffix}\n"
-        "    GROUP BY run, stream, key, bucket"
-    )
+    # Earlier versions kept the rollup with a materialized view on points; ingest
+    # now writes it (see ROLLUP_FROM_PARTIALS), and the view would count twice.
+    statements.append(f"DROP VIEW IF EXISTS {database}.points_rollup_mv{on}")
     return statements
 
 

@@ -13,7 +13,8 @@ work unchanged for everything Stride does with it:
   ``enable_http_compression=1`` and an ``Accept-Encoding`` it lists;
 * inserts of any input format (``INSERT ... FORMAT Arrow`` or ``Native``
   followed by the data, in the body or after a ``query`` parameter), with
-  the body compressed as its ``Content-Encoding`` says;
+  the body compressed as its ``Content-Encoding`` says, and
+  ``INSERT ... SELECT ... FROM input('structure') FORMAT Arrow``;
 * users by HTTP basic auth, ``X-ClickHouse-User``/``-Key`` headers or
   ``user``/``password`` parameters: a wrong password gets ClickHouse's
   error 516 (AUTHENTICATION_FAILED);
@@ -73,6 +74,7 @@ _INSERT = re.compile(
     re.IGNORECASE | re.DOTALL,
 )
 _CODE = re.compile(r"Code: (\d+)\.")
+_INPUT = re.compile(r"input\('[^']*'\)")
 _STATUS = {62: 400, 60: 404, 81: 404, 516: 401, 194: 401, 47: 400, 36: 400, 53: 400, 27: 400}
 _CONTENT_TYPES = {
     "JSON": "application/json; charset=UTF-8",
@@ -147,12 +149,22 @@ class ChdbHttp:
         table = match.group("table").decode()
         cols = (match.group("cols") or b"").decode()
         fmt = match.group("fmt").decode()
+        statement = match.group(1).decode()
         if fmt in ("Arrow", "ArrowStream"):
             reader = pa.ipc.open_file if fmt == "Arrow" else pa.ipc.open_stream
             rows = reader(pa.py_buffer(data)).read_all()  # noqa: F841 (chDB reads it by name)
             # Called here: chDB's Python() finds ``rows`` in the calling frame.
-            self._session.query(f"INSERT INTO {table} {cols} SELECT * FROM Python(rows)", "TSV")
+            if _INPUT.search(statement):  # INSERT ... SELECT ... FROM input('...')
+                self._session.query(_INPUT.sub("Python(rows)", statement), "TSV")
+            else:
+                sql = f"INSERT INTO {table} {cols} SELECT * FROM Python(rows)"
+                self._session.query(sql, "TSV")
             return
+        if _INPUT.search(statement):
+            raise ValueError(
+                "Code: 48. DB::Exception: this test helper reads input() from Arrow only. "
+                "(NOT_IMPLEMENTED)"
+            )
         path = self._spill / f"{uuid.uuid4().hex}.{fmt}"
         path.write_bytes(data)
         try:

@@ -9,13 +9,16 @@ HTTP interface, since no current ClickHouse server can be installed here.
 from __future__ import annotations
 
 import math
+import textwrap
 from collections.abc import Iterator
 from pathlib import Path
 
 import clickhouse_connect
+import numpy as np
 import pyarrow as pa
 import pytest
 
+from stride.ingest._tables import build_points
 from stride.store import (
     ChdbConfig,
     ClickHouseConfig,
@@ -28,9 +31,19 @@ from stride.store import (
     redact,
 )
 from stride.store.chdb import ChdbStore
-from stride.store.schema import POINTS_COLUMNS, ddl
+from stride.store.schema import (
+    BUCKET_SQL,
+    POINTS_COLUMNS,
+    ROLLUP_COLUMNS,
+    ROLLUP_FROM_PARTIALS,
+    ROLLUP_MERGE,
+    ROLLUP_PARTIALS_STRUCTURE,
+    ddl,
+    rollup_aggregates,
+)
+from stride.wire import WIRE_VERSION, Batch, MetricBlock
 
-from .conftest import ChdbHttpServer, free_port
+from .conftest import ChdbHttpServer, free_port, run_python
 
 
 def points(run: str, steps: list[int], values: list[float], ver: int = 1) -> pa.Table:
@@ -120,15 +133,119 @@ def test_a_step_twice_in_one_insert_reads_back_once_with_the_newer_value(store: 
     assert setting.column("v")[0].as_py() in (0, False)
 
 
-def test_the_rollup_view_is_fed_by_inserts(store: Store) -> None:
-    run = f"e/p/rollup-{store.concurrency}"
-    store.insert_arrow("points", POINTS_COLUMNS, points(run, list(range(600)), [1.0] * 600))
-    rows = store.query_arrow(
-        "SELECT bucket, sum(n) AS n FROM points_rollup WHERE run = {run:String} "
-        "GROUP BY bucket ORDER BY bucket",
-        {"run": run},
+def _batch(run_id: str, seq: int, ver: int, steps: list[int], **keys: list[float]) -> Batch:
+    arr = np.array(steps, "<i8")
+    return Batch(
+        v=WIRE_VERSION,
+        entity="e",
+        project="rollup",
+        run_id=run_id,
+        writer="w",
+        seq=seq,
+        ver=ver,
+        metrics=[
+            MetricBlock(
+                stream="default",
+                keys=list(keys),
+                steps=arr.tobytes(),
+                times=(arr * 0.5).astype("<f8").tobytes(),
+                timestamps=(1.7e9 + arr).astype("<f8").tobytes(),
+                values=[np.array(v, "<f8").tobytes() for v in keys.values()],
+            )
+        ],
     )
-    assert rows.column("n").to_pylist() == [256, 256, 88]
+
+
+def test_ingests_rollup_equals_the_rollup_of_the_raw_points(store: Store) -> None:
+    """Ingest folds each fetch into rollup partials: merged, they must say exactly what
+    aggregating the stored points says, with NaN, negative steps, out-of-order steps,
+    steps re-logged by later batches (in one fetch and across fetches), several
+    buckets per batch and buckets spread over batches."""
+    run = f"mixed-{store.concurrency}"
+    rng = np.random.default_rng(7)
+    steps = list(range(-300, 900, 3))
+    values = rng.standard_normal(len(steps))
+    values[::17] = np.nan
+    fetches = [
+        [
+            _batch(run, 0, 100, steps[:150], loss=list(values[:150]), acc=list(-values[:150])),
+            _batch(run, 1, 101, [5, 1, 3, 1], loss=[1.0, 2.0, 3.0, 4.0], acc=[0.0] * 4),
+        ],
+        [
+            _batch(run, 2, 90, steps[100:], loss=list(values[100:]), acc=list(values[100:] * 2)),
+            _batch(run, 3, 102, [0, 256, 257], loss=[np.nan, np.nan, 9.0], acc=[1.0] * 3),
+        ],
+    ]
+    # What was inserted, kept whole (a ReplacingMergeTree drops older versions as it
+    # merges, while the rollup, like the view it replaces, counts every point logged).
+    store.command("CREATE DATABASE IF NOT EXISTS scratch")
+    store.command(
+        "CREATE TABLE IF NOT EXISTS scratch.inserted_points AS points "
+        "ENGINE = MergeTree ORDER BY tuple()"
+    )
+    for fetch in fetches:
+        built = build_points(fetch)
+        assert built is not None
+        store.insert_arrow("points", POINTS_COLUMNS, built.table)
+        store.insert_arrow("scratch.inserted_points", POINTS_COLUMNS, built.table)
+        store.insert_select(
+            "points_rollup",
+            ROLLUP_COLUMNS,
+            ROLLUP_FROM_PARTIALS,
+            built.rollup,
+            ROLLUP_PARTIALS_STRUCTURE,
+        )
+    where = "WHERE run = {run:String}"
+    order = "GROUP BY key, bucket ORDER BY key, bucket"
+    rolled = store.query_arrow(
+        f"SELECT key, bucket, {ROLLUP_MERGE} FROM points_rollup {where} {order}",
+        {"run": f"e/rollup/{run}"},
+    )
+    raw = store.query_arrow(
+        f"SELECT key, {BUCKET_SQL} AS bucket, {rollup_aggregates()} "
+        f"FROM scratch.inserted_points {where} {order}",
+        {"run": f"e/rollup/{run}"},
+    )
+    assert rolled.num_rows == raw.num_rows > 8
+    assert _nan_safe(rolled.to_pylist()) == _nan_safe(raw.to_pylist())
+    assert any(math.isnan(row["fv"]) for row in rolled.to_pylist())  # NaN points were there
+
+
+def _nan_safe(rows: list[dict[str, object]]) -> list[dict[str, object]]:
+    """NaN compares unequal to itself; spell it out so equal rows compare equal."""
+    return [
+        {k: "NaN" if isinstance(v, float) and math.isnan(v) else v for k, v in row.items()}
+        for row in rows
+    ]
+
+
+def test_opening_an_old_store_drops_the_rollup_view(tmp_path: Path) -> None:
+    """Stores made before ingest wrote the rollup kept it with a materialized view;
+    left in place it would count every point twice. (In a fresh interpreter: chDB
+    opens one data directory per process.)"""
+    out = run_python(
+        textwrap.dedent(
+            f"""
+            from pathlib import Path
+            from stride.store.chdb import ChdbStore
+            from stride.store.schema import BUCKET_SQL, rollup_aggregates
+            old = ChdbStore(Path({str(tmp_path / "old")!r}))
+            old.command(
+                "CREATE MATERIALIZED VIEW points_rollup_mv TO points_rollup AS "
+                f"SELECT run, stream, key, {{BUCKET_SQL}} AS bucket, "
+                f"{{rollup_aggregates('State')}} FROM points GROUP BY run, stream, key, bucket"
+            )
+            old.close()
+            again = ChdbStore(Path({str(tmp_path / "old")!r}))
+            views = again.query_arrow(
+                "SELECT name FROM system.tables WHERE database = 'stride' "
+                "AND engine = 'MaterializedView'"
+            )
+            print(views.column("name").to_pylist())
+            """
+        )
+    )
+    assert out.strip() == "[]"
 
 
 def test_strings_come_back_as_strings_and_results_are_identical(
@@ -326,7 +443,6 @@ def test_single_server_ddl_is_what_the_embedded_store_runs(chdb_store: ChdbStore
         "batches": "ReplacingMergeTree",
         "points": "ReplacingMergeTree",
         "points_rollup": "AggregatingMergeTree",
-        "points_rollup_mv": "MaterializedView",
         "run_fields": "ReplacingMergeTree",
         "run_keys": "ReplacingMergeTree",
     }
@@ -353,8 +469,7 @@ def test_cluster_ddl_replicates_shards_by_run_and_parses(chdb_store: ChdbStore) 
         "Distributed(main, metrics, run_fields_local, cityHash64(entity, project, run_id))"
         in fields
     )
-    view = formatted[-1]
-    assert view.startswith("CREATE MATERIALIZED VIEW IF NOT EXISTS metrics.points_rollup_mv")
-    assert "TO metrics.points_rollup_local" in view and "FROM metrics.points_local" in view
+    # Ingest writes the rollup; a view from older versions is dropped everywhere.
+    assert formatted[-1] == "DROP VIEW IF EXISTS metrics.points_rollup_mv ON CLUSTER main"
     # Every table has its replicated local table and a Distributed one in front.
     assert len(statements) == 1 + 2 * 5 + 1
