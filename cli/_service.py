@@ -68,14 +68,21 @@ async def connect_nats(url: str, name: str, timeout_s: float) -> NatsClient:
         log.warning("NATS: %s", exc or exc.__class__.__name__)
 
     async def attempt() -> NatsClient:
-        return await nats.connect(
+        # nats-py's first connect keeps trying for max_reconnect_attempts x
+        # reconnect_time_wait (unbounded at -1): it tries each server about twice
+        # here (retry_until does the waiting), and reconnects are made unlimited
+        # once connected.
+        nc = await nats.connect(
             [server.strip() for server in url.split(",")],
             name=name,
-            max_reconnect_attempts=-1,
-            allow_reconnect=True,
+            max_reconnect_attempts=1,
+            reconnect_time_wait=0.5,
             connect_timeout=min(5.0, timeout_s),
             error_cb=error_cb,
         )
+        nc.options["max_reconnect_attempts"] = -1
+        nc.options["reconnect_time_wait"] = 2.0
+        return nc
 
     return await retry_until(f"NATS at {url}", attempt, timeout_s)
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import signal
 import textwrap
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -18,7 +19,15 @@ import pytest
 import stride
 from stride.cli._nats_server import NatsServer
 
-from .conftest import ChdbHttpServer, StrideService, run_python, scan, wait_for, wait_rows
+from .conftest import (
+    ChdbHttpServer,
+    StrideService,
+    free_port,
+    run_python,
+    scan,
+    wait_for,
+    wait_rows,
+)
 
 WRITER = textwrap.dedent(
     """
@@ -151,3 +160,17 @@ def test_storage_away_for_a_while_loses_nothing_and_the_backlog_drains(
         ingest.stop()
         query.stop()
         clickhouse.stop()
+
+
+def test_unreachable_nats_fails_within_the_connect_timeout(tmp_path: Path) -> None:
+    env = {
+        "STRIDE_NATS_URL": f"nats://127.0.0.1:{free_port()}",
+        "STRIDE_STORE": f"chdb://{tmp_path / 'clickhouse'}",
+        "STRIDE_CONNECT_TIMEOUT": "2",
+    }
+    proc = StrideService("ingest", env=env)
+    started = time.monotonic()
+    with pytest.raises(AssertionError, match="did not start"):
+        proc.start(timeout=60)
+    assert time.monotonic() - started < 30  # nats-py alone would retry for minutes
+    assert any("cannot connect to NATS" in line and "within 2 s" in line for line in proc.output)
