@@ -12,6 +12,10 @@ class IngestSettings:
     #: Fewer when they are large: a fetch aims at about this many bytes of batches,
     #: which bounds ingest's memory (two fetches are in hand: one written, one prepared).
     fetch_bytes: int = 4 << 20
+    #: A fetch that came back short waits up to this long for more batches before
+    #: it is written: when batches trickle in, a worker writes a few larger inserts
+    #: a second instead of one per batch (each insert costs ClickHouse a new part).
+    fetch_linger_s: float = 0.25
     #: How long one fetch waits for messages before checking for shutdown.
     fetch_timeout_s: float = 0.25
     #: JetStream redelivers a message not acked within this time.

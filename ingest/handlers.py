@@ -94,14 +94,7 @@ class MetricsHandler:
         return build_points(batches)
 
     async def write(self, store: AsyncStore, prepared: Points) -> int:
-        await store.insert_arrow("points", POINTS_COLUMNS, prepared.table)
-        await store.insert_select(
-            "points_rollup",
-            ROLLUP_COLUMNS,
-            ROLLUP_FROM_PARTIALS,
-            prepared.rollup,
-            ROLLUP_PARTIALS_STRUCTURE,
-        )
+        # Points last: once a reader sees them, their keys and rollup are there too.
         # Decided at write time, not in prepare: the fetch written meanwhile may add keys.
         new_keys = prepared.keys - self._known_keys
         if new_keys:
@@ -109,6 +102,14 @@ class MetricsHandler:
             keys = pa.table({"run": list(run), "stream": list(stream), "key": list(key)})
             await store.insert_arrow("run_keys", KEYS_COLUMNS, keys)
             self._known_keys |= new_keys
+        await store.insert_select(
+            "points_rollup",
+            ROLLUP_COLUMNS,
+            ROLLUP_FROM_PARTIALS,
+            prepared.rollup,
+            ROLLUP_PARTIALS_STRUCTURE,
+        )
+        await store.insert_arrow("points", POINTS_COLUMNS, prepared.table)
         return prepared.count
 
 

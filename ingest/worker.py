@@ -57,6 +57,7 @@ class IngestStats:
         self.points = 0
         self.dead_lettered = 0
         self.write_errors = 0
+        self.writes = 0
 
     def as_dict(self) -> dict[str, int]:
         return dict(vars(self))
@@ -144,10 +145,9 @@ class IngestWorker:
         writing: asyncio.Task[None] | None = None
         try:
             while not self._stopping.is_set():
+                wanted = self._fetch_size.next()
                 try:
-                    msgs = await sub.fetch(
-                        self._fetch_size.next(), timeout=self._settings.fetch_timeout_s
-                    )
+                    msgs = await sub.fetch(wanted, timeout=self._settings.fetch_timeout_s)
                 except (TimeoutError, NatsTimeoutError):
                     continue
                 except Exception as exc:  # stream or consumer gone, connection lost...
@@ -156,6 +156,8 @@ class IngestWorker:
                     with contextlib.suppress(Exception):
                         sub = await self._subscribe()
                     continue
+                if len(msgs) < wanted:
+                    msgs += await self._linger(sub, wanted - len(msgs))
                 try:
                     job = await self._prepare(msgs)
                 except Exception:
@@ -171,6 +173,23 @@ class IngestWorker:
             if writing is not None:
                 await writing  # the batch in hand is written and acked before stopping
             await sub.unsubscribe()
+
+    async def _linger(self, sub: JetStreamContext.PullSubscription, missing: int) -> list[Msg]:
+        """Up to ``missing`` more messages, for up to ``fetch_linger_s``."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self._settings.fetch_linger_s
+        more: list[Msg] = []
+        while len(more) < missing and not self._stopping.is_set():
+            remaining = deadline - loop.time()
+            if remaining < 0.005:
+                break
+            try:
+                more += await sub.fetch(missing - len(more), timeout=remaining)
+            except (TimeoutError, NatsTimeoutError):
+                break
+            except Exception:  # the next fetch in run() reports and recovers
+                break
+        return more
 
     async def lag(self) -> dict[str, int | float | None]:
         """How far behind ingest is (the shape of :class:`stride.api_types.IngestLag`).
@@ -301,6 +320,7 @@ class IngestWorker:
         await self._store.insert_arrow("batches", BATCHES_COLUMNS, ledger)
         self.stats.batches_applied += batches
         self.stats.points += points
+        self.stats.writes += 1
 
     async def _dead_letter(self, msg: Msg, reason: str) -> None:
         meta: Any = msg.metadata

@@ -113,6 +113,8 @@ class IngestCounters(msgspec.Struct, gc=False):
     points: int = 0
     dead_lettered: int = 0
     write_errors: int = 0
+    #: Fetches written (each is one insert per table): fewer, larger ones cost less.
+    writes: int = 0
 
 
 class IngestLag(msgspec.Struct, gc=False):

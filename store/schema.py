@@ -22,8 +22,8 @@ Idempotent storage, which makes at-least-once delivery exactly-once in effect:
   ``points``; computing the partials in ingest (numpy, on rows it already
   holds) cut ingest's CPU per point by about a sixth in a micro run on chDB
   (460-493 ns with the view, 386-446 ns without), and in a cluster it moves
-  that work off the ClickHouse servers onto the stateless ingest processes. Per ``ROLLUP_STEPS``-step
-  bucket of each series, the point count, the first
+  that work off the ClickHouse servers onto the stateless ingest processes.
+  Per ``ROLLUP_STEPS``-step bucket of each series, the point count, the first
   and last step, the min and max value (NaN ignored), and the value, time and
   timestamp of the first and last point (``argMin``/``argMax`` ranked by step,
   then version, as one Int128 so comparisons stay native). Sampled history
@@ -254,8 +254,8 @@ def ddl(database: str, cluster: str | None = None) -> list[str]:
     Without ``cluster``: plain MergeTree tables. With it, on every server of
     the cluster (``ON CLUSTER``): a ``Replicated*MergeTree`` table ``<name>_local``
     per table, a ``Distributed`` table ``<name>`` in front of it, sharded so a run's
-    rows stay on one shard (``FINAL`` and ``argMax`` then work per shard), and
-    the rollup view between the local tables. Ingest and query use the names
+    rows stay on one shard (``FINAL`` and ``argMax`` then work per shard). Ingest
+    writes the rollup like any table (no view). Ingest and query use the names
     without the suffix in both modes; inserts go through the Distributed tables
     synchronously (see :class:`~.clickhouse.ClickHouseStore`).
     """

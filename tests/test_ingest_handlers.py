@@ -9,6 +9,7 @@ in storage.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
@@ -306,3 +307,25 @@ def test_fetches_shrink_for_large_batches_and_grow_for_small_ones() -> None:
     for _ in range(30):
         size.saw([SimpleNamespace(data=b"x" * 3000)] * 8)  # type: ignore[list-item]
     assert size.next() == 128  # tiny batches: as many as allowed
+
+
+@pytest.mark.parametrize(("linger_s", "most_writes"), [(0.25, 6), (0.0, None)])
+async def test_batches_that_trickle_in_are_written_together(
+    nc: NatsClient, chdb: ChdbStore, linger_s: float, most_writes: int | None
+) -> None:
+    """A short fetch waits up to ``fetch_linger_s`` for more: 40 batches arriving over
+    ~0.4 s become a few inserts, not one each (each insert costs a new part)."""
+    settings = dataclasses.replace(SETTINGS, fetch_linger_s=linger_s)
+    worker = IngestWorker(nc, AsyncStore(chdb), settings)
+    task = asyncio.create_task(worker.run())
+    await until(lambda: worker.subscribed, "the worker subscribed")
+    for seq in range(40):
+        await publish(nc, batch("trickle", seq, range(seq, seq + 1)))
+        await asyncio.sleep(0.01)
+    await until(lambda: worker.stats.batches_applied == 40, "all 40 batches applied")
+    worker.stop()
+    await asyncio.wait_for(task, 30)
+    if most_writes is not None:
+        assert worker.stats.writes <= most_writes
+    else:  # without the linger, the same stream is written in many small inserts
+        assert worker.stats.writes >= 10

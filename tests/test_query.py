@@ -64,6 +64,8 @@ def logged(stack: StrideUp, tmp_path_factory: pytest.TempPathFactory) -> tuple[s
     )
     api = stride.Api(stack.http_url)
     wait_rows(api, path, 20_001, keys=["loss"])
+    # Key lists are cached for up to a second (query/catalog.py): wait for the last one.
+    wait_for(lambda: "weird" in api.run(path).history_keys)
     return api, path
 
 
