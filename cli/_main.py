@@ -78,6 +78,13 @@ def _parser() -> argparse.ArgumentParser:
         metavar="SECONDS",
         help="JetStream drops re-sent batches within this window (default 600)",
     )
+    up.add_argument(
+        "--lost-after",
+        type=float,
+        default=300.0,
+        metavar="SECONDS",
+        help="a running run silent this long is reported crashed (default 300)",
+    )
 
     ingest = sub.add_parser(
         "ingest", parents=[common], help="run ingest workers: NATS -> storage (any number)"
@@ -186,6 +193,7 @@ def main(argv: list[str] | None = None) -> int:
 def _up(args: argparse.Namespace) -> int:
     try:
         from stride.ingest import IngestSettings
+        from stride.query import QuerySettings
 
         from .up import UpSettings, serve
     except ImportError as exc:
@@ -200,6 +208,7 @@ def _up(args: argparse.Namespace) -> int:
         http_port=args.http_port,
         nats_url=args.nats_url,
         ingest=IngestSettings(duplicate_window_s=args.duplicate_window),
+        query=QuerySettings(lost_after_s=args.lost_after),
     )
     asyncio.run(serve(settings))
     return 0

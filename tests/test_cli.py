@@ -8,6 +8,7 @@ import os
 import signal
 import socket
 import subprocess
+import time
 from pathlib import Path
 
 import nats
@@ -17,7 +18,7 @@ import stride
 from stride._wal import log_dirs
 from stride.cli._nats_server import NatsServer
 
-from .conftest import STRIDE, StrideUp, free_port, stride_up, wait_for, wait_rows
+from .conftest import STRIDE, StrideUp, free_port, state_of, stride_up, wait_for, wait_rows
 
 
 def _stride(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
@@ -173,3 +174,34 @@ def test_log_format_json_writes_one_object_per_line(tmp_path: Path) -> None:
     warning = next(e for e in logged if "dead-lettered" in e["message"])
     assert warning["level"] == "warning" and warning["logger"] == "stride.ingest"
     assert warning["ts"].endswith("+00:00")
+
+
+def test_lost_after_says_when_a_silent_running_run_is_crashed(tmp_path: Path) -> None:
+    """``stride up --lost-after``: a run left "running" whose heartbeats stopped."""
+    from stride.wire import INGEST_SUBJECT, WIRE_VERSION, Batch, encode_batch, message_id
+
+    silent = Batch(
+        v=WIRE_VERSION,
+        entity="default",
+        project="lost",
+        run_id="silent",
+        writer="w",
+        seq=0,
+        ver=time.time_ns(),  # its heartbeat: now
+        set={"state": '"running"'},
+    )
+
+    async def publish(url: str) -> None:
+        nc = await nats.connect(url)
+        ident = message_id(silent.path, silent.writer, silent.seq)
+        await nc.jetstream().publish(
+            INGEST_SUBJECT, encode_batch(silent), headers={"Nats-Msg-Id": ident}
+        )
+        await nc.close()
+
+    with stride_up(tmp_path / "data", "--lost-after", "1") as up:
+        asyncio.run(publish(up.nats_url))
+        api = stride.Api(up.http_url)
+        wait_for(lambda: state_of(api, "default/lost/silent") is not None)
+        # Silent for more than a second: crashed (the default, 300 s, would say running).
+        wait_for(lambda: state_of(api, "default/lost/silent") == "crashed", timeout=10)
