@@ -147,6 +147,14 @@ BATCHES_COLUMNS = ("run", "writer", "seq", "ver", "points")
 KEYS_COLUMNS = ("run", "stream", "key")
 
 
+#: How long the ledger remembers an applied batch. JetStream's duplicate window
+#: (10 minutes) stops quick re-sends; the ledger stops later ones, such as a spool
+#: synced days after. A batch re-sent after this is applied again: its points and
+#: fields are idempotent, but the rollup counts its points twice (``n``, which
+#: only decides whether a range is sampled). Tables made before this existed keep
+#: no TTL until ``ALTER TABLE batches MODIFY TTL ...`` is run by hand.
+LEDGER_TTL = "toDateTime(applied_at) + INTERVAL 90 DAY"
+
 #: One table: its columns, engine (without "Replicated"), engine arguments and
 #: sorting key, and (in cluster mode) the sharding key of its Distributed table.
 @dataclasses.dataclass(frozen=True)
@@ -157,6 +165,7 @@ class _Table:
     engine_args: str
     order_by: str
     shard_by: str
+    ttl: str = ""
 
 
 _TABLES = (
@@ -200,6 +209,7 @@ _TABLES = (
         "",
         "run, writer, seq",
         "cityHash64(run)",
+        LEDGER_TTL,
     ),
     _Table(
         "points_rollup",
@@ -262,11 +272,12 @@ def ddl(database: str, cluster: str | None = None) -> list[str]:
     on = f" ON CLUSTER {cluster}" if cluster else ""
     statements = [f"CREATE DATABASE IF NOT EXISTS {database}{on}"]
     for t in _TABLES:
+        ttl = f"\n    TTL {t.ttl}" if t.ttl else ""
         if not cluster:
             args = f"({t.engine_args})" if t.engine_args else ""
             statements.append(
                 f"CREATE TABLE IF NOT EXISTS {database}.{t.name} (\n        {t.columns}\n    )"
-                f" ENGINE = {t.engine}{args}\n    ORDER BY ({t.order_by})"
+                f" ENGINE = {t.engine}{args}\n    ORDER BY ({t.order_by}){ttl}"
             )
             continue
         local = t.name + LOCAL_SUFFIX
@@ -274,7 +285,7 @@ def ddl(database: str, cluster: str | None = None) -> list[str]:
         args = ", ".join(a for a in (f"'{path}'", "'{replica}'", t.engine_args) if a)
         statements.append(
             f"CREATE TABLE IF NOT EXISTS {database}.{local}{on} (\n        {t.columns}\n    )"
-            f" ENGINE = Replicated{t.engine}({args})\n    ORDER BY ({t.order_by})"
+            f" ENGINE = Replicated{t.engine}({args})\n    ORDER BY ({t.order_by}){ttl}"
         )
         statements.append(
             f"CREATE TABLE IF NOT EXISTS {database}.{t.name}{on} AS {database}.{local}"

@@ -219,6 +219,20 @@ def _nan_safe(rows: list[dict[str, object]]) -> list[dict[str, object]]:
     ]
 
 
+def test_the_ledger_forgets_batches_after_its_ttl(store: Store) -> None:
+    """The ledger would otherwise grow by a row per batch forever (see LEDGER_TTL)."""
+    run = f"e/p/ledger-{store.concurrency}"
+    store.command(
+        "INSERT INTO batches (run, writer, seq, ver, points, applied_at) VALUES "
+        "({run:String}, 'w', 1, 1, 1, now64(3) - INTERVAL 91 DAY), "
+        "({run:String}, 'w', 2, 2, 1, now64(3) - INTERVAL 89 DAY)",
+        {"run": run},
+    )
+    store.command("OPTIMIZE TABLE batches FINAL")
+    left = store.query_arrow("SELECT seq FROM batches WHERE run = {run:String}", {"run": run})
+    assert left.column("seq").to_pylist() == [2]
+
+
 def test_opening_an_old_store_drops_the_rollup_view(tmp_path: Path) -> None:
     """Stores made before ingest wrote the rollup kept it with a materialized view;
     left in place it would count every point twice. (In a fresh interpreter: chDB
