@@ -84,7 +84,7 @@ async def connect_nats(url: str, name: str, timeout_s: float) -> NatsClient:
         nc.options["reconnect_time_wait"] = 2.0
         return nc
 
-    return await retry_until(f"NATS at {url}", attempt, timeout_s)
+    return await retry_until(f"NATS at {redact(url)}", attempt, timeout_s)
 
 
 async def serve_http(

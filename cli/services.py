@@ -107,7 +107,7 @@ async def _run_ingest(settings: IngestServiceSettings, store: AsyncStore, nc: Na
 
     async def ready() -> str | None:
         if not nc.is_connected:
-            return f"not connected to NATS at {settings.nats_url}"
+            return f"not connected to NATS at {redact(settings.nats_url)}"
         if not all(w.subscribed for w in workers):
             return "the ingest workers have not subscribed yet"
         try:
@@ -123,7 +123,7 @@ async def _run_ingest(settings: IngestServiceSettings, store: AsyncStore, nc: Na
     log.info(
         "ingest: %d worker(s), NATS %s, storage %s, HTTP %s:%d",
         len(workers),
-        settings.nats_url,
+        redact(settings.nats_url),
         store.address,
         settings.host,
         port,

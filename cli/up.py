@@ -22,7 +22,7 @@ from nats.aio.client import Client as NatsClient
 from stride.ingest import IngestSettings, IngestWorker
 from stride.ingest.streams import ensure_streams
 from stride.query import READY, STATUS, QuerySettings, create_app
-from stride.store import AsyncStore
+from stride.store import AsyncStore, redact
 from stride.store.chdb import ChdbStore
 
 from ._lock import DataDirLock
@@ -122,7 +122,7 @@ async def _run(
 
     async def ready() -> str | None:
         if not nc.is_connected:
-            return f"not connected to NATS at {nats_url}"
+            return f"not connected to NATS at {redact(nats_url)}"
         if not worker.subscribed:
             return "the ingest worker has not subscribed yet"
         return None
@@ -131,15 +131,15 @@ async def _run(
     app[READY] = ready
     runner, http_port = await serve_http(app, settings.host, settings.http_port, 5.0)
     worker_task = asyncio.create_task(worker.run(), name="ingest")
-    print(f"stride: NATS  {nats_url}", flush=True)
+    print(f"stride: NATS  {redact(nats_url)}", flush=True)
     print(f"stride: HTTP  http://{settings.host}:{http_port}", flush=True)
     print(f"stride: data  {data_dir}", flush=True)
     try:
         failure = await wait_for_stop(worker_task)
         print("stride: stopping (draining ingest)...", flush=True)
+    finally:  # also when cancelled: the worker stops before NATS and the store close
         worker.stop()
         await finish([worker_task], settings.ingest.drain_timeout_s)
-    finally:
         await runner.cleanup()
     if failure is not None:
         raise CliError(f"ingest stopped unexpectedly: {failure!r}; restart `stride up`")

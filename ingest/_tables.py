@@ -134,6 +134,8 @@ class _Points:
                 values = np.frombuffer(raw, "<f8")
                 per_key.setdefault((block.stream, key), []).append((steps, times, stamps, values))
         for (stream, key), parts in per_key.items():
+            if not any(len(part[0]) for part in parts):
+                continue  # a block without rows: nothing to store
             keys.add((b.path, stream, key))
             if len(parts) == 1:
                 cols = parts[0]
@@ -151,7 +153,7 @@ class _Points:
     def tables(self) -> tuple[pa.Table, pa.Table] | None:
         """All points as one record batch (see the class docstring for why), and
         their rollup partials; ``None`` without points."""
-        if not self.series:
+        if not self.count:
             return None
         run_idx, stream_idx, key_idx, ver, rows = (
             np.array(c) for c in zip(*self.series, strict=True)

@@ -94,7 +94,9 @@ class MetricsHandler:
         return build_points(batches)
 
     async def write(self, store: AsyncStore, prepared: Points) -> int:
-        # Points last: once a reader sees them, their keys and rollup are there too.
+        # Keys, points, then the rollup: a reader that sees points sees their keys,
+        # and a scan that pages by rollup counts never counts a point it cannot read
+        # yet (history may briefly lack the newest buckets instead).
         # Decided at write time, not in prepare: the fetch written meanwhile may add keys.
         new_keys = prepared.keys - self._known_keys
         if new_keys:
@@ -102,6 +104,7 @@ class MetricsHandler:
             keys = pa.table({"run": list(run), "stream": list(stream), "key": list(key)})
             await store.insert_arrow("run_keys", KEYS_COLUMNS, keys)
             self._known_keys |= new_keys
+        await store.insert_arrow("points", POINTS_COLUMNS, prepared.table)
         await store.insert_select(
             "points_rollup",
             ROLLUP_COLUMNS,
@@ -109,7 +112,6 @@ class MetricsHandler:
             prepared.rollup,
             ROLLUP_PARTIALS_STRUCTURE,
         )
-        await store.insert_arrow("points", POINTS_COLUMNS, prepared.table)
         return prepared.count
 
 

@@ -72,6 +72,10 @@ class _Job:
     ledger: pa.Table | None
 
 
+def _bytes(msgs: Sequence[Msg]) -> int:
+    return sum(len(m.data) for m in msgs)
+
+
 def _rfc3339(text: str) -> float | None:
     """Seconds since the epoch of JetStream's RFC 3339 time (nanoseconds cut to micro)."""
     match = re.fullmatch(r"(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(\.\d+)?(Z|[+-]\d\d:\d\d)", text)
@@ -156,8 +160,10 @@ class IngestWorker:
                     with contextlib.suppress(Exception):
                         sub = await self._subscribe()
                     continue
+                if not msgs:  # nats-py can return an empty fetch
+                    continue
                 if len(msgs) < wanted:
-                    msgs += await self._linger(sub, wanted - len(msgs))
+                    msgs += await self._linger(sub, msgs, wanted)
                 try:
                     job = await self._prepare(msgs)
                 except Exception:
@@ -174,21 +180,30 @@ class IngestWorker:
                 await writing  # the batch in hand is written and acked before stopping
             await sub.unsubscribe()
 
-    async def _linger(self, sub: JetStreamContext.PullSubscription, missing: int) -> list[Msg]:
-        """Up to ``missing`` more messages, for up to ``fetch_linger_s``."""
+    async def _linger(
+        self, sub: JetStreamContext.PullSubscription, msgs: list[Msg], wanted: int
+    ) -> list[Msg]:
+        """Up to ``wanted`` messages in all with ``msgs``, for up to ``fetch_linger_s``,
+        and no more than about ``fetch_bytes``: sizes can jump (tiny batches, then a
+        re-sync's 8 MiB ones) faster than the fetch size adapts."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self._settings.fetch_linger_s
         more: list[Msg] = []
-        while len(more) < missing and not self._stopping.is_set():
+        held = _bytes(msgs)
+        while len(msgs) + len(more) < wanted and held < self._settings.fetch_bytes:
             remaining = deadline - loop.time()
-            if remaining < 0.005:
+            if remaining < 0.005 or self._stopping.is_set():
                 break
+            mean = held / max(1, len(msgs) + len(more))
+            room = max(1, int((self._settings.fetch_bytes - held) / max(mean, 1.0)))
             try:
-                more += await sub.fetch(missing - len(more), timeout=remaining)
+                got = await sub.fetch(min(wanted - len(msgs) - len(more), room), timeout=remaining)
             except (TimeoutError, NatsTimeoutError):
                 break
             except Exception:  # the next fetch in run() reports and recovers
                 break
+            more += got
+            held += _bytes(got)
         return more
 
     async def lag(self) -> dict[str, int | float | None]:

@@ -18,7 +18,8 @@ Two forms:
       ``Distributed`` tables sharded by run sit in front (see :mod:`.schema`);
   ``connect_timeout=SECONDS`` (default 10), ``send_receive_timeout=SECONDS`` (300);
   ``compress=lz4|zstd|gzip|none`` (default ``lz4``): what the client asks for
-      on results and uses on inserts;
+      on results; Arrow inserts compress their buffers with lz4 or zstd
+      (``insert_select`` bodies go uncompressed);
   ``verify=true|false`` (default true) and ``ca_cert=PATH``: TLS checks.
 """
 
@@ -101,13 +102,19 @@ def parse_store_url(url: str) -> ChdbConfig | ClickHouseConfig:
 
 
 def redact(url: str) -> str:
-    """``url`` with its password replaced by ``***``."""
-    parts = urlsplit(url)
-    userinfo, at, hostport = parts.netloc.rpartition("@")
-    if not at or ":" not in userinfo:
+    """``url`` with its password (or a lone token) replaced by ``***``.
+
+    Works on the raw text, so a password with an unencoded ``/``, ``?`` or ``#``
+    (which would end the host part for a URL parser) is hidden too: everything
+    between ``://`` and the last ``@`` is credentials.
+    """
+    scheme, sep, rest = url.partition("://")
+    if not sep or "@" not in rest:
         return url
-    user = userinfo.partition(":")[0]
-    return parts._replace(netloc=f"{user}:***@{hostport}").geturl()
+    userinfo, _, hostpart = rest.rpartition("@")
+    user, colon, _ = userinfo.partition(":")
+    shown = f"{user}:***" if colon else "***"
+    return f"{scheme}://{shown}@{hostpart}"
 
 
 def _clickhouse(url: str) -> ClickHouseConfig:
@@ -117,7 +124,10 @@ def _clickhouse(url: str) -> ClickHouseConfig:
     try:
         port = parts.port or (8443 if secure else 8123)
     except ValueError:
-        raise ValueError(f"storage URL {shown!r}: the port is not a number") from None
+        raise ValueError(
+            f"storage URL {shown!r}: the port is not a number (percent-encode special "
+            "characters in the user and password: / as %2F, @ as %40, ? as %3F, # as %23)"
+        ) from None
     if not parts.hostname:
         raise ValueError(f"storage URL {shown!r}: no host; expected {_FORMS}")
     database = parts.path.strip("/") or DEFAULT_DATABASE

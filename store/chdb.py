@@ -38,11 +38,15 @@ class ChdbStore:
             self._session = chdb_session.Session(f"{path}?{options}" if options else str(path))
         except Exception as exc:
             raise StoreError(f"cannot open the ClickHouse data directory {path}: {exc}") from exc
-        for name, value in SESSION_SETTINGS.items():
-            self.command(f"SET {name} = {value}")
-        create_schema(self, config.database)
-        self.command(f"USE {config.database}")
-        backfill_rollup(self)
+        try:
+            for name, value in SESSION_SETTINGS.items():
+                self.command(f"SET {name} = {value}")
+            create_schema(self, config.database)
+            self.command(f"USE {config.database}")
+            backfill_rollup(self)
+        except BaseException:
+            self._session.close()  # a process may open only this directory: free it
+            raise
 
     def insert_arrow(self, table: str, columns: tuple[str, ...], data: pa.Table) -> None:
         names = ", ".join(columns)

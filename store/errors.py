@@ -8,8 +8,10 @@ The tree::
     ├── CredentialsRefusedError the server refused the access key or secret (not retriable)
     └── StoreUnavailableError   the server could not be reached or failed (retriable)
 
-``retriable`` tells a caller whether the same call may succeed later: ingest
-naks a message on a retriable error and dead-letters it on any other.
+``retriable`` tells a caller whether the same call may succeed later. Ingest
+today naks (and backs off) on every storage error, retriable or not, so a
+batch the server always rejects is retried until someone fixes the cause;
+dead-lettering the non-retriable ones is not done yet.
 """
 
 from __future__ import annotations

@@ -49,6 +49,7 @@ from ._objects_base import (
     validate_key,
 )
 from ._s3_objects import S3Objects, S3Settings
+from ._url import redact
 from .errors import (
     CredentialsRefusedError,
     InvalidKeyError,
@@ -128,9 +129,5 @@ def _s3_settings(url: str) -> S3Settings:
 
 
 def _redacted(url: str) -> str:
-    """``url`` without its secret, for error messages."""
-    parts = urlsplit(url)
-    userinfo, at, host = parts.netloc.rpartition("@")
-    if not at or ":" not in userinfo:
-        return url
-    return parts._replace(netloc=f"{userinfo.partition(':')[0]}:***@{host}").geturl()
+    """``url`` without its secret, for error messages (see :func:`._url.redact`)."""
+    return redact(url)

@@ -13,7 +13,9 @@ Idempotent storage, which makes at-least-once delivery exactly-once in effect:
   with ``ver = 2^64-1 - batch ver``; readers prefer a plain field over it.
 * ``batches`` is the ledger of applied batches ``(run, writer, seq)``: ingest
   skips a batch it has already applied (a re-sync after JetStream's duplicate
-  window), so derived tables are not fed twice.
+  window). It is written last, so a write that fails part-way is redone whole:
+  the idempotent tables absorb that, and the rollup's point counts ``n``
+  count those points twice (``n`` only decides whether a range is sampled).
 * ``run_keys`` lists the metric keys of each run and stream.
 * ``points_rollup`` is written by ingest beside ``points``: it folds each
   fetch into partials (one row per series, bucket and batch:
@@ -154,6 +156,7 @@ KEYS_COLUMNS = ("run", "stream", "key")
 #: only decides whether a range is sampled). Tables made before this existed keep
 #: no TTL until ``ALTER TABLE batches MODIFY TTL ...`` is run by hand.
 LEDGER_TTL = "toDateTime(applied_at) + INTERVAL 90 DAY"
+
 
 #: One table: its columns, engine (without "Replicated"), engine arguments and
 #: sorting key, and (in cluster mode) the sharding key of its Distributed table.

@@ -24,6 +24,7 @@ from nats.aio.client import Client as NatsClient
 
 from stride.cli._nats_server import NatsServer
 from stride.ingest import Handler, IngestSettings, IngestWorker, default_handlers
+from stride.ingest._tables import build_points
 from stride.ingest.handlers import check_registry
 from stride.ingest.streams import ensure_streams
 from stride.store import AsyncStore, StoreError
@@ -329,3 +330,12 @@ async def test_batches_that_trickle_in_are_written_together(
         assert worker.stats.writes <= most_writes
     else:  # without the linger, the same stream is written in many small inserts
         assert worker.stats.writes >= 10
+
+
+def test_a_metric_block_without_rows_stores_nothing_and_breaks_nothing() -> None:
+    """The wire allows a block with no rows; it must not fail the whole fetch."""
+    empty = batch("empty", 0, range(0))
+    assert build_points([empty]) is None
+    built = build_points([empty, batch("full", 1, range(3))])
+    assert built is not None and built.count == 6
+    assert built.keys == {("ent/proj/full", "default", "loss"), ("ent/proj/full", "default", "acc")}

@@ -61,7 +61,9 @@ def services(
     queries = [StrideService("query", env=env).start() for _ in range(2)]
     yield ingest, queries
     for proc in (ingest, *queries):
-        proc.stop()
+        code = proc.stop()
+        if code not in (0, None):
+            print(f"{proc.command} exited {code}:\n" + "\n".join(proc.output[-30:]))
 
 
 def test_points_written_from_several_processes_arrive_once_and_both_query_services_agree(

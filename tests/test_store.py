@@ -434,6 +434,11 @@ def test_passwords_never_appear_in_messages() -> None:
         parse_store_url("https://u:topsecret@h/db?bad=1")
     assert "topsecret" not in str(info.value)
     assert "topsecret" not in repr(parse_store_url("https://u:topsecret@h/db"))
+    # Unencoded, a / ends the host part for a URL parser: redaction must not rely on one.
+    with pytest.raises(ValueError, match="percent-encode") as info:
+        parse_store_url("http://u:top/secret@h:8123/db")
+    assert "secret" not in str(info.value)
+    assert redact("nats://token@h:4222") == "nats://***@h:4222"
 
 
 # --- the DDL -----------------------------------------------------------------
