@@ -246,7 +246,30 @@ class IngestWorker:
         batches = [b for _, b in decoded]
         if not batches:
             return _Job(decoded, [], None)
-        return _Job(decoded, self._prepare_all(batches), build_ledger(batches))
+        try:
+            prepared = self._prepare_all(batches)
+        except Exception:
+            # One bad batch must not hold back the others forever (nothing would ack
+            # them): find it by preparing each alone, and dead-letter it.
+            log.exception("ingest: could not prepare %d batches; trying each", len(batches))
+            decoded = await self._preparable(decoded)
+            batches = [b for _, b in decoded]
+            if not batches:
+                return _Job(decoded, [], None)
+            prepared = self._prepare_all(batches)
+        return _Job(decoded, prepared, build_ledger(batches))
+
+    async def _preparable(self, decoded: list[tuple[Msg, Batch]]) -> list[tuple[Msg, Batch]]:
+        """``decoded`` without the batches that fail to prepare alone (dead-lettered)."""
+        kept: list[tuple[Msg, Batch]] = []
+        for msg, batch in decoded:
+            try:
+                self._prepare_all([batch])
+            except Exception as exc:
+                await self._dead_letter(msg, f"ingest could not prepare this batch: {exc!r}")
+            else:
+                kept.append((msg, batch))
+        return kept
 
     def _prepare_all(self, batches: list[Batch]) -> list[Any]:
         return [handler.prepare(batches) for handler in self._handlers]

@@ -29,7 +29,16 @@ from stride.ingest.handlers import check_registry
 from stride.ingest.streams import ensure_streams
 from stride.store import AsyncStore, StoreError
 from stride.store.chdb import ChdbStore
-from stride.wire import INGEST_SUBJECT, WIRE_VERSION, Batch, MetricBlock, encode_batch, message_id
+from stride.wire import (
+    DLQ_STREAM,
+    INGEST_SUBJECT,
+    WIRE_VERSION,
+    Batch,
+    MetricBlock,
+    decode_batch,
+    encode_batch,
+    message_id,
+)
 
 SETTINGS = IngestSettings(fetch_timeout_s=0.05)
 SEEN = "test_seen"
@@ -339,3 +348,39 @@ def test_a_metric_block_without_rows_stores_nothing_and_breaks_nothing() -> None
     built = build_points([empty, batch("full", 1, range(3))])
     assert built is not None and built.count == 6
     assert built.keys == {("ent/proj/full", "default", "loss"), ("ent/proj/full", "default", "acc")}
+
+
+class Fussy:
+    """Test-only handler: fails to prepare any fetch holding run ``poison`` (a bug
+    in a handler, or a batch no handler can take)."""
+
+    name = "fussy"
+    parts = frozenset({"run_id"})
+
+    def prepare(self, batches: Sequence[Batch]) -> None:
+        if any(b.run_id == "poison" for b in batches):
+            raise ValueError("cannot take run poison")
+
+    async def write(self, store: AsyncStore, prepared: None) -> int:
+        return 0
+
+
+async def test_a_batch_that_cannot_be_prepared_is_dead_lettered_and_the_rest_applied(
+    nc: NatsClient, chdb: ChdbStore
+) -> None:
+    store = AsyncStore(chdb)
+    worker = IngestWorker(nc, store, SETTINGS, handlers=[*default_handlers(), Fussy()])
+    # Published before the worker starts, so all three arrive in one fetch.
+    for seq, run_id in enumerate(["good-a", "poison", "good-b"]):
+        await publish(nc, batch(run_id, seq, range(seq * 10, seq * 10 + 10)))
+    task = asyncio.create_task(worker.run())
+    await until(lambda: worker.stats.batches_applied == 2, "the two good batches applied")
+    assert worker.stats.dead_lettered == 1
+    worker.stop()
+    await asyncio.wait_for(task, 30)
+    sub = await nc.jetstream().pull_subscribe(">", durable="fussy-dlq", stream=DLQ_STREAM)
+    (dead,) = await sub.fetch(1, timeout=5)
+    assert decode_batch(dead.data).run_id == "poison"
+    assert "could not prepare" in (dead.headers or {}).get("Stride-Reason", "")
+    runs = await store.query_arrow("SELECT DISTINCT run FROM points ORDER BY run")
+    assert runs.column("run").to_pylist() == ["ent/proj/good-a", "ent/proj/good-b"]
