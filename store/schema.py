@@ -314,7 +314,21 @@ MAX_VER = 2**64 - 1
 
 
 def create_schema(store: Store, database: str, cluster: str | None = None) -> None:
-    """Create the database and everything in it (idempotent)."""
+    """Create the database and everything in it, unless it is all there already.
+
+    The check matters in a cluster: ``ON CLUSTER`` DDL waits for every server,
+    even ``IF NOT EXISTS``, so running it at every start would keep a service
+    from starting while any ClickHouse server is down.
+    """
+    present = store.query_arrow(
+        "SELECT name FROM system.tables WHERE database = {db:String}", {"db": database}
+    )
+    names = set(present.column("name").to_pylist())
+    wanted = {t.name for t in _TABLES}
+    if cluster:
+        wanted |= {t.name + LOCAL_SUFFIX for t in _TABLES}
+    if wanted <= names and "points_rollup_mv" not in names:
+        return
     for statement in ddl(database, cluster):
         store.command(statement)
 

@@ -23,6 +23,7 @@ from stride.store import (
     ChdbConfig,
     ClickHouseConfig,
     CredentialsRefusedError,
+    Params,
     Store,
     StoreError,
     StoreUnavailableError,
@@ -38,6 +39,7 @@ from stride.store.schema import (
     ROLLUP_FROM_PARTIALS,
     ROLLUP_MERGE,
     ROLLUP_PARTIALS_STRUCTURE,
+    create_schema,
     ddl,
     rollup_aggregates,
 )
@@ -231,6 +233,27 @@ def test_the_ledger_forgets_batches_after_its_ttl(store: Store) -> None:
     store.command("OPTIMIZE TABLE batches FINAL")
     left = store.query_arrow("SELECT seq FROM batches WHERE run = {run:String}", {"run": run})
     assert left.column("seq").to_pylist() == [2]
+
+
+def test_an_existing_schema_is_not_created_again(store: Store) -> None:
+    """In a cluster, ON CLUSTER DDL waits for every server: a complete schema skips it."""
+
+    class Recording:  # the real store, with its commands recorded
+        def __init__(self) -> None:
+            self.commands: list[str] = []
+
+        def query_arrow(self, sql: str, params: Params | None = None) -> pa.Table:
+            return store.query_arrow(sql, params)
+
+        def command(self, sql: str, params: Params | None = None) -> None:
+            self.commands.append(sql)
+            store.command(sql, params)
+
+    recording = Recording()
+    create_schema(recording, "stride")  # type: ignore[arg-type]
+    assert recording.commands == []
+    create_schema(recording, "fresh_db")  # type: ignore[arg-type]
+    assert recording.commands == ddl("fresh_db")
 
 
 def test_opening_an_old_store_drops_the_rollup_view(tmp_path: Path) -> None:
