@@ -172,9 +172,13 @@ class IngestWorker:
                         "ingest: could not prepare %d messages; they will be redelivered", len(msgs)
                     )
                     continue
+                # Held until written: tell JetStream the batches are still being
+                # worked on, or a slow write would see them redelivered meanwhile.
+                held = [m for m, _ in job.decoded]
+                alive = asyncio.create_task(self._keep_alive(held))
                 if writing is not None:
                     await writing
-                writing = asyncio.create_task(self._commit_safely(job))
+                writing = asyncio.create_task(self._commit_then(job, alive))
         finally:
             if writing is not None:
                 await writing  # the batch in hand is written and acked before stopping
@@ -273,6 +277,20 @@ class IngestWorker:
 
     def _prepare_all(self, batches: list[Batch]) -> list[Any]:
         return [handler.prepare(batches) for handler in self._handlers]
+
+    async def _commit_then(self, job: _Job, alive: asyncio.Task[None]) -> None:
+        try:
+            await self._commit_safely(job)
+        finally:
+            alive.cancel()
+
+    async def _keep_alive(self, msgs: list[Msg]) -> None:
+        """``in_progress`` for ``msgs`` every third of ``ack_wait`` until cancelled."""
+        while True:
+            await asyncio.sleep(self._settings.ack_wait_s / 3)
+            for msg in msgs:
+                with contextlib.suppress(Exception):  # gone or acked meanwhile
+                    await msg.in_progress()
 
     async def _commit_safely(self, job: _Job) -> None:
         try:

@@ -384,3 +384,40 @@ async def test_a_batch_that_cannot_be_prepared_is_dead_lettered_and_the_rest_app
     assert "could not prepare" in (dead.headers or {}).get("Stride-Reason", "")
     runs = await store.query_arrow("SELECT DISTINCT run FROM points ORDER BY run")
     assert runs.column("run").to_pylist() == ["ent/proj/good-a", "ent/proj/good-b"]
+
+
+class SlowPoints(AsyncStore):
+    """The store seam: every points insert takes ``delay`` seconds (a slow server)."""
+
+    def __init__(self, store: ChdbStore, delay: float) -> None:
+        super().__init__(store)
+        self.delay = delay
+
+    async def insert_arrow(self, table: str, columns: tuple[str, ...], data: pa.Table) -> None:
+        if table == "points":
+            await asyncio.sleep(self.delay)
+        await super().insert_arrow(table, columns, data)
+
+
+async def test_a_write_slower_than_the_ack_wait_is_not_handed_to_another_worker(
+    nc: NatsClient, chdb: ChdbStore
+) -> None:
+    """Held batches are kept alive (``in_progress``): with a 1 s ack wait and 2.5 s
+    writes, a second worker must not get them meanwhile and apply them again."""
+    settings = dataclasses.replace(SETTINGS, ack_wait_s=1.0)
+    seen = Seen(chdb)
+    slow = IngestWorker(nc, SlowPoints(chdb, 2.5), settings, handlers=[*default_handlers(), seen])
+    slow_task = asyncio.create_task(slow.run())
+    await until(lambda: slow.subscribed, "the slow worker subscribed")
+    for seq in range(3):
+        await publish(nc, batch("kept-alive", seq, range(seq * 10, seq * 10 + 10)))
+    await until(lambda: slow.stats.messages == 3, "the slow worker holds all three")
+    other_seen = Seen(chdb)
+    async with Running(nc, AsyncStore(chdb), other_seen) as other:
+        await until(lambda: slow.stats.batches_applied == 3, "the slow worker applied them")
+        await asyncio.sleep(1.5)  # past another ack wait: nothing may come back
+        assert other.stats.messages == 0
+    slow.stop()
+    await asyncio.wait_for(slow_task, 30)
+    assert sorted(seen.written) == [("ent/proj/kept-alive", "w1", s) for s in range(3)]
+    assert other_seen.written == []
