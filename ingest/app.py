@@ -7,6 +7,7 @@ answers use the same :class:`stride.api_types.Status` as the query service.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Awaitable, Callable, Sequence
 
 import msgspec
@@ -17,6 +18,8 @@ from stride.api_types import ErrorBody, IngestCounters, IngestLag, Status
 from .worker import IngestWorker
 
 __all__ = ["create_ingest_app"]
+
+log = logging.getLogger("stride.ingest")
 
 #: Returns why the service is not ready, or ``None`` when it is.
 ReadinessProbe = Callable[[], Awaitable[str | None]]
@@ -29,7 +32,7 @@ _encoder = msgspec.json.Encoder()
 def create_ingest_app(workers: Sequence[IngestWorker], ready: ReadinessProbe) -> web.Application:
     """``/healthz`` (the process answers), ``/readyz`` (``ready()`` says so: 503
     with the reason otherwise) and ``/api/v1/status`` (counters summed over
-    ``workers``, and the consumer's lag)."""
+    ``workers``, and the consumer's lag, ``null`` while NATS cannot say)."""
     app = web.Application()
     app[_WORKERS] = workers
     app[_READY] = ready
@@ -60,8 +63,10 @@ async def _status(request: web.Request) -> web.Response:
     for worker in workers:
         for name, value in worker.stats.as_dict().items():
             totals[name] = totals.get(name, 0) + value
+    lag: IngestLag | None = None
     try:
-        lag = msgspec.convert(await workers[0].lag(), IngestLag) if workers else None
-    except Exception as exc:
-        return _json(ErrorBody(f"cannot read the consumer's lag from NATS: {exc}", 503), 503)
+        if workers:
+            lag = msgspec.convert(await workers[0].lag(), IngestLag)
+    except Exception as exc:  # NATS away or electing a leader: the counters still answer
+        log.debug("ingest lag unavailable: %s", exc)
     return _json(Status(ingest=msgspec.convert(totals, IngestCounters), lag=lag))
