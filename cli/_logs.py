@@ -32,4 +32,14 @@ def configure(fmt: str) -> None:
         handler.setFormatter(JsonFormatter())
     else:
         handler.setFormatter(logging.Formatter("stride: %(message)s"))
+    handler.addFilter(_quiet_clients)
     logging.basicConfig(level=logging.INFO, handlers=[handler], force=True)
+
+
+#: Client libraries whose retries and failures reach Stride's own messages (with the
+#: address and what to do); their warnings would repeat each one in another form.
+_CHATTY = ("urllib3", "clickhouse_connect")
+
+
+def _quiet_clients(record: logging.LogRecord) -> bool:
+    return record.levelno >= logging.ERROR or not record.name.startswith(_CHATTY)
