@@ -88,6 +88,9 @@ def parse_store_url(url: str) -> ChdbConfig | ClickHouseConfig:
     if parts.scheme == "chdb":
         if parts.netloc or not parts.path.startswith("/"):
             raise ValueError(f"storage URL {url!r}: a chDB URL is chdb:///absolute/path")
+        if any(c in unquote(parts.path) for c in "?&"):
+            # chDB reads engine options after a "?" in its connection string.
+            raise ValueError(f"storage URL {url!r}: a chDB directory may not contain ? or &")
         options = dict(parse_qsl(parts.query, keep_blank_values=True))
         for name, value in options.items():
             if not _IDENTIFIER.fullmatch(name) or not re.fullmatch(r"[\w.]+", value):

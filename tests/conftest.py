@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import select
 import signal
 import socket
 import subprocess
@@ -238,7 +239,8 @@ class ChdbHttpServer:
         args += ["--user", self.user, "--password", self.password]
         self.proc = subprocess.Popen(args, stdout=subprocess.PIPE, text=True)
         assert self.proc.stdout is not None
-        line = self.proc.stdout.readline()  # blocks until it serves, or exits
+        ready, _, _ = select.select([self.proc.stdout], [], [], timeout)
+        line = self.proc.stdout.readline() if ready else ""  # once it serves, or exits
         if not line.startswith("listening on "):
             self.stop()
             raise AssertionError(f"chdb_http did not start: {line!r}")

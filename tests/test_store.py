@@ -437,6 +437,7 @@ def test_the_embedded_engine_runs_with_its_settings(chdb_store: ChdbStore) -> No
     [
         ("mysql://h/db", "expected chdb:///path/to/dir or http"),
         ("chdb://relative/dir", "chdb:///absolute/path"),
+        ("chdb:///data/a%3Fb", "may not contain"),
         ("http://h/db?colour=red", r"unknown option\(s\) \['colour'\]"),
         ("http://h/my-db", "letters, digits and _"),
         ("http://h/db?cluster=a;DROP", "cluster"),
