@@ -72,7 +72,8 @@ from _server import DIE_WITH_PARENT, ROOT, cpu_seconds, handle_sigterm, percenti
 #: Embedded backends, then HTTP clients: (name for --backend, label in the tables).
 EMBEDDED = (("chdb", "ChdbStore (chdb Session)"), ("cc-chdb", "clickhouse-connect chdb"))
 HTTP = (("http-threads", "sync client, 8 threads"), ("http-asyncio", "asyncio client"))
-USER, PASSWORD = "bench", "bench-secret"
+#: The credentials tests/conftest.py's ChdbHttpServer starts the helper with.
+USER, PASSWORD = "stride", "s3cret"
 RESULT = "RESULT "  # prefix of the JSON line a backend process prints
 
 _ONE_KEY = "run = {run:String} AND stream = {stream:String} AND key = {key:String}"
@@ -487,25 +488,15 @@ async def run_http(args: argparse.Namespace) -> dict[str, Any]:
 @contextmanager
 def chdb_http_server() -> Iterator[tuple[int, int]]:
     """``tests/chdb_http.py`` on a fresh data directory: (port, pid)."""
+    from tests.conftest import ChdbHttpServer
+
     tmp = Path(tempfile.mkdtemp(prefix="stride-bench-chdb-http-"))
-    cmd = [sys.executable, str(ROOT / "tests" / "chdb_http.py"), str(tmp / "data")]
-    cmd += ["--port", "0", "--user", USER, "--password", PASSWORD]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, preexec_fn=DIE_WITH_PARENT)
+    server = ChdbHttpServer(tmp / "data").start()
     try:
-        assert proc.stdout is not None
-        line = proc.stdout.readline()
-        if not line.startswith("listening on "):
-            raise RuntimeError(f"tests/chdb_http.py did not start: {line!r}")
-        yield int(line.split()[-1]), proc.pid
+        assert server.proc is not None
+        yield server.port, server.proc.pid
     finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        if proc.stdout is not None:
-            proc.stdout.close()
+        server.stop()
         shutil.rmtree(tmp, ignore_errors=True)
 
 

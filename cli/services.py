@@ -69,7 +69,8 @@ async def _check_objects(url: str | None, timeout_s: float) -> None:
         return
 
     async def attempt() -> None:
-        await asyncio.to_thread(open_objects, url)
+        objects = await asyncio.to_thread(open_objects, url)
+        objects.close()
 
     await retry_until(f"the object store at {redact(url)}", attempt, timeout_s)
 

@@ -12,7 +12,6 @@ import asyncio
 import contextlib
 import dataclasses
 import errno
-import logging
 import socket
 from pathlib import Path
 from typing import Any
@@ -29,8 +28,6 @@ from ._lock import DataDirLock
 from ._nats_server import NatsServer
 from ._service import connect_nats, finish, serve_http, wait_for_stop
 from .errors import CliError
-
-log = logging.getLogger("stride.up")
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -113,12 +110,7 @@ async def _run(
     app = create_app(settings.query, store=store)
 
     async def status() -> dict[str, Any]:
-        try:
-            lag = await worker.lag()
-        except Exception as exc:  # the consumer is not there yet, or NATS is away
-            log.debug("ingest lag unavailable: %s", exc)
-            lag = None
-        return {"ingest": worker.stats.as_dict(), "lag": lag}
+        return {"ingest": worker.stats.as_dict(), "lag": await worker.lag()}
 
     async def ready() -> str | None:
         if not nc.is_connected:

@@ -7,7 +7,6 @@ answers use the same :class:`stride.api_types.Status` as the query service.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Awaitable, Callable, Sequence
 
 import msgspec
@@ -18,8 +17,6 @@ from stride.api_types import ErrorBody, IngestCounters, IngestLag, Status
 from .worker import IngestWorker
 
 __all__ = ["create_ingest_app"]
-
-log = logging.getLogger("stride.ingest")
 
 #: Returns why the service is not ready, or ``None`` when it is.
 ReadinessProbe = Callable[[], Awaitable[str | None]]
@@ -63,10 +60,10 @@ async def _status(request: web.Request) -> web.Response:
     for worker in workers:
         for name, value in worker.stats.as_dict().items():
             totals[name] = totals.get(name, 0) + value
-    lag: IngestLag | None = None
-    try:
-        if workers:
-            lag = msgspec.convert(await workers[0].lag(), IngestLag)
-    except Exception as exc:  # NATS away or electing a leader: the counters still answer
-        log.debug("ingest lag unavailable: %s", exc)
-    return _json(Status(ingest=msgspec.convert(totals, IngestCounters), lag=lag))
+    lag = await workers[0].lag() if workers else None
+    return _json(
+        Status(
+            ingest=msgspec.convert(totals, IngestCounters),
+            lag=None if lag is None else msgspec.convert(lag, IngestLag),
+        )
+    )

@@ -178,7 +178,7 @@ class IngestWorker:
                 alive = asyncio.create_task(self._keep_alive(held))
                 if writing is not None:
                     await writing
-                writing = asyncio.create_task(self._commit_then(job, alive))
+                writing = asyncio.create_task(self._commit_safely(job, alive))
         finally:
             if writing is not None:
                 await writing  # the batch in hand is written and acked before stopping
@@ -210,14 +210,22 @@ class IngestWorker:
             held += _bytes(got)
         return more
 
-    async def lag(self) -> dict[str, int | float | None]:
-        """How far behind ingest is (the shape of :class:`stride.api_types.IngestLag`).
+    async def lag(self) -> dict[str, int | float | None] | None:
+        """How far behind ingest is (the shape of :class:`stride.api_types.IngestLag`),
+        or ``None`` while NATS cannot say (away, electing a leader, no consumer yet).
 
         ``pending``: batches in the stream not yet given to a worker;
         ``ack_pending``: given, not yet acknowledged; ``oldest_s``: the age of the
         oldest batch still in the stream (a work queue keeps only unacknowledged
         ones), ``None`` when it is empty.
         """
+        try:
+            return await self._lag()
+        except Exception as exc:
+            log.debug("ingest lag unavailable: %s", exc)
+            return None
+
+    async def _lag(self) -> dict[str, int | float | None]:
         consumer = await self._js.consumer_info(STREAM, DURABLE)
         # The stream's info as JetStream sends it: it carries the first message's
         # time (``first_ts``), which nats-py's StreamState drops. Reading that
@@ -278,12 +286,6 @@ class IngestWorker:
     def _prepare_all(self, batches: list[Batch]) -> list[Any]:
         return [handler.prepare(batches) for handler in self._handlers]
 
-    async def _commit_then(self, job: _Job, alive: asyncio.Task[None]) -> None:
-        try:
-            await self._commit_safely(job)
-        finally:
-            alive.cancel()
-
     async def _keep_alive(self, msgs: list[Msg]) -> None:
         """``in_progress`` for ``msgs`` every third of ``ack_wait`` until cancelled."""
         while True:
@@ -292,7 +294,8 @@ class IngestWorker:
                 with contextlib.suppress(Exception):  # gone or acked meanwhile
                     await msg.in_progress()
 
-    async def _commit_safely(self, job: _Job) -> None:
+    async def _commit_safely(self, job: _Job, alive: asyncio.Task[None]) -> None:
+        """Write and ack ``job`` (or nak it), then stop keeping its batches alive."""
         try:
             await self._commit(job)
         except Exception:
@@ -300,6 +303,8 @@ class IngestWorker:
             log.exception(
                 "ingest: could not apply %d batches; they will be redelivered", len(job.decoded)
             )
+        finally:
+            alive.cancel()
 
     async def _commit(self, job: _Job) -> None:
         decoded = job.decoded

@@ -190,7 +190,7 @@ async def _healthz(request: web.Request) -> web.Response:
 async def _readyz(request: web.Request) -> web.Response:
     """Readiness: storage answers a query, and whatever runs beside the service is up."""
     try:
-        await request.app[STORE].query_arrow("SELECT 1 AS ok")
+        await request.app[STORE].ping()
     except Exception as exc:
         raise Unavailable(f"storage does not answer: {exc}") from None
     probe = request.app.get(READY)

@@ -137,8 +137,5 @@ def _call(config: ClickHouseConfig, fn: Any) -> Any:
 
 def _short(exc: Exception) -> str:
     """The server's message without clickhouse-connect's wrapping and the URL."""
-    text = str(exc)
-    for marker in ("server response: ",):
-        if marker in text:
-            text = text.split(marker, 1)[1]
+    text = str(exc).split("server response: ", 1)[-1]
     return text.split(" (for url ", 1)[0].strip()

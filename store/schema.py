@@ -51,10 +51,20 @@ if TYPE_CHECKING:
 ROLLUP_STEPS = 256
 #: The bucket of a step (floor division, also for negative steps).
 BUCKET_SQL = f"intDiv(step + if(step < 0, {1 - ROLLUP_STEPS}, 0), {ROLLUP_STEPS})"
+
+
 #: Rank of a point for "first" (smallest step, then newest version) and "last"
 #: (largest step, then newest version), as one Int128 so comparisons stay native.
-FIRST_KEY = "(bitShiftLeft(toInt128(step), 64) + toInt128(18446744073709551615 - ver))"
-LAST_KEY = "(bitShiftLeft(toInt128(step), 64) + toInt128(ver))"
+def _first_rank(step: str, ver: str) -> str:
+    return f"(bitShiftLeft(toInt128({step}), 64) + toInt128(18446744073709551615 - {ver}))"
+
+
+def _last_rank(step: str, ver: str) -> str:
+    return f"(bitShiftLeft(toInt128({step}), 64) + toInt128({ver}))"
+
+
+FIRST_KEY = _first_rank("step", "ver")
+LAST_KEY = _last_rank("step", "ver")
 #: Envelope of the values, NaN ignored (+inf/-inf when a bucket holds only NaN).
 VMIN_SQL = "min(if(isNaN(value), inf, value))"
 VMAX_SQL = "max(if(isNaN(value), -inf, value))"
@@ -108,12 +118,8 @@ ROLLUP_PARTIALS = (
 ROLLUP_COLUMNS = tuple(name for name, _ in ROLLUP_PARTIALS[:-1])
 # assumeNotNull: chDB reads Arrow columns as Nullable, and an aggregate's state
 # type follows its arguments' (a no-op where the types are declared).
-_PARTIAL_FIRST = FIRST_KEY.replace("(step)", "(assumeNotNull(smin))").replace(
-    "- ver", "- assumeNotNull(ver)"
-)
-_PARTIAL_LAST = LAST_KEY.replace("(step)", "(assumeNotNull(smax))").replace(
-    "(ver)", "(assumeNotNull(ver))"
-)
+_PARTIAL_FIRST = _first_rank("assumeNotNull(smin)", "assumeNotNull(ver)")
+_PARTIAL_LAST = _last_rank("assumeNotNull(smax)", "assumeNotNull(ver)")
 #: Partials (from ``{source}``) to ``points_rollup`` rows, in ROLLUP_COLUMNS order,
 #: one row each (``initializeAggregation``: no GROUP BY at insert). Merged, they
 #: give the same aggregates as :func:`rollup_aggregates` over the raw points: the

@@ -218,6 +218,16 @@ def read_log(directory: Path, max_batch_bytes: int = 900_000) -> list[Batch]:
     return [decode_batch(item.payload) for item in seal_whole_log(directory, max_batch_bytes)]
 
 
+def terminate(proc: subprocess.Popen[Any]) -> None:
+    """SIGTERM, then SIGKILL if it is still there after 10 s."""
+    proc.terminate()
+    try:
+        proc.wait(10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
 class ChdbHttpServer:
     """``tests/chdb_http.py`` in a subprocess: the ClickHouse engine over HTTP.
 
@@ -254,12 +264,7 @@ class ChdbHttpServer:
 
     def stop(self) -> None:
         if self.proc is not None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+            terminate(self.proc)
             if self.proc.stdout is not None:
                 self.proc.stdout.close()
             self.proc = None
@@ -359,12 +364,7 @@ class NatsCluster:
     def stop(self) -> None:
         for node, proc in enumerate(self.procs):
             if proc is not None:
-                proc.terminate()
-                try:
-                    proc.wait(10)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait()
+                terminate(proc)
                 self.procs[node] = None
 
 
