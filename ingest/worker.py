@@ -33,6 +33,7 @@ from stride.store import AsyncStore, StoreError
 from stride.store.schema import BATCHES_COLUMNS
 from stride.wire import DLQ_SUBJECT, INGEST_SUBJECT, STREAM, Batch, WireError, decode_batch
 
+from ._memory import release_freed_memory
 from ._settings import IngestSettings
 from ._tables import build_ledger
 from .handlers import Handler, check_registry, default_handlers
@@ -147,12 +148,18 @@ class IngestWorker:
         # Two stages: while one fetch is written (chDB releases the GIL), the next is
         # fetched, decoded and turned into Arrow tables.
         writing: asyncio.Task[None] | None = None
+        trimmed_at = 0  # stats.writes when memory was last given back
         try:
             while not self._stopping.is_set():
                 wanted = self._fetch_size.next()
                 try:
                     msgs = await sub.fetch(wanted, timeout=self._settings.fetch_timeout_s)
                 except (TimeoutError, NatsTimeoutError):
+                    # Idle: nothing to fetch and nothing being written. Give back
+                    # what the last burst freed (see ._memory), once per burst.
+                    if self.stats.writes != trimmed_at and (writing is None or writing.done()):
+                        trimmed_at = self.stats.writes
+                        release_freed_memory()
                     continue
                 except Exception as exc:  # stream or consumer gone, connection lost...
                     log.error("ingest: fetch failed (%s); subscribing again in 1 s", exc)
