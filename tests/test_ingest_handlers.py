@@ -378,14 +378,6 @@ async def test_memory_is_given_back_once_when_ingest_goes_idle_after_writing(
     await asyncio.wait_for(task, 30)
 
 
-def test_the_c_heap_can_be_trimmed_here() -> None:
-    """On glibc (this machine, the Docker image) the trim is there and runs."""
-    from stride.ingest._memory import _TRIM, release_freed_memory
-
-    assert _TRIM is not None
-    release_freed_memory()
-
-
 def test_a_metric_block_without_rows_stores_nothing_and_breaks_nothing() -> None:
     """The wire allows a block with no rows; it must not fail the whole fetch."""
     empty = batch("empty", 0, range(0))

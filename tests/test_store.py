@@ -17,7 +17,6 @@ import clickhouse_connect
 import numpy as np
 import pyarrow as pa
 import pytest
-from chdb import session as chdb_session
 
 from stride.ingest._tables import build_points
 from stride.store import (
@@ -431,35 +430,6 @@ def test_the_embedded_engine_runs_with_its_settings(chdb_store: ChdbStore) -> No
         "primary_index_cache_size": str(64 << 20),
         "uncompressed_cache_size": "0",
     }
-
-
-def _resident_chdb_code_kib() -> int:
-    """Resident KiB of the chDB library's read-only mappings (code and constants)."""
-    total, counting = 0, False
-    for line in Path("/proc/self/smaps").read_text().splitlines():
-        fields = line.split()
-        if "-" in fields[0] and len(fields) >= 5:  # a mapping's header line
-            counting = len(fields) == 6 and "w" not in fields[1] and "_chdb" in fields[5]
-        elif counting and fields[0] == "Rss:":
-            total += int(fields[1])
-    return total
-
-
-@pytest.mark.skipif(not Path("/proc/self/smaps").exists(), reason="Linux only")
-def test_opening_the_embedded_store_hands_back_chdbs_start_up_code(tmp_path: Path) -> None:
-    """chDB's start-up runs ~150 MiB of its library once; it must not stay resident."""
-    from stride.store.chdb import _release_startup_code
-
-    ChdbStore(tmp_path / "a").close()  # chDB loaded and started at least once
-    chdb_session.Session(str(tmp_path / "b")).close()  # start-up code touched again
-    touched = _resident_chdb_code_kib()
-    _release_startup_code()
-    released = _resident_chdb_code_kib()
-    assert touched > 50 * 1024, touched  # the library's start-up is large...
-    assert released < touched / 2, (touched, released)  # ...and most of it is handed back
-    store = ChdbStore(tmp_path / "c")  # and the engine still works, code read back in
-    assert store.query_arrow("SELECT 41 + 1 AS x").column("x").to_pylist() == [42]
-    store.close()
 
 
 @pytest.mark.parametrize(
