@@ -32,12 +32,16 @@ def _resident_chdb_code_kib() -> int:
 
 @pytest.mark.skipif(not Path("/proc/self/smaps").exists(), reason="Linux only")
 def test_chdbs_start_up_code_is_handed_back_and_the_engine_still_works(tmp_path: Path) -> None:
-    """chDB's start-up runs much of its library once; it must not stay resident."""
-    chdb_session.Session(str(tmp_path / "a")).close()  # start-up code runs
+    """chDB's start-up runs much of its library once; it must not stay resident.
+
+    How much is resident before depends on what ran earlier in this process (the
+    first import touches ~250 MiB; a later session start far less): the test
+    asks for most of whatever is resident to be handed back."""
+    chdb_session.Session(str(tmp_path / "a")).close()  # the engine starts and stops
     touched = _resident_chdb_code_kib()
     _release_startup_code()
     released = _resident_chdb_code_kib()
-    assert touched > 50 * 1024, touched  # start-up leaves much of the library resident...
+    assert touched > 10 * 1024, touched  # a started engine leaves its code resident...
     assert released < touched / 2, (touched, released)  # ...and most of it is handed back
     store = ChdbStore(tmp_path / "b")  # which opening a store does, and it works on
     assert store.query_arrow("SELECT 41 + 1 AS x").column("x").to_pylist() == [42]
