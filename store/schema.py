@@ -6,7 +6,13 @@ Idempotent storage, which makes at-least-once delivery exactly-once in effect:
   step)``: a point logged again replaces the older one (the batch version
   ``ver`` decides, not arrival order), and a batch applied twice collapses
   into the same rows. Readers deduplicate with ``FINAL`` or ``argMax(.., ver)``
-  so they never see a row twice, even before background merges.
+  so they never see a row twice, even before background merges. ``run`` is
+  ``LowCardinality(String)``, as ingest builds it (dictionary-encoded): a part
+  holds the points of few runs, and with a plain ``String`` chDB turned every
+  point's run into its own string to sort, compare and store; end to end,
+  ``stride up`` used about a third less CPU per point with it (see
+  ``benchmarks/RESULTS.md``). Stores made before keep ``String``; readers work
+  with either (``deploy/README.md``, "Upgrades", has the ``ALTER``).
 * ``run_fields`` holds each run field (``config``, ``state``,
   ``summary.<key>``...) as JSON text, last write wins by ``ver``. First-write-
   wins fields (``created_at``, a generated name) are stored as ``~<field>``
@@ -180,7 +186,7 @@ class _Table:
 _TABLES = (
     _Table(
         "points",
-        """run String,
+        """run LowCardinality(String),
         stream LowCardinality(String),
         key LowCardinality(String),
         step Int64,
