@@ -50,9 +50,14 @@ class StrideUp:
     """
 
     def __init__(
-        self, data_dir: Path, *, start_timeout: float = 60.0, cpus: set[int] | None = None
+        self,
+        data_dir: Path,
+        *extra: str,
+        start_timeout: float = 60.0,
+        cpus: set[int] | None = None,
     ) -> None:
         self.data_dir = data_dir
+        self.extra = extra  # more `stride up` flags
         self.start_timeout = start_timeout
         self.cpus = cpus  # pin stride up (and nats-server) to these CPUs
         self.proc: subprocess.Popen[str] | None = None
@@ -68,7 +73,7 @@ class StrideUp:
 
     def start(self) -> StrideUp:
         args = [sys.executable, "-m", "stride.cli", "up", "--data-dir", str(self.data_dir)]
-        args += ["--nats-port", "0", "--http-port", "0"]
+        args += ["--nats-port", "0", "--http-port", "0", *self.extra]
         self.proc = subprocess.Popen(
             args,
             stdout=subprocess.PIPE,

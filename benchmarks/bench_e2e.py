@@ -14,7 +14,7 @@ three ways: the peak, right after the last point is ingested (merges and the
 allocator's decay still running), and at rest (once ``stride up`` has used
 under 2% of a core for two seconds in a row).
 
-Usage: python benchmarks/bench_e2e.py [--writers 4] [--rows 50000]
+Usage: python benchmarks/bench_e2e.py [--writers 4] [--rows 50000] [--fetch-mib MIB]
        [--profile-server FILE.svg|.txt|.json]  (py-spy record of `stride up`: flame graph,
        collapsed stacks or speedscope)
 """
@@ -160,6 +160,9 @@ def main() -> None:
     ap.add_argument("--rows", type=int, default=50_000, help="rows (10 points each) per writer")
     ap.add_argument("--timeout", type=float, default=300.0)
     ap.add_argument(
+        "--fetch-mib", default=None, help="passed to stride up (default: its own default)"
+    )
+    ap.add_argument(
         "--profile-server", type=Path, default=None, help="py-spy output (.svg, .txt, .json)"
     )
     ap.add_argument("--profile-writer", type=Path, default=None, help="py-spy output for writer 0")
@@ -180,7 +183,10 @@ def main() -> None:
     with ExitStack() as stack:
         tmp = Path(tempfile.mkdtemp(prefix="stride-bench-e2e-"))
         stack.callback(shutil.rmtree, tmp, ignore_errors=True)
-        up = stack.enter_context(StrideUp(tmp / "data"))
+        extra = ("--fetch-mib", args.fetch_mib) if args.fetch_mib else ()
+        up = stack.enter_context(StrideUp(tmp / "data", *extra))
+        if extra:
+            print(f"stride up {' '.join(extra)}")
         nats_pids = child_pids(up.pid)
         print(f"stride up: pid {up.pid} (nats-server pid {nats_pids}), {up.http_url}")
         http = Http(up.http_url)

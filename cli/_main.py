@@ -36,6 +36,7 @@ ENV = {
     "STRIDE_ACK_WAIT": "--ack-wait",
     "STRIDE_CONNECT_TIMEOUT": "--connect-timeout",
     "STRIDE_LOST_AFTER": "--lost-after",
+    "STRIDE_FETCH_MIB": "--fetch-mib",
 }
 _FLAG_ENV = {flag: name for name, flag in ENV.items()}
 
@@ -49,6 +50,26 @@ def _option(parser: argparse.ArgumentParser, flag: str, *, default: Any = None, 
     kw["default"] = value if value not in (None, "") else default
     kw["required"] = kw.pop("required", False) and kw["default"] is None
     parser.add_argument(flag, **kw)
+
+
+def _mebibytes(text: str) -> int:
+    try:
+        mib = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of MiB: {text!r}") from None
+    if not 0 < mib <= 1024:
+        raise argparse.ArgumentTypeError(f"must be more than 0 and at most 1024 MiB, got {mib}")
+    return int(mib * (1 << 20))
+
+
+_FETCH_MIB: dict[str, Any] = {
+    "type": _mebibytes,
+    "default": "8",  # IngestSettings.fetch_bytes
+    "dest": "fetch_bytes",
+    "metavar": "MIB",
+    "help": "a worker writes about this much of batches at once, and holds two such "
+    "fetches: larger is faster, smaller uses less memory (default 8)",
+}
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -85,6 +106,7 @@ def _parser() -> argparse.ArgumentParser:
         metavar="SECONDS",
         help="a running run silent this long is reported crashed (default 300)",
     )
+    _option(up, "--fetch-mib", **_FETCH_MIB)
 
     ingest = sub.add_parser(
         "ingest", parents=[common], help="run ingest workers: NATS -> storage (any number)"
@@ -115,6 +137,7 @@ def _parser() -> argparse.ArgumentParser:
         help="a batch a worker took but did not acknowledge (it died) goes to another "
         "worker after this long (default 60)",
     )
+    _option(ingest, "--fetch-mib", **_FETCH_MIB)
     query = sub.add_parser("query", parents=[common], help="serve the query HTTP API (any number)")
     _service_options(query, http_port=8080)
     _option(
@@ -207,7 +230,9 @@ def _up(args: argparse.Namespace) -> int:
         nats_port=args.nats_port,
         http_port=args.http_port,
         nats_url=args.nats_url,
-        ingest=IngestSettings(duplicate_window_s=args.duplicate_window),
+        ingest=IngestSettings(
+            duplicate_window_s=args.duplicate_window, fetch_bytes=args.fetch_bytes
+        ),
         query=QuerySettings(lost_after_s=args.lost_after),
     )
     asyncio.run(serve(settings))
@@ -244,6 +269,7 @@ def _service(args: argparse.Namespace) -> int:
                 duplicate_window_s=args.duplicate_window,
                 drain_timeout_s=args.drain_timeout,
                 ack_wait_s=args.ack_wait,
+                fetch_bytes=args.fetch_bytes,
             ),
         )
         asyncio.run(serve_ingest(ingest))

@@ -205,3 +205,31 @@ def test_lost_after_says_when_a_silent_running_run_is_crashed(tmp_path: Path) ->
         wait_for(lambda: state_of(api, "default/lost/silent") is not None)
         # Silent for more than a second: crashed (the default, 300 s, would say running).
         wait_for(lambda: state_of(api, "default/lost/silent") == "crashed", timeout=10)
+
+
+@pytest.mark.parametrize("command", [["up"], ["ingest", "--store", "chdb:///tmp/x"]])
+def test_the_fetch_size_reaches_ingest_from_the_flag_or_the_environment(
+    command: list[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``--fetch-mib`` / ``STRIDE_FETCH_MIB`` trade ingest speed for memory. The
+    services themselves are replaced by a recorder: this checks the wiring only."""
+    import stride.cli.services
+    import stride.cli.up
+    from stride.cli._main import main
+
+    seen: list[int] = []
+
+    async def record(settings: object) -> None:
+        seen.append(settings.ingest.fetch_bytes)  # type: ignore[attr-defined]
+
+    monkeypatch.setattr(stride.cli.up, "serve", record)
+    monkeypatch.setattr(stride.cli.services, "serve_ingest", record)
+    assert main(command) == 0
+    assert main([*command, "--fetch-mib", "2.5"]) == 0
+    monkeypatch.setenv("STRIDE_FETCH_MIB", "4")
+    assert main(command) == 0
+    assert seen == [8 << 20, int(2.5 * (1 << 20)), 4 << 20]
+    for bad in ("0", "-1", "lots"):
+        with pytest.raises(SystemExit) as exit_:
+            main([*command, "--fetch-mib", bad])
+        assert exit_.value.code == 2
