@@ -10,7 +10,7 @@ Idempotent storage, which makes at-least-once delivery exactly-once in effect:
   ``LowCardinality(String)``, as ingest builds it (dictionary-encoded): a part
   holds the points of few runs, and with a plain ``String`` chDB turned every
   point's run into its own string to sort, compare and store; end to end,
-  ``stride up`` used about a third less CPU per point with it (see
+  ``stride up`` used about a fifth less CPU per point with it (see
   ``benchmarks/RESULTS.md``). Stores made before keep ``String``; readers work
   with either (``deploy/README.md``, "Upgrades", has the ``ALTER``).
 * ``run_fields`` holds each run field (``config``, ``state``,
