@@ -12,8 +12,9 @@ caches (:data:`~._url.EMBEDDED_DEFAULTS`) the store
   seconds after every burst showed as resident memory at rest);
 * hands back the pages of chDB's library code that only its start-up ran
   (:func:`_release_startup_code`): importing chDB runs the registration code
-  of every function, format and engine, about 150 MiB of the library that is
-  never run again but stayed resident.
+  of every function, format and engine, which then stays resident though it
+  never runs again. With it, 159 MiB of the library was resident in
+  ``stride up`` after 10M points, against ~250 MiB without.
 """
 
 from __future__ import annotations
