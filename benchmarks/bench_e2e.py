@@ -145,7 +145,8 @@ def verify(http_url: str, run_paths: list[str], rows: int) -> list[str]:
                 problems.append(f"{path}: keys {sorted(keys)}")
             expected_step = 0
             for row in run.scan_history(page_size=100_000):
-                if row["_step"] != expected_step or len(row) != len(KEYS) + 1:
+                # Each row: _step, _runtime, _timestamp and the keys.
+                if row["_step"] != expected_step or len(row) != len(KEYS) + 3:
                     problems.append(f"{path}: row {expected_step} is {row}")
                     break
                 expected_step += 1

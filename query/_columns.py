@@ -85,15 +85,18 @@ def _name(value: float) -> NonFinite:
 def pivot(table: pa.Table, keys: list[str], extra: tuple[str, ...] = ()) -> Columns:
     """Long rows ``(step, key, value, *extra)`` → one row per step, a column per key.
 
-    ``extra`` columns (``_runtime``, ``_timestamp``) take the value of the first
-    key present at each step.
+    ``extra`` columns (``_runtime``, ``_timestamp``) take the value of the step's
+    first row in ``table`` (the keys of one step are logged together). Every row
+    of ``table`` must be of one of ``keys``.
     """
     if table.num_rows == 0:
         return Columns.empty()
     steps_all = table.column("step").to_numpy()
-    if len(keys) == 1 and not extra:  # one key, already unique and sorted by step
-        only = table.column("value").to_numpy()
-        return Columns(steps_all, {keys[0]: only}, {keys[0]: np.ones(len(only), bool)})
+    if len(keys) == 1:  # one key, already unique and sorted by step: no pivot
+        every = np.ones(len(steps_all), bool)
+        only = {keys[0]: table.column("value").to_numpy()}
+        only |= {name: table.column(name).to_numpy() for name in extra}
+        return Columns(steps_all, only, dict.fromkeys(only, every))
     keys_column = table.column("key").combine_chunks()
     encoded: pa.DictionaryArray[Any, Any] = (
         keys_column
@@ -103,13 +106,10 @@ def pivot(table: pa.Table, keys: list[str], extra: tuple[str, ...] = ()) -> Colu
     key_index = {k: i for i, k in enumerate(encoded.dictionary.to_pylist())}
     codes = encoded.indices.to_numpy(zero_copy_only=False)
     values_all = table.column("value").to_numpy()
-    extra_all = {name: table.column(name).to_numpy() for name in extra}
 
-    steps = np.unique(steps_all)
+    steps, first = np.unique(steps_all, return_index=True)
     values: dict[str, np.ndarray] = {}
     present: dict[str, np.ndarray] = {}
-    extra_cols = {name: np.full(len(steps), np.nan) for name in extra}
-    extra_set = np.zeros(len(steps), bool)
     for key in keys:
         col = np.full(len(steps), np.nan)
         has = np.zeros(len(steps), bool)
@@ -119,13 +119,10 @@ def pivot(table: pa.Table, keys: list[str], extra: tuple[str, ...] = ()) -> Colu
             rows = np.searchsorted(steps, steps_all[mask])
             col[rows] = values_all[mask]
             has[rows] = True
-            fill = rows[~extra_set[rows]]
-            for name in extra:
-                extra_cols[name][fill] = extra_all[name][mask][~extra_set[rows]]
-            extra_set[fill] = True
         values[key] = col
         present[key] = has
-    for name, col in extra_cols.items():
-        values[name] = col
-        present[name] = extra_set.copy()
+    every = np.ones(len(steps), bool)  # each step has a row of some key
+    for name in extra:
+        values[name] = table.column(name).to_numpy()[first]
+        present[name] = every
     return Columns(steps, values, present)

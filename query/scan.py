@@ -12,6 +12,7 @@ a gap:
 * several keys: ``bound`` comes from the point counts in ``points_rollup``
   (:func:`_page_bound`), then one range read covers every key up to it.
 
+Rows carry ``_runtime`` and ``_timestamp`` beside ``_step`` and the keys.
 Pages can hold fewer than ``page_size`` rows, even none, before the end;
 ``next`` is ``None`` only when the scan is complete. Points written while a
 scan runs appear on later pages if their step is past the cursor.
@@ -28,6 +29,10 @@ from stride.store.schema import ROLLUP_STEPS
 from ._columns import Columns, pivot
 
 _INT64_MAX = 2**63 - 1
+#: Every row carries its run time and wall-clock time, as W&B's scan rows do
+#: (from the first of the row's keys; the keys of one step are logged together).
+_TIMES = ("_runtime", "_timestamp")
+_COLUMNS = "key, step, value, time AS _runtime, timestamp AS _timestamp"
 _ONE_KEY = "run = {run:String} AND stream = {stream:String} AND key = {key:String}"
 _KEYS = "run = {run:String} AND stream = {stream:String} AND key IN {keys:Array(String)}"
 
@@ -61,7 +66,7 @@ async def scan_page(
         # With the key fixed, ORDER BY step LIMIT n reads the index in order and stops.
         params["key"] = keys[0]
         table = await store.query_arrow(
-            f"SELECT key, step, value FROM points FINAL WHERE {_ONE_KEY} "
+            f"SELECT {_COLUMNS} FROM points FINAL WHERE {_ONE_KEY} "
             "AND step BETWEEN {lo:Int64} AND {hi:Int64} ORDER BY step LIMIT {n:UInt32}",
             params,
         )
@@ -76,14 +81,14 @@ async def scan_page(
             return Columns.empty(), None
         bound = found
         table = await store.query_arrow(
-            f"SELECT key, step, value FROM points FINAL WHERE {_KEYS} "
+            f"SELECT {_COLUMNS} FROM points FINAL WHERE {_KEYS} "
             "AND step BETWEEN {lo:Int64} AND {bound:Int64} ORDER BY key, step",
             {**params, "bound": bound},
         )
     more = bound < hi
-    cols = pivot(table, keys)
+    cols = pivot(table, keys, _TIMES)
     if require_all and len(cols):
-        cols = cols.take(np.flatnonzero(np.logical_and.reduce(list(cols.present.values()))))
+        cols = cols.take(np.flatnonzero(np.logical_and.reduce([cols.present[k] for k in keys])))
     if len(cols) > page_size:  # the union of several keys' steps can exceed one key's page
         cols = cols.take(np.arange(page_size))
         return cols, int(cols.steps[-1]) + 1

@@ -291,7 +291,8 @@ class ApiRun:
         max_step: int | None = None,
         stream: str = "default",
     ) -> Iterator[dict[str, Any]]:
-        """Every row in step order, fetched ``page_size`` rows at a time.
+        """Every row in step order, fetched ``page_size`` rows at a time: ``_step``,
+        ``_runtime``, ``_timestamp`` and the keys logged at that step.
 
         With ``keys``, only rows that have all of them. Pages are keyset-paginated
         on the step, so rows are never repeated or skipped, even while the run is

@@ -196,17 +196,43 @@ def test_scan_with_keys_yields_only_rows_that_have_all_of_them(
     api, path = logged
     rows = list(api.run(path).scan_history(keys=["loss", "odd"], page_size=777))
     assert [r["_step"] for r in rows] == list(range(1, 20_000, 2))
-    assert set(rows[0]) == {"_step", "loss", "odd"}
+    assert set(rows[0]) == {"_step", "_runtime", "_timestamp", "loss", "odd"}
+
+
+@pytest.mark.parametrize("keys", [["v"], ["v", "w"], None])
+def test_scan_rows_carry_the_logged_runtime_and_timestamp(
+    stack: StrideUp, spool: Path, keys: list[str] | None
+) -> None:
+    """As W&B's do: each row's ``_runtime`` and ``_timestamp`` are the ones logged
+    with it, on the one-key path, the several-keys path and every key."""
+    with stride.init(project="times", settings=stack.settings(spool)) as run:
+        for step in range(3000):
+            data = {"v": float(step)} | ({"w": -1.0} if step % 3 == 0 else {})
+            run.log(data, step=step, time=step * 0.5, timestamp=1.7e9 + step)
+    api = stride.Api(stack.http_url)
+    wait_rows(api, run.path, 3000, keys=["v"])
+    rows = list(api.run(run.path).scan_history(keys=keys, page_size=700))
+    expected = range(0, 3000, 3) if keys == ["v", "w"] else range(3000)
+    assert [r["_step"] for r in rows] == list(expected)
+    assert all(r["_runtime"] == r["_step"] * 0.5 for r in rows)
+    assert all(r["_timestamp"] == 1.7e9 + r["_step"] for r in rows)
+    # History (sampled, and keeping rows with any of the keys) agrees where both have a row.
+    scanned = {r["_step"]: (r["_runtime"], r["_timestamp"]) for r in rows}
+    history = api.run(run.path).history(samples=500, keys=keys, pandas=False)
+    both = [r for r in history if r["_step"] in scanned]
+    assert len(both) > 100
+    assert all((r["_runtime"], r["_timestamp"]) == scanned[r["_step"]] for r in both)
 
 
 def test_scan_without_keys_carries_what_each_step_has(logged: tuple[stride.Api, str]) -> None:
     api, path = logged
     rows = list(api.run(path).scan_history(page_size=3_000, min_step=10, max_step=13))
+    times = ["_runtime", "_step", "_timestamp"]
     assert [sorted(r) for r in rows] == [
-        ["_step", "acc", "loss"],
-        ["_step", "acc", "loss", "odd"],
-        ["_step", "acc", "loss"],
-        ["_step", "acc", "loss", "odd"],
+        [*times, "acc", "loss"],
+        [*times, "acc", "loss", "odd"],
+        [*times, "acc", "loss"],
+        [*times, "acc", "loss", "odd"],
     ]
 
 
@@ -436,10 +462,10 @@ def test_the_service_answers_exactly_the_api_types(
     assert history.nonfinite["loss"] == [(len(history.columns["_step"]) - 1, "inf")]
     assert history.nonfinite["weird"] == [(len(history.columns["_step"]) - 1, "nan")]
     scan = get(ColumnsPage, f"{base}/scan", page_size=10, keys=["odd"])
-    assert scan.columns == {
-        "_step": list(range(1, 21, 2)),
-        "odd": [float(s) for s in range(1, 21, 2)],
-    }
+    assert list(scan.columns) == ["_step", "odd", "_runtime", "_timestamp"]
+    assert scan.columns["_step"] == list(range(1, 21, 2))
+    assert scan.columns["odd"] == [float(s) for s in range(1, 21, 2)]
+    assert scan.columns["_runtime"] == sorted(scan.columns["_runtime"])  # logged in order
     assert scan.next == 20 and scan.nonfinite == {}
     empty = get(ColumnsPage, f"{base}/scan", min_step=5, cursor=10, max_step=6)
     assert empty.columns == {"_step": []} and empty.next is None
