@@ -34,6 +34,8 @@ from .errors import (
 
 _NONFINITE = {"nan": float("nan"), "inf": float("inf"), "-inf": float("-inf")}
 _BUILTIN_AXES = ("_step", "_runtime", "_timestamp")
+#: The states of a run that has not ended.
+_GOING = ("created", "running")
 
 T = TypeVar("T")
 # One decoder per answer type, built once.
@@ -239,6 +241,30 @@ class ApiRun:
     def load(self) -> ApiRun:
         """Fetch the run again (state, summary and heartbeat change while it runs)."""
         self._set(self._api._get_as(_RUN, self._base))
+        return self
+
+    @property
+    def url(self) -> str:
+        """Where the service serves this run (its document; there is no web page yet)."""
+        return f"{self._api.base_url}{self._base}"
+
+    @property
+    def read_only(self) -> bool:
+        """Always ``True`` for now: runs are changed by the code that logs them, and
+        this client cannot edit them yet."""
+        return True
+
+    def wait_until_finished(self, timeout: float | None = None, poll_s: float = 1.0) -> ApiRun:
+        """Poll until the run has ended (``finished``, ``failed``, ``cancelled`` or
+        ``crashed``), then return it, loaded. A run whose writer died unseen ends as
+        ``crashed`` after the service's ``--lost-after``. With ``timeout`` (seconds),
+        raise :class:`TimeoutError` if it is still going then."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while self.load().state in _GOING:
+            if deadline is not None and time.monotonic() >= deadline:
+                raise TimeoutError(f"run {self.path} is still {self.state} after {timeout} s")
+            left = poll_s if deadline is None else deadline - time.monotonic()
+            time.sleep(max(0.0, min(poll_s, left)))
         return self
 
     @property

@@ -31,7 +31,7 @@ from stride.api_types import (
 )
 from stride.wire import INGEST_SUBJECT, WIRE_VERSION, Batch, encode_batch
 
-from .conftest import StrideUp, wait_for, wait_rows
+from .conftest import StrideUp, state_of, wait_for, wait_rows
 
 T = TypeVar("T")
 
@@ -630,3 +630,34 @@ def test_health_readiness_and_lag_over_http(stack: StrideUp) -> None:
     assert api.get("/readyz")["ok"] is True
     lag = wait_for(lambda: (s := api.get("/api/v1/status")["lag"]) and s["pending"] == 0 and s)
     assert lag["ack_pending"] == 0 and lag["oldest_s"] is None
+
+
+def test_wait_until_finished_returns_once_the_run_ends_and_can_time_out(
+    stack: StrideUp, spool: Path
+) -> None:
+    run = stride.init(project="waiting", settings=stack.settings(spool))
+    run.log({"x": 1.0})
+    api = stride.Api(stack.http_url)
+    wait_for(lambda: state_of(api, run.path) == "running")
+    remote = api.run(run.path)
+    with pytest.raises(TimeoutError, match=r"still running after 0\.3 s"):
+        remote.wait_until_finished(timeout=0.3, poll_s=0.1)
+    finisher = threading.Timer(0.5, run.finish)
+    finisher.start()
+    t0 = time.monotonic()
+    assert remote.wait_until_finished(timeout=30, poll_s=0.1) is remote
+    assert remote.state == "finished" and time.monotonic() - t0 >= 0.4
+    finisher.join()
+
+
+def test_a_runs_url_serves_its_document_and_runs_are_read_only(
+    logged: tuple[stride.Api, str],
+) -> None:
+    import urllib.request
+
+    api, path = logged
+    run = api.run(path)
+    assert run.url == f"{api.base_url}/api/v1/runs/{path}"
+    with urllib.request.urlopen(run.url, timeout=10) as answer:
+        assert json.loads(answer.read())["path"] == path
+    assert run.read_only is True
