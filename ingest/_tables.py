@@ -24,8 +24,9 @@ from stride.wire import Batch
 @dataclasses.dataclass
 class Points:
     """The ``points`` rows of some batches, their rollup partials (one row per
-    series, bucket and batch: :data:`stride.store.schema.ROLLUP_PARTIALS`), and
-    the series they touch."""
+    series, bucket and batch: :data:`stride.store.schema.ROLLUP_PARTIALS`; the
+    rollup and ``series_stats`` are both written from them), and the series they
+    touch."""
 
     table: pa.Table
     rollup: pa.Table
@@ -207,6 +208,8 @@ class _Points:
                 pa.array(values[ends]),
                 pa.array(times[ends]),
                 pa.array(stamps[ends]),
+                pa.array(np.add.reduceat(~nan, starts).astype(np.uint64)),
+                pa.array(np.add.reduceat(np.where(nan, 0.0, values), starts)),
                 pa.array(ver.astype(np.uint64)[group]),
             ],
             names=[name for name, _ in ROLLUP_PARTIALS],

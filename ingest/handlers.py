@@ -39,6 +39,8 @@ from stride.store.schema import (
     ROLLUP_COLUMNS,
     ROLLUP_FROM_PARTIALS,
     ROLLUP_PARTIALS_STRUCTURE,
+    SERIES_STATS_COLUMNS,
+    SERIES_STATS_FROM_PARTIALS,
 )
 from stride.wire import Batch
 
@@ -77,8 +79,8 @@ class Handler(Protocol[T]):
 
 
 class MetricsHandler:
-    """``points``, ``points_rollup`` (from partials built beside the points) and
-    ``run_keys``.
+    """``points``, ``points_rollup`` and ``series_stats`` (both from partials built
+    beside the points) and ``run_keys``.
 
     Remembers the keys it has written, so a run's keys are inserted once per
     worker, not once per fetch.
@@ -94,7 +96,7 @@ class MetricsHandler:
         return build_points(batches)
 
     async def write(self, store: AsyncStore, prepared: Points) -> int:
-        # Keys, points, then the rollup: a reader that sees points sees their keys,
+        # Keys, points, then the aggregates: a reader that sees points sees their keys,
         # and a scan that pages by rollup counts never counts a point it cannot read
         # yet (history may briefly lack the newest buckets instead).
         # Decided at write time, not in prepare: the fetch written meanwhile may add keys.
@@ -105,13 +107,13 @@ class MetricsHandler:
             await store.insert_arrow("run_keys", KEYS_COLUMNS, keys)
             self._known_keys |= new_keys
         await store.insert_arrow("points", POINTS_COLUMNS, prepared.table)
-        await store.insert_select(
-            "points_rollup",
-            ROLLUP_COLUMNS,
-            ROLLUP_FROM_PARTIALS,
-            prepared.rollup,
-            ROLLUP_PARTIALS_STRUCTURE,
-        )
+        for table, columns, select in (
+            ("points_rollup", ROLLUP_COLUMNS, ROLLUP_FROM_PARTIALS),
+            ("series_stats", SERIES_STATS_COLUMNS, SERIES_STATS_FROM_PARTIALS),
+        ):
+            await store.insert_select(
+                table, columns, select, prepared.rollup, ROLLUP_PARTIALS_STRUCTURE
+            )
         return prepared.count
 
 

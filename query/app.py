@@ -14,7 +14,7 @@ from typing import Any
 import msgspec
 from aiohttp import web
 
-from stride.api_types import ErrorBody, MetricKeys, RunsPage, Status
+from stride.api_types import ErrorBody, MetricKeys, MetricStats, RunsPage, Status
 from stride.ids import InvalidIdentifier, Kind, check
 from stride.store import AsyncStore, open_store
 
@@ -26,6 +26,7 @@ from .errors import BadRequest, NotFound, QueryError, Unavailable
 from .history import history
 from .readahead import ReadAhead
 from .scan import scan_page
+from .stats import series_stats
 
 STORE = web.AppKey("store", AsyncStore)
 CATALOG = web.AppKey("catalog", Catalog)
@@ -79,6 +80,7 @@ def create_app(
     app.router.add_get(f"{base}/runs/{{entity}}/{{project}}/{{run_id}}/keys", _keys)
     app.router.add_get(f"{base}/runs/{{entity}}/{{project}}/{{run_id}}/history", _history)
     app.router.add_get(f"{base}/runs/{{entity}}/{{project}}/{{run_id}}/scan", _scan)
+    app.router.add_get(f"{base}/runs/{{entity}}/{{project}}/{{run_id}}/stats", _stats)
     return app
 
 
@@ -244,6 +246,13 @@ async def _series_request(request: web.Request) -> tuple[str, str, int | None, i
     if min_step is not None and max_step is not None and min_step > max_step:
         raise BadRequest(f"min_step {min_step} is greater than max_step {max_step}")
     return f"{entity}/{project}/{run_id}", _stream(request), min_step, max_step
+
+
+async def _stats(request: web.Request) -> web.Response:
+    entity, project, run_id = await _existing_run(request)
+    run, stream = f"{entity}/{project}/{run_id}", _stream(request)
+    keys, _ = await _requested_keys(request, run, stream)
+    return _json(MetricStats(await series_stats(request.app[STORE], run, stream, keys)))
 
 
 def _columns(cols: Columns, next_cursor: int | None = None) -> web.Response:

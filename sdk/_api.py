@@ -23,7 +23,7 @@ import orjson
 
 from ._config import NestedDict
 from ._settings import DEFAULT_API
-from .api_types import ColumnsPage, ErrorBody, MetricKeys, RunDoc, RunsPage
+from .api_types import ColumnsPage, ErrorBody, MetricKeys, MetricStats, RunDoc, RunsPage
 from .errors import (
     ApiError,
     BadRequestError,
@@ -43,6 +43,7 @@ _RUN = msgspec.json.Decoder(RunDoc)
 _RUNS = msgspec.json.Decoder(RunsPage)
 _KEYS = msgspec.json.Decoder(MetricKeys)
 _COLUMNS = msgspec.json.Decoder(ColumnsPage)
+_STATS = msgspec.json.Decoder(MetricStats)
 _ERROR = msgspec.json.Decoder(ErrorBody)
 
 
@@ -266,6 +267,23 @@ class ApiRun:
             left = poll_s if deadline is None else deadline - time.monotonic()
             time.sleep(max(0.0, min(poll_s, left)))
         return self
+
+    def stats(
+        self, keys: Sequence[str] | None = None, stream: str = "default"
+    ) -> dict[str, dict[str, Any]]:
+        """Per key (default: every key): ``count``, ``first``, ``last``, ``min``, ``max``,
+        ``mean``, ``first_step`` and ``last_step``, as ML-Dash's ``stats()``.
+
+        From aggregates ingest keeps per series, not a scan: as fast for a 10M-point
+        series as for ten. Every logged value counts, also a step logged again in a
+        later batch (``first``/``last`` are the newest values at the first and last
+        step); ``min``, ``max`` and ``mean`` leave NaN out; a value that is not
+        finite is ``None``.
+        """
+        params: list[tuple[str, Any]] = [("stream", stream)]
+        params += [("keys", k) for k in _keys_param(keys) or ()]
+        page = self._api._get_as(_STATS, f"{self._base}/stats", params)
+        return {key: msgspec.structs.asdict(s) for key, s in page.stats.items()}
 
     @property
     def history_keys(self) -> list[str]:

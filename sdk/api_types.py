@@ -10,6 +10,7 @@ drift apart. docs/http-api.md describes them for other clients.
 ``GET /api/v1/runs/{entity}/{project}/{run_id}``   :class:`RunDoc`
 ``GET .../{run_id}/keys``                          :class:`MetricKeys`
 ``GET .../{run_id}/history`` and ``.../scan``      :class:`ColumnsPage`
+``GET .../{run_id}/stats``                         :class:`MetricStats`
 any error (4xx, 5xx)                               :class:`ErrorBody`
 =================================================  ==========================
 
@@ -39,9 +40,11 @@ __all__ = [
     "IngestCounters",
     "IngestLag",
     "MetricKeys",
+    "MetricStats",
     "NonFinite",
     "RunDoc",
     "RunsPage",
+    "SeriesStats",
     "Status",
 ]
 
@@ -141,3 +144,26 @@ class ErrorBody(msgspec.Struct, gc=False):
 
     error: str
     status: int
+
+
+class SeriesStats(msgspec.Struct, gc=False):
+    """One metric of a run, over every value logged: a step logged again in a
+    later batch counts again (twice before the SDK sent it: once), and ``first``
+    and ``last`` are the newest values at the first and last step. ``min``, ``max`` and ``mean``
+    leave NaN out. A value that is not finite (NaN, an infinity; also ``min``
+    and ``max`` when every value is NaN) is ``None``: JSON has neither."""
+
+    count: int
+    first: float | None
+    last: float | None
+    min: float | None
+    max: float | None
+    mean: float | None
+    first_step: int
+    last_step: int
+
+
+class MetricStats(msgspec.Struct, gc=False):
+    """Per key: its :class:`SeriesStats`."""
+
+    stats: dict[str, SeriesStats]

@@ -31,7 +31,7 @@ import pyarrow as pa
 from ._base import Params, ParamValue
 from ._url import ChdbConfig
 from .errors import StoreError
-from .schema import SESSION_SETTINGS, backfill_rollup, create_schema
+from .schema import SESSION_SETTINGS, backfill, create_schema
 
 #: jemalloc options for chDB, read once when its library loads (so set before the
 #: import below), unless the environment already sets them. ``dirty_decay_ms:0``
@@ -66,7 +66,7 @@ class ChdbStore:
                 self.command(f"SET {name} = {value}")
             create_schema(self, config.database)
             self.command(f"USE {config.database}")
-            backfill_rollup(self)
+            backfill(self)
         except BaseException:
             self._session.close()  # a process may open only this directory: free it
             raise

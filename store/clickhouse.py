@@ -25,7 +25,7 @@ from clickhouse_connect.driver.exceptions import DatabaseError, Error, Operation
 from ._base import Params, ParamValue
 from ._url import ClickHouseConfig
 from .errors import CredentialsRefusedError, StoreError, StoreUnavailableError
-from .schema import SESSION_SETTINGS, backfill_rollup, create_schema
+from .schema import SESSION_SETTINGS, backfill, create_schema
 
 __all__ = ["ClickHouseStore"]
 
@@ -65,7 +65,7 @@ class ClickHouseStore:
         create_schema(self, config.database, config.cluster)
         self._client.database = config.database
         if not config.cluster:
-            backfill_rollup(self)
+            backfill(self)
 
     def insert_arrow(self, table: str, columns: tuple[str, ...], data: pa.Table) -> None:
         _call(self.config, lambda: self._client.insert_arrow(table, data.select(list(columns))))

@@ -23,6 +23,10 @@ Idempotent storage, which makes at-least-once delivery exactly-once in effect:
   the idempotent tables absorb that, and the rollup's point counts ``n``
   count those points twice (``n`` only decides whether a range is sampled).
 * ``run_keys`` lists the metric keys of each run and stream.
+* ``series_stats`` holds, per series, the aggregates of every value logged
+  (count, NaN-free count and sum, first and last step, min, max, and the
+  values at the first and last step), folded by ingest from the same
+  partials as the rollup: ``stats()`` and the like read one row per key.
 * ``points_rollup`` is written by ingest beside ``points``: it folds each
   fetch into partials (one row per series, bucket and batch:
   :data:`ROLLUP_PARTIALS`) that the database turns into aggregate states
@@ -119,9 +123,11 @@ ROLLUP_PARTIALS = (
     ("lv", "Float64"),
     ("lt", "Float64"),
     ("ls", "Float64"),
+    ("nv", "UInt64"),  # values that are not NaN (for series_stats' mean)
+    ("vsum", "Float64"),  # their sum
     ("ver", "UInt64"),
 )
-ROLLUP_COLUMNS = tuple(name for name, _ in ROLLUP_PARTIALS[:-1])
+ROLLUP_COLUMNS = tuple(name for name, _ in ROLLUP_PARTIALS[:-3])
 # assumeNotNull: chDB reads Arrow columns as Nullable, and an aggregate's state
 # type follows its arguments' (a no-op where the types are declared).
 _PARTIAL_FIRST = _first_rank("assumeNotNull(smin)", "assumeNotNull(ver)")
@@ -147,6 +153,27 @@ ROLLUP_FROM_PARTIALS = (
     + " FROM {source}"
 )
 ROLLUP_PARTIALS_STRUCTURE = ", ".join(f"{name} {kind}" for name, kind in ROLLUP_PARTIALS)
+
+#: The same partials folded per series into ``series_stats`` (one row per
+#: series and fetch), in SERIES_STATS_COLUMNS order.
+SERIES_STATS_FROM_PARTIALS = (
+    "SELECT run, stream, key, sum(assumeNotNull(n)), sum(assumeNotNull(nv)), "
+    "sum(assumeNotNull(vsum)), min(assumeNotNull(smin)), max(assumeNotNull(smax)), "
+    "min(assumeNotNull(vmin)), max(assumeNotNull(vmax)), "
+    f"argMinState(assumeNotNull(fv), {_PARTIAL_FIRST}), "
+    f"argMaxState(assumeNotNull(lv), {_PARTIAL_LAST}) "
+    "FROM {source} GROUP BY run, stream, key"
+)
+SERIES_STATS_COLUMNS = (
+    *("run", "stream", "key", "n", "nv", "vsum"),
+    *("smin", "smax", "vmin", "vmax", "fv", "lv"),
+)
+#: Merged per series: what ``stats()`` and the run summary read.
+SERIES_STATS_MERGE = (
+    "sum(n) AS count, sum(nv) AS nv, sum(vsum) AS vsum, min(smin) AS first_step, "
+    "max(smax) AS last_step, min(vmin) AS min, max(vmax) AS max, "
+    "argMinMerge(fv) AS first, argMaxMerge(lv) AS last"
+)
 
 #: The same columns merged over rollup rows.
 ROLLUP_MERGE = (
@@ -249,6 +276,25 @@ _TABLES = (
         "cityHash64(run)",
     ),
     _Table(
+        "series_stats",
+        """run String,
+        stream LowCardinality(String),
+        key LowCardinality(String),
+        n SimpleAggregateFunction(sum, UInt64),
+        nv SimpleAggregateFunction(sum, UInt64),
+        vsum SimpleAggregateFunction(sum, Float64),
+        smin SimpleAggregateFunction(min, Int64),
+        smax SimpleAggregateFunction(max, Int64),
+        vmin SimpleAggregateFunction(min, Float64),
+        vmax SimpleAggregateFunction(max, Float64),
+        fv AggregateFunction(argMin, Float64, Int128),
+        lv AggregateFunction(argMax, Float64, Int128)""",
+        "AggregatingMergeTree",
+        "",
+        "run, stream, key",
+        "cityHash64(run)",
+    ),
+    _Table(
         "run_keys",
         """run String,
         stream LowCardinality(String),
@@ -312,10 +358,15 @@ def ddl(database: str, cluster: str | None = None) -> list[str]:
     return statements
 
 
-#: Fill the rollup from points written before it existed (see :func:`backfill_rollup`).
+#: Fill the aggregates from points written before they existed (see :func:`backfill`).
 BACKFILL_ROLLUP = f"""INSERT INTO points_rollup
     SELECT run, stream, key, {BUCKET_SQL} AS bucket, {rollup_aggregates("State")}
     FROM points GROUP BY run, stream, key, bucket"""
+BACKFILL_SERIES_STATS = f"""INSERT INTO series_stats
+    SELECT run, stream, key, count(), countIf(NOT isNaN(value)),
+        sumIf(value, NOT isNaN(value)), min(step), max(step), {VMIN_SQL}, {VMAX_SQL},
+        argMinState(value, {FIRST_KEY}), argMaxState(value, {LAST_KEY})
+    FROM points GROUP BY run, stream, key"""
 
 #: First-write-wins fields are stored as ``~name``: a last-write-wins ``name``
 #: (an explicit run name) beats a first-write-wins one (a generated name).
@@ -345,13 +396,23 @@ def create_schema(store: Store, database: str, cluster: str | None = None) -> No
         store.command(statement)
 
 
-def backfill_rollup(store: Store) -> None:
-    """Fill the rollup if it is empty while points exist.
+def backfill(store: Store) -> None:
+    """Fill the rollup and the series stats where one is empty while points exist.
 
-    This serves data directories from before the rollup existed; a cluster is
-    always created with it, so it never needs this.
+    This serves stores from before they existed (the rollup, then
+    ``series_stats``). On a big store the first start after an upgrade reads
+    every point once to fill them.
     """
-    has_points = store.query_arrow("SELECT count() AS n FROM (SELECT 1 FROM points LIMIT 1)")
-    has_rollup = store.query_arrow("SELECT count() AS n FROM (SELECT 1 FROM points_rollup LIMIT 1)")
-    if has_points.column("n")[0].as_py() and not has_rollup.column("n")[0].as_py():
-        store.command(BACKFILL_ROLLUP)
+
+    def has_rows(table: str) -> bool:
+        found = store.query_arrow(f"SELECT count() AS n FROM (SELECT 1 FROM {table} LIMIT 1)")
+        return bool(found.column("n")[0].as_py())
+
+    if not has_rows("points"):
+        return
+    for table, statement in (
+        ("points_rollup", BACKFILL_ROLLUP),
+        ("series_stats", BACKFILL_SERIES_STATS),
+    ):
+        if not has_rows(table):
+            store.command(statement)

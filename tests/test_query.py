@@ -25,6 +25,7 @@ from stride.api_types import (
     ErrorBody,
     IngestCounters,
     MetricKeys,
+    MetricStats,
     RunDoc,
     RunsPage,
     Status,
@@ -467,6 +468,8 @@ def test_the_service_answers_exactly_the_api_types(
     assert scan.columns["odd"] == [float(s) for s in range(1, 21, 2)]
     assert scan.columns["_runtime"] == sorted(scan.columns["_runtime"])  # logged in order
     assert scan.next == 20 and scan.nonfinite == {}
+    stats = get(MetricStats, f"{base}/stats", keys=["odd"])
+    assert list(stats.stats) == ["odd"] and stats.stats["odd"].count == 10_000
     empty = get(ColumnsPage, f"{base}/scan", min_step=5, cursor=10, max_step=6)
     assert empty.columns == {"_step": []} and empty.next is None
     missing = get(ErrorBody, f"{base}-nope", 404)
@@ -481,8 +484,8 @@ def test_api_types_exports_every_answer_and_nothing_else() -> None:
     import stride.api_types as api_types
 
     assert set(api_types.__all__) == {
-        "ColumnsPage", "ErrorBody", "IngestCounters", "IngestLag", "MetricKeys", "NonFinite",
-        "RunDoc", "RunsPage", "Status",
+        "ColumnsPage", "ErrorBody", "IngestCounters", "IngestLag", "MetricKeys", "MetricStats",
+        "NonFinite", "RunDoc", "RunsPage", "SeriesStats", "Status",
     }  # fmt: skip
     assert all(hasattr(api_types, name) for name in api_types.__all__)
 
@@ -661,3 +664,56 @@ def test_a_runs_url_serves_its_document_and_runs_are_read_only(
     with urllib.request.urlopen(run.url, timeout=10) as answer:
         assert json.loads(answer.read())["path"] == path
     assert run.read_only is True
+
+
+def test_stats_match_the_logged_values_computed_in_python(logged: tuple[stride.Api, str]) -> None:
+    api, path = logged
+    run = api.run(path)
+    rows = list(run.scan_history(page_size=50_000))
+    stats = run.stats()
+    assert sorted(stats) == ["acc", "loss", "odd", "weird"]
+    for key in ("acc", "odd"):
+        steps = [r["_step"] for r in rows if key in r]
+        values = [r[key] for r in rows if key in r]
+        assert stats[key] == {
+            "count": len(values),
+            "first": values[0],
+            "last": values[-1],
+            "min": min(values),
+            "max": max(values),
+            "mean": pytest.approx(sum(values) / len(values)),
+            "first_step": steps[0],
+            "last_step": steps[-1],
+        }
+    loss = stats["loss"]  # 1/(step+1), a spike of 100 at 777, inf at the last step
+    assert loss["count"] == 20_001 and loss["first"] == 1.0 and loss["min"] == 1 / 20_000
+    assert loss["last"] is None and loss["max"] is None and loss["mean"] is None  # inf
+    assert stats["weird"] == {  # one NaN
+        **{"count": 1, "first": None, "last": None, "min": None, "max": None, "mean": None},
+        **{"first_step": 20_000, "last_step": 20_000},
+    }
+    assert run.stats(keys=["odd"]) == {"odd": stats["odd"]}
+    with pytest.raises(NotFoundError, match="no metric 'nope'"):
+        run.stats(keys=["nope"])
+
+
+def test_stats_count_every_logged_value_and_end_at_the_newest(stack: StrideUp, spool: Path) -> None:
+    """A step logged again, in a later batch, counts again (as ML-Dash counts what
+    was logged); first and last are the newest values at the first and last step."""
+    settings = stack.settings(spool)
+    with stride.init(project="relog-stats", settings=settings) as run:
+        for step in range(100):
+            run.log({"v": 1.0}, step=step)
+    with stride.init(project="relog-stats", id=run.id, settings=settings) as again:
+        again.log({"v": 5.0}, step=0)  # replaces step 0...
+        again.log({"v": -3.0}, step=99)  # ...and step 99
+    api = stride.Api(stack.http_url)
+    rows = wait_rows(api, run.path, 100)  # the stored points: one per step
+    wait_for(lambda: api.run(run.path).stats()["v"]["count"] == 102)
+    stats = api.run(run.path).stats()["v"]
+    assert stats == {
+        **{"count": 102, "first": 5.0, "last": -3.0, "min": -3.0, "max": 5.0},
+        **{"mean": pytest.approx((100 + 5 - 3) / 102), "first_step": 0, "last_step": 99},
+    }
+    rows = wait_rows(api, run.path, 100)
+    assert [r["v"] for r in (rows[0], rows[1], rows[99])] == [5.0, 1.0, -3.0]

@@ -8,6 +8,7 @@ HTTP interface, since no current ClickHouse server can be installed here.
 
 from __future__ import annotations
 
+import json
 import math
 import textwrap
 from collections.abc import Iterator
@@ -34,11 +35,18 @@ from stride.store import (
 from stride.store.chdb import ChdbStore
 from stride.store.schema import (
     BUCKET_SQL,
+    FIRST_KEY,
+    LAST_KEY,
     POINTS_COLUMNS,
     ROLLUP_COLUMNS,
     ROLLUP_FROM_PARTIALS,
     ROLLUP_MERGE,
     ROLLUP_PARTIALS_STRUCTURE,
+    SERIES_STATS_COLUMNS,
+    SERIES_STATS_FROM_PARTIALS,
+    SERIES_STATS_MERGE,
+    VMAX_SQL,
+    VMIN_SQL,
     create_schema,
     ddl,
     rollup_aggregates,
@@ -190,13 +198,11 @@ def test_ingests_rollup_equals_the_rollup_of_the_raw_points(store: Store) -> Non
         assert built is not None
         store.insert_arrow("points", POINTS_COLUMNS, built.table)
         store.insert_arrow("scratch.inserted_points", POINTS_COLUMNS, built.table)
-        store.insert_select(
-            "points_rollup",
-            ROLLUP_COLUMNS,
-            ROLLUP_FROM_PARTIALS,
-            built.rollup,
-            ROLLUP_PARTIALS_STRUCTURE,
-        )
+        for table, columns, select in (
+            ("points_rollup", ROLLUP_COLUMNS, ROLLUP_FROM_PARTIALS),
+            ("series_stats", SERIES_STATS_COLUMNS, SERIES_STATS_FROM_PARTIALS),
+        ):
+            store.insert_select(table, columns, select, built.rollup, ROLLUP_PARTIALS_STRUCTURE)
     where = "WHERE run = {run:String}"
     order = "GROUP BY key, bucket ORDER BY key, bucket"
     rolled = store.query_arrow(
@@ -211,6 +217,70 @@ def test_ingests_rollup_equals_the_rollup_of_the_raw_points(store: Store) -> Non
     assert rolled.num_rows == raw.num_rows > 8
     assert _nan_safe(rolled.to_pylist()) == _nan_safe(raw.to_pylist())
     assert any(math.isnan(row["fv"]) for row in rolled.to_pylist())  # NaN points were there
+
+    # The series stats, likewise: every value logged, NaN left out of sum, min and max.
+    stats = store.query_arrow(
+        f"SELECT key, {SERIES_STATS_MERGE} FROM series_stats {where} GROUP BY key ORDER BY key",
+        {"run": f"e/rollup/{run}"},
+    ).to_pylist()
+    raw_stats = store.query_arrow(
+        "SELECT key, count() AS count, countIf(NOT isNaN(value)) AS nv, "
+        "sumIf(value, NOT isNaN(value)) AS vsum, min(step) AS first_step, "
+        f"max(step) AS last_step, {VMIN_SQL} AS min, {VMAX_SQL} AS max, "
+        f"argMin(value, {FIRST_KEY}) AS first, argMax(value, {LAST_KEY}) AS last "
+        f"FROM scratch.inserted_points {where} GROUP BY key ORDER BY key",
+        {"run": f"e/rollup/{run}"},
+    ).to_pylist()
+    sums = [
+        (row.pop("vsum"), other.pop("vsum")) for row, other in zip(stats, raw_stats, strict=True)
+    ]
+    assert _nan_safe(stats) == _nan_safe(raw_stats) and len(stats) == 2
+    assert all(a == pytest.approx(b) for a, b in sums)
+    loss = stats[1]
+    # Every point logged counts, also re-logged ones; a step twice in one batch is one.
+    assert loss["key"] == "loss" and loss["count"] == 150 + 3 + (len(steps) - 100) + 3
+    assert loss["first_step"] == -300 and loss["last_step"] == 897
+    assert loss["last"] == values[-1]  # step 897, logged once
+
+
+def test_a_store_from_before_the_series_stats_gets_them_filled_when_opened(
+    tmp_path: Path,
+) -> None:
+    """Points ingested before ``series_stats`` existed count once the store opens.
+    (In a fresh interpreter: chDB opens one data directory per process.)"""
+    out = run_python(
+        textwrap.dedent(
+            f"""
+            import json
+            from pathlib import Path
+            from stride.ingest._tables import build_points
+            from stride.store.chdb import ChdbStore
+            from stride.store.schema import POINTS_COLUMNS, SERIES_STATS_MERGE
+            from tests.test_store import _batch
+
+            values = [0.5, float("nan"), -2.0, 7.0, 1.0]
+            built = build_points([_batch("old", 0, 100, [0, 1, 2, 3, 4], loss=values)])
+            store = ChdbStore(Path({str(tmp_path)!r}))
+            store.insert_arrow("points", POINTS_COLUMNS, built.table)  # as before the stats
+            store.close()
+            store = ChdbStore(Path({str(tmp_path)!r}))  # opening fills what is empty
+            stats = store.query_arrow(
+                f"SELECT key, {{SERIES_STATS_MERGE}} FROM series_stats GROUP BY key"
+            )
+            rollup = store.query_arrow("SELECT sum(n) AS n FROM points_rollup")
+            print(json.dumps([stats.to_pylist(), rollup.column("n").to_pylist()]))
+            """
+        )
+    )
+    stats, rollup = json.loads(out)
+    assert stats == [
+        {
+            "key": "loss",
+            **{"count": 5, "nv": 4, "vsum": 6.5, "first_step": 0, "last_step": 4},
+            **{"min": -2.0, "max": 7.0, "first": 0.5, "last": 1.0},
+        }
+    ]
+    assert rollup == [5]
 
 
 def _nan_safe(rows: list[dict[str, object]]) -> list[dict[str, object]]:
@@ -488,6 +558,7 @@ def test_single_server_ddl_is_what_the_embedded_store_runs(chdb_store: ChdbStore
         "points_rollup": "AggregatingMergeTree",
         "run_fields": "ReplacingMergeTree",
         "run_keys": "ReplacingMergeTree",
+        "series_stats": "AggregatingMergeTree",
     }
 
 
@@ -502,6 +573,7 @@ def test_cluster_ddl_replicates_shards_by_run_and_parses(chdb_store: ChdbStore) 
         ("points", f"ReplicatedReplacingMergeTree({path % 'points'}, ver)"),
         ("batches", f"ReplicatedReplacingMergeTree({path % 'batches'})"),
         ("points_rollup", f"ReplicatedAggregatingMergeTree({path % 'points_rollup'})"),
+        ("series_stats", f"ReplicatedAggregatingMergeTree({path % 'series_stats'})"),
     ]:
         assert f"ENGINE = {engine}" in by_name[f"metrics.{table}_local"]
         front = by_name[f"metrics.{table}"]
@@ -515,4 +587,4 @@ def test_cluster_ddl_replicates_shards_by_run_and_parses(chdb_store: ChdbStore) 
     # Ingest writes the rollup; a view from older versions is dropped everywhere.
     assert formatted[-1] == "DROP VIEW IF EXISTS metrics.points_rollup_mv ON CLUSTER main"
     # Every table has its replicated local table and a Distributed one in front.
-    assert len(statements) == 1 + 2 * 5 + 1
+    assert len(statements) == 1 + 2 * 6 + 1
