@@ -15,6 +15,7 @@ from stride.store import AsyncStore
 from stride.store.schema import ONCE_PREFIX
 
 from .errors import BadRequest, NotFound
+from .stats import finite
 
 log = logging.getLogger("stride.query")
 
@@ -161,4 +162,35 @@ async def _fetch(
         strict=True,
     ):
         fields.setdefault(str(run_id), {})[str(field)] = str(value)
-    return [_fold(entity, project, rid, f, lost_after_s) for rid, f in fields.items()]
+    runs = [_fold(entity, project, rid, f, lost_after_s) for rid, f in fields.items()]
+    await _add_metric_summaries(store, runs)
+    return runs
+
+
+async def _add_metric_summaries(store: AsyncStore, runs: list[RunDoc]) -> None:
+    """Put each metric's last value in its run's summary, as W&B does; its min and
+    max go under ``_min`` and ``_max`` (``summary["_min"]["loss"]``) and the last
+    step under ``_step``. A summary key the user set wins. Read from
+    ``series_stats`` (stream ``default``): one row per key, whatever the length.
+    Non-finite values are ``None`` (JSON has no NaN or infinity)."""
+    if not runs:
+        return
+    by_path = {run.path: run for run in runs}
+    rows = await store.query_arrow(
+        "SELECT run, key, argMaxMerge(lv) AS last, min(vmin) AS min, max(vmax) AS max, "
+        "max(smax) AS step FROM series_stats "
+        "WHERE run IN {runs:Array(String)} AND stream = 'default' GROUP BY run, key",
+        {"runs": sorted(by_path)},
+    )
+    metrics: dict[str, dict[str, Any]] = {}
+    for row in rows.to_pylist():
+        found = metrics.setdefault(str(row["run"]), {"_min": {}, "_max": {}, "_step": 0})
+        key = str(row["key"])
+        found[key] = finite(row["last"])
+        found["_min"][key] = finite(row["min"])
+        found["_max"][key] = finite(row["max"])
+        found["_step"] = max(found["_step"], int(row["step"]))
+    for path, found in metrics.items():
+        summary = by_path[path].summary
+        for name, value in found.items():
+            summary.setdefault(name, value)

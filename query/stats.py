@@ -28,16 +28,17 @@ async def series_stats(
         valid = int(row["nv"])
         stats[str(row["key"])] = SeriesStats(
             count=int(row["count"]),
-            first=_finite(row["first"]),
-            last=_finite(row["last"]),
-            min=_finite(row["min"]),
-            max=_finite(row["max"]),
-            mean=_finite(row["vsum"] / valid) if valid else None,
+            first=finite(row["first"]),
+            last=finite(row["last"]),
+            min=finite(row["min"]),
+            max=finite(row["max"]),
+            mean=finite(row["vsum"] / valid) if valid else None,
             first_step=int(row["first_step"]),
             last_step=int(row["last_step"]),
         )
     return stats
 
 
-def _finite(value: float | None) -> float | None:
+def finite(value: float | None) -> float | None:
+    """``value``, or ``None`` if it is missing, NaN or infinite (JSON has none of these)."""
     return value if value is not None and math.isfinite(value) else None

@@ -225,8 +225,10 @@ def test_offline_run_then_sync_twice_never_duplicates(
     assert len(rows) == 5000
     assert [r["_step"] for r in rows] == list(range(5000))
     stored = api.run(run.path)
-    assert stored.summary == {"final": 42}
+    assert stored.summary["final"] == 42 and stored.summary["a"] == 4999.0
     assert stored.tags == ["off"]
+    # Applied once: the stats count every value logged, and would count a repeat.
+    assert {k: s["count"] for k, s in stored.stats().items()} == {"a": 5000, "b": 5000}
 
 
 def test_sync_after_the_duplicate_window_is_absorbed_by_the_ledger(tmp_path: Path) -> None:

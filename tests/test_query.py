@@ -78,7 +78,15 @@ def test_run_attributes_round_trip(logged: tuple[stride.Api, str]) -> None:
     assert run.state == "finished"
     assert run.config == {"lr": 1e-3, "model": {"depth": 50}}
     assert run.config["model.depth"] == 50
-    assert run.summary == {"best_acc": 0.91}
+    assert run.summary == {
+        "best_acc": 0.91,  # set by the user
+        # Each metric's last value (non-finite ones are None), as W&B's summary...
+        **{"acc": 19_999 / 20_000, "loss": None, "odd": 19_999.0, "weird": None},
+        # ...and, under documented keys, their min and max and the last step.
+        "_min": {"acc": 0.0, "loss": 1 / 20_000, "odd": 1.0, "weird": None},
+        "_max": {"acc": 19_999 / 20_000, "loss": None, "odd": 19_999.0, "weird": None},
+        "_step": 20_000,
+    }
     assert run.tags == ["baseline"]
     assert run.notes == "first try"
     assert run.folder == "sweeps/a"
@@ -717,3 +725,21 @@ def test_stats_count_every_logged_value_and_end_at_the_newest(stack: StrideUp, s
     }
     rows = wait_rows(api, run.path, 100)
     assert [r["v"] for r in (rows[0], rows[1], rows[99])] == [5.0, 1.0, -3.0]
+
+
+def test_a_summary_value_the_user_set_wins_over_the_metrics_last(
+    stack: StrideUp, spool: Path
+) -> None:
+    with stride.init(project="summary-wins", settings=stack.settings(spool)) as run:
+        for step in range(50):
+            run.log({"loss": 1.0 / (step + 1), "acc": step / 50})
+        run.summary["loss"] = 0.001  # e.g. the best, kept by the user
+    api = stride.Api(stack.http_url)
+    wait_rows(api, run.path, 50)
+    wait_for(lambda: api.run(run.path).summary.get("_step") == 49)
+    summary = api.run(run.path).summary
+    assert summary["loss"] == 0.001 and summary["acc"] == 49 / 50
+    assert summary["_min"] == {"acc": 0.0, "loss": 1 / 50}
+    assert summary["_max"] == {"acc": 49 / 50, "loss": 1.0}
+    listed = next(r for r in api.runs("default/summary-wins") if r.path == run.path)
+    assert listed.summary == summary  # the runs list carries the same
