@@ -743,3 +743,39 @@ def test_a_summary_value_the_user_set_wins_over_the_metrics_last(
     assert summary["_max"] == {"acc": 49 / 50, "loss": 1.0}
     listed = next(r for r in api.runs("default/summary-wins") if r.path == run.path)
     assert listed.summary == summary  # the runs list carries the same
+
+
+def test_the_system_stream_is_read_apart_from_the_default_one(stack: StrideUp) -> None:
+    """Machine metrics travel in the ``system`` stream (nothing in the SDK logs them
+    yet, so a writer's batch is built here by hand): history, scan, keys and stats
+    take ``stream="system"`` and never mix the two streams."""
+    import numpy as np
+
+    from stride.wire import MetricBlock
+
+    def block(stream: str, keys: list[str], steps: range, scale: float) -> MetricBlock:
+        arr = np.array(steps, "<i8")
+        values = [(arr * scale + i).astype("<f8").tobytes() for i in range(len(keys))]
+        times = (arr * 1.0).astype("<f8").tobytes()
+        stamps = (1.7e9 + arr).astype("<f8").tobytes()
+        return MetricBlock(stream, keys, arr.tobytes(), times, stamps, values)
+
+    batch = _fields_batch("two-streams", time.time_ns(), state="running")
+    batch.metrics = [
+        block("default", ["loss"], range(100), 1.0),
+        block("system", ["gpu.0.util", "cpu"], range(0, 50), 2.0),
+    ]
+    _publish(stack, [batch])
+    api = stride.Api(stack.http_url)
+    path = "default/liveness/two-streams"
+    wait_for(lambda: _exists(api, path))
+    run = api.run(path)
+    wait_for(lambda: len(list(run.scan_history(stream="system"))) == 50)
+    assert run.history_keys == ["loss"]
+    keys = api.get(f"/api/v1/runs/{path}/keys", [("stream", "system")])["keys"]
+    assert keys == ["cpu", "gpu.0.util"]
+    system = run.history(samples=1000, stream="system", pandas=False)
+    assert [r["_step"] for r in system] == list(range(50))
+    assert all(r["gpu.0.util"] == r["_step"] * 2.0 and "loss" not in r for r in system)
+    assert run.stats(stream="system")["cpu"]["count"] == 50
+    assert set(run.stats()) == {"loss"} and run.stats()["loss"]["count"] == 100
