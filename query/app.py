@@ -14,7 +14,14 @@ from typing import Any
 import msgspec
 from aiohttp import web
 
-from stride.api_types import ErrorBody, MetricKeys, MetricStats, RunsPage, Status
+from stride.api_types import (
+    ErrorBody,
+    MetricKeys,
+    MetricStats,
+    ProjectsPage,
+    RunsPage,
+    Status,
+)
 from stride.ids import InvalidIdentifier, Kind, check
 from stride.store import AsyncStore, open_store
 
@@ -75,6 +82,7 @@ def create_app(
     app.router.add_get("/healthz", _healthz)
     app.router.add_get("/readyz", _readyz)
     app.router.add_get(f"{base}/status", _status)
+    app.router.add_get(f"{base}/projects/{{entity}}", _list_projects)
     app.router.add_get(f"{base}/runs/{{entity}}/{{project}}", _list_runs)
     app.router.add_get(f"{base}/runs/{{entity}}/{{project}}/{{run_id}}", _get_run)
     app.router.add_get(f"{base}/runs/{{entity}}/{{project}}/{{run_id}}/keys", _keys)
@@ -206,6 +214,17 @@ async def _status(request: web.Request) -> web.Response:
     status = request.app.get(STATUS)
     extra = await status() if status is not None else {}
     return _json(msgspec.convert({"ok": True, **extra}, Status))
+
+
+async def _list_projects(request: web.Request) -> web.Response:
+    entity = _ident("entity", request.match_info["entity"])
+    per_page = _int(request, "per_page", 200, 1, request.app[SETTINGS].max_runs_per_page)
+    assert per_page is not None
+    after = request.query.get("after")
+    projects, cursor = await runs_q.list_projects(
+        request.app[STORE], entity, per_page=per_page, after=after and _ident("project", after)
+    )
+    return _json(ProjectsPage(projects, cursor))
 
 
 async def _list_runs(request: web.Request) -> web.Response:

@@ -10,7 +10,7 @@ from typing import Any
 import msgspec
 import orjson
 
-from stride.api_types import RunDoc
+from stride.api_types import ProjectDoc, RunDoc
 from stride.store import AsyncStore
 from stride.store.schema import ONCE_PREFIX
 
@@ -194,3 +194,26 @@ async def _add_metric_summaries(store: AsyncStore, runs: list[RunDoc]) -> None:
         summary = by_path[path].summary
         for name, value in found.items():
             summary.setdefault(name, value)
+
+
+async def list_projects(
+    store: AsyncStore, entity: str, *, per_page: int, after: str | None
+) -> tuple[list[ProjectDoc], str | None]:
+    """One page of ``entity``'s projects by name, after the project ``after``."""
+    rows = await store.query_arrow(
+        "SELECT project, uniqExact(run_id) AS runs, "
+        "maxIf(value, field = 'heartbeat_at') AS last FROM run_fields "
+        "WHERE entity = {e:String} AND project > {after:String} "
+        "GROUP BY project ORDER BY project LIMIT {n:UInt32}",
+        {"e": entity, "after": after or "", "n": per_page},
+    )
+    projects = [
+        ProjectDoc(
+            entity=entity,
+            name=str(row["project"]),
+            run_count=int(row["runs"]),
+            last_activity=orjson.loads(row["last"]) if row["last"] else None,
+        )
+        for row in rows.to_pylist()
+    ]
+    return projects, (projects[-1].name if len(projects) == per_page else None)

@@ -23,7 +23,16 @@ import orjson
 
 from ._config import NestedDict
 from ._settings import DEFAULT_API
-from .api_types import ColumnsPage, ErrorBody, MetricKeys, MetricStats, RunDoc, RunsPage
+from .api_types import (
+    ColumnsPage,
+    ErrorBody,
+    MetricKeys,
+    MetricStats,
+    ProjectDoc,
+    ProjectsPage,
+    RunDoc,
+    RunsPage,
+)
 from .errors import (
     ApiError,
     BadRequestError,
@@ -44,6 +53,7 @@ _RUNS = msgspec.json.Decoder(RunsPage)
 _KEYS = msgspec.json.Decoder(MetricKeys)
 _COLUMNS = msgspec.json.Decoder(ColumnsPage)
 _STATS = msgspec.json.Decoder(MetricStats)
+_PROJECTS = msgspec.json.Decoder(ProjectsPage)
 _ERROR = msgspec.json.Decoder(ErrorBody)
 
 
@@ -97,6 +107,20 @@ class Api:
         else:
             raise UsageError(f"runs() takes 'entity/project' or 'project', got {path!r}")
         return Runs(self, entity, project, per_page=per_page, order=order)
+
+    def projects(self, entity: str | None = None, *, per_page: int = 200) -> Iterator[ProjectDoc]:
+        """The projects of ``entity`` (default: the default entity) by name, each with
+        ``name``, ``entity``, ``run_count`` and ``last_activity`` (the newest heartbeat
+        of its runs), fetched page by page."""
+        quoted = urllib.parse.quote(entity or self.default_entity, safe="")
+        cursor: str | None = None
+        while True:
+            params = [("per_page", per_page), ("after", cursor)]
+            page = self._get_as(_PROJECTS, f"/api/v1/projects/{quoted}", params)
+            yield from page.projects
+            cursor = page.next
+            if cursor is None:
+                return
 
     def run(self, path: str) -> ApiRun:
         """One run by ``entity/project/run_id`` (or shorter, with defaults set)."""

@@ -6,6 +6,7 @@ drift apart. docs/http-api.md describes them for other clients.
 
 =================================================  ==========================
 ``GET /api/v1/status``                             :class:`Status`
+``GET /api/v1/projects/{entity}``                   :class:`ProjectsPage`
 ``GET /api/v1/runs/{entity}/{project}``            :class:`RunsPage`
 ``GET /api/v1/runs/{entity}/{project}/{run_id}``   :class:`RunDoc`
 ``GET .../{run_id}/keys``                          :class:`MetricKeys`
@@ -42,6 +43,8 @@ __all__ = [
     "MetricKeys",
     "MetricStats",
     "NonFinite",
+    "ProjectDoc",
+    "ProjectsPage",
     "RunDoc",
     "RunsPage",
     "SeriesStats",
@@ -167,3 +170,20 @@ class MetricStats(msgspec.Struct, gc=False):
     """Per key: its :class:`SeriesStats`."""
 
     stats: dict[str, SeriesStats]
+
+
+class ProjectDoc(msgspec.Struct, gc=False):
+    """A project of an entity: how many runs it has and when one was last heard
+    from (the newest ``heartbeat_at`` of its runs, ISO 8601; ``None`` if none)."""
+
+    entity: str
+    name: str
+    run_count: int
+    last_activity: str | None = None
+
+
+class ProjectsPage(msgspec.Struct, gc=False):
+    """One page of an entity's projects by name; pass ``next`` back as ``after``."""
+
+    projects: list[ProjectDoc]
+    next: str | None = None

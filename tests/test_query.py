@@ -493,7 +493,7 @@ def test_api_types_exports_every_answer_and_nothing_else() -> None:
 
     assert set(api_types.__all__) == {
         "ColumnsPage", "ErrorBody", "IngestCounters", "IngestLag", "MetricKeys", "MetricStats",
-        "NonFinite", "RunDoc", "RunsPage", "SeriesStats", "Status",
+        "NonFinite", "ProjectDoc", "ProjectsPage", "RunDoc", "RunsPage", "SeriesStats", "Status",
     }  # fmt: skip
     assert all(hasattr(api_types, name) for name in api_types.__all__)
 
@@ -779,3 +779,26 @@ def test_the_system_stream_is_read_apart_from_the_default_one(stack: StrideUp) -
     assert all(r["gpu.0.util"] == r["_step"] * 2.0 and "loss" not in r for r in system)
     assert run.stats(stream="system")["cpu"]["count"] == 50
     assert set(run.stats()) == {"loss"} and run.stats()["loss"]["count"] == 100
+
+
+def test_projects_list_an_entitys_projects_with_run_counts_and_last_activity(
+    stack: StrideUp, spool: Path
+) -> None:
+    settings = stack.settings(spool)
+    for project, runs in (("beta", 1), ("alpha", 2)):
+        for _ in range(runs):
+            with stride.init(entity="team-p", project=project, settings=settings) as run:
+                run.log({"x": 1.0})
+    api = stride.Api(stack.http_url)
+    wait_for(lambda: sum(p.run_count for p in api.projects("team-p")) == 3)
+    projects = list(api.projects("team-p"))
+    assert [(p.entity, p.name, p.run_count) for p in projects] == [
+        ("team-p", "alpha", 2),
+        ("team-p", "beta", 1),
+    ]
+    beats = [r.heartbeat_at for name in ("alpha", "beta") for r in api.runs(f"team-p/{name}")]
+    assert projects[0].last_activity == max(beats[:2]) and projects[1].last_activity == beats[2]
+    assert list(api.projects("team-p", per_page=1)) == projects  # page by page, same list
+    assert list(api.projects("nobody-here")) == []
+    with pytest.raises(BadRequestError, match="invalid entity"):
+        list(api.projects("no/slash"))
