@@ -12,7 +12,7 @@ import orjson
 
 from stride.api_types import ProjectDoc, RunDoc
 from stride.store import AsyncStore
-from stride.store.schema import ONCE_PREFIX
+from stride.store.schema import ONCE_PREFIX, SERIES_STATS_MERGE
 
 from .errors import BadRequest, NotFound
 from .stats import finite
@@ -177,8 +177,7 @@ async def _add_metric_summaries(store: AsyncStore, runs: list[RunDoc]) -> None:
         return
     by_path = {run.path: run for run in runs}
     rows = await store.query_arrow(
-        "SELECT run, key, argMaxMerge(lv) AS last, min(vmin) AS min, max(vmax) AS max, "
-        "max(smax) AS step FROM series_stats "
+        f"SELECT run, key, {SERIES_STATS_MERGE} FROM series_stats "
         "WHERE run IN {runs:Array(String)} AND stream = 'default' GROUP BY run, key",
         {"runs": sorted(by_path)},
     )
@@ -189,7 +188,7 @@ async def _add_metric_summaries(store: AsyncStore, runs: list[RunDoc]) -> None:
         found[key] = finite(row["last"])
         found["_min"][key] = finite(row["min"])
         found["_max"][key] = finite(row["max"])
-        found["_step"] = max(found["_step"], int(row["step"]))
+        found["_step"] = max(found["_step"], int(row["last_step"]))
     for path, found in metrics.items():
         summary = by_path[path].summary
         for name, value in found.items():
