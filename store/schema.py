@@ -127,7 +127,8 @@ ROLLUP_PARTIALS = (
     ("vsum", "Float64"),  # their sum
     ("ver", "UInt64"),
 )
-ROLLUP_COLUMNS = tuple(name for name, _ in ROLLUP_PARTIALS[:-3])
+#: The rollup's columns: the partials' but the ones only series_stats and ranking use.
+ROLLUP_COLUMNS = tuple(name for name, _ in ROLLUP_PARTIALS if name not in ("nv", "vsum", "ver"))
 # assumeNotNull: chDB reads Arrow columns as Nullable, and an aggregate's state
 # type follows its arguments' (a no-op where the types are declared).
 _PARTIAL_FIRST = _first_rank("assumeNotNull(smin)", "assumeNotNull(ver)")
