@@ -54,7 +54,8 @@ def test_restart_keeps_data_and_sigterm_stops_everything(tmp_path: Path) -> None
     with stride_up(data) as again:
         rows = wait_rows(stride.Api(again.http_url), "default/restart/keep", 1000)
         assert [r["x"] for r in rows] == [float(i) for i in range(1000)]
-        assert stride.Api(again.http_url).run("default/restart/keep").state == "finished"
+        api = stride.Api(again.http_url)
+        wait_for(lambda: state_of(api, "default/restart/keep") == "finished")
 
 
 def test_killing_stride_up_also_stops_its_nats_server(tmp_path: Path) -> None:

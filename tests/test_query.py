@@ -67,6 +67,7 @@ def logged(stack: StrideUp, tmp_path_factory: pytest.TempPathFactory) -> tuple[s
     wait_rows(api, path, 20_001, keys=["loss"])
     # Key lists are cached for up to a second (query/catalog.py): wait for the last one.
     wait_for(lambda: "weird" in api.run(path).history_keys)
+    wait_for(lambda: api.run(path).state == "finished")  # written after the points
     return api, path
 
 
