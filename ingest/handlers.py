@@ -32,6 +32,7 @@ from typing import Any, Protocol, TypeVar
 import pyarrow as pa
 
 from stride.store import AsyncStore
+from stride.store.run_search import SEARCH_COLUMNS, SEARCH_FROM_PARTIALS
 from stride.store.schema import (
     FIELDS_COLUMNS,
     KEYS_COLUMNS,
@@ -44,7 +45,7 @@ from stride.store.schema import (
 )
 from stride.wire import Batch
 
-from ._tables import Points, build_fields, build_points
+from ._tables import Points, build_fields, build_points, build_search
 
 __all__ = ["Handler", "MetricsHandler", "RunFieldsHandler", "check_registry", "default_handlers"]
 
@@ -79,8 +80,8 @@ class Handler(Protocol[T]):
 
 
 class MetricsHandler:
-    """``points``, ``points_rollup`` and ``series_stats`` (both from partials built
-    beside the points) and ``run_keys``.
+    """``points``, then from partials built beside them ``points_rollup``,
+    ``series_stats`` and each metric's summary row in ``run_search``; and ``run_keys``.
 
     Remembers the keys it has written, so a run's keys are inserted once per
     worker, not once per fetch.
@@ -110,6 +111,7 @@ class MetricsHandler:
         for table, columns, select in (
             ("points_rollup", ROLLUP_COLUMNS, ROLLUP_FROM_PARTIALS),
             ("series_stats", SERIES_STATS_COLUMNS, SERIES_STATS_FROM_PARTIALS),
+            ("run_search", SEARCH_COLUMNS, SEARCH_FROM_PARTIALS),
         ):
             await store.insert_select(
                 table, columns, select, prepared.rollup, ROLLUP_PARTIALS_STRUCTURE
@@ -119,16 +121,20 @@ class MetricsHandler:
 
 class RunFieldsHandler:
     """``run_fields``: set fields (last write wins), set-once fields as ``~name``
-    (first write wins) and every batch's ``heartbeat_at``."""
+    (first write wins) and every batch's ``heartbeat_at``; then the same fields
+    flattened into ``run_search`` (so a run a search finds can be read)."""
 
     name = "run_fields"
     parts = frozenset({"set", "set_once", "ver"})
 
-    def prepare(self, batches: Sequence[Batch]) -> pa.Table:
-        return build_fields(batches)
+    def prepare(self, batches: Sequence[Batch]) -> tuple[pa.Table, pa.Table]:
+        fields = build_fields(batches)
+        return fields, build_search(fields)
 
-    async def write(self, store: AsyncStore, prepared: pa.Table) -> int:
-        await store.insert_arrow("run_fields", FIELDS_COLUMNS, prepared)
+    async def write(self, store: AsyncStore, prepared: tuple[pa.Table, pa.Table]) -> int:
+        fields, search = prepared
+        await store.insert_arrow("run_fields", FIELDS_COLUMNS, fields)
+        await store.insert_arrow("run_search", SEARCH_COLUMNS, search)
         return 0
 
 

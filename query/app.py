@@ -19,6 +19,7 @@ from stride.api_types import (
     MetricKeys,
     MetricStats,
     ProjectsPage,
+    RunSearch,
     RunsPage,
     Status,
 )
@@ -84,6 +85,7 @@ def create_app(
     app.router.add_get(f"{base}/status", _status)
     app.router.add_get(f"{base}/projects/{{entity}}", _list_projects)
     app.router.add_get(f"{base}/runs/{{entity}}/{{project}}", _list_runs)
+    app.router.add_post(f"{base}/runs/{{entity}}/{{project}}", _list_runs)
     app.router.add_get(f"{base}/runs/{{entity}}/{{project}}/{{run_id}}", _get_run)
     app.router.add_get(f"{base}/runs/{{entity}}/{{project}}/{{run_id}}/keys", _keys)
     app.router.add_get(f"{base}/runs/{{entity}}/{{project}}/{{run_id}}/history", _history)
@@ -228,20 +230,47 @@ async def _list_projects(request: web.Request) -> web.Response:
 
 
 async def _list_runs(request: web.Request) -> web.Response:
+    """A page of a project's runs; ``filters`` (JSON), ``order``, ``per_page`` and
+    ``after`` come from the query string (GET) or a JSON body (POST, for filters
+    too long for a URL)."""
     entity, project, _ = _run_path(request)
     settings = request.app[SETTINGS]
-    per_page = _int(request, "per_page", 50, 1, settings.max_runs_per_page)
-    assert per_page is not None
+    if request.method == "POST":
+        try:
+            body = msgspec.json.decode(await request.read(), type=RunSearch)
+        except msgspec.DecodeError as exc:
+            raise BadRequest(f"the body must be a JSON run search: {exc}") from None
+        filters, order, per_page, after = body.filters, body.order, body.per_page, body.after
+        if not 1 <= per_page <= settings.max_runs_per_page:
+            raise BadRequest(
+                f"per_page must be between 1 and {settings.max_runs_per_page}, got {per_page}"
+            )
+    else:
+        filters = _json_param(request, "filters")
+        order = request.query.get("order", "-created_at")
+        after = request.query.get("after")
+        per_page = _int(request, "per_page", 50, 1, settings.max_runs_per_page) or 50
     runs, cursor = await runs_q.list_runs(
         request.app[STORE],
         entity,
         project,
+        filters=filters,
         per_page=per_page,
-        order=request.query.get("order", "-created_at"),
-        after=request.query.get("after"),
+        order=order,
+        after=after,
         lost_after_s=settings.lost_after_s,
     )
     return _json(RunsPage(runs, cursor))
+
+
+def _json_param(request: web.Request, name: str) -> Any:
+    raw = request.query.get(name)
+    if not raw:
+        return None
+    try:
+        return msgspec.json.decode(raw)
+    except msgspec.DecodeError as exc:
+        raise BadRequest(f"{name} must be JSON: {exc}") from None
 
 
 async def _get_run(request: web.Request) -> web.Response:

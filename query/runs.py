@@ -14,7 +14,8 @@ from stride.api_types import ProjectDoc, RunDoc
 from stride.store import AsyncStore
 from stride.store.schema import ONCE_PREFIX, SERIES_STATS_MERGE
 
-from .errors import BadRequest, NotFound
+from .errors import NotFound
+from .search import search_run_ids
 from .stats import finite
 
 log = logging.getLogger("stride.query")
@@ -91,47 +92,27 @@ async def list_runs(
     entity: str,
     project: str,
     *,
+    filters: dict[str, Any] | None = None,
     per_page: int,
     order: str,
     after: str | None,
     lost_after_s: float,
 ) -> tuple[list[RunDoc], str | None]:
-    """One page of a project's runs by creation time; ``after`` is the opaque cursor."""
-    if order not in ("-created_at", "+created_at", "created_at"):
-        raise BadRequest(f"order must be '-created_at' or '+created_at', got {order!r}")
-    descending = order == "-created_at"
-    params: dict[str, Any] = {
-        "e": entity,
-        "p": project,
-        "n": per_page,
-        "created": ONCE_PREFIX + "created_at",
-    }
-    having = ""
-    if after:
-        try:
-            created, run_id = orjson.loads(after)
-        except (orjson.JSONDecodeError, ValueError, TypeError):
-            raise BadRequest(
-                "invalid cursor 'after': pass back the 'next' value unchanged"
-            ) from None
-        params.update(c=str(created), r=str(run_id))
-        cmp = "<" if descending else ">"
-        having = f"HAVING (created, run_id) {cmp} ({{c:String}}, {{r:String}})"
-    direction = "DESC" if descending else "ASC"
-    page = await store.query_arrow(
-        f"SELECT run_id, argMax(value, ver) AS created FROM run_fields "
-        "WHERE entity = {e:String} AND project = {p:String} AND field = {created:String} "
-        f"GROUP BY run_id {having} "
-        f"ORDER BY created {direction}, run_id {direction} LIMIT {{n:UInt32}}",
-        params,
+    """One page of a project's runs that match ``filters`` (see :mod:`.search`) in
+    ``order``; ``after`` is the opaque cursor of the page before."""
+    ids, cursor = await search_run_ids(
+        store,
+        entity,
+        project,
+        filters=filters,
+        order=order,
+        per_page=per_page,
+        after=after,
+        lost_after_s=lost_after_s,
     )
-    ids = [str(i) for i in page.column("run_id").to_pylist()]
-    created = [str(c) for c in page.column("created").to_pylist()]
     runs = await _fetch(store, entity, project, ids, lost_after_s)
     by_id = {r.id: r for r in runs}
-    ordered = [by_id[i] for i in ids if i in by_id]
-    cursor = orjson.dumps([created[-1], ids[-1]]).decode() if len(ids) == per_page else None
-    return ordered, cursor
+    return [by_id[i] for i in ids if i in by_id], cursor
 
 
 async def run_exists(store: AsyncStore, entity: str, project: str, run_id: str) -> bool:

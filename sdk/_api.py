@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import http.client
+import math
 import os
 import threading
 import time
@@ -31,6 +32,7 @@ from .api_types import (
     ProjectDoc,
     ProjectsPage,
     RunDoc,
+    RunSearch,
     RunsPage,
 )
 from .errors import (
@@ -55,6 +57,7 @@ _COLUMNS = msgspec.json.Decoder(ColumnsPage)
 _STATS = msgspec.json.Decoder(MetricStats)
 _PROJECTS = msgspec.json.Decoder(ProjectsPage)
 _ERROR = msgspec.json.Decoder(ErrorBody)
+_SEARCH = msgspec.json.Encoder()
 
 
 class Api:
@@ -95,8 +98,27 @@ class Api:
         self._conn: http.client.HTTPConnection | None = None
         self._lock = threading.Lock()
 
-    def runs(self, path: str = "", *, per_page: int = 50, order: str = "-created_at") -> Runs:
-        """The runs of ``entity/project`` (or ``project``), newest first, fetched page by page."""
+    def runs(
+        self,
+        path: str = "",
+        filters: Mapping[str, Any] | None = None,
+        order: str = "-created_at",
+        per_page: int = 50,
+    ) -> Runs:
+        """The runs of ``entity/project`` (or ``project``) that match ``filters``, in
+        ``order``, fetched page by page as iteration reaches them.
+
+        ``filters`` are MongoDB-style, as W&B's: ``{"config.lr": {"$gt": 1e-3},
+        "state": "finished", "tags": {"$in": ["baseline"]}}``; fields, operators
+        and how they differ from MongoDB's are in ``docs/http-api.md``. ``order``
+        names a field (``created_at``, ``heartbeat_at``, ``config.<key>``,
+        ``summary.<key>``...), descending unless it starts with ``+``.
+
+        Example::
+
+            best = api.runs("vision", {"state": "finished"}, order="+summary.loss")
+            print(next(iter(best)).name)
+        """
         parts = [p for p in path.split("/") if p]
         if len(parts) == 2:
             entity, project = parts
@@ -106,7 +128,9 @@ class Api:
             entity, project = self.default_entity, self.default_project
         else:
             raise UsageError(f"runs() takes 'entity/project' or 'project', got {path!r}")
-        return Runs(self, entity, project, per_page=per_page, order=order)
+        asked = dict(filters) if filters else None
+        _check_finite(asked, "filters")
+        return Runs(self, entity, project, RunSearch(asked, order, per_page))
 
     def projects(self, entity: str | None = None, *, per_page: int = 200) -> Iterator[ProjectDoc]:
         """The projects of ``entity`` (default: the default entity) by name, each with
@@ -156,10 +180,21 @@ class Api:
         except msgspec.DecodeError as exc:
             raise ApiError(200, f"unexpected answer to GET {path}: {exc}") from None
 
+    def _post_as(self, decoder: msgspec.json.Decoder[T], path: str, body: bytes) -> T:
+        answer = self._checked(*self._request(f"{self._prefix}{path}", body))
+        try:
+            return decoder.decode(answer)
+        except msgspec.DecodeError as exc:
+            raise ApiError(200, f"unexpected answer to POST {path}: {exc}") from None
+
     def _get_body(self, path: str, params: Sequence[tuple[str, Any]]) -> bytes:
         query = urllib.parse.urlencode([(k, v) for k, v in params if v is not None])
         url = f"{self._prefix}{path}" + (f"?{query}" if query else "")
-        status, body = self._request(url)
+        return self._checked(*self._request(url))
+
+    @staticmethod
+    def _checked(status: int, body: bytes) -> bytes:
+        """``body``, or the error the service answered with, raised."""
         if status >= 400:
             try:
                 message = _ERROR.decode(body).error
@@ -169,7 +204,8 @@ class Api:
             raise cls(status, message)
         return body
 
-    def _request(self, url: str) -> tuple[int, bytes]:
+    def _request(self, url: str, body: bytes | None = None) -> tuple[int, bytes]:
+        """GET ``url`` (POST ``body`` as JSON if given), retried on connection errors."""
         delay = 0.1
         for attempt in range(self._retries + 1):
             with self._lock:
@@ -178,7 +214,11 @@ class Api:
                         self._conn = http.client.HTTPConnection(
                             self._host, self._port, timeout=self._timeout
                         )
-                    self._conn.request("GET", url)
+                    if body is None:
+                        self._conn.request("GET", url)
+                    else:
+                        headers = {"Content-Type": "application/json"}
+                        self._conn.request("POST", url, body, headers)
                     response = self._conn.getresponse()
                     return response.status, response.read()
                 except (OSError, http.client.HTTPException) as exc:
@@ -213,23 +253,29 @@ class Api:
 
 
 class Runs:
-    """Iterable over a project's runs; pages are fetched as iteration reaches them."""
+    """Iterable over a project's runs that match a search; pages are fetched as
+    iteration reaches them (a run created meanwhile never shifts a page)."""
 
-    def __init__(self, api: Api, entity: str, project: str, *, per_page: int, order: str) -> None:
+    def __init__(self, api: Api, entity: str, project: str, search: RunSearch) -> None:
         self._api, self.entity, self.project = api, entity, project
-        self._per_page, self._order = per_page, order
+        self._search = search
 
     def __iter__(self) -> Iterator[ApiRun]:
-        cursor: str | None = None
-        path = f"/api/v1/runs/{self.entity}/{self.project}"
+        path = "/api/v1/runs/" + "/".join(
+            urllib.parse.quote(p, safe="") for p in (self.entity, self.project)
+        )
+        search = self._search
         while True:
-            params = [("per_page", self._per_page), ("order", self._order), ("after", cursor)]
-            page = self._api._get_as(_RUNS, path, params)
+            if search.filters:  # in a body: a filter may be too long for a URL
+                page = self._api._post_as(_RUNS, path, _SEARCH.encode(search))
+            else:
+                params = [("per_page", search.per_page), ("order", search.order)]
+                page = self._api._get_as(_RUNS, path, [*params, ("after", search.after)])
             for doc in page.runs:
                 yield ApiRun(self._api, doc)
-            cursor = page.next
-            if cursor is None:
+            if page.next is None:
                 return
+            search = msgspec.structs.replace(search, after=page.next)
 
 
 class ApiRun:
@@ -382,6 +428,19 @@ class ApiRun:
             cursor = page.next
             if cursor is None:
                 return
+
+
+def _check_finite(value: Any, where: str) -> None:
+    """Refuse NaN and infinities in a filter: JSON has none, and sent as ``null``
+    they would silently mean something else."""
+    if isinstance(value, float) and not math.isfinite(value):
+        raise UsageError(f"{where}: {value!r} is not a number a filter can compare with")
+    if isinstance(value, Mapping):
+        for key, item in value.items():
+            _check_finite(item, f"{where}[{key!r}]")
+    elif isinstance(value, list | tuple):
+        for i, item in enumerate(value):
+            _check_finite(item, f"{where}[{i}]")
 
 
 def _keys_param(keys: Sequence[str] | None) -> list[str] | None:

@@ -46,6 +46,7 @@ __all__ = [
     "ProjectDoc",
     "ProjectsPage",
     "RunDoc",
+    "RunSearch",
     "RunsPage",
     "SeriesStats",
     "Status",
@@ -79,6 +80,17 @@ class RunDoc(msgspec.Struct, gc=False):
     heartbeat_at: str | None = None
     finished_at: str | None = None
     exit_code: int | None = None
+
+
+class RunSearch(msgspec.Struct, forbid_unknown_fields=True):
+    """The body of ``POST /api/v1/runs/{entity}/{project}``: a run search whose
+    filters may be too long for a URL. ``filters`` are MongoDB-style (see
+    ``docs/http-api.md``); ``after`` is a page's ``next``."""
+
+    filters: dict[str, Any] | None = None
+    order: str = "-created_at"
+    per_page: int = 50
+    after: str | None = None
 
 
 class RunsPage(msgspec.Struct, gc=False):

@@ -296,6 +296,25 @@ _TABLES = (
         "cityHash64(run)",
     ),
     _Table(
+        # Run fields flattened for search (see run_search.py); rows are current
+        # by their field's marker, so replacing old versions is only housekeeping.
+        "run_search",
+        """entity LowCardinality(String),
+        project LowCardinality(String),
+        run_id String,
+        key LowCardinality(String),
+        field LowCardinality(String),
+        pos UInt32,
+        kind UInt8,
+        num Float64,
+        str String,
+        ver UInt64""",
+        "ReplacingMergeTree",
+        "ver",
+        "entity, project, key, run_id, field, pos",
+        "cityHash64(entity, project, run_id)",
+    ),
+    _Table(
         "run_keys",
         """run String,
         stream LowCardinality(String),
@@ -398,22 +417,25 @@ def create_schema(store: Store, database: str, cluster: str | None = None) -> No
 
 
 def backfill(store: Store) -> None:
-    """Fill the rollup and the series stats where one is empty while points exist.
+    """Fill the tables derived from others where one is empty while its sources are not.
 
     This serves stores from before they existed (the rollup, then
-    ``series_stats``). On a big store the first start after an upgrade reads
-    every point once to fill them.
+    ``series_stats``, then ``run_search``). On a big store the first start after
+    an upgrade reads every point once to fill the first two.
     """
 
     def has_rows(table: str) -> bool:
         found = store.query_arrow(f"SELECT count() AS n FROM (SELECT 1 FROM {table} LIMIT 1)")
         return bool(found.column("n")[0].as_py())
 
-    if not has_rows("points"):
-        return
-    for table, statement in (
-        ("points_rollup", BACKFILL_ROLLUP),
-        ("series_stats", BACKFILL_SERIES_STATS),
-    ):
-        if not has_rows(table):
-            store.command(statement)
+    if has_rows("points"):
+        for table, statement in (
+            ("points_rollup", BACKFILL_ROLLUP),
+            ("series_stats", BACKFILL_SERIES_STATS),
+        ):
+            if not has_rows(table):
+                store.command(statement)
+    if has_rows("run_fields") and not has_rows("run_search"):
+        from .run_search import backfill_run_search
+
+        backfill_run_search(store)

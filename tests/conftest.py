@@ -6,6 +6,7 @@ starts it, with chDB underneath, and tests talk to it over NATS and HTTP.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import select
@@ -18,12 +19,13 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import nats
 import pytest
 
 import stride
 from stride import Settings
 from stride.cli._nats_server import NatsServer
-from stride.wire import Batch, decode_batch
+from stride.wire import INGEST_SUBJECT, Batch, decode_batch, encode_batch
 
 STRIDE = [sys.executable, "-m", "stride.cli"]
 
@@ -209,6 +211,20 @@ def state_of(api: stride.Api, path: str) -> str | None:
         return api.run(path).state
     except stride.NotFoundError:
         return None
+
+
+def publish(stack: StrideUp, batches: list[Batch]) -> None:
+    """Publish hand-built batches to the stack's NATS, as a writer would."""
+
+    async def go() -> None:
+        nc = await nats.connect(stack.nats_url)
+        js = nc.jetstream()
+        for b in batches:
+            msg_id = f"{b.path}/{b.writer}/{b.seq}"
+            await js.publish(INGEST_SUBJECT, encode_batch(b), headers={"Nats-Msg-Id": msg_id})
+        await nc.close()
+
+    asyncio.run(go())
 
 
 def read_log(directory: Path, max_batch_bytes: int = 900_000) -> list[Batch]:

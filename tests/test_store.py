@@ -283,6 +283,61 @@ def test_a_store_from_before_the_series_stats_gets_them_filled_when_opened(
     assert rollup == [5]
 
 
+def test_a_store_from_before_run_search_gets_it_filled_when_opened(tmp_path: Path) -> None:
+    """Runs stored before ``run_search`` existed are found by search once the store
+    opens: their current fields, not an older config's keys, and their metrics'
+    last values. (In a fresh interpreter: chDB opens one data directory per process.)"""
+    out = run_python(
+        textwrap.dedent(
+            f"""
+            import asyncio, json
+            from pathlib import Path
+            import msgspec
+            from stride.ingest._tables import build_fields, build_points
+            from stride.store import AsyncStore
+            from stride.store.chdb import ChdbStore
+            from stride.store.schema import (
+                FIELDS_COLUMNS, POINTS_COLUMNS, SERIES_STATS_COLUMNS, SERIES_STATS_FROM_PARTIALS,
+                ROLLUP_PARTIALS_STRUCTURE,
+            )
+            from stride.query.search import search_run_ids
+            from tests.test_store import _batch
+
+            old = msgspec.structs.replace(
+                _batch("old", 0, 100, [0, 1, 2], loss=[3.0, 2.0, 1.5]),
+                set={{"config": json.dumps({{"lr": 0.1, "gone": 1}})}},
+                set_once={{"created_at": json.dumps("2026-01-01T00:00:00+00:00")}},
+            )
+            newer = msgspec.structs.replace(
+                _batch("old", 1, 200, [0], loss=[9.0]), set={{"config": json.dumps({{"lr": 0.1}})}}
+            )
+            store = ChdbStore(Path({str(tmp_path)!r}))  # as before run_search: no rows there
+            store.insert_arrow("run_fields", FIELDS_COLUMNS, build_fields([old, newer]))
+            points = build_points([old])
+            store.insert_arrow("points", POINTS_COLUMNS, points.table)
+            store.insert_select(
+                "series_stats", SERIES_STATS_COLUMNS, SERIES_STATS_FROM_PARTIALS, points.rollup,
+                ROLLUP_PARTIALS_STRUCTURE,
+            )
+            store.command("TRUNCATE TABLE run_search")
+            store.close()
+            store = AsyncStore(ChdbStore(Path({str(tmp_path)!r})))  # opening fills it
+
+            async def found(spec):
+                ids, _ = await search_run_ids(
+                    store, "e", "rollup", filters=spec, order="-created_at", per_page=10,
+                    after=None, lost_after_s=60.0,
+                )
+                return ids
+
+            specs = [{{"config.lr": 0.1}}, {{"config.gone": 1}}, {{"summary.loss": 1.5}}]
+            print(json.dumps([asyncio.run(found(s)) for s in specs]))
+            """
+        )
+    )
+    assert json.loads(out) == [["old"], [], ["old"]]
+
+
 def _nan_safe(rows: list[dict[str, object]]) -> list[dict[str, object]]:
     """NaN compares unequal to itself; spell it out so equal rows compare equal."""
     return [
@@ -558,6 +613,7 @@ def test_single_server_ddl_is_what_the_embedded_store_runs(chdb_store: ChdbStore
         "points_rollup": "AggregatingMergeTree",
         "run_fields": "ReplacingMergeTree",
         "run_keys": "ReplacingMergeTree",
+        "run_search": "ReplacingMergeTree",
         "series_stats": "AggregatingMergeTree",
     }
 
@@ -579,12 +635,12 @@ def test_cluster_ddl_replicates_shards_by_run_and_parses(chdb_store: ChdbStore) 
         front = by_name[f"metrics.{table}"]
         assert f"AS metrics.{table}_local" in front
         assert f"ENGINE = Distributed(main, metrics, {table}_local, cityHash64(run))" in front
-    fields = by_name["metrics.run_fields"]
-    assert (
-        "Distributed(main, metrics, run_fields_local, cityHash64(entity, project, run_id))"
-        in fields
-    )
+    for table in ("run_fields", "run_search"):  # a run's fields on one shard
+        assert (
+            f"Distributed(main, metrics, {table}_local, cityHash64(entity, project, run_id))"
+            in by_name[f"metrics.{table}"]
+        )
     # Ingest writes the rollup; a view from older versions is dropped everywhere.
     assert formatted[-1] == "DROP VIEW IF EXISTS metrics.points_rollup_mv ON CLUSTER main"
     # Every table has its replicated local table and a Distributed one in front.
-    assert len(statements) == 1 + 2 * 6 + 1
+    assert len(statements) == 1 + 2 * 7 + 1

@@ -1,0 +1,475 @@
+"""Run search: MongoDB-style filters and an order, compiled to one query over ``run_search``.
+
+``api.runs(path, filters={"config.lr": {"$gt": 0.01}, "tags": "baseline"},
+order="-summary.acc")`` becomes a ``GROUP BY run_id`` over the rows of the keys
+the filter and the order name (see :mod:`stride.store.run_search`): each
+condition is an aggregate over a run's rows, so the whole filter is one
+``HAVING``. Every value, key and pattern from the user travels as a query
+parameter, never as SQL text.
+
+The language (MongoDB's, as W&B's ``Api.runs`` takes it):
+
+* fields: ``config.<key>`` (a nested key by its dotted path; W&B's
+  ``config.<key>.value`` also works), ``summary.<key>`` (also
+  ``summary_metrics.<key>``; a summary value the user set, else the metric's
+  last value), ``state``, ``tags``, ``name`` (also ``display_name``), ``notes``,
+  ``folder``, ``created_at``, ``heartbeat_at``, ``finished_at`` (camelCase too),
+  ``exit_code``, ``id``, ``entity``, ``project``;
+* operators: ``$eq $ne $gt $gte $lt $lte $in $nin $exists $regex`` (with
+  ``$options`` among ``i``, ``m``, ``s``) and ``$not`` on a field;
+  ``$and $or $nor`` around filters; a bare value means ``$eq``;
+* as in MongoDB: a filter on an array matches if any element does (``{"tags":
+  "a"}``), an array or object operand matches the whole value, ``$eq: None``
+  also matches a missing field and ``$ne``/``$nin``/``$not`` match runs
+  without it; comparisons only match values of the operand's type, and times
+  compare as times (ISO 8601 text, UTC unless it names an offset, or Unix
+  seconds);
+* unlike MongoDB: regular expressions are RE2's (no look-around or back
+  references), and objects compare with their keys sorted.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import re
+import time
+from collections.abc import Callable
+from typing import Any
+
+import orjson
+
+from stride.store import AsyncStore, StoreError
+from stride.store.run_search import (
+    ARRAY,
+    BOOL,
+    MARKER,
+    METRIC_PREFIX,
+    NULL,
+    NUMBER,
+    OBJECT,
+    STRING,
+    TIME_KEYS,
+    parse_time,
+    whole,
+)
+from stride.store.schema import ONCE_PREFIX
+
+from .errors import BadRequest
+
+__all__ = ["search_run_ids"]
+
+#: Field names other trackers use, to ours.
+_ALIASES = {
+    "display_name": "name",
+    "displayName": "name",
+    "createdAt": "created_at",
+    "heartbeatAt": "heartbeat_at",
+    "finishedAt": "finished_at",
+    "exitCode": "exit_code",
+    "run_id": "id",
+}
+#: Top-level run fields stored whole (a set-once ``~`` version loses to a set one).
+_RUN_FIELDS = ("name", "notes", "folder", "tags", "created_at", "heartbeat_at", "finished_at")
+_FIELDS_HELP = (
+    "config.<key>, summary.<key>, state, tags, name, display_name, notes, folder, "
+    "created_at, heartbeat_at, finished_at, exit_code, id, entity, project"
+)
+_COMPARISONS = {"$gt": ">", "$gte": ">=", "$lt": "<", "$lte": "<="}
+_OPERATORS = ("$eq", "$ne", *_COMPARISONS, "$in", "$nin", "$exists", "$regex", "$not")
+_LOGICAL = ("$and", "$or", "$nor")
+_REGEX_OPTIONS = frozenset("ims")
+#: Bounds on one filter, so no request can build an unbounded query.
+_MAX_DEPTH = 16
+_MAX_PARAMS = 5000
+
+
+@dataclasses.dataclass(frozen=True)
+class _Cols:
+    """The SQL of a value's kind, number and text: a row's columns, or expressions."""
+
+    kind: str = "kind"
+    num: str = "num"
+    str: str = "str"
+
+
+_ROW = _Cols()
+Predicate = Callable[[_Cols], str]
+
+
+class _Sql:
+    """Parameters and the keys a query reads, collected while compiling it."""
+
+    def __init__(self) -> None:
+        self.params: dict[str, Any] = {}
+        self.keys: set[str] = set()
+        self._names: dict[tuple[str, str], str] = {}
+
+    def param(self, value: Any, kind: str) -> str:
+        """The placeholder of ``value`` as a ``kind`` (one per distinct value)."""
+        seen = (kind, repr(value))
+        name = self._names.get(seen)
+        if name is None:
+            if len(self.params) >= _MAX_PARAMS:
+                raise BadRequest(f"filters: too large (more than {_MAX_PARAMS} values)")
+            name = self._names[seen] = f"v{len(self.params)}"
+            self.params[name] = value
+        return f"{{{name}:{kind}}}"
+
+    def text(self, value: str) -> str:
+        return self.param(value, "String")
+
+    def number(self, value: float) -> str:
+        return self.param(float(value), "Float64")
+
+    def key(self, key: str) -> str:
+        self.keys.add(key)
+        return self.text(key)
+
+
+# ---- what a field name refers to ----------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class _Source:
+    """Rows of ``key`` written by ``field``; ``marked``: current by the field's marker,
+    else (metric summaries) the newest row is the current one."""
+
+    key: str
+    field: str
+    marked: bool = True
+
+    def current(self, q: _Sql) -> str:
+        if self.marked:
+            return f"maxIf(ver, key = {q.key(MARKER + self.field)})"
+        return f"maxIf(ver, key = {q.key(self.key)} AND field = {q.text(self.field)})"
+
+    def match(self, q: _Sql, condition: str = "1") -> str:
+        """Whether a current row satisfies ``condition``."""
+        newest = f"maxIf(ver, key = {q.key(self.key)} AND field = {q.text(self.field)}"
+        current = self.current(q)
+        return f"({newest} AND ({condition})) = {current} AND {current} > 0)"
+
+    def value(self, q: _Sql) -> str:
+        key, field = q.key(self.key), q.text(self.field)
+        return f"argMaxIf(tuple(kind, num, str), ver, key = {key} AND field = {field} AND pos = 0)"
+
+
+_NO_VALUE = f"tuple(toUInt8({NULL}), toFloat64(0), '')"
+
+
+@dataclasses.dataclass(frozen=True)
+class _Stored:
+    """A field read from rows: ``tiers`` of sources, the first tier that has a
+    current value decides (a summary the user set before a metric's last value).
+    With a ``default`` (the value a run document shows when none was written,
+    such as ``tags: []``), a run without one is searched as having that value."""
+
+    tiers: tuple[tuple[_Source, ...], ...]
+    is_time: bool = False
+    default: _Cols | None = None
+
+    def exists(self, q: _Sql) -> str:
+        if self.default is not None:
+            return "1"
+        return self._written(q)
+
+    def _written(self, q: _Sql) -> str:
+        return _any(s.match(q) for tier in self.tiers for s in tier)
+
+    def match(self, q: _Sql, predicate: Predicate) -> str:
+        if len(self.tiers) == 1 and self.default is None:
+            return _any(s.match(q, predicate(_ROW)) for s in self.tiers[0])
+        branches = []
+        for tier in self.tiers:
+            branches.append(_any(s.match(q) for s in tier))
+            branches.append(_any(s.match(q, predicate(_ROW)) for s in tier))
+        otherwise = "0" if self.default is None else f"({predicate(self.default)})"
+        return f"multiIf({', '.join(branches)}, {otherwise})"
+
+    def value(self, q: _Sql) -> str:
+        branches = []
+        for source in (s for tier in self.tiers for s in tier):
+            branches += [source.match(q), source.value(q)]
+        otherwise = _NO_VALUE if self.default is None else _tuple(self.default)
+        return f"multiIf({', '.join(branches)}, {otherwise})"
+
+
+def _tuple(cols: _Cols) -> str:
+    return f"tuple(toUInt8({cols.kind}), toFloat64({cols.num}), {cols.str})"
+
+
+@dataclasses.dataclass(frozen=True)
+class _Scalar:
+    """A field every run has, one value computed per run (``id``, ``state``...)."""
+
+    cols: _Cols
+    is_time: bool = False
+
+    def exists(self, q: _Sql) -> str:
+        return "1"
+
+    def match(self, q: _Sql, predicate: Predicate) -> str:
+        return f"({predicate(self.cols)})"
+
+    def value(self, q: _Sql) -> str:
+        return _tuple(self.cols)
+
+
+_Ref = _Stored | _Scalar
+
+
+def _any(conditions: Any) -> str:
+    parts = list(conditions)
+    return parts[0] if len(parts) == 1 else "(" + " OR ".join(parts) + ")"
+
+
+def _resolve(q: _Sql, name: str, entity: str, project: str, crashed_before: float) -> _Ref:
+    name = _ALIASES.get(name, name)
+    if name.startswith("summary_metrics."):
+        name = "summary." + name.removeprefix("summary_metrics.")
+    if name in ("entity", "project"):
+        return _Scalar(_Cols(str(STRING), "0", q.text(entity if name == "entity" else project)))
+    if name == "id":
+        return _Scalar(_Cols(str(STRING), "0", "run_id"))
+    if name == "state":
+        return _Scalar(_Cols(str(STRING), "0", _state(q, crashed_before)))
+    if name == "config" or (name.startswith("config.") and len(name) > len("config.")):
+        tiers = [(_Source(name, "config"),)]
+        if name.endswith(".value") and name.count(".") > 1:  # W&B's config.<key>.value
+            tiers.append((_Source(name.removesuffix(".value"), "config"),))
+        return _Stored(tuple(tiers))
+    if name.startswith("summary.") and len(name) > len("summary."):
+        parts = name.split(".")
+        user = tuple(_Source(name, ".".join(parts[:i])) for i in range(2, len(parts) + 1))
+        metric = (_Source(name, METRIC_PREFIX + name, marked=False),)
+        return _Stored((user, metric))
+    if name in (*_RUN_FIELDS, "exit_code"):
+        sources = ((_Source(name, name),), (_Source(name, ONCE_PREFIX + name),))
+        # A run's document shows ``tags: []`` when none were given: so does search.
+        default = _Cols(str(ARRAY), "0", "'[]'") if name == "tags" else None
+        return _Stored(sources, is_time=name in TIME_KEYS, default=default)
+    raise BadRequest(f"unknown field {name!r}; fields are {_FIELDS_HELP}")
+
+
+def _state(q: _Sql, crashed_before: float) -> str:
+    """The run's state as the service reports it: ``created`` until one is written,
+    ``crashed`` for a ``running`` run whose last heartbeat is older than the limit."""
+    state = f"argMaxIf(str, ver, key = {q.key('state')})"
+    beat = f"maxIf(num, key = {q.key('heartbeat_at')})"
+    return (
+        f"multiIf(countIf(key = {q.key('state')}) = 0, 'created', "
+        f"{state} = 'running' AND {beat} > 0 AND {beat} < {q.number(crashed_before)}, "
+        f"'crashed', {state})"
+    )
+
+
+# ---- filters ------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class _Compiler:
+    q: _Sql
+    entity: str
+    project: str
+    crashed_before: float
+
+    def ref(self, name: str) -> _Ref:
+        return _resolve(self.q, name, self.entity, self.project, self.crashed_before)
+
+    def document(self, spec: Any, where: str, depth: int = 0) -> str:
+        """A filter document: ``{field: condition, "$and": [...], ...}``, all of it true."""
+        if not isinstance(spec, dict):
+            raise BadRequest(f"{where} must be an object, got {_short(spec)}")
+        if depth > _MAX_DEPTH:
+            raise BadRequest(f"{where}: nested more than {_MAX_DEPTH} deep")
+        parts = []
+        for name, condition in spec.items():
+            here = f"{where}.{name}" if where != "filters" else name
+            if name in _LOGICAL:
+                parts.append(self.logical(name, condition, here, depth))
+            elif name.startswith("$"):
+                raise BadRequest(
+                    f"{here}: unknown operator at the top of a filter; use one of "
+                    f"{', '.join(_LOGICAL)} or a field name"
+                )
+            else:
+                parts.append(self.condition(self.ref(name), condition, here))
+        return "(" + " AND ".join(parts) + ")" if parts else "1"
+
+    def logical(self, op: str, items: Any, where: str, depth: int) -> str:
+        if not isinstance(items, list) or not items:
+            raise BadRequest(f"{where} takes a non-empty list of filters, got {_short(items)}")
+        parts = [self.document(item, f"{where}[{i}]", depth + 1) for i, item in enumerate(items)]
+        joined = " AND ".join(parts) if op == "$and" else " OR ".join(parts)
+        return f"(NOT ({joined}))" if op == "$nor" else f"({joined})"
+
+    def condition(self, ref: _Ref, spec: Any, where: str) -> str:
+        """What one field must satisfy: a value (``$eq``) or an object of operators."""
+        if not (isinstance(spec, dict) and any(k.startswith("$") for k in spec)):
+            return self.equals(ref, spec, where)
+        plain = [k for k in spec if not k.startswith("$")]
+        if plain:
+            raise BadRequest(f"{where}: mixes operators and a plain key {plain[0]!r}")
+        parts = []
+        for op, operand in spec.items():
+            here = f"{where}.{op}"
+            if op == "$options":
+                if "$regex" not in spec:
+                    raise BadRequest(f"{here} only goes with $regex")
+                continue
+            if op == "$eq":
+                parts.append(self.equals(ref, operand, here))
+            elif op == "$ne":
+                parts.append(f"NOT {self.equals(ref, operand, here)}")
+            elif op in _COMPARISONS:
+                parts.append(self.compare(ref, _COMPARISONS[op], operand, here))
+            elif op in ("$in", "$nin"):
+                if not isinstance(operand, list):
+                    raise BadRequest(f"{here} takes a list, got {_short(operand)}")
+                any_of = _any([self.equals(ref, v, here) for v in operand] or ["0"])
+                parts.append(any_of if op == "$in" else f"NOT {any_of}")
+            elif op == "$exists":
+                if not isinstance(operand, bool | int):
+                    raise BadRequest(f"{here} takes true or false, got {_short(operand)}")
+                exists = ref.exists(self.q)
+                parts.append(exists if operand else f"NOT {exists}")
+            elif op == "$regex":
+                parts.append(self.regex(ref, operand, spec.get("$options", ""), here))
+            elif op == "$not":
+                if isinstance(operand, str):
+                    parts.append(f"NOT {self.regex(ref, operand, '', here)}")
+                elif isinstance(operand, dict) and operand and all(k[:1] == "$" for k in operand):
+                    parts.append(f"NOT {self.condition(ref, operand, here)}")
+                else:
+                    raise BadRequest(
+                        f"{here} takes an object of operators or a pattern, got {_short(operand)}"
+                    )
+            else:
+                raise BadRequest(f"{here}: unknown operator; operators are {', '.join(_OPERATORS)}")
+        return "(" + " AND ".join(parts) + ")"
+
+    def equals(self, ref: _Ref, value: Any, where: str) -> str:
+        q = self.q
+        if value is None:  # as in MongoDB: null, or no such field
+            return f"(NOT {ref.exists(q)} OR {ref.match(q, lambda c: f'{c.kind} = {NULL}')})"
+        if isinstance(value, dict | list):
+            kind, text = (OBJECT if isinstance(value, dict) else ARRAY), q.text(whole(value))
+            return ref.match(q, lambda c: f"{c.kind} = {kind} AND {c.str} = {text}")
+        return self.compare(ref, "=", value, where)
+
+    def compare(self, ref: _Ref, op: str, value: Any, where: str) -> str:
+        q = self.q
+        if value is None:  # MongoDB: $gte/$lte null match what equals null; $gt/$lt nothing
+            return self.equals(ref, None, where) if "=" in op else "0"
+        if isinstance(value, bool):
+            number = q.number(value)
+            return ref.match(q, lambda c: f"{c.kind} = {BOOL} AND {c.num} {op} {number}")
+        if ref.is_time and isinstance(value, int | float | str):
+            moment = value if not isinstance(value, str) else parse_time(value)
+            if moment is None or not math.isfinite(moment):
+                raise BadRequest(f"{where}: not a time: {value!r} (ISO 8601 or Unix seconds)")
+            number = q.number(moment)
+            return ref.match(q, lambda c: f"{c.kind} = {STRING} AND {c.num} {op} {number}")
+        if isinstance(value, int | float):
+            if not math.isfinite(value):
+                raise BadRequest(f"{where}: {value!r} is not a finite number")
+            number = q.number(value)
+            return ref.match(q, lambda c: f"{c.kind} = {NUMBER} AND {c.num} {op} {number}")
+        if isinstance(value, str):
+            text = q.text(value)
+            return ref.match(q, lambda c: f"{c.kind} = {STRING} AND {c.str} {op} {text}")
+        raise BadRequest(
+            f"{where} compares numbers, strings, booleans or times, got {_short(value)}"
+        )
+
+    def regex(self, ref: _Ref, pattern: Any, options: Any, where: str) -> str:
+        if not isinstance(pattern, str):
+            raise BadRequest(f"{where} takes a pattern (a string), got {_short(pattern)}")
+        if not isinstance(options, str) or not set(options) <= _REGEX_OPTIONS:
+            raise BadRequest(f"{where}: $options may hold i, m and s, got {options!r}")
+        try:
+            re.compile(pattern)
+        except re.error as exc:
+            raise BadRequest(f"{where}: not a regular expression: {exc}") from None
+        flags = f"(?{''.join(sorted(set(options)))})" if options else ""
+        text = self.q.text(flags + pattern)
+        return ref.match(self.q, lambda c: f"{c.kind} = {STRING} AND match({c.str}, {text})")
+
+
+def _short(value: Any) -> str:
+    text = orjson.dumps(value, default=repr).decode()
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+# ---- the query ----------------------------------------------------------------------------------
+
+
+def _order(order: str) -> tuple[str, bool]:
+    """The field an order names and whether it is descending (``-`` or no sign)."""
+    if not order or order in "+-":
+        raise BadRequest("order must name a field, such as '-created_at' or '+summary.loss'")
+    if order[0] in "+-":
+        return order[1:], order[0] == "-"
+    return order, True
+
+
+def _cursor(after: str) -> tuple[int, float, str, str]:
+    try:
+        kind, num, text, run_id = orjson.loads(after)
+        if not (isinstance(kind, int) and isinstance(num, int | float)):
+            raise TypeError
+        return kind, float(num), str(text), str(run_id)
+    except (orjson.JSONDecodeError, ValueError, TypeError):
+        raise BadRequest("invalid cursor 'after': pass back the 'next' value unchanged") from None
+
+
+async def search_run_ids(
+    store: AsyncStore,
+    entity: str,
+    project: str,
+    *,
+    filters: dict[str, Any] | None,
+    order: str,
+    per_page: int,
+    after: str | None,
+    lost_after_s: float,
+) -> tuple[list[str], str | None]:
+    """One page of the ids of ``entity/project``'s runs that match ``filters``, in
+    ``order``, and the cursor of the next page (``None`` after the last).
+
+    Raises :class:`BadRequest` naming the part of the filter that is wrong.
+    """
+    q = _Sql()
+    compiler = _Compiler(q, entity, project, time.time() - lost_after_s)
+    matches = compiler.document(filters or {}, "filters")
+    name, descending = _order(order)
+    value = compiler.ref(name).value(q)
+    created = compiler.ref("created_at").exists(q)  # a run that has started
+    having = f"{created} AND {matches}"
+    if after:
+        kind, num, text, run_id = _cursor(after)
+        cmp = "<" if descending else ">"
+        position = f"(tuple({q.param(kind, 'UInt8')}, {q.number(num)}, {q.text(text)}), "
+        having += f" AND (s, run_id) {cmp} {position}{q.text(run_id)})"
+    direction = "DESC" if descending else "ASC"
+    sql = (
+        f"SELECT run_id, tupleElement(s, 1) AS kind_, tupleElement(s, 2) AS num_, "
+        f"tupleElement(s, 3) AS str_ FROM (SELECT run_id, {value} AS s FROM run_search "
+        f"WHERE entity = {q.text(entity)} AND project = {q.text(project)} "
+        f"AND key IN {q.param(sorted(q.keys), 'Array(String)')} "
+        f"GROUP BY run_id HAVING {having} "
+        f"ORDER BY s {direction}, run_id {direction} LIMIT {q.param(per_page, 'UInt32')})"
+    )
+    try:
+        rows = (await store.query_arrow(sql, q.params)).to_pylist()
+    except StoreError as exc:
+        if "regular expression" in str(exc).lower() or "re2" in str(exc).lower():
+            raise BadRequest(f"filters: a pattern is not one RE2 accepts: {exc}") from None
+        raise
+    ids = [str(r["run_id"]) for r in rows]
+    if len(rows) < per_page:
+        return ids, None
+    last = rows[-1]
+    cursor = [int(last["kind_"]), float(last["num_"]), str(last["str_"]), ids[-1]]
+    return ids, orjson.dumps(cursor).decode()
