@@ -71,6 +71,8 @@ _ALIASES = {
 }
 #: Top-level run fields stored whole (a set-once ``~`` version loses to a set one).
 _RUN_FIELDS = ("name", "notes", "folder", "tags", "created_at", "heartbeat_at", "finished_at")
+#: The ones writers also set first-write-wins (``~name``): the SDK's generated name.
+_SET_ONCE = ("name", "created_at")
 _FIELDS_HELP = (
     "config.<key>, summary.<key>, state, tags, name, display_name, notes, folder, "
     "created_at, heartbeat_at, finished_at, exit_code, id, entity, project"
@@ -132,30 +134,42 @@ class _Sql:
 
 @dataclasses.dataclass(frozen=True)
 class _Source:
-    """Rows of ``key`` written by ``field``; ``marked``: current by the field's marker,
-    else (metric summaries) the newest row is the current one."""
+    """Rows of ``key`` written by ``field``. ``marked``: current by the field's
+    marker, else (metric summaries) the newest row is the current one. ``shared``:
+    other fields write rows of this key too (a summary the user set beside a
+    metric's), so rows must be told apart by field."""
 
     key: str
     field: str
     marked: bool = True
+    shared: bool = True
+
+    def rows(self, q: _Sql, condition: str = "") -> str:
+        """The aggregate condition selecting this source's rows (and ``condition``)."""
+        where = f"key = {q.key(self.key)}"
+        if self.shared:
+            where += f" AND field = {q.text(self.field)}"
+        return f"{where} AND ({condition})" if condition else where
 
     def current(self, q: _Sql) -> str:
         if self.marked:
             return f"maxIf(ver, key = {q.key(MARKER + self.field)})"
-        return f"maxIf(ver, key = {q.key(self.key)} AND field = {q.text(self.field)})"
+        return f"maxIf(ver, {self.rows(q)})"
 
-    def match(self, q: _Sql, condition: str = "1") -> str:
-        """Whether a current row satisfies ``condition``."""
-        newest = f"maxIf(ver, key = {q.key(self.key)} AND field = {q.text(self.field)}"
+    def match(self, q: _Sql, condition: str = "") -> str:
+        """Whether a current row (that satisfies ``condition``) exists."""
         current = self.current(q)
-        return f"({newest} AND ({condition})) = {current} AND {current} > 0)"
+        if not condition and not self.marked:
+            return f"{current} > 0"
+        return f"(maxIf(ver, {self.rows(q, condition)}) = {current} AND {current} > 0)"
 
-    def value(self, q: _Sql) -> str:
-        key, field = q.key(self.key), q.text(self.field)
-        return f"argMaxIf(tuple(kind, num, str), ver, key = {key} AND field = {field} AND pos = 0)"
+    def value(self, q: _Sql) -> _Cols:
+        """The newest whole value (``pos = 0``): current when :meth:`match` says one is."""
+        where = self.rows(q, "pos = 0")
+        return _Cols(*(f"argMaxIf({c}, ver, {where})" for c in ("kind", "num", "str")))
 
 
-_NO_VALUE = f"tuple(toUInt8({NULL}), toFloat64(0), '')"
+_NO_VALUE = _Cols(str(NULL), "0", "''")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -172,9 +186,6 @@ class _Stored:
     def exists(self, q: _Sql) -> str:
         if self.default is not None:
             return "1"
-        return self._written(q)
-
-    def _written(self, q: _Sql) -> str:
         return _any(s.match(q) for tier in self.tiers for s in tier)
 
     def match(self, q: _Sql, predicate: Predicate) -> str:
@@ -187,16 +198,16 @@ class _Stored:
         otherwise = "0" if self.default is None else f"({predicate(self.default)})"
         return f"multiIf({', '.join(branches)}, {otherwise})"
 
-    def value(self, q: _Sql) -> str:
-        branches = []
-        for source in (s for tier in self.tiers for s in tier):
-            branches += [source.match(q), source.value(q)]
-        otherwise = _NO_VALUE if self.default is None else _tuple(self.default)
-        return f"multiIf({', '.join(branches)}, {otherwise})"
+    def value(self, q: _Sql) -> _Cols:
+        sources = [s for tier in self.tiers for s in tier]
+        found = [(s.match(q), s.value(q)) for s in sources]
+        otherwise = self.default or _NO_VALUE
 
+        def pick(part: str) -> str:
+            branches = [x for exists, cols in found for x in (exists, getattr(cols, part))]
+            return f"multiIf({', '.join(branches)}, {getattr(otherwise, part)})"
 
-def _tuple(cols: _Cols) -> str:
-    return f"tuple(toUInt8({cols.kind}), toFloat64({cols.num}), {cols.str})"
+        return _Cols(pick("kind"), pick("num"), pick("str"))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -212,8 +223,8 @@ class _Scalar:
     def match(self, q: _Sql, predicate: Predicate) -> str:
         return f"({predicate(self.cols)})"
 
-    def value(self, q: _Sql) -> str:
-        return _tuple(self.cols)
+    def value(self, q: _Sql) -> _Cols:
+        return self.cols
 
 
 _Ref = _Stored | _Scalar
@@ -235,20 +246,24 @@ def _resolve(q: _Sql, name: str, entity: str, project: str, crashed_before: floa
     if name == "state":
         return _Scalar(_Cols(str(STRING), "0", _state(q, crashed_before)))
     if name == "config" or (name.startswith("config.") and len(name) > len("config.")):
-        tiers = [(_Source(name, "config"),)]
+        tiers = [(_Source(name, "config", shared=False),)]
         if name.endswith(".value") and name.count(".") > 1:  # W&B's config.<key>.value
-            tiers.append((_Source(name.removesuffix(".value"), "config"),))
+            tiers.append((_Source(name.removesuffix(".value"), "config", shared=False),))
         return _Stored(tuple(tiers))
     if name.startswith("summary.") and len(name) > len("summary."):
+        # The user's value: set whole (summary.a.b) or inside an object (summary.a).
         parts = name.split(".")
-        user = tuple(_Source(name, ".".join(parts[:i])) for i in range(2, len(parts) + 1))
-        metric = (_Source(name, METRIC_PREFIX + name, marked=False),)
-        return _Stored((user, metric))
+        fields = [".".join(parts[:i]) for i in range(2, len(parts) + 1)]
+        user = tuple(_Source(name, f, shared=len(fields) > 1) for f in fields)
+        metric = METRIC_PREFIX + name
+        return _Stored((user, (_Source(metric, metric, marked=False, shared=False),)))
     if name in (*_RUN_FIELDS, "exit_code"):
-        sources = ((_Source(name, name),), (_Source(name, ONCE_PREFIX + name),))
+        tiers = [(_Source(name, name, shared=False),)]
+        if name in _SET_ONCE:  # a set value wins over a first-write-wins one
+            tiers.append((_Source(ONCE_PREFIX + name, ONCE_PREFIX + name, shared=False),))
         # A run's document shows ``tags: []`` when none were given: so does search.
         default = _Cols(str(ARRAY), "0", "'[]'") if name == "tags" else None
-        return _Stored(sources, is_time=name in TIME_KEYS, default=default)
+        return _Stored(tuple(tiers), is_time=name in TIME_KEYS, default=default)
     raise BadRequest(f"unknown field {name!r}; fields are {_FIELDS_HELP}")
 
 
@@ -445,21 +460,23 @@ async def search_run_ids(
     matches = compiler.document(filters or {}, "filters")
     name, descending = _order(order)
     value = compiler.ref(name).value(q)
-    created = compiler.ref("created_at").exists(q)  # a run that has started
-    having = f"{created} AND {matches}"
+    # A run exists once its creation time is written (by every writer, first thing).
+    markers = [q.key(MARKER + f) for f in ("created_at", ONCE_PREFIX + "created_at")]
+    having = f"maxIf(ver, key IN ({', '.join(markers)})) > 0 AND {matches}"
     if after:
         kind, num, text, run_id = _cursor(after)
         cmp = "<" if descending else ">"
-        position = f"(tuple({q.param(kind, 'UInt8')}, {q.number(num)}, {q.text(text)}), "
-        having += f" AND (s, run_id) {cmp} {position}{q.text(run_id)})"
+        position = f"{q.param(kind, 'UInt8')}, {q.number(num)}, {q.text(text)}, {q.text(run_id)}"
+        having += f" AND (kind_, num_, str_, run_id) {cmp} ({position})"
     direction = "DESC" if descending else "ASC"
     sql = (
-        f"SELECT run_id, tupleElement(s, 1) AS kind_, tupleElement(s, 2) AS num_, "
-        f"tupleElement(s, 3) AS str_ FROM (SELECT run_id, {value} AS s FROM run_search "
+        f"SELECT run_id, toUInt8({value.kind}) AS kind_, toFloat64({value.num}) AS num_, "
+        f"toString({value.str}) AS str_ FROM run_search "
         f"WHERE entity = {q.text(entity)} AND project = {q.text(project)} "
         f"AND key IN {q.param(sorted(q.keys), 'Array(String)')} "
-        f"GROUP BY run_id HAVING {having} "
-        f"ORDER BY s {direction}, run_id {direction} LIMIT {q.param(per_page, 'UInt32')})"
+        f"GROUP BY run_id HAVING {having} ORDER BY "
+        + ", ".join(f"{c} {direction}" for c in ("kind_", "num_", "str_", "run_id"))
+        + f" LIMIT {q.param(per_page, 'UInt32')}"
     )
     try:
         rows = (await store.query_arrow(sql, q.params)).to_pylist()

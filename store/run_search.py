@@ -6,14 +6,16 @@ ingest writes each field write as rows of this table, one per value a filter
 can reach, sorted by ``(entity, project, key, run_id)`` so a search reads only
 the keys it names:
 
-* ``key`` is the dotted path a filter uses (``config.model.depth``,
-  ``summary.loss``, ``tags``, ``created_at``); ``field`` the run field written
-  (``config``, ``summary.loss``, ``~created_at``, ``@summary.loss``);
+* ``key`` is the dotted path of a value in its field (``config.model.depth``,
+  ``summary.loss``, ``tags``, ``~created_at``): the field's name, then the path
+  inside it; ``field`` is the run field written (``config``, ``summary.loss``,
+  ``~created_at``). Query maps a filter's field name to the keys it can be in
+  (``created_at`` is in ``created_at`` or ``~created_at``);
 * an object gives a row for itself and one per member, recursively; an array
   a row for itself (``pos = 0``) and one per element (``pos = 1..``), so a
   filter on ``tags`` matches an element as MongoDB's do;
 * ``kind`` says which of ``num`` and ``str`` holds the value
-  (:data:`KINDS`, in MongoDB's sort order); times (``created_at``...) are
+  (numbered in MongoDB's sort order); times (``created_at``...) are
   strings whose ``num`` holds the Unix time, so they compare as times;
 * every write also stores a *marker* row, key ``MARKER + field``: a row is
   current only if its ``ver`` is its field's newest marker's. A config written
@@ -21,8 +23,8 @@ the keys it names:
   though they stay in the table until merges replace them.
 
 Metric summaries (the last value of each metric, as in a run's ``summary``)
-are rows of field ``@summary.<key>``, written by ingest from the same partials
-as the rollup (:data:`SEARCH_FROM_PARTIALS`); their ``ver`` is the step, so the
+are rows of key and field ``@summary.<key>``, written by ingest from the same
+partials as the rollup (:data:`SEARCH_FROM_PARTIALS`); their ``ver`` is the step, so the
 newest row is the last value. A summary value the user set wins over them.
 """
 
@@ -104,20 +106,15 @@ def scalar(value: Any) -> tuple[int, float, str]:
     raise TypeError(f"not a JSON value: {value!r}")
 
 
-def field_key(field: str) -> str:
-    """The key a field's own value is searched under (``~created_at`` -> ``created_at``)."""
-    return field.removeprefix(ONCE_PREFIX).removeprefix(METRIC_PREFIX)
-
-
 def flatten(field: str, value: Any) -> Iterator[SearchRow]:
     """The rows of one write of ``field`` (its marker first)."""
     yield SearchRow(MARKER + field, field, 0, MARKER_KIND, 0.0, "")
-    yield from _rows(field, field_key(field), value)
+    yield from _rows(field, field, value)
 
 
 def _rows(field: str, key: str, value: Any) -> Iterator[SearchRow]:
     kind, num, text = scalar(value)
-    if kind == STRING and key in TIME_KEYS:
+    if kind == STRING and key.removeprefix(ONCE_PREFIX) in TIME_KEYS:
         num = parse_time(text) or 0.0
     yield SearchRow(key, field, 0, kind, num, text)
     if kind == OBJECT:
@@ -185,7 +182,7 @@ def _metric_rows(source: str, last: str, step: str) -> str:
     from ``source`` rows of (run, key, last value, last step), in SEARCH_COLUMNS order."""
     return (
         "SELECT splitByChar('/', run)[1], splitByChar('/', run)[2], splitByChar('/', run)[3], "
-        f"concat('summary.', key), concat('{METRIC_PREFIX}summary.', key), 0, "
+        f"concat('{METRIC_PREFIX}summary.', key), concat('{METRIC_PREFIX}summary.', key), 0, "
         f"if(isFinite({last}), {NUMBER}, {NULL}), if(isFinite({last}), {last}, 0), '', "
         # Steps as versions, in order: Int64 to UInt64 with the sign bit flipped.
         f"bitXor(reinterpretAsUInt64({step}), 9223372036854775808) FROM {source}"
