@@ -163,10 +163,13 @@ class _Source:
             return f"{current} > 0"
         return f"(maxIf(ver, {self.rows(q, condition)}) = {current} AND {current} > 0)"
 
-    def value(self, q: _Sql) -> _Cols:
-        """The newest whole value (``pos = 0``): current when :meth:`match` says one is."""
+    def value(self, q: _Sql, text: bool = True) -> _Cols:
+        """The newest whole value (``pos = 0``): current when :meth:`match` says one is.
+        Without ``text``, its ``str`` is left out (``''``): times sort by ``num``,
+        and metric values have none. Copying text per row is the costly part."""
         where = self.rows(q, "pos = 0")
-        return _Cols(*(f"argMaxIf({c}, ver, {where})" for c in ("kind", "num", "str")))
+        kind, num = (f"argMaxIf({c}, ver, {where})" for c in ("kind", "num"))
+        return _Cols(kind, num, f"argMaxIf(str, ver, {where})" if text else "''")
 
 
 _NO_VALUE = _Cols(str(NULL), "0", "''")
@@ -200,7 +203,7 @@ class _Stored:
 
     def value(self, q: _Sql) -> _Cols:
         sources = [s for tier in self.tiers for s in tier]
-        found = [(s.match(q), s.value(q)) for s in sources]
+        found = [(s.match(q), s.value(q, text=s.marked and not self.is_time)) for s in sources]
         otherwise = self.default or _NO_VALUE
 
         def pick(part: str) -> str:
