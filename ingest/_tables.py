@@ -17,9 +17,8 @@ import orjson
 import pyarrow as pa
 
 from stride.store import MAX_VER
-from stride.store.run_search import SearchRows
+from stride.store.run_search import search_rows
 from stride.store.schema import (
-    FIELDS_COLUMNS,
     ONCE_PREFIX,
     POINTS_COLUMNS,
     ROLLUP_PARTIALS,
@@ -90,21 +89,6 @@ def build_fields(batches: Sequence[Batch]) -> pa.Table:
     )
 
 
-def build_search(fields: pa.Table) -> pa.Table:
-    """The ``run_search`` rows of the ``run_fields`` rows ``fields``: each field's
-    newest write in them flattened (an older one could never be current)."""
-    newest: dict[tuple[str, str, str, str], tuple[int, str]] = {}
-    columns = (fields.column(n).to_pylist() for n in FIELDS_COLUMNS)
-    for entity, project, run_id, field, value, ver in zip(*columns, strict=True):
-        kept = newest.get(where := (entity, project, run_id, field))
-        if kept is None or ver > kept[0]:
-            newest[where] = (ver, value)
-    rows = SearchRows()
-    for (entity, project, run_id, field), (ver, value) in newest.items():
-        rows.add(entity, project, run_id, field, value, ver)
-    return rows.table()
-
-
 def build_ledger(batches: Sequence[Batch]) -> pa.Table:
     """The ``batches`` rows (the ledger) that record ``batches`` as applied."""
     return pa.table(
@@ -124,7 +108,7 @@ def build_tables(
     """Every table the default handlers and the ledger build for one fetch: the CPU
     side of ingest, as ``benchmarks/bench_micro.py`` times it."""
     fields = build_fields(batches)
-    return build_points(batches), fields, build_search(fields), build_ledger(batches)
+    return build_points(batches), fields, search_rows(fields), build_ledger(batches)
 
 
 class _Points:

@@ -32,7 +32,7 @@ from typing import Any, Protocol, TypeVar
 import pyarrow as pa
 
 from stride.store import AsyncStore
-from stride.store.run_search import SEARCH_COLUMNS, SEARCH_FROM_PARTIALS
+from stride.store.run_search import SEARCH_COLUMNS, SEARCH_FROM_PARTIALS, search_rows
 from stride.store.schema import (
     FIELDS_COLUMNS,
     KEYS_COLUMNS,
@@ -45,7 +45,7 @@ from stride.store.schema import (
 )
 from stride.wire import Batch
 
-from ._tables import Points, build_fields, build_points, build_search
+from ._tables import Points, build_fields, build_points
 
 __all__ = ["Handler", "MetricsHandler", "RunFieldsHandler", "check_registry", "default_handlers"]
 
@@ -129,7 +129,7 @@ class RunFieldsHandler:
 
     def prepare(self, batches: Sequence[Batch]) -> tuple[pa.Table, pa.Table]:
         fields = build_fields(batches)
-        return fields, build_search(fields)
+        return fields, search_rows(fields)
 
     async def write(self, store: AsyncStore, prepared: tuple[pa.Table, pa.Table]) -> int:
         fields, search = prepared

@@ -21,6 +21,7 @@ from stride.api_types import (
     ProjectsPage,
     RunSearch,
     RunsPage,
+    RunUpdate,
     Status,
 )
 from stride.ids import InvalidIdentifier, Kind, check
@@ -30,6 +31,7 @@ from . import runs as runs_q
 from ._columns import Columns
 from ._settings import QuerySettings
 from .catalog import Catalog
+from .edit import delete_run, update_run
 from .errors import BadRequest, NotFound, QueryError, Unavailable
 from .history import history
 from .readahead import ReadAhead
@@ -87,6 +89,8 @@ def create_app(
     app.router.add_get(f"{base}/runs/{{entity}}/{{project}}", _list_runs)
     app.router.add_post(f"{base}/runs/{{entity}}/{{project}}", _list_runs)
     app.router.add_get(f"{base}/runs/{{entity}}/{{project}}/{{run_id}}", _get_run)
+    app.router.add_patch(f"{base}/runs/{{entity}}/{{project}}/{{run_id}}", _update_run)
+    app.router.add_delete(f"{base}/runs/{{entity}}/{{project}}/{{run_id}}", _delete_run)
     app.router.add_get(f"{base}/runs/{{entity}}/{{project}}/{{run_id}}/keys", _keys)
     app.router.add_get(f"{base}/runs/{{entity}}/{{project}}/{{run_id}}/history", _history)
     app.router.add_get(f"{base}/runs/{{entity}}/{{project}}/{{run_id}}/scan", _scan)
@@ -278,6 +282,29 @@ async def _get_run(request: web.Request) -> web.Response:
     settings = request.app[SETTINGS]
     doc = await runs_q.get_run(request.app[STORE], entity, project, run_id, settings.lost_after_s)
     return _json(doc)
+
+
+async def _update_run(request: web.Request) -> web.Response:
+    """Change a run's name, notes, tags, config or summary; answer the run as stored."""
+    entity, project, run_id = await _existing_run(request)
+    try:
+        update = msgspec.json.decode(await request.read(), type=RunUpdate)
+    except msgspec.DecodeError as exc:
+        raise BadRequest(f"the body must be a JSON run update: {exc}") from None
+    store, settings = request.app[STORE], request.app[SETTINGS]
+    await update_run(store, entity, project, run_id, update)
+    return _json(await runs_q.get_run(store, entity, project, run_id, settings.lost_after_s))
+
+
+async def _delete_run(request: web.Request) -> web.Response:
+    """Delete a run and everything stored of it. ``delete_artifacts`` is accepted for
+    W&B's signature; runs have no files yet, so there is nothing more to delete."""
+    entity, project, run_id = await _existing_run(request)
+    if request.query.get("delete_artifacts", "false") not in ("true", "false"):
+        raise BadRequest("delete_artifacts must be true or false")
+    await delete_run(request.app[STORE], entity, project, run_id)
+    request.app[CATALOG].forget(f"{entity}/{project}/{run_id}")
+    return _json(Status())
 
 
 async def _keys(request: web.Request) -> web.Response:

@@ -34,6 +34,7 @@ from .api_types import (
     RunDoc,
     RunSearch,
     RunsPage,
+    Status,
 )
 from .errors import (
     ApiError,
@@ -58,6 +59,11 @@ _STATS = msgspec.json.Decoder(MetricStats)
 _PROJECTS = msgspec.json.Decoder(ProjectsPage)
 _ERROR = msgspec.json.Decoder(ErrorBody)
 _SEARCH = msgspec.json.Encoder()
+_STATUS = msgspec.json.Decoder(Status)
+#: A run's editable fields, copied through JSON for :meth:`ApiRun.update`.
+_EDITABLE_COPY = msgspec.json.Decoder(RunDoc)
+_EDITABLE_COPY_ENC = msgspec.json.Encoder()
+_UNSET = object()
 
 
 class Api:
@@ -181,11 +187,16 @@ class Api:
             raise ApiError(200, f"unexpected answer to GET {path}: {exc}") from None
 
     def _post_as(self, decoder: msgspec.json.Decoder[T], path: str, body: bytes) -> T:
-        answer = self._checked(*self._request(f"{self._prefix}{path}", body))
+        return self._send_as(decoder, "POST", path, body)
+
+    def _send_as(
+        self, decoder: msgspec.json.Decoder[T], method: str, path: str, body: bytes | None
+    ) -> T:
+        answer = self._checked(*self._request(f"{self._prefix}{path}", body, method))
         try:
             return decoder.decode(answer)
         except msgspec.DecodeError as exc:
-            raise ApiError(200, f"unexpected answer to POST {path}: {exc}") from None
+            raise ApiError(200, f"unexpected answer to {method} {path}: {exc}") from None
 
     def _get_body(self, path: str, params: Sequence[tuple[str, Any]]) -> bytes:
         query = urllib.parse.urlencode([(k, v) for k, v in params if v is not None])
@@ -204,8 +215,11 @@ class Api:
             raise cls(status, message)
         return body
 
-    def _request(self, url: str, body: bytes | None = None) -> tuple[int, bytes]:
-        """GET ``url`` (POST ``body`` as JSON if given), retried on connection errors."""
+    def _request(
+        self, url: str, body: bytes | None = None, method: str = "GET"
+    ) -> tuple[int, bytes]:
+        """``method`` ``url`` with ``body`` (JSON) if given, retried on connection errors
+        (every call is idempotent: reads, a search, setting fields, a delete)."""
         delay = 0.1
         for attempt in range(self._retries + 1):
             with self._lock:
@@ -215,10 +229,10 @@ class Api:
                             self._host, self._port, timeout=self._timeout
                         )
                     if body is None:
-                        self._conn.request("GET", url)
+                        self._conn.request(method, url)
                     else:
                         headers = {"Content-Type": "application/json"}
-                        self._conn.request("POST", url, body, headers)
+                        self._conn.request(method, url, body, headers)
                     response = self._conn.getresponse()
                     return response.status, response.read()
                 except (OSError, http.client.HTTPException) as exc:
@@ -301,6 +315,8 @@ class ApiRun:
         self.heartbeat_at: str | None = doc.heartbeat_at
         self.finished_at: str | None = doc.finished_at
         self.exit_code: int | None = doc.exit_code
+        # What update() compares with: a copy, since the attributes are the user's to edit.
+        self._stored = _EDITABLE_COPY.decode(_EDITABLE_COPY_ENC.encode(doc))
 
     def __repr__(self) -> str:
         return f"<ApiRun {self.path} name={self.name!r} state={self.state}>"
@@ -321,9 +337,53 @@ class ApiRun:
 
     @property
     def read_only(self) -> bool:
-        """Always ``True`` for now: runs are changed by the code that logs them, and
-        this client cannot edit them yet."""
-        return True
+        """Whether this client may change the run: ``False``, the service takes edits
+        from any client that reaches it (it has no tokens yet)."""
+        return False
+
+    def update(self) -> ApiRun:
+        """Persist changes made to ``name``, ``notes``, ``tags``, ``config`` and
+        ``summary`` (as W&B's ``Run.update()``); return the run as now stored.
+
+        Only what changed since the run was fetched is sent: ``config`` whole,
+        ``summary`` key by key (a key removed is not; ``_min``, ``_max`` and
+        ``_step`` are the service's). Like any writer's, the change loses to what
+        the run's own code sends later.
+
+        Example::
+
+            run = api.run("vision/3k9x0a1b")
+            run.tags.append("best")
+            run.summary["verdict"] = "keep"
+            run.update()
+        """
+        before = self._stored
+        changes: dict[str, Any] = {
+            name: now
+            for name, now, then in (
+                ("name", self.name, before.name),
+                ("notes", self.notes, before.notes),
+                ("tags", list(self.tags), before.tags),
+                ("config", _plain(self.config), before.config),
+            )
+            if now != then
+        }
+        summary = {k: v for k, v in self.summary.items() if before.summary.get(k, _UNSET) != v}
+        if summary:
+            changes["summary"] = summary
+        if changes:
+            body = orjson.dumps(changes)
+            self._set(self._api._send_as(_RUN, "PATCH", self._base, body))
+        return self
+
+    def delete(self, delete_artifacts: bool = False) -> None:
+        """Delete the run and everything stored of it (fields, metrics, aggregates).
+
+        ``delete_artifacts`` is W&B's; runs have no files yet, so it changes nothing.
+        A writer still logging to the run stores it again.
+        """
+        params = urllib.parse.urlencode({"delete_artifacts": str(delete_artifacts).lower()})
+        self._api._send_as(_STATUS, "DELETE", f"{self._base}?{params}", None)
 
     def wait_until_finished(self, timeout: float | None = None, poll_s: float = 1.0) -> ApiRun:
         """Poll until the run has ended (``finished``, ``failed``, ``cancelled`` or
@@ -428,6 +488,15 @@ class ApiRun:
             cursor = page.next
             if cursor is None:
                 return
+
+
+def _plain(value: Any) -> Any:
+    """``value`` with nested dicts (NestedDict included) as plain dicts, for JSON."""
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_plain(v) for v in value]
+    return value
 
 
 def _check_finite(value: Any, where: str) -> None:

@@ -47,6 +47,7 @@ __all__ = [
     "ProjectsPage",
     "RunDoc",
     "RunSearch",
+    "RunUpdate",
     "RunsPage",
     "SeriesStats",
     "Status",
@@ -91,6 +92,18 @@ class RunSearch(msgspec.Struct, forbid_unknown_fields=True):
     order: str = "-created_at"
     per_page: int = 50
     after: str | None = None
+
+
+class RunUpdate(msgspec.Struct, forbid_unknown_fields=True):
+    """The body of ``PATCH /api/v1/runs/{entity}/{project}/{run_id}``: the fields to
+    change; one left out (``None``) stays as it is. ``config`` replaces the whole
+    config; ``summary`` sets the keys it holds (others stay)."""
+
+    name: str | None = None
+    notes: str | None = None
+    tags: list[str] | None = None
+    config: dict[str, Any] | None = None
+    summary: dict[str, Any] | None = None
 
 
 class RunsPage(msgspec.Struct, gc=False):

@@ -37,6 +37,12 @@ class AsyncStore:
         result: pa.Table = await self._call(self.sync.query_arrow, sql, params)
         return result
 
+    async def command(self, sql: str, params: Params | None = None) -> None:
+        await self._call(self.sync.command, sql, params)
+
+    async def delete_rows(self, table: str, where: str, params: Params) -> None:
+        await self._call(self.sync.delete_rows, table, where, params)
+
     async def ping(self) -> None:
         await self._call(self.sync.ping)
 

@@ -43,6 +43,11 @@ class Store(Protocol):
 
     def command(self, sql: str, params: Params | None = None) -> None: ...
 
+    def delete_rows(self, table: str, where: str, params: Params) -> None:
+        """Delete the rows of ``table`` that ``where`` selects, before returning
+        (a lightweight delete: later reads no longer see them; merges drop them)."""
+        ...
+
     def ping(self) -> None:
         """Raise :class:`StoreUnavailableError` unless the store answers now."""
         ...

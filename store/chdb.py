@@ -93,6 +93,9 @@ class ChdbStore:
     def command(self, sql: str, params: Params | None = None) -> None:
         self._run(sql, params, "CSV", None)
 
+    def delete_rows(self, table: str, where: str, params: Params) -> None:
+        self.command(f"DELETE FROM {table} WHERE {where}", params)
+
     def ping(self) -> None:
         self.command("SELECT 1")
 

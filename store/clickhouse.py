@@ -25,7 +25,7 @@ from clickhouse_connect.driver.exceptions import DatabaseError, Error, Operation
 from ._base import Params, ParamValue
 from ._url import ClickHouseConfig
 from .errors import CredentialsRefusedError, StoreError, StoreUnavailableError
-from .schema import SESSION_SETTINGS, backfill, create_schema
+from .schema import LOCAL_SUFFIX, SESSION_SETTINGS, backfill, create_schema
 
 __all__ = ["ClickHouseStore"]
 
@@ -93,6 +93,12 @@ class ClickHouseStore:
     def command(self, sql: str, params: Params | None = None) -> None:
         bound = _bind(params)
         _call(self.config, lambda: self._client.command(sql, parameters=bound))
+
+    def delete_rows(self, table: str, where: str, params: Params) -> None:
+        # A Distributed table takes no DELETE: each shard's replicated table does.
+        cluster = self.config.cluster
+        target = f"{table}{LOCAL_SUFFIX} ON CLUSTER {cluster}" if cluster else table
+        self.command(f"DELETE FROM {target} WHERE {where}", params)
 
     def ping(self) -> None:
         if not self._client.ping():

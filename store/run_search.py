@@ -39,7 +39,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 import orjson
 import pyarrow as pa
 
-from .schema import ONCE_PREFIX
+from .schema import FIELDS_COLUMNS, ONCE_PREFIX
 
 if TYPE_CHECKING:
     from ._base import Store
@@ -175,6 +175,21 @@ class SearchRows:
                 "ver": pa.array(c["ver"], pa.uint64()),
             }
         )
+
+
+def search_rows(fields: pa.Table) -> pa.Table:
+    """The ``run_search`` rows of the ``run_fields`` rows ``fields``: each field's
+    newest write in them flattened (an older one could never be current)."""
+    newest: dict[tuple[str, str, str, str], tuple[int, str]] = {}
+    columns = (fields.column(n).to_pylist() for n in FIELDS_COLUMNS)
+    for entity, project, run_id, field, value, ver in zip(*columns, strict=True):
+        kept = newest.get(where := (entity, project, run_id, field))
+        if kept is None or ver > kept[0]:
+            newest[where] = (ver, value)
+    rows = SearchRows()
+    for (entity, project, run_id, field), (ver, value) in newest.items():
+        rows.add(entity, project, run_id, field, value, ver)
+    return rows.table()
 
 
 def _metric_rows(source: str, last: str, step: str) -> str:

@@ -189,6 +189,20 @@ BATCHES_COLUMNS = ("run", "writer", "seq", "ver", "points")
 KEYS_COLUMNS = ("run", "stream", "key")
 
 
+#: Where a run's rows are, for deleting it: (table, condition). Its fields first, so
+#: it leaves listings at once. The ledger keeps its batches: a late re-send of
+#: one (a spool synced afterwards) is skipped, not stored again.
+_BY_ID = "entity = {entity:String} AND project = {project:String} AND run_id = {run_id:String}"
+RUN_ROWS = (
+    ("run_search", _BY_ID),
+    ("run_fields", _BY_ID),
+    ("points", "run = {path:String}"),
+    ("points_rollup", "run = {path:String}"),
+    ("series_stats", "run = {path:String}"),
+    ("run_keys", "run = {path:String}"),
+)
+
+
 #: How long the ledger remembers an applied batch. JetStream's duplicate window
 #: (10 minutes) stops quick re-sends; the ledger stops later ones, such as a spool
 #: synced days after. A batch re-sent after this is applied again: its points and

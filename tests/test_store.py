@@ -92,6 +92,20 @@ def store(
     http.close()
 
 
+def test_delete_rows_deletes_what_it_selects_and_nothing_else(store: Store) -> None:
+    """Both backends (the HTTP one is what a ClickHouse server, or a cluster's
+    replicated tables, run) delete with the same call, before it returns."""
+    runs = [f"e/p/delete-{store.concurrency}-{n}" for n in ("gone", "kept")]
+    for run in runs:
+        store.insert_arrow("points", POINTS_COLUMNS, points(run, [1, 2, 3], [1.0, 2.0, 3.0]))
+    store.delete_rows("points", "run = {path:String}", {"path": runs[0], "unused": "x"})
+    rows = store.query_arrow(
+        "SELECT run, count() AS n FROM points WHERE run IN {runs:Array(String)} GROUP BY run",
+        {"runs": runs},
+    )
+    assert rows.to_pylist() == [{"run": runs[1], "n": 3}]
+
+
 def test_points_round_trip_with_every_parameter_kind(store: Store) -> None:
     run = f"e/p/round-trip-{store.concurrency}"
     store.insert_arrow(
