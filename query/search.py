@@ -13,7 +13,7 @@ The language (MongoDB's, as W&B's ``Api.runs`` takes it):
   ``config.<key>.value`` also works), ``summary.<key>`` (also
   ``summary_metrics.<key>``; a summary value the user set, else the metric's
   last value), ``state``, ``tags``, ``name`` (also ``display_name``), ``notes``,
-  ``folder``, ``created_at``, ``heartbeat_at``, ``finished_at`` (camelCase too),
+  ``folder``, ``user``, ``created_at``, ``heartbeat_at``, ``finished_at`` (camelCase too),
   ``exit_code``, ``id``, ``entity``, ``project``;
 * operators: ``$eq $ne $gt $gte $lt $lte $in $nin $exists $regex`` (with
   ``$options`` among ``i``, ``m``, ``s``) and ``$not`` on a field;
@@ -70,11 +70,14 @@ _ALIASES = {
     "run_id": "id",
 }
 #: Top-level run fields stored whole (a set-once ``~`` version loses to a set one).
-_RUN_FIELDS = ("name", "notes", "folder", "tags", "created_at", "heartbeat_at", "finished_at")
+_RUN_FIELDS = (
+    *("name", "notes", "folder", "tags", "user"),
+    *("created_at", "heartbeat_at", "finished_at"),
+)
 #: The ones writers also set first-write-wins (``~name``): the SDK's generated name.
-_SET_ONCE = ("name", "created_at")
+_SET_ONCE = ("name", "created_at", "user")
 _FIELDS_HELP = (
-    "config.<key>, summary.<key>, state, tags, name, display_name, notes, folder, "
+    "config.<key>, summary.<key>, state, tags, name, display_name, notes, folder, user, "
     "created_at, heartbeat_at, finished_at, exit_code, id, entity, project"
 )
 _COMPARISONS = {"$gt": ">", "$gte": ">=", "$lt": "<", "$lte": "<="}

@@ -315,6 +315,9 @@ class ApiRun:
         self.heartbeat_at: str | None = doc.heartbeat_at
         self.finished_at: str | None = doc.finished_at
         self.exit_code: int | None = doc.exit_code
+        self.user: str | None = doc.user
+        #: The last value of each metric of the ``system`` stream.
+        self.system_metrics: dict[str, Any] = doc.system_metrics
         # What update() compares with: a copy, since the attributes are the user's to edit.
         self._stored = _EDITABLE_COPY.decode(_EDITABLE_COPY_ENC.encode(doc))
 

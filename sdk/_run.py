@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import getpass
 import logging
+import os
 import struct
 import sys
 from collections.abc import Callable, Mapping
@@ -51,6 +53,14 @@ def _json(value: Any, what: str = "value") -> str:
             f"{MAX_FIELD_BYTES // 1024} KiB. Store large objects as files instead."
         )
     return text
+
+
+def _user() -> str | None:
+    """Who starts the run: ``$STRIDE_USER``, else the login name (``None`` if unknown)."""
+    try:
+        return os.environ.get("STRIDE_USER") or getpass.getuser()
+    except (KeyError, OSError):  # no name for this uid (some containers)
+        return None
 
 
 def _iso_now() -> str:
@@ -143,7 +153,7 @@ class Run:
         name_field = {"name": _json(name, "name")}
         self._transport, self._slot = open_run(self, settings, offline=mode == "offline")
         self._wal = self._transport.log
-        self._write_fields({"created_at": _json(_iso_now())}, once=True)
+        self._write_fields({"created_at": _json(_iso_now()), "user": _json(_user())}, once=True)
         self._write_fields(name_field, once=not name_given)
         self._write_fields(init_fields)
 

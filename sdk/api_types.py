@@ -81,6 +81,10 @@ class RunDoc(msgspec.Struct, gc=False):
     heartbeat_at: str | None = None
     finished_at: str | None = None
     exit_code: int | None = None
+    #: Who started the run (``$STRIDE_USER``, else the login name of its first writer).
+    user: str | None = None
+    #: The last value of each metric of stream ``system``.
+    system_metrics: dict[str, Any] = {}
 
 
 class RunSearch(msgspec.Struct, forbid_unknown_fields=True):

@@ -706,3 +706,7 @@ def test_the_system_stream_is_read_apart_from_the_default_one(stack: StrideUp) -
     assert all(r["gpu.0.util"] == r["_step"] * 2.0 and "loss" not in r for r in system)
     assert run.stats(stream="system")["cpu"]["count"] == 50
     assert set(run.stats()) == {"loss"} and run.stats()["loss"]["count"] == 100
+    # W&B's system_metrics: each system metric's last value; none in the summary.
+    run.load()
+    assert run.system_metrics == {"gpu.0.util": 49 * 2.0, "cpu": 49 * 2.0 + 1}
+    assert "cpu" not in run.summary and run.summary["loss"] == 99.0

@@ -44,6 +44,7 @@ def test_update_persists_name_notes_tags_config_and_summary(
     api = stride.Api(stack.http_url)
     run = api.run(path)
     assert run.read_only is False
+    assert run.user and _ids(api, {"user": run.user, "id": "edited"}) == ["edited"]
     run.name = "second"
     run.notes = "looked at it"
     run.tags.append("best")
@@ -163,3 +164,17 @@ def test_a_deleted_run_is_not_brought_back_by_a_late_resend(
     assert _ids(api, {"id": "resent"}) == []
     with pytest.raises(NotFoundError):
         api.run(batch.path)
+
+
+def test_user_is_who_started_the_run(
+    stack: StrideUp, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("STRIDE_USER", "ada")
+    path = _log(stack, tmp_path, "by-ada", steps=1)
+    monkeypatch.setenv("STRIDE_USER", "bob")  # joins later: the run stays Ada's
+    with stride.init(project=PROJECT, id="by-ada", settings=stack.settings(tmp_path)) as run:
+        run.log({"loss": 0.0}, step=1)
+    api = stride.Api(stack.http_url)
+    wait_rows(api, path, 2)
+    assert api.run(path).user == "ada"
+    assert _ids(api, {"user": "ada"}) == ["by-ada"]
