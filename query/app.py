@@ -33,6 +33,7 @@ from ._settings import QuerySettings
 from .catalog import Catalog
 from .edit import delete_run, update_run
 from .errors import BadRequest, NotFound, QueryError, Unavailable
+from .export import ExportFormat, export_run, export_runs
 from .history import history
 from .readahead import ReadAhead
 from .scan import scan_page
@@ -95,6 +96,8 @@ def create_app(
     app.router.add_get(f"{base}/runs/{{entity}}/{{project}}/{{run_id}}/history", _history)
     app.router.add_get(f"{base}/runs/{{entity}}/{{project}}/{{run_id}}/scan", _scan)
     app.router.add_get(f"{base}/runs/{{entity}}/{{project}}/{{run_id}}/stats", _stats)
+    app.router.add_get(f"{base}/runs/{{entity}}/{{project}}/{{run_id}}/export", _export_run)
+    app.router.add_get(f"{base}/export/runs/{{entity}}/{{project}}", _export_runs)
     return app
 
 
@@ -328,6 +331,53 @@ async def _stats(request: web.Request) -> web.Response:
     run, stream = f"{entity}/{project}/{run_id}", _stream(request)
     keys, _ = await _requested_keys(request, run, stream)
     return _json(MetricStats(await series_stats(request.app[STORE], run, stream, keys)))
+
+
+async def _export_run(request: web.Request) -> web.StreamResponse:
+    """A run's metrics of one stream (``keys``: default all) as JSON, CSV or Parquet."""
+    entity, project, run_id = await _existing_run(request)
+    stream = _stream(request)
+    fmt = ExportFormat.parse(request.query.get("format", "csv"), ExportFormat)
+    keys, _ = await _requested_keys(request, f"{entity}/{project}/{run_id}", stream)
+    chunks = export_run(
+        request.app[STORE], entity, project, run_id, keys, stream, fmt,
+        request.app[SETTINGS].lost_after_s,
+    )  # fmt: skip
+    return await _stream_out(request, fmt, f"{run_id}.{fmt.value}", chunks)
+
+
+async def _export_runs(request: web.Request) -> web.StreamResponse:
+    """A project's runs that match ``filters``, one row each, as CSV or Parquet."""
+    entity, project, _ = _run_path(request)
+    fmt = ExportFormat.parse(
+        request.query.get("format", "csv"), (ExportFormat.CSV, ExportFormat.PARQUET)
+    )
+    chunks = export_runs(
+        request.app[STORE], entity, project, _json_param(request, "filters"), fmt,
+        request.app[SETTINGS].lost_after_s,
+    )  # fmt: skip
+    return await _stream_out(request, fmt, f"{project}-runs.{fmt.value}", chunks)
+
+
+async def _stream_out(
+    request: web.Request, fmt: ExportFormat, filename: str, chunks: AsyncIterator[bytes]
+) -> web.StreamResponse:
+    """Send ``chunks`` as they come. The first is awaited before the answer starts,
+    so a bad request (an invalid filter) is still a 400, not a broken stream."""
+    first = await anext(chunks, b"")
+    response = web.StreamResponse(
+        headers={
+            "Content-Type": fmt.content_type,
+            "Content-Disposition": f'attachment; filename="{filename}"',
+        }
+    )
+    await response.prepare(request)
+    await response.write(first)
+    async for chunk in chunks:
+        if chunk:
+            await response.write(chunk)
+    await response.write_eof()
+    return response
 
 
 def _columns(cols: Columns, next_cursor: int | None = None) -> web.Response:

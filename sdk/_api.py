@@ -17,6 +17,7 @@ import threading
 import time
 import urllib.parse
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from pathlib import Path
 from typing import Any, TypeVar
 
 import msgspec
@@ -125,18 +126,20 @@ class Api:
             best = api.runs("vision", {"state": "finished"}, order="+summary.loss")
             print(next(iter(best)).name)
         """
-        parts = [p for p in path.split("/") if p]
-        if len(parts) == 2:
-            entity, project = parts
-        elif len(parts) == 1:
-            entity, project = self.default_entity, parts[0]
-        elif not parts and self.default_project:
-            entity, project = self.default_entity, self.default_project
-        else:
-            raise UsageError(f"runs() takes 'entity/project' or 'project', got {path!r}")
+        entity, project = self._project_path(path)
         asked = dict(filters) if filters else None
         _check_finite(asked, "filters")
         return Runs(self, entity, project, RunSearch(asked, order, per_page))
+
+    def _project_path(self, path: str) -> tuple[str, str]:
+        parts = [p for p in path.split("/") if p]
+        if len(parts) == 2:
+            return parts[0], parts[1]
+        if len(parts) == 1:
+            return self.default_entity, parts[0]
+        if not parts and self.default_project:
+            return self.default_entity, self.default_project
+        raise UsageError(f"takes 'entity/project' or 'project', got {path!r}")
 
     def projects(self, entity: str | None = None, *, per_page: int = 200) -> Iterator[ProjectDoc]:
         """The projects of ``entity`` (default: the default entity) by name, each with
@@ -165,6 +168,51 @@ class Api:
             raise UsageError(f"run() takes 'entity/project/run_id', got {path!r}")
         quoted = "/".join(urllib.parse.quote(p, safe="") for p in (entity, project, run_id))
         return ApiRun(self, self._get_as(_RUN, f"/api/v1/runs/{quoted}"))
+
+    def export_runs(
+        self,
+        path: str,
+        dest: str | os.PathLike[str],
+        format: str = "csv",
+        filters: Mapping[str, Any] | None = None,
+    ) -> Path:
+        """Write the runs of ``entity/project`` (or ``project``) that match ``filters``
+        to ``dest`` as a table, one row per run (its fields, then ``config.*`` and
+        ``summary.*`` flattened), as ``"csv"`` or ``"parquet"``; return ``dest``.
+
+        Streamed from the service to the file, oldest run first; ``dest`` appears
+        only once complete.
+        """
+        entity, project = self._project_path(path)
+        _check_finite(dict(filters) if filters else None, "filters")
+        params = [("format", format)]
+        if filters:
+            params.append(("filters", orjson.dumps(dict(filters)).decode()))
+        return self._download(f"/api/v1/export/runs/{entity}/{project}", params, Path(dest))
+
+    def _download(self, path: str, params: Sequence[tuple[str, Any]], dest: Path) -> Path:
+        """Stream the answer to ``path`` into ``dest`` (through ``dest.part``)."""
+        query = urllib.parse.urlencode([(k, v) for k, v in params if v is not None])
+        conn = http.client.HTTPConnection(self._host, self._port, timeout=self._timeout)
+        partial = dest.with_name(dest.name + ".part")
+        try:
+            try:
+                conn.request("GET", f"{self._prefix}{path}?{query}")
+                response = conn.getresponse()
+            except OSError as exc:
+                raise ServiceUnavailableError(
+                    f"cannot reach the Stride query service at {self.base_url}: {exc}"
+                ) from exc
+            if response.status >= 400:
+                self._checked(response.status, response.read())
+            with partial.open("wb") as out:
+                while chunk := response.read(1 << 20):
+                    out.write(chunk)
+            partial.replace(dest)
+        finally:
+            conn.close()
+            partial.unlink(missing_ok=True)
+        return dest
 
     # ---- transport -----------------------------------------------------------------------------
 
@@ -378,6 +426,26 @@ class ApiRun:
             body = orjson.dumps(changes)
             self._set(self._api._send_as(_RUN, "PATCH", self._base, body))
         return self
+
+    def export(
+        self,
+        dest: str | os.PathLike[str],
+        format: str = "csv",
+        keys: Sequence[str] | None = None,
+        stream: str = "default",
+    ) -> Path:
+        """Write the run's metrics to ``dest``, one row per step (``_step``,
+        ``_runtime``, ``_timestamp`` and a column per key; default every key), as
+        ``"csv"``, ``"parquet"`` or ``"json"`` (``{"run": ..., "rows": [...]}``);
+        return ``dest``. Streamed from the service to the file: any length fits.
+
+        Example::
+
+            api.run("vision/3k9x0a1b").export("run.parquet", format="parquet")
+        """
+        params: list[tuple[str, Any]] = [("format", format), ("stream", stream)]
+        params += [("keys", k) for k in _keys_param(keys) or ()]
+        return self._api._download(f"{self._base}/export", params, Path(dest))
 
     def delete(self, delete_artifacts: bool = False) -> None:
         """Delete the run and everything stored of it (fields, metrics, aggregates).

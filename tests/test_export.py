@@ -1,0 +1,183 @@
+"""Export: a run's metrics as CSV, Parquet and JSON, and a project's runs table,
+each read back and compared with what the API serves, row for row."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import pyarrow.csv as pa_csv
+import pyarrow.parquet as pq
+import pytest
+
+import stride
+from stride import BadRequestError, NotFoundError
+
+from .conftest import StrideUp, scan, wait_for, wait_rows
+
+PROJECT = "exports"
+#: Past the service's 50,000-step export page: the file is written in three pages.
+STEPS = 120_000
+
+
+@pytest.fixture(scope="module")
+def long_run(stack: StrideUp, tmp_path_factory: pytest.TempPathFactory) -> str:
+    spool = tmp_path_factory.mktemp("spool")
+    with stride.init(project=PROJECT, id="long", settings=stack.settings(spool)) as run:
+        for step in range(STEPS):
+            row = {"loss": 1.0 / (step + 1)}
+            if step % 2:
+                row["acc"] = step / STEPS
+            if step == 7:
+                row["loss"] = math.nan
+            if step == 8:
+                row["loss"] = -math.inf
+            run.log(row)
+    wait_rows(stride.Api(stack.http_url), run.path, STEPS, keys=["loss"])
+    return run.path
+
+
+def _read_csv(path: Path) -> Any:
+    """An empty cell is no value; ``nan``, ``inf`` and ``-inf`` are numbers (pyarrow
+    reads ``nan`` as empty by default)."""
+    options = pa_csv.ConvertOptions(null_values=[""], strings_can_be_null=True)
+    return pa_csv.read_csv(path, convert_options=options)
+
+
+def _expected(api: stride.Api, path: str) -> list[dict[str, Any]]:
+    return scan(api, path, None)
+
+
+def _same(a: float | None, b: float | None) -> bool:
+    if a is None or b is None:
+        return a is b
+    return (math.isnan(a) and math.isnan(b)) or a == b
+
+
+def _check_rows(table: Any, expected: list[dict[str, Any]]) -> None:
+    assert table.column_names == ["_step", "_runtime", "_timestamp", "acc", "loss"]
+    columns = {name: table.column(name).to_pylist() for name in table.column_names}
+    assert columns["_step"] == [r["_step"] for r in expected]
+    for name in ("_runtime", "_timestamp", "acc", "loss"):
+        bad = [
+            (row["_step"], got, row.get(name))
+            for got, row in zip(columns[name], expected, strict=True)
+            if not _same(got, row.get(name))
+        ]
+        assert not bad, (name, bad[:5])
+
+
+@pytest.mark.parametrize("fmt", ["csv", "parquet"])
+def test_a_run_exports_as_a_table_row_for_row(
+    long_run: str, stack: StrideUp, tmp_path: Path, fmt: str
+) -> None:
+    api = stride.Api(stack.http_url)
+    dest = api.run(long_run).export(tmp_path / f"run.{fmt}", format=fmt)
+    assert dest == tmp_path / f"run.{fmt}" and not list(tmp_path.glob("*.part"))
+    table = pq.read_table(dest) if fmt == "parquet" else _read_csv(dest)
+    assert table.num_rows == STEPS
+    _check_rows(table, _expected(api, long_run))
+
+
+def test_a_run_exports_as_json_with_its_document(
+    long_run: str, stack: StrideUp, tmp_path: Path
+) -> None:
+    api = stride.Api(stack.http_url)
+    run = api.run(long_run)
+    data = json.loads(run.export(tmp_path / "run.json", format="json").read_bytes())
+    assert data["run"] == api.get(f"/api/v1/runs/{long_run}")
+    rows = data["rows"]
+    assert len(rows) == STEPS
+    assert rows[7]["loss"] == "nan" and rows[8]["loss"] == "-inf"  # JSON has no NaN
+    assert "acc" not in rows[0] and rows[1]["acc"] == 1 / STEPS
+    restored = [{k: float(v) if isinstance(v, str) else v for k, v in row.items()} for row in rows]
+    expected = _expected(api, long_run)
+    assert [r["_step"] for r in restored] == [r["_step"] for r in expected]
+    assert all(
+        set(got) == set(want) and all(_same(got[k], want[k]) for k in want)
+        for got, want in zip(restored, expected, strict=True)
+    )
+
+
+def test_a_run_exports_only_the_keys_asked_for(
+    long_run: str, stack: StrideUp, tmp_path: Path
+) -> None:
+    api = stride.Api(stack.http_url)
+    table = pa_csv.read_csv(api.run(long_run).export(tmp_path / "acc.csv", keys=["acc"]))
+    assert table.column_names == ["_step", "_runtime", "_timestamp", "acc"]
+    assert table.column("_step").to_pylist() == list(range(1, STEPS, 2))
+
+
+def test_bad_exports_are_refused_before_any_file_is_written(
+    long_run: str, stack: StrideUp, tmp_path: Path
+) -> None:
+    api = stride.Api(stack.http_url)
+    with pytest.raises(BadRequestError, match="format must be one of json, csv, parquet"):
+        api.run(long_run).export(tmp_path / "x", format="xlsx")
+    with pytest.raises(NotFoundError, match="no metric 'nope'"):
+        api.run(long_run).export(tmp_path / "x", keys=["nope"])
+    with pytest.raises(BadRequestError, match="format must be one of csv, parquet"):
+        api.export_runs(PROJECT, tmp_path / "x", format="json")
+    with pytest.raises(BadRequestError, match="unknown field 'colour'"):
+        api.export_runs(PROJECT, tmp_path / "x", filters={"colour": "red"})
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.fixture(scope="module")
+def table_runs(stack: StrideUp, tmp_path_factory: pytest.TempPathFactory) -> list[str]:
+    spool = tmp_path_factory.mktemp("spool")
+    ids = []
+    for i in range(5):
+        config: dict[str, Any] = {"lr": 10.0**-i, "model": {"depth": 18 * (i + 1)}, "opt": "sgd"}
+        if i == 2:
+            config["opt"] = {"name": "adam"}  # another type: the column holds text
+        with stride.init(
+            project="runs-table", id=f"t{i}", name=f"table-{i}", tags=["x"] if i % 2 else None,
+            config=config, settings=stack.settings(spool),
+        ) as run:  # fmt: skip
+            for step in range(3):
+                run.log({"loss": i + step / 10})
+            run.summary["flag"] = i % 2 == 0
+        ids.append(run.id)
+    api = stride.Api(stack.http_url)
+    wait_for(lambda: len(list(api.runs("runs-table", {"summary.loss": {"$exists": True}}))) == 5)
+    return ids
+
+
+@pytest.mark.parametrize("fmt", ["csv", "parquet"])
+def test_a_projects_runs_export_as_a_flat_table(
+    table_runs: list[str], stack: StrideUp, tmp_path: Path, fmt: str
+) -> None:
+    api = stride.Api(stack.http_url)
+    dest = api.export_runs("runs-table", tmp_path / f"runs.{fmt}", format=fmt)
+    table = pq.read_table(dest) if fmt == "parquet" else _read_csv(dest)
+    rows = table.to_pylist()
+    assert [r["id"] for r in rows] == table_runs  # oldest first
+    names = table.column_names
+    assert names[:4] == ["id", "name", "state", "user"]
+    assert {"config.lr", "config.model.depth", "config.opt", "config.opt.name"} <= set(names)
+    assert {"summary.loss", "summary.flag"} <= set(names) and "config.model" not in names
+    docs = {r.id: r for r in api.runs("runs-table", per_page=10)}
+    for row in rows:
+        doc = docs[row["id"]]
+        assert row["name"] == doc.name and row["state"] == doc.state == "finished"
+        assert row["config.lr"] == doc.config["lr"]
+        assert row["config.model.depth"] == doc.config["model"]["depth"]
+        assert row["summary.loss"] == pytest.approx(doc.summary["loss"])
+        assert row["summary.flag"] == doc.summary["flag"]
+    assert rows[2]["config.opt"] == '{"name":"adam"}' and rows[2]["config.opt.name"] == "adam"
+    assert rows[0]["config.opt"] == "sgd" and rows[0]["config.opt.name"] is None
+    if fmt == "parquet":  # typed columns: numbers, booleans, text
+        assert str(table.schema.field("config.lr").type) == "double"
+        assert str(table.schema.field("summary.flag").type) == "bool"
+        assert str(table.schema.field("config.opt").type) == "string"
+
+
+def test_a_runs_export_takes_the_search_filters(
+    table_runs: list[str], stack: StrideUp, tmp_path: Path
+) -> None:
+    api = stride.Api(stack.http_url)
+    dest = api.export_runs("runs-table", tmp_path / "some.csv", filters={"tags": "x"})
+    assert pa_csv.read_csv(dest).column("id").to_pylist() == ["t1", "t3"]
