@@ -1,4 +1,4 @@
-"""Target (d): ``scan_history`` rows/s over JSON, by page size.
+"""Target (d): ``scan_history`` rows/s over JSON, by page size, and the Arrow stream.
 
 A run with ``--points`` points of one key is loaded straight into chDB (see
 ``_load.py``), then ``stride up`` serves it. For each page size:
@@ -9,6 +9,9 @@ A run with ``--points`` points of one key is loaded straight into chDB (see
   a kept-alive connection; only the time inside the GET counts (the JSON is
   parsed outside the clock, to find the next cursor), reported as rows/s and
   bytes/s.
+
+Then the whole run in one streamed answer: ``ApiRun.to_arrow()`` and
+``scan_batches()`` (Arrow IPC; target >= 5M rows/s) and raw NDJSON, best of 3.
 
 Small pages are slow by construction (fixed cost per request), so each page
 size scans at most ``--max-pages`` pages (with ``max_step`` bounding the scan).
@@ -21,6 +24,7 @@ Usage: python benchmarks/bench_scan.py [--points 2000000] [--page-sizes 1000,100
 from __future__ import annotations
 
 import argparse
+import math
 import shutil
 import tempfile
 import time
@@ -118,6 +122,27 @@ def main() -> None:
                 f"{get_s / pages * 1e3:>8.2f} | {verdict(client_rate >= TARGET)}",
                 flush=True,
             )
+        # The whole run in one streamed answer (Arrow IPC; NDJSON for comparison).
+        arrow_target = 5_000_000
+        for name, read in (
+            ("ApiRun.to_arrow() (Arrow IPC stream)", lambda: run.to_arrow().num_rows),
+            ("ApiRun.scan_batches(), batch by batch", lambda: sum(
+                b.num_rows for b in run.scan_batches())),
+            ("raw GET .../stream?format=ndjson (bytes only)", lambda: http.get_raw(
+                f"/api/v1/runs/{path}/stream", [("format", "ndjson")]).count(b"\n")),
+        ):  # fmt: skip
+            best = math.inf
+            for _ in range(3):
+                t0 = time.perf_counter()
+                got = read()
+                best = min(best, time.perf_counter() - t0)
+            if got != args.points:
+                raise SystemExit(f"{name} returned {got} rows, expected {args.points}")
+            rate = args.points / best
+            mark = (
+                f"(target >= 5M rows/s: {verdict(rate >= arrow_target)})" if "Arrow" in name else ""
+            )
+            print(f"  {name:<46} {fmt_rate(rate):>14} best of 3  {mark}", flush=True)
         # A page must cost the same wherever it is: time 100 pages at each end.
         for where, start in (("start", 0), ("end", max(0, args.points - 100_000))):
             t0 = time.perf_counter()

@@ -38,6 +38,7 @@ from .history import history
 from .readahead import ReadAhead
 from .scan import scan_page
 from .stats import series_stats
+from .stream import stream_rows
 
 STORE = web.AppKey("store", AsyncStore)
 CATALOG = web.AppKey("catalog", Catalog)
@@ -97,6 +98,7 @@ def create_app(
     app.router.add_get(f"{base}/runs/{{entity}}/{{project}}/{{run_id}}/scan", _scan)
     app.router.add_get(f"{base}/runs/{{entity}}/{{project}}/{{run_id}}/stats", _stats)
     app.router.add_get(f"{base}/runs/{{entity}}/{{project}}/{{run_id}}/export", _export_run)
+    app.router.add_get(f"{base}/runs/{{entity}}/{{project}}/{{run_id}}/stream", _stream_rows)
     app.router.add_get(f"{base}/export/runs/{{entity}}/{{project}}", _export_runs)
     return app
 
@@ -331,6 +333,29 @@ async def _stats(request: web.Request) -> web.Response:
     run, stream = f"{entity}/{project}/{run_id}", _stream(request)
     keys, _ = await _requested_keys(request, run, stream)
     return _json(MetricStats(await series_stats(request.app[STORE], run, stream, keys)))
+
+
+async def _stream_rows(request: web.Request) -> web.StreamResponse:
+    """A whole range of a run's rows in one streamed answer: Arrow IPC or NDJSON."""
+    run, stream, min_step, max_step = await _series_request(request)
+    fmt = request.query.get("format", "arrow")
+    if fmt not in _STREAM_TYPES:
+        raise BadRequest(f"format must be one of {', '.join(_STREAM_TYPES)}, got {fmt!r}")
+    keys, asked = await _requested_keys(request, run, stream)
+    chunks = stream_rows(
+        request.app[STORE], run, stream, keys, require_all=asked, min_step=min_step,
+        max_step=max_step, ndjson=fmt == "ndjson",
+    )  # fmt: skip
+    response = web.StreamResponse(headers={"Content-Type": _STREAM_TYPES[fmt]})
+    await response.prepare(request)
+    async for chunk in chunks:
+        if chunk:
+            await response.write(chunk)
+    await response.write_eof()
+    return response
+
+
+_STREAM_TYPES = {"arrow": "application/vnd.apache.arrow.stream", "ndjson": "application/x-ndjson"}
 
 
 async def _export_run(request: web.Request) -> web.StreamResponse:

@@ -20,12 +20,10 @@ stays bounded by a page however long the run or large the project.
 from __future__ import annotations
 
 import enum
-import io
 from collections.abc import AsyncIterator, Callable, Iterable
 from typing import Any
 
 import msgspec
-import numpy as np
 import orjson
 import pyarrow as pa
 import pyarrow.csv as pa_csv
@@ -35,10 +33,9 @@ from stride.api_types import RunDoc
 from stride.store import AsyncStore
 from stride.store.run_search import BOOL, METRIC_PREFIX, NULL, NUMBER, OBJECT
 
-from ._columns import Columns
 from .errors import BadRequest
 from .runs import get_run, list_runs
-from .scan import scan_page
+from .stream import Chunks, arrow_table, json_rows, row_pages, row_schema
 
 __all__ = ["ExportFormat", "export_run", "export_runs"]
 
@@ -74,31 +71,11 @@ class ExportFormat(enum.Enum):
         }[self]
 
 
-class _Chunks(io.RawIOBase):
-    """A write-only file that keeps what is written until :meth:`take` hands it on:
-    the sink pyarrow's CSV and Parquet writers write a stream into."""
-
-    def __init__(self) -> None:
-        self._parts: list[bytes] = []
-
-    def writable(self) -> bool:
-        return True
-
-    def write(self, data: Any) -> int:
-        chunk = bytes(data)
-        self._parts.append(chunk)
-        return len(chunk)
-
-    def take(self) -> bytes:
-        out, self._parts = b"".join(self._parts), []
-        return out
-
-
 class _TableWriter:
     """Tables of one schema in, CSV or Parquet bytes out, chunk by chunk."""
 
     def __init__(self, fmt: ExportFormat, schema: pa.Schema) -> None:
-        self._sink = _Chunks()
+        self._sink = Chunks()
         out = pa.PythonFile(self._sink, mode="w")
         self._writer: pa_csv.CSVWriter | pq.ParquetWriter
         if fmt is ExportFormat.CSV:
@@ -130,70 +107,23 @@ async def export_run(
 ) -> AsyncIterator[bytes]:
     """The run's rows of ``keys`` in ``stream``, as ``fmt``, chunk by chunk."""
     path = f"{entity}/{project}/{run_id}"
-    pages = _pages(store, path, stream, keys)
+    pages = row_pages(store, path, stream, keys, page_size=RUN_PAGE)
     if fmt is ExportFormat.JSON:
         doc = await get_run(store, entity, project, run_id, lost_after_s)
         yield b'{"run":' + msgspec.json.encode(doc) + b',"rows":['
         first = True
         async for cols in pages:
-            body = _json_rows(cols, keys)
+            body = json_rows(cols, keys, b",")
             if body:
                 yield (b"" if first else b",") + body
                 first = False
         yield b"]}"
         return
-    schema = pa.schema(
-        [pa.field("_step", pa.int64())]
-        + [pa.field(name, pa.float64()) for name in ("_runtime", "_timestamp", *keys)]
-    )
+    schema = row_schema(keys)
     writer = _TableWriter(fmt, schema)
     async for cols in pages:
-        yield writer.write(_table(cols, schema))
+        yield writer.write(arrow_table(cols, schema))
     yield writer.close()
-
-
-async def _pages(
-    store: AsyncStore, run: str, stream: str, keys: list[str]
-) -> AsyncIterator[Columns]:
-    if not keys:
-        return
-    lo: int | None = -(2**63)
-    while lo is not None:
-        cols, lo = await scan_page(
-            store, run, stream, keys, require_all=False, page_size=RUN_PAGE, lo=lo, max_step=None
-        )
-        if len(cols):
-            yield cols
-
-
-def _table(cols: Columns, schema: pa.Schema) -> pa.Table:
-    arrays: list[pa.Array[Any]] = [pa.array(cols.steps, pa.int64())]
-    for name in schema.names[1:]:
-        values, present = cols.values.get(name), cols.present.get(name)
-        if values is None or present is None:
-            arrays.append(pa.nulls(len(cols), pa.float64()))
-        else:
-            arrays.append(pa.array(values, pa.float64(), mask=~present))
-    return pa.Table.from_arrays(arrays, schema=schema)
-
-
-_NONFINITE = {np.inf: "inf", -np.inf: "-inf"}
-
-
-def _json_rows(cols: Columns, keys: list[str]) -> bytes:
-    """Rows as JSON objects joined by commas (no brackets): absent keys left out,
-    non-finite values as strings."""
-    names = ["_runtime", "_timestamp", *keys]
-    columns = [(n, cols.values[n].tolist(), cols.present[n].tolist()) for n in names]
-    rows = []
-    for i, step in enumerate(cols.steps.tolist()):
-        row: dict[str, Any] = {"_step": step}
-        for name, values, present in columns:
-            if present[i]:
-                value = values[i]
-                row[name] = value if np.isfinite(value) else _NONFINITE.get(value, "nan")
-        rows.append(orjson.dumps(row))
-    return b",".join(rows)
 
 
 # ---- a project's runs ----------------------------------------------------------------------------

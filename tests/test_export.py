@@ -181,3 +181,62 @@ def test_a_runs_export_takes_the_search_filters(
     api = stride.Api(stack.http_url)
     dest = api.export_runs("runs-table", tmp_path / "some.csv", filters={"tags": "x"})
     assert pa_csv.read_csv(dest).column("id").to_pylist() == ["t1", "t3"]
+
+
+# ---- the streamed scan: Arrow IPC and NDJSON -------------------------------------------------
+
+
+def test_the_arrow_stream_equals_the_json_scan_row_for_row(long_run: str, stack: StrideUp) -> None:
+    api = stride.Api(stack.http_url)
+    run = api.run(long_run)
+    batches = list(run.scan_batches())
+    # Read as it arrives, a page at a time: 120,000 steps came as two pages of the service's.
+    assert len(batches) >= 2 and max(b.num_rows for b in batches) <= 100_000
+    table = run.to_arrow()
+    assert table.num_rows == STEPS and table.schema.field("_step").type == "int64"
+    _check_rows(table, _expected(api, long_run))
+    assert math.isnan(table.column("loss")[7].as_py())  # NaN stays NaN; null is no value
+    assert table.column("acc")[0].as_py() is None
+    frame = run.to_pandas()
+    assert (
+        len(frame) == STEPS and math.isnan(frame["acc"][0]) and frame["_step"].iloc[-1] == STEPS - 1
+    )
+
+
+def test_the_arrow_stream_takes_keys_and_a_range(long_run: str, stack: StrideUp) -> None:
+    run = stride.Api(stack.http_url).run(long_run)
+    only_acc = run.to_arrow(keys=["acc"], min_step=100, max_step=111)
+    assert only_acc.column_names == ["_step", "_runtime", "_timestamp", "acc"]
+    assert only_acc.column("_step").to_pylist() == [101, 103, 105, 107, 109, 111]  # rows with acc
+    batches = list(run.scan_history(keys=["loss"], min_step=5, max_step=9, format="arrow"))
+    assert [s for b in batches for s in b.column("_step").to_pylist()] == [5, 6, 7, 8, 9]
+    empty = run.to_arrow(min_step=STEPS + 10)
+    assert empty.num_rows == 0 and empty.column_names == [
+        "_step", "_runtime", "_timestamp", "acc", "loss",
+    ]  # fmt: skip
+    with pytest.raises(NotFoundError, match="no metric 'nope'"):
+        run.to_arrow(keys=["nope"])
+    with pytest.raises(stride.UsageError, match="format must be 'rows' or 'arrow'"):
+        next(run.scan_history(format="csv"))
+
+
+def test_the_ndjson_stream_is_the_json_rows(long_run: str, stack: StrideUp) -> None:
+    import http.client
+    import urllib.parse
+
+    parsed = urllib.parse.urlsplit(stack.http_url)
+    conn = http.client.HTTPConnection(parsed.hostname or "", parsed.port)
+    conn.request("GET", f"/api/v1/runs/{long_run}/stream?format=ndjson&max_step=9")
+    answer = conn.getresponse()
+    assert answer.getheader("Content-Type") == "application/x-ndjson"
+    lines = answer.read().decode().splitlines()
+    rows = [json.loads(line) for line in lines]
+    assert [r["_step"] for r in rows] == list(range(10))
+    assert rows[7]["loss"] == "nan" and rows[8]["loss"] == "-inf" and "acc" not in rows[0]
+    conn.request("GET", f"/api/v1/runs/{long_run}/stream?format=xml")
+    bad = conn.getresponse()
+    assert (
+        bad.status == 400
+        and "format must be one of arrow, ndjson" in json.loads(bad.read())["error"]
+    )
+    conn.close()
