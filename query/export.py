@@ -39,8 +39,6 @@ from .stream import Chunks, arrow_table, json_rows, row_pages, row_schema
 
 __all__ = ["ExportFormat", "export_run", "export_runs"]
 
-#: Steps per page read from storage (bounded memory: ~this many rows at a time).
-RUN_PAGE = 50_000
 #: Runs per page read for the runs table.
 RUNS_PAGE = 500
 #: The runs table's first columns, from the run document.
@@ -107,7 +105,7 @@ async def export_run(
 ) -> AsyncIterator[bytes]:
     """The run's rows of ``keys`` in ``stream``, as ``fmt``, chunk by chunk."""
     path = f"{entity}/{project}/{run_id}"
-    pages = row_pages(store, path, stream, keys, page_size=RUN_PAGE)
+    pages = row_pages(store, path, stream, keys)
     if fmt is ExportFormat.JSON:
         doc = await get_run(store, entity, project, run_id, lost_after_s)
         yield b'{"run":' + msgspec.json.encode(doc) + b',"rows":['

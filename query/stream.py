@@ -4,7 +4,7 @@
 per page. This endpoint reads the same keyset pages from storage (see
 :mod:`.scan`) but writes them into one chunked answer as they come: an Arrow
 IPC stream (a schema, then a record batch per page) or NDJSON (a JSON object
-per row). Memory stays bounded by a page on both sides; the client reads
+per row). Memory stays bounded by a page or two on both sides; the client reads
 batches as they arrive (``ApiRun.scan_batches``, ``to_arrow``, ``to_pandas``).
 
 Rows are the scan's: ``_step``, ``_runtime``, ``_timestamp``, and a column per
@@ -14,6 +14,7 @@ out, and a non-finite value is the string ``"nan"``, ``"inf"`` or ``"-inf"``).
 
 from __future__ import annotations
 
+import asyncio
 import io
 from collections.abc import AsyncIterator
 from typing import Any
@@ -29,10 +30,14 @@ from .scan import scan_page
 
 __all__ = ["Chunks", "arrow_table", "json_rows", "row_pages", "row_schema", "stream_rows"]
 
-#: Steps per page read from storage: large pages, few queries, bounded memory.
-STREAM_PAGE = 100_000
+#: Points per page read from storage (a page's steps: this over the keys): large
+#: pages, few queries, memory bounded (~20 MB of columns). A storage query for one
+#: key read 3.6M points/s in pages of 100k and 5.4M in pages of 500k (FINAL).
+STREAM_POINTS = 500_000
 _INT64 = (-(2**63), 2**63 - 1)
 _NONFINITE = {np.inf: "inf", -np.inf: "-inf"}
+#: The end of an Arrow IPC stream: a continuation marker and a zero length.
+_END_OF_STREAM = b"\xff\xff\xff\xff\x00\x00\x00\x00"
 
 
 class Chunks(io.RawIOBase):
@@ -64,19 +69,39 @@ async def row_pages(
     require_all: bool = False,
     min_step: int | None = None,
     max_step: int | None = None,
-    page_size: int = STREAM_PAGE,
+    page_size: int | None = None,
 ) -> AsyncIterator[Columns]:
-    """The run's rows of ``keys`` from ``min_step`` to ``max_step``, page by page."""
+    """The run's rows of ``keys`` from ``min_step`` to ``max_step``, page by page
+    (``page_size`` steps; default :data:`STREAM_POINTS` over the keys). The next
+    page is read while the caller handles this one."""
     if not keys:
         return
-    lo: int | None = _INT64[0] if min_step is None else min_step
-    while lo is not None and (max_step is None or lo <= max_step):
-        cols, lo = await scan_page(
-            store, run, stream, keys, require_all=require_all, page_size=page_size,
-            lo=lo, max_step=max_step,
+    size = page_size or max(1_000, STREAM_POINTS // len(keys))
+
+    def read(lo: int) -> asyncio.Task[tuple[Columns, int | None]]:
+        page = scan_page(
+            store, run, stream, keys, require_all=require_all, page_size=size, lo=lo,
+            max_step=max_step,
         )  # fmt: skip
-        if len(cols):
-            yield cols
+        return asyncio.ensure_future(page)
+
+    start = _INT64[0] if min_step is None else min_step
+    if max_step is not None and start > max_step:
+        return
+    pending = read(start)
+    try:
+        while True:
+            cols, lo = await pending
+            more = lo is not None and (max_step is None or lo <= max_step)
+            if more:
+                assert lo is not None
+                pending = read(lo)
+            if len(cols):
+                yield cols
+            if not more:
+                return
+    finally:
+        pending.cancel()
 
 
 def row_schema(keys: list[str]) -> pa.Schema:
@@ -126,7 +151,7 @@ async def stream_rows(
     min_step: int | None,
     max_step: int | None,
     ndjson: bool,
-) -> AsyncIterator[bytes]:
+) -> AsyncIterator[bytes | memoryview]:
     """The rows as an Arrow IPC stream (or NDJSON), chunk by chunk. The Arrow
     stream starts with its schema, so an empty range is still a valid stream."""
     pages = row_pages(
@@ -136,13 +161,11 @@ async def stream_rows(
         async for cols in pages:
             yield json_rows(cols, keys, b"\n") + b"\n"
         return
+    # An IPC stream is its schema's message, a message per batch and an end marker;
+    # serialized by Arrow straight into buffers (no Python file in between).
     schema = row_schema(keys)
-    sink = Chunks()
-    writer = pa.ipc.new_stream(pa.PythonFile(sink, mode="w"), schema)
-    yield sink.take()
+    yield schema.serialize().to_pybytes()
     async for cols in pages:
         for batch in arrow_table(cols, schema).to_batches():
-            writer.write_batch(batch)
-        yield sink.take()
-    writer.close()
-    yield sink.take()
+            yield memoryview(batch.serialize())
+    yield _END_OF_STREAM
