@@ -35,6 +35,7 @@ from .edit import delete_run, update_run
 from .errors import BadRequest, NotFound, QueryError, Unavailable
 from .export import ExportFormat, export_run, export_runs
 from .history import history
+from .openapi import openapi_document
 from .readahead import ReadAhead
 from .scan import scan_page
 from .stats import series_stats
@@ -87,6 +88,7 @@ def create_app(
     app.router.add_get("/healthz", _healthz)
     app.router.add_get("/readyz", _readyz)
     app.router.add_get(f"{base}/status", _status)
+    app.router.add_get(f"{base}/openapi.json", _openapi)
     app.router.add_get(f"{base}/projects/{{entity}}", _list_projects)
     app.router.add_get(f"{base}/runs/{{entity}}/{{project}}", _list_runs)
     app.router.add_post(f"{base}/runs/{{entity}}/{{project}}", _list_runs)
@@ -219,6 +221,13 @@ async def _readyz(request: web.Request) -> web.Response:
     if reason is not None:
         raise Unavailable(reason)
     return _json(Status())
+
+
+async def _openapi(request: web.Request) -> web.Response:
+    return web.Response(body=_OPENAPI, content_type="application/json")
+
+
+_OPENAPI = msgspec.json.encode(openapi_document())
 
 
 async def _status(request: web.Request) -> web.Response:

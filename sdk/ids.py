@@ -24,12 +24,23 @@ from __future__ import annotations
 import re
 from typing import Literal
 
-__all__ = ["NAME_RULE", "InvalidIdentifier", "Kind", "check", "is_valid"]
+__all__ = [
+    "KEY_PATTERN",
+    "NAME_PATTERN",
+    "NAME_RULE",
+    "InvalidIdentifier",
+    "Kind",
+    "check",
+    "is_valid",
+]
 
 Kind = Literal["entity", "project", "run id", "stream", "writer", "key"]
 
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}")
 _KEY = re.compile(r"[^\x00-\x1f\x7f]{1,256}")
+#: The rules as regular expressions of the whole value (for schemas: OpenAPI's).
+NAME_PATTERN = _NAME.pattern
+KEY_PATTERN = _KEY.pattern
 NAME_RULE = "use 1-128 letters, digits, '_', '-' or '.', starting with a letter or digit"
 KEY_RULE = "use 1-256 characters, no control characters"
 
