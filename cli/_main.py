@@ -1,4 +1,4 @@
-"""The ``stride`` command: ``stride up``, ``stride ingest``, ``stride query``, ``stride sync``.
+"""The ``stride`` command: ``up``, ``ingest``, ``query``, ``sync`` and ``token``.
 
 This is the one place that reads flags and the environment; everything below
 it receives frozen settings. Every flag of the services has an environment
@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import logging
 import os
 import sys
 from pathlib import Path
@@ -37,6 +38,7 @@ ENV = {
     "STRIDE_CONNECT_TIMEOUT": "--connect-timeout",
     "STRIDE_LOST_AFTER": "--lost-after",
     "STRIDE_FETCH_MIB": "--fetch-mib",
+    "STRIDE_TOKENS": "--tokens",
 }
 _FLAG_ENV = {flag: name for name, flag in ENV.items()}
 
@@ -69,6 +71,14 @@ _FETCH_MIB: dict[str, Any] = {
     "metavar": "MIB",
     "help": "a worker writes about this much of batches at once, and holds two such "
     "fetches: larger is faster, smaller uses less memory (default 8)",
+}
+
+
+_TOKENS: dict[str, Any] = {
+    "type": Path,
+    "metavar": "FILE",
+    "help": "the tokens file (`stride token create`): every request needs a bearer "
+    "token from it (default: none, no auth)",
 }
 
 
@@ -107,6 +117,7 @@ def _parser() -> argparse.ArgumentParser:
         help="a running run silent this long is reported crashed (default 300)",
     )
     _option(up, "--fetch-mib", **_FETCH_MIB)
+    _option(up, "--tokens", **_TOKENS)
 
     ingest = sub.add_parser(
         "ingest", parents=[common], help="run ingest workers: NATS -> storage (any number)"
@@ -140,6 +151,7 @@ def _parser() -> argparse.ArgumentParser:
     _option(ingest, "--fetch-mib", **_FETCH_MIB)
     query = sub.add_parser("query", parents=[common], help="serve the query HTTP API (any number)")
     _service_options(query, http_port=8080)
+    _option(query, "--tokens", **_TOKENS)
     _option(
         query,
         "--lost-after",
@@ -154,6 +166,21 @@ def _parser() -> argparse.ArgumentParser:
     )
     sync.add_argument("dir", nargs="?", type=Path, default=None, help="default: ./.stride/spool")
     sync.add_argument("--server", default=None, help="NATS URL (default: $STRIDE_SERVER or local)")
+
+    token = sub.add_parser("token", parents=[common], help="create, list and revoke API tokens")
+    actions = token.add_subparsers(dest="action", required=True, metavar="ACTION")
+    create = actions.add_parser("create", help="a new token (printed once; only its hash is kept)")
+    create.add_argument(
+        "--entity", action="append", required=True, dest="entities", metavar="ENTITY",
+        help="an entity it may read (repeat for several; '*' for every entity)",
+    )  # fmt: skip
+    create.add_argument("--read-only", action="store_true", help="it may not change runs")
+    create.add_argument("--name", default="", help="what the token is for")
+    actions.add_parser("list", help="the tokens (never their secrets)")
+    revoke = actions.add_parser("revoke", help="refuse a token from now on")
+    revoke.add_argument("id", help="the token's id (from `stride token list`)")
+    for action in (create, actions.choices["list"], revoke):
+        _option(action, "--tokens", required=True, **_TOKENS)
     return parser
 
 
@@ -205,6 +232,8 @@ def main(argv: list[str] | None = None) -> int:
             return _up(args)
         if args.command in ("ingest", "query"):
             return _service(args)
+        if args.command == "token":
+            return _token(args)
         return _sync(args)
     except CliError as exc:
         print(f"stride: error: {exc}", file=sys.stderr)
@@ -233,9 +262,54 @@ def _up(args: argparse.Namespace) -> int:
         ingest=IngestSettings(
             duplicate_window_s=args.duplicate_window, fetch_bytes=args.fetch_bytes
         ),
-        query=QuerySettings(lost_after_s=args.lost_after),
+        query=QuerySettings(lost_after_s=args.lost_after, tokens_file=args.tokens),
     )
+    _warn_if_open(args.host, args.tokens)
     asyncio.run(serve(settings))
+    return 0
+
+
+def _warn_if_open(host: str, tokens: Path | None) -> None:
+    """Serving beyond loopback without tokens lets anyone who reaches the port read,
+    change and delete every run: say so, loudly."""
+    if tokens is None and host not in ("127.0.0.1", "::1", "localhost"):
+        logging.getLogger("stride").warning(
+            "stride: serving on %s WITHOUT AUTH: anyone who can reach this port can read, "
+            "change and delete every run. Create a token (`stride token create --tokens "
+            "FILE --entity NAME`) and pass --tokens FILE, or listen on 127.0.0.1.",
+            host,
+        )
+
+
+def _token(args: argparse.Namespace) -> int:
+    try:
+        from stride.query.auth import Tokens
+    except ImportError as exc:
+        raise CliError(
+            f"`stride token` needs the server extra ({exc.name} is missing): "
+            "pip install 'stride[server]'"
+        ) from None
+    try:
+        tokens = Tokens(args.tokens)
+        if args.action == "create":
+            record, token = tokens.create(args.entities, write=not args.read_only, name=args.name)
+            access = "read-write" if record.write else "read-only"
+            print(f"token {record.id} ({access}, entities {', '.join(record.entities)}):")
+            print(token)
+            print("keep it now: it is not stored and cannot be shown again", file=sys.stderr)
+        elif args.action == "list":
+            for r in tokens.list():
+                state = f"revoked {r.revoked_at}" if r.revoked_at else "active"
+                access = "read-write" if r.write else "read-only"
+                print(
+                    f"{r.id}  {access:<10}  {','.join(r.entities):<20}  {state:<8}  "
+                    f"created {r.created_at}  {r.name}"
+                )
+        else:
+            record = tokens.revoke(args.id)
+            print(f"token {record.id} revoked ({record.revoked_at})")
+    except (KeyError, ValueError, OSError) as exc:
+        raise CliError(str(exc).strip("'\"")) from None
     return 0
 
 
@@ -281,8 +355,9 @@ def _service(args: argparse.Namespace) -> int:
         http_port=args.http_port,
         connect_timeout_s=args.connect_timeout,
         drain_timeout_s=args.drain_timeout,
-        query=QuerySettings(lost_after_s=args.lost_after),
+        query=QuerySettings(lost_after_s=args.lost_after, tokens_file=args.tokens),
     )
+    _warn_if_open(args.host, args.tokens)
     asyncio.run(serve_query(query))
     return 0
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -15,3 +16,6 @@ class QuerySettings:
     max_samples: int = 100_000
     max_page_size: int = 100_000
     max_runs_per_page: int = 1_000
+    #: With a tokens file (``stride token create``), every request but the probes
+    #: needs a bearer token with the right scope (see :mod:`.auth`); without, none.
+    tokens_file: Path | None = None

@@ -15,6 +15,7 @@ import msgspec
 from aiohttp import web
 
 from stride.api_types import (
+    Access,
     ErrorBody,
     MetricKeys,
     MetricStats,
@@ -30,6 +31,7 @@ from stride.store import AsyncStore, open_store
 from . import runs as runs_q
 from ._columns import Columns
 from ._settings import QuerySettings
+from .auth import GRANT, Tokens, middleware
 from .catalog import Catalog
 from .edit import delete_run, update_run
 from .errors import BadRequest, NotFound, QueryError, Unavailable
@@ -76,6 +78,8 @@ def create_app(
     """
     settings = settings or QuerySettings()
     app = web.Application(middlewares=[_errors])
+    if settings.tokens_file is not None:
+        app.middlewares.append(middleware(Tokens(settings.tokens_file)))
     app[READ_AHEAD] = ReadAhead()
     app[SETTINGS] = settings
     if store is not None:
@@ -90,6 +94,7 @@ def create_app(
     app.router.add_get(f"{base}/status", _status)
     app.router.add_get(f"{base}/openapi.json", _openapi)
     app.router.add_get(f"{base}/projects/{{entity}}", _list_projects)
+    app.router.add_get(f"{base}/access/{{entity}}", _access)
     app.router.add_get(f"{base}/runs/{{entity}}/{{project}}", _list_runs)
     app.router.add_post(f"{base}/runs/{{entity}}/{{project}}", _list_runs)
     app.router.add_get(f"{base}/runs/{{entity}}/{{project}}/{{run_id}}", _get_run)
@@ -134,7 +139,10 @@ async def _errors(request: web.Request, handler: Handler) -> web.StreamResponse:
     try:
         return await handler(request)
     except QueryError as exc:
-        return _json(ErrorBody(exc.message, exc.status), exc.status)
+        answer = _json(ErrorBody(exc.message, exc.status), exc.status)
+        if exc.status == 401:
+            answer.headers["WWW-Authenticate"] = 'Bearer realm="stride"'
+        return answer
     except web.HTTPException as exc:
         return _json(ErrorBody(exc.reason, exc.status), exc.status)
     except Exception:
@@ -234,6 +242,14 @@ async def _status(request: web.Request) -> web.Response:
     status = request.app.get(STATUS)
     extra = await status() if status is not None else {}
     return _json(msgspec.convert({"ok": True, **extra}, Status))
+
+
+async def _access(request: web.Request) -> web.Response:
+    """What the caller's token allows for the entity (everything, without auth)."""
+    entity = _ident("entity", request.match_info["entity"])
+    grant = request.get(GRANT)
+    auth = request.app[SETTINGS].tokens_file is not None
+    return _json(Access(entity, auth, grant.write if grant is not None else True))
 
 
 async def _list_projects(request: web.Request) -> web.Response:

@@ -15,6 +15,18 @@ class BadRequest(QueryError):
     status = 400
 
 
+class Unauthorized(QueryError):
+    """No token, or one that is unknown or revoked."""
+
+    status = 401
+
+
+class Forbidden(QueryError):
+    """A token without the scope the request needs."""
+
+    status = 403
+
+
 class NotFound(QueryError):
     status = 404
 

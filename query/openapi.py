@@ -15,6 +15,7 @@ from typing import Any
 import msgspec
 
 from stride.api_types import (
+    Access,
     ErrorBody,
     MetricKeys,
     MetricStats,
@@ -26,6 +27,8 @@ from stride.api_types import (
     Status,
 )
 from stride.ids import KEY_PATTERN, NAME_PATTERN
+
+from .auth import AUTH_EXEMPT
 
 __all__ = ["OPERATIONS", "Operation", "openapi_document"]
 
@@ -84,6 +87,8 @@ OPERATIONS: tuple[Operation, ...] = (
     Operation("get", "/api/v1/status", "Ingest counters and lag"),
     Operation("get", "/api/v1/openapi.json", "This document", answer=None,
               media=("application/json",)),
+    Operation("get", "/api/v1/access/{entity}", "What the caller's token allows there",
+              (_ENTITY,), answer=Access),
     Operation(
         "get", "/api/v1/projects/{entity}", "An entity's projects by name",
         (_ENTITY, Param("per_page", {"type": "integer", "minimum": 1, "maximum": 1000}),
@@ -140,7 +145,7 @@ OPERATIONS: tuple[Operation, ...] = (
     ),
 )  # fmt: skip
 
-_STRUCTS = (ErrorBody, MetricKeys, MetricStats, ProjectsPage, RunDoc, RunSearch, RunsPage,
+_STRUCTS = (Access, ErrorBody, MetricKeys, MetricStats, ProjectsPage, RunDoc, RunSearch, RunsPage,
             RunUpdate, Status)  # fmt: skip
 
 
@@ -163,10 +168,14 @@ def openapi_document() -> dict[str, Any]:
             "responses": {
                 "200": {"description": "OK", "content": ok},
                 "400": {"description": "Invalid input", "content": error},
+                "401": {"description": "A token is needed (with --tokens)", "content": error},
+                "403": {"description": "The token lacks the scope", "content": error},
                 "404": {"description": "No such run, key or route", "content": error},
                 "default": {"description": "An error", "content": error},
             },
         }
+        if op.path in AUTH_EXEMPT:
+            spec["security"] = []
         if op.body is not None:
             spec["requestBody"] = {
                 "required": True,
@@ -181,7 +190,12 @@ def openapi_document() -> dict[str, Any]:
             "description": "Runs, metrics and exports; see docs/http-api.md.",
         },
         "paths": paths,
-        "components": {"schemas": components},
+        "components": {
+            "schemas": components,
+            "securitySchemes": {"token": {"type": "http", "scheme": "bearer"}},
+        },
+        # Needed when the service runs with a tokens file (stride token create).
+        "security": [{"token": []}],
     }
 
 

@@ -23,6 +23,7 @@ from ._settings import Settings
 from ._transport import DeliveryReport
 from .errors import (
     ApiError,
+    AuthError,
     BadRequestError,
     NotFoundError,
     ServiceUnavailableError,
@@ -34,6 +35,7 @@ __all__ = [
     "Api",
     "ApiError",
     "ApiRun",
+    "AuthError",
     "BadRequestError",
     "DeliveryReport",
     "NestedDict",

@@ -27,6 +27,7 @@ import orjson
 from ._config import NestedDict
 from ._settings import DEFAULT_API
 from .api_types import (
+    Access,
     ColumnsPage,
     ErrorBody,
     MetricKeys,
@@ -40,6 +41,7 @@ from .api_types import (
 )
 from .errors import (
     ApiError,
+    AuthError,
     BadRequestError,
     NotFoundError,
     ServiceUnavailableError,
@@ -62,6 +64,7 @@ _PROJECTS = msgspec.json.Decoder(ProjectsPage)
 _ERROR = msgspec.json.Decoder(ErrorBody)
 _SEARCH = msgspec.json.Encoder()
 _STATUS = msgspec.json.Decoder(Status)
+_ACCESS = msgspec.json.Decoder(Access)
 #: A run's editable fields, copied through JSON for :meth:`ApiRun.update`.
 _EDITABLE_COPY = msgspec.json.Decoder(RunDoc)
 _EDITABLE_COPY_ENC = msgspec.json.Encoder()
@@ -73,7 +76,8 @@ class Api:
 
     ``base_url`` defaults to ``$STRIDE_API``, else ``http://127.0.0.1:8080``.
     ``overrides`` may set a default ``entity`` and ``project`` so that
-    ``api.run("run_id")`` works.
+    ``api.run("run_id")`` works. ``token`` (default ``$STRIDE_API_TOKEN``) is sent
+    as a bearer token, for a service that needs one (``stride up --tokens``).
 
     Example::
 
@@ -89,6 +93,7 @@ class Api:
         overrides: Mapping[str, str] | None = None,
         timeout: float = 30.0,
         retries: int = 3,
+        token: str | None = None,
     ) -> None:
         self.base_url = (base_url or os.environ.get("STRIDE_API") or DEFAULT_API).rstrip("/")
         parsed = urllib.parse.urlsplit(self.base_url)
@@ -103,6 +108,9 @@ class Api:
         self.default_project = overrides.get("project")
         self._timeout = timeout
         self._retries = retries
+        token = token or os.environ.get("STRIDE_API_TOKEN")
+        self._headers = {"Authorization": f"Bearer {token}"} if token else {}
+        self._access_cache: dict[str, Access] = {}
         self._conn: http.client.HTTPConnection | None = None
         self._lock = threading.Lock()
 
@@ -131,6 +139,13 @@ class Api:
         asked = dict(filters) if filters else None
         _check_finite(asked, "filters")
         return Runs(self, entity, project, RunSearch(asked, order, per_page))
+
+    def _access(self, entity: str) -> Access:
+        found = self._access_cache.get(entity)
+        if found is None:
+            quoted = urllib.parse.quote(entity, safe="")
+            found = self._access_cache[entity] = self._get_as(_ACCESS, f"/api/v1/access/{quoted}")
+        return found
 
     def _project_path(self, path: str) -> tuple[str, str]:
         parts = [p for p in path.split("/") if p]
@@ -201,7 +216,7 @@ class Api:
         conn = http.client.HTTPConnection(self._host, self._port, timeout=self._timeout)
         try:
             try:
-                conn.request("GET", f"{self._prefix}{path}?{query}")
+                conn.request("GET", f"{self._prefix}{path}?{query}", headers=self._headers)
                 response = conn.getresponse()
             except OSError as exc:
                 raise ServiceUnavailableError(
@@ -270,7 +285,9 @@ class Api:
                 message = _ERROR.decode(body).error
             except msgspec.DecodeError:  # not the service's error body (a proxy's page...)
                 message = body[:200].decode(errors="replace")
-            cls = {404: NotFoundError, 400: BadRequestError}.get(status, ApiError)
+            cls = {404: NotFoundError, 400: BadRequestError, 401: AuthError, 403: AuthError}.get(
+                status, ApiError
+            )
             raise cls(status, message)
         return body
 
@@ -288,9 +305,9 @@ class Api:
                             self._host, self._port, timeout=self._timeout
                         )
                     if body is None:
-                        self._conn.request(method, url)
+                        self._conn.request(method, url, headers=self._headers)
                     else:
-                        headers = {"Content-Type": "application/json"}
+                        headers = {**self._headers, "Content-Type": "application/json"}
                         self._conn.request(method, url, body, headers)
                     response = self._conn.getresponse()
                     return response.status, response.read()
@@ -399,9 +416,9 @@ class ApiRun:
 
     @property
     def read_only(self) -> bool:
-        """Whether this client may change the run: ``False``, the service takes edits
-        from any client that reaches it (it has no tokens yet)."""
-        return False
+        """Whether this client may not change the run: ``True`` with a read-only
+        token (asked of the service once per entity and client)."""
+        return not self._api._access(self.entity).write
 
     def update(self) -> ApiRun:
         """Persist changes made to ``name``, ``notes``, ``tags``, ``config`` and

@@ -36,6 +36,7 @@ from typing import Any, Literal
 import msgspec
 
 __all__ = [
+    "Access",
     "ColumnsPage",
     "ErrorBody",
     "IngestCounters",
@@ -108,6 +109,15 @@ class RunUpdate(msgspec.Struct, forbid_unknown_fields=True):
     tags: list[str] | None = None
     config: dict[str, Any] | None = None
     summary: dict[str, Any] | None = None
+
+
+class Access(msgspec.Struct, gc=False):
+    """What the caller may do with an entity's runs: ``auth`` says whether the
+    service checks tokens at all; ``write``, whether runs may be changed."""
+
+    entity: str
+    auth: bool
+    write: bool
 
 
 class RunsPage(msgspec.Struct, gc=False):

@@ -6,7 +6,9 @@ The tree::
     ├── UsageError              a bad argument or a call in the wrong state (not retriable)
     ├── ApiError                the query service answered with an error
     │   ├── NotFoundError       404: unknown run, project or key
-    │   └── BadRequestError     400: invalid parameter; ``message`` says which and why
+    │   ├── BadRequestError     400: invalid parameter; ``message`` says which and why
+    │   └── AuthError           401: no token, or an unknown or revoked one;
+    │                           403: a token without the scope asked for
     └── ServiceUnavailableError the query service could not be reached (retriable)
 
 ``retriable`` tells a caller whether the same call may succeed later.
@@ -16,6 +18,7 @@ from __future__ import annotations
 
 __all__ = [
     "ApiError",
+    "AuthError",
     "BadRequestError",
     "NotFoundError",
     "ServiceUnavailableError",
@@ -46,6 +49,11 @@ class NotFoundError(ApiError):
 
 class BadRequestError(ApiError):
     pass
+
+
+class AuthError(ApiError):
+    """The service wants a token (``Api(token=...)``, ``$STRIDE_API_TOKEN``), or one
+    with more scope: ``status`` is 401 or 403, ``message`` says which."""
 
 
 class ServiceUnavailableError(StrideError):

@@ -477,9 +477,9 @@ def test_api_types_exports_every_body_and_nothing_else() -> None:
     import stride.api_types as api_types
 
     assert set(api_types.__all__) == {
-        "ColumnsPage", "ErrorBody", "IngestCounters", "IngestLag", "MetricKeys", "MetricStats",
-        "NonFinite", "ProjectDoc", "ProjectsPage", "RunDoc", "RunSearch", "RunUpdate", "RunsPage",
-        "SeriesStats", "Status",
+        "Access", "ColumnsPage", "ErrorBody", "IngestCounters", "IngestLag", "MetricKeys",
+        "MetricStats", "NonFinite", "ProjectDoc", "ProjectsPage", "RunDoc", "RunSearch",
+        "RunUpdate", "RunsPage", "SeriesStats", "Status",
     }  # fmt: skip
     assert all(hasattr(api_types, name) for name in api_types.__all__)
 

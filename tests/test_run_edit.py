@@ -43,7 +43,7 @@ def test_update_persists_name_notes_tags_config_and_summary(
                 config={"lr": 0.1, "old": 1, "model": {"depth": 18}})  # fmt: skip
     api = stride.Api(stack.http_url)
     run = api.run(path)
-    assert run.read_only is False
+    assert run.read_only is False  # no tokens: anyone who reaches the service may edit
     assert run.user and _ids(api, {"user": run.user, "id": "edited"}) == ["edited"]
     run.name = "second"
     run.notes = "looked at it"
