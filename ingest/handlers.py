@@ -42,6 +42,7 @@ from stride.store.schema import (
     ROLLUP_PARTIALS_STRUCTURE,
     SERIES_STATS_COLUMNS,
     SERIES_STATS_FROM_PARTIALS,
+    WIDE_FROM_PARTIALS,
 )
 from stride.wire import Batch
 
@@ -80,7 +81,8 @@ class Handler(Protocol[T]):
 
 
 class MetricsHandler:
-    """``points``, then from partials built beside them ``points_rollup``,
+    """``points``, then from partials built beside them ``points_rollup`` (and its
+    wide level),
     ``series_stats`` and each metric's summary row in ``run_search``; and ``run_keys``.
 
     Remembers the keys it has written, so a run's keys are inserted once per
@@ -110,6 +112,7 @@ class MetricsHandler:
         await store.insert_arrow("points", POINTS_COLUMNS, prepared.table)
         for table, columns, select in (
             ("points_rollup", ROLLUP_COLUMNS, ROLLUP_FROM_PARTIALS),
+            ("points_rollup_wide", ROLLUP_COLUMNS, WIDE_FROM_PARTIALS),
             ("series_stats", SERIES_STATS_COLUMNS, SERIES_STATS_FROM_PARTIALS),
             ("run_search", SEARCH_COLUMNS, SEARCH_FROM_PARTIALS),
         ):

@@ -11,13 +11,16 @@ data always gives the same buckets, so the same answer.
 Where the data comes from, so that a 10M-point series answers in
 milliseconds:
 
-* the count and ``lo``/``hi`` come from ``points_rollup`` (256-step bucket
-  aggregates kept by a materialized view), plus raw points in the partial
-  buckets an explicit range cuts;
+* the count and ``lo``/``hi`` come from the rollups: ``points_rollup_wide``
+  (4096-step buckets) for the wide buckets the range holds whole,
+  ``points_rollup`` (256-step buckets) for the whole buckets beside them, and
+  raw points in the partial buckets an explicit range cuts;
 * wide sample buckets are unions of whole rollup buckets, so their first
-  point, last point and envelope are a ``min``/``max`` over rollup rows. The
-  partial buckets at the edges of an explicit range are buckets of their own,
-  read raw;
+  point, last point and envelope are a ``min``/``max`` over rollup rows: over
+  wide rollup rows when a sample bucket spans at least 8 of them (the grid
+  then snaps to them: a bucket at most 1/8 wider), else over 256-step rows.
+  The parts of an explicit range that no whole bucket of the level covers are
+  buckets of their own at each end (read from the finer rollup, then raw);
 * narrow sample buckets (under a rollup bucket wide) and unsampled answers
   read raw points.
 """
@@ -31,7 +34,7 @@ import numpy as np
 import pyarrow as pa
 
 from stride.store import AsyncStore
-from stride.store.schema import ROLLUP_MERGE, ROLLUP_STEPS, rollup_aggregates
+from stride.store.schema import ROLLUP_MERGE, ROLLUP_STEPS, WIDE_STEPS, rollup_aggregates
 
 from ._columns import Columns, pivot
 
@@ -40,6 +43,13 @@ _SERIES = "run = {run:String} AND stream = {stream:String} AND key IN {keys:Arra
 _RANGE = "step BETWEEN {lo:Int64} AND {hi:Int64}"
 _EDGES = f"{_RANGE} AND (step < {{in_lo:Int64}} OR step > {{in_hi:Int64}})"
 _INTERIOR = "bucket BETWEEN {b_lo:Int64} AND {b_hi:Int64}"
+_WIDE_INTERIOR = "bucket BETWEEN {w_lo:Int64} AND {w_hi:Int64}"
+#: The whole rollup buckets beside the whole wide ones (below, above).
+_BESIDE_WIDE = (
+    "(bucket BETWEEN {b_lo:Int64} AND {r_lo:Int64} OR bucket BETWEEN {r_hi:Int64} AND {b_hi:Int64})"
+)
+#: Sample buckets of at least this many wide buckets are read from the wide level.
+_WIDE_SPAN = 8
 
 
 async def history(
@@ -62,10 +72,15 @@ async def history(
     edge_stats = (
         f" UNION ALL SELECT step, step, 1 FROM points WHERE {_SERIES} AND {_EDGES}" if edges else ""
     )
+    beside = (
+        f" UNION ALL SELECT smin, smax, n FROM points_rollup WHERE {_SERIES} AND {_BESIDE_WIDE}"
+        if params["r_lo"] >= params["b_lo"] or params["r_hi"] <= params["b_hi"]
+        else ""
+    )
     stats = await store.query_arrow(
         "SELECT min(smin) AS lo, max(smax) AS hi, sum(n) AS n FROM ("
-        f"SELECT smin, smax, n FROM points_rollup "
-        f"WHERE {_SERIES} AND {_INTERIOR}{edge_stats})",
+        f"SELECT smin, smax, n FROM points_rollup_wide "
+        f"WHERE {_SERIES} AND {_WIDE_INTERIOR}{beside}{edge_stats})",
         params,
     )
     n = stats.column("n")[0].as_py()
@@ -78,9 +93,11 @@ async def history(
     # The sample grid starts at the first point; the requested range still decides
     # which rollup buckets are whole and which edges are read raw.
     width = max(1, math.ceil((hi - lo + 1) / max(1, samples - 1)))
-    params.update(origin=lo, origin_bucket=lo // ROLLUP_STEPS)
+    params.update(origin=lo, origin_bucket=lo // ROLLUP_STEPS, origin_wide=lo // WIDE_STEPS)
     if width < ROLLUP_STEPS:
         series = _by_key(await _raw_buckets(store, params, width), keys, edge=False)
+    elif width >= _WIDE_SPAN * WIDE_STEPS:
+        series = await _wide_buckets(store, params, keys, width, edges or bool(beside))
     else:
         series = await _rollup_buckets(store, params, keys, width, edges)
     picked = _pick(series, samples, hi)
@@ -95,11 +112,21 @@ def _set_range(params: dict[str, Any], lo: int, hi: int) -> bool:
     """
     b_lo = -(-lo // ROLLUP_STEPS)  # the first bucket starting at or after lo
     b_hi = (hi + 1) // ROLLUP_STEPS - 1  # the last bucket ending at or before hi
+    w_lo, w_hi = -(-lo // WIDE_STEPS), (hi + 1) // WIDE_STEPS - 1  # the same, wide
+    per_wide = WIDE_STEPS // ROLLUP_STEPS
+    if w_lo > w_hi:  # no whole wide bucket: the rollup buckets alone
+        r_lo, r_hi = b_hi, b_hi + 1
+    else:  # the rollup buckets below and above the wide ones
+        r_lo, r_hi = w_lo * per_wide - 1, (w_hi + 1) * per_wide
     params.update(
         lo=lo,
         hi=hi,
         b_lo=b_lo,
         b_hi=b_hi,
+        w_lo=w_lo,
+        w_hi=w_hi,
+        r_lo=r_lo,
+        r_hi=r_hi,
         in_lo=max(_INT64_MIN, b_lo * ROLLUP_STEPS),
         in_hi=min(_INT64_MAX, (b_hi + 1) * ROLLUP_STEPS - 1),
     )
@@ -145,6 +172,31 @@ async def _rollup_buckets(
     edge_rows = await store.query_arrow(
         f"SELECT key, if(step < {{in_lo:Int64}}, -1, {_INT64_MAX}) AS sb, {rollup_aggregates()} "
         f"FROM points WHERE {_SERIES} AND {_EDGES} GROUP BY key, sb",
+        params,
+    )
+    return _concat(series, _by_key(edge_rows, keys, edge=True))
+
+
+async def _wide_buckets(
+    store: AsyncStore, params: dict[str, Any], keys: list[str], width: int, edges: bool
+) -> dict[str, Series]:
+    """Sample buckets of whole wide rollup buckets; what the range holds beside them
+    (rollup buckets, then raw points) is one bucket at each end."""
+    span = math.ceil(width / WIDE_STEPS)
+    interior = await store.query_arrow(
+        f"SELECT key, intDiv(bucket - {{origin_wide:Int64}}, {span}) AS sb, {ROLLUP_MERGE} "
+        f"FROM points_rollup_wide WHERE {_SERIES} AND {_WIDE_INTERIOR} GROUP BY key, sb",
+        params,
+    )
+    series = _by_key(interior, keys, edge=False)
+    if not edges:
+        return series
+    below = "{r_lo:Int64}"
+    edge_rows = await store.query_arrow(
+        f"SELECT key, if(bucket <= {below}, -1, {_INT64_MAX}) AS sb, {ROLLUP_MERGE} "
+        f"FROM points_rollup WHERE {_SERIES} AND {_BESIDE_WIDE} GROUP BY key, sb "
+        f"UNION ALL SELECT key, if(step < {{in_lo:Int64}}, -1, {_INT64_MAX}) AS sb, "
+        f"{rollup_aggregates()} FROM points WHERE {_SERIES} AND {_EDGES} GROUP BY key, sb",
         params,
     )
     return _concat(series, _by_key(edge_rows, keys, edge=True))
@@ -207,10 +259,14 @@ def _coarsen(s: Series, shift: int | None) -> Series:
 
 
 def _last(s: Series, hi: int) -> Series | None:
-    """The key's last bucket, when it holds the point at ``hi``."""
-    if len(s["sb"]) and s["smax"][-1] == hi:
-        return {name: col[-1:].copy() for name, col in s.items()}
-    return None
+    """The key's bucket holding its point at ``hi``, if it has one (an end bucket may
+    come in parts: the rollup's buckets beside the wide ones, and raw points)."""
+    if not len(s["sb"]):
+        return None
+    i = int(np.argmax(s["smax"]))
+    if s["smax"][i] != hi:
+        return None
+    return {name: col[i : i + 1].copy() for name, col in s.items()}
 
 
 def _columns(

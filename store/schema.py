@@ -61,6 +61,10 @@ if TYPE_CHECKING:
 ROLLUP_STEPS = 256
 #: The bucket of a step (floor division, also for negative steps).
 BUCKET_SQL = f"intDiv(step + if(step < 0, {1 - ROLLUP_STEPS}, 0), {ROLLUP_STEPS})"
+#: Steps per bucket of ``points_rollup_wide``, the second level: 16 rollup buckets.
+#: History over ~100M steps reads ~25k of these instead of ~400k rollup rows.
+WIDE_STEPS = 16 * ROLLUP_STEPS
+_WIDE = WIDE_STEPS // ROLLUP_STEPS
 
 
 #: Rank of a point for "first" (smallest step, then newest version) and "last"
@@ -155,6 +159,28 @@ ROLLUP_FROM_PARTIALS = (
 )
 ROLLUP_PARTIALS_STRUCTURE = ", ".join(f"{name} {kind}" for name, kind in ROLLUP_PARTIALS)
 
+#: The same partials folded per series and wide bucket into ``points_rollup_wide``
+#: (one row per series, wide bucket and fetch), in ROLLUP_COLUMNS order.
+WIDE_FROM_PARTIALS = (
+    "SELECT run, stream, key, "
+    f"intDiv(assumeNotNull(bucket) + if(assumeNotNull(bucket) < 0, {1 - _WIDE}, 0), {_WIDE}) "
+    "AS wide, "
+    "sum(assumeNotNull(n)), min(assumeNotNull(smin)), max(assumeNotNull(smax)), "
+    "min(assumeNotNull(vmin)), max(assumeNotNull(vmax)), "
+    + ", ".join(
+        f"{fn}State(assumeNotNull({col}), {rank})"
+        for fn, col, rank in (
+            ("argMin", "fv", _PARTIAL_FIRST),
+            ("argMin", "ft", _PARTIAL_FIRST),
+            ("argMin", "fs", _PARTIAL_FIRST),
+            ("argMax", "lv", _PARTIAL_LAST),
+            ("argMax", "lt", _PARTIAL_LAST),
+            ("argMax", "ls", _PARTIAL_LAST),
+        )
+    )
+    + " FROM {source} GROUP BY run, stream, key, wide"
+)
+
 #: The same partials folded per series into ``series_stats`` (one row per
 #: series and fetch), in SERIES_STATS_COLUMNS order.
 SERIES_STATS_FROM_PARTIALS = (
@@ -198,6 +224,7 @@ RUN_ROWS = (
     ("run_fields", _BY_ID),
     ("points", "run = {path:String}"),
     ("points_rollup", "run = {path:String}"),
+    ("points_rollup_wide", "run = {path:String}"),
     ("series_stats", "run = {path:String}"),
     ("run_keys", "run = {path:String}"),
 )
@@ -278,6 +305,28 @@ _TABLES = (
     ),
     _Table(
         "points_rollup",
+        """run String,
+        stream LowCardinality(String),
+        key LowCardinality(String),
+        bucket Int64,
+        n SimpleAggregateFunction(sum, UInt64),
+        smin SimpleAggregateFunction(min, Int64),
+        smax SimpleAggregateFunction(max, Int64),
+        vmin SimpleAggregateFunction(min, Float64),
+        vmax SimpleAggregateFunction(max, Float64),
+        fv AggregateFunction(argMin, Float64, Int128),
+        ft AggregateFunction(argMin, Float64, Int128),
+        fs AggregateFunction(argMin, Float64, Int128),
+        lv AggregateFunction(argMax, Float64, Int128),
+        lt AggregateFunction(argMax, Float64, Int128),
+        ls AggregateFunction(argMax, Float64, Int128)""",
+        "AggregatingMergeTree",
+        "",
+        "run, stream, key, bucket",
+        "cityHash64(run)",
+    ),
+    _Table(
+        "points_rollup_wide",
         """run String,
         stream LowCardinality(String),
         key LowCardinality(String),
@@ -406,6 +455,12 @@ def ddl(database: str, cluster: str | None = None) -> list[str]:
 BACKFILL_ROLLUP = f"""INSERT INTO points_rollup
     SELECT run, stream, key, {BUCKET_SQL} AS bucket, {rollup_aggregates("State")}
     FROM points GROUP BY run, stream, key, bucket"""
+BACKFILL_WIDE = f"""INSERT INTO points_rollup_wide
+    SELECT run, stream, key, intDiv(bucket + if(bucket < 0, {1 - _WIDE}, 0), {_WIDE}) AS wide,
+        sum(n), min(smin), max(smax), min(vmin), max(vmax),
+        argMinMergeState(fv), argMinMergeState(ft), argMinMergeState(fs),
+        argMaxMergeState(lv), argMaxMergeState(lt), argMaxMergeState(ls)
+    FROM points_rollup GROUP BY run, stream, key, wide"""
 BACKFILL_SERIES_STATS = f"""INSERT INTO series_stats
     SELECT run, stream, key, count(), countIf(NOT isNaN(value)),
         sumIf(value, NOT isNaN(value)), min(step), max(step), {VMIN_SQL}, {VMAX_SQL},
@@ -455,6 +510,7 @@ def backfill(store: Store) -> None:
     if has_rows("points"):
         for table, statement in (
             ("points_rollup", BACKFILL_ROLLUP),
+            ("points_rollup_wide", BACKFILL_WIDE),  # after the rollup: folded from it
             ("series_stats", BACKFILL_SERIES_STATS),
         ):
             if not has_rows(table):

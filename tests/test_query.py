@@ -710,3 +710,48 @@ def test_the_system_stream_is_read_apart_from_the_default_one(stack: StrideUp) -
     run.load()
     assert run.system_metrics == {"gpu.0.util": 49 * 2.0, "cpu": 49 * 2.0 + 1}
     assert "cpu" not in run.summary and run.summary["loss"] == 99.0
+
+
+@pytest.fixture(scope="module")
+def sparse(stack: StrideUp, tmp_path_factory: pytest.TempPathFactory) -> tuple[stride.Api, str]:
+    """100k points spread over 3.7M steps: few samples make sample buckets of many
+    wide (4096-step) rollup buckets, the second rollup level."""
+    settings = stack.settings(tmp_path_factory.mktemp("spool"))
+    with stride.init(project="wide", settings=settings) as run:
+        for i in range(100_000):
+            step = i * 37
+            run.log({"v": 1000.0 if i == 54_321 else math.sin(i / 500)}, step=step)
+    api = stride.Api(stack.http_url)
+    wait_rows(api, run.path, 100_000)
+    return api, run.path
+
+
+@pytest.mark.parametrize(
+    ("samples", "min_step", "max_step"),
+    [(20, None, None), (30, 1234, 3_000_001), (5, 50_000, 2_000_000), (3, None, 3_699_962)],
+)
+def test_history_from_the_wide_rollup_is_the_points(
+    sparse: tuple[stride.Api, str], samples: int, min_step: int | None, max_step: int | None
+) -> None:
+    api, path = sparse
+    run = api.run(path)
+    truth = {
+        r["_step"]: r["v"]
+        for r in run.scan_history(page_size=100_000, min_step=min_step, max_step=max_step)
+    }
+    span = max(truth) - min(truth) + 1
+    assert span / (samples - 1) >= 8 * 4096  # sample buckets of 8 wide buckets or more
+    rows = run.history(
+        samples=samples, min_step=min_step, max_step=max_step, envelope=True, pandas=False
+    )
+    steps = [r["_step"] for r in rows]
+    assert 2 <= len(rows) <= samples and steps == sorted(set(steps))
+    assert steps[0] == min(truth) and steps[-1] == max(truth)
+    assert all(r["v"] == truth[r["_step"]] for r in rows)
+    assert all(r["_runtime"] is not None and r["_timestamp"] is not None for r in rows)
+    assert max(r.get("max(v)", -math.inf) for r in rows) == max(truth.values())  # the spike
+    assert min(r.get("min(v)", math.inf) for r in rows) == min(truth.values())
+    again = run.history(
+        samples=samples, min_step=min_step, max_step=max_step, envelope=True, pandas=False
+    )
+    assert again == rows

@@ -320,7 +320,10 @@ def test_a_store_from_before_the_series_stats_gets_them_filled_when_opened(
             stats = store.query_arrow(
                 f"SELECT key, {{SERIES_STATS_MERGE}} FROM series_stats GROUP BY key"
             )
-            rollup = store.query_arrow("SELECT sum(n) AS n FROM points_rollup")
+            rollup = store.query_arrow(
+                "SELECT sum(n) AS n FROM points_rollup UNION ALL "
+                "SELECT sum(n) AS n FROM points_rollup_wide"
+            )
             print(json.dumps([stats.to_pylist(), rollup.column("n").to_pylist()]))
             """
         )
@@ -333,7 +336,7 @@ def test_a_store_from_before_the_series_stats_gets_them_filled_when_opened(
             **{"min": -2.0, "max": 7.0, "first": 0.5, "last": 1.0},
         }
     ]
-    assert rollup == [5]
+    assert rollup == [5, 5]  # the rollup, and its wide level folded from it
 
 
 def test_a_store_from_before_run_search_gets_it_filled_when_opened(tmp_path: Path) -> None:
@@ -664,6 +667,7 @@ def test_single_server_ddl_is_what_the_embedded_store_runs(chdb_store: ChdbStore
         "batches": "ReplacingMergeTree",
         "points": "ReplacingMergeTree",
         "points_rollup": "AggregatingMergeTree",
+        "points_rollup_wide": "AggregatingMergeTree",
         "run_fields": "ReplacingMergeTree",
         "run_keys": "ReplacingMergeTree",
         "run_search": "ReplacingMergeTree",
@@ -682,6 +686,7 @@ def test_cluster_ddl_replicates_shards_by_run_and_parses(chdb_store: ChdbStore) 
         ("points", f"ReplicatedReplacingMergeTree({path % 'points'}, ver)"),
         ("batches", f"ReplicatedReplacingMergeTree({path % 'batches'})"),
         ("points_rollup", f"ReplicatedAggregatingMergeTree({path % 'points_rollup'})"),
+        ("points_rollup_wide", f"ReplicatedAggregatingMergeTree({path % 'points_rollup_wide'})"),
         ("series_stats", f"ReplicatedAggregatingMergeTree({path % 'series_stats'})"),
     ]:
         assert f"ENGINE = {engine}" in by_name[f"metrics.{table}_local"]
@@ -696,4 +701,4 @@ def test_cluster_ddl_replicates_shards_by_run_and_parses(chdb_store: ChdbStore) 
     # Ingest writes the rollup; a view from older versions is dropped everywhere.
     assert formatted[-1] == "DROP VIEW IF EXISTS metrics.points_rollup_mv ON CLUSTER main"
     # Every table has its replicated local table and a Distributed one in front.
-    assert len(statements) == 1 + 2 * 7 + 1
+    assert len(statements) == 1 + 2 * 8 + 1
