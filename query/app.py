@@ -36,7 +36,7 @@ from .catalog import Catalog
 from .edit import delete_run, update_run
 from .errors import BadRequest, NotFound, QueryError, Unavailable
 from .export import ExportFormat, export_run, export_runs
-from .history import history
+from .history import history, history_along
 from .openapi import openapi_document
 from .readahead import ReadAhead
 from .scan import scan_page
@@ -438,7 +438,21 @@ async def _history(request: web.Request) -> web.Response:
     run, stream, min_step, max_step = await _series_request(request)
     samples = _int(request, "samples", 500, 2, request.app[SETTINGS].max_samples)
     assert samples is not None
+    envelope = request.query.get("envelope", "false").lower() in ("1", "true", "yes")
+    x_axis = request.query.get("x_axis", "_step")
     keys, _ = await _requested_keys(request, run, stream)
+    if x_axis not in _TIME_AXES:
+        x_axis = _ident("key", x_axis)
+        if envelope:
+            raise BadRequest("envelope needs x_axis _step, _runtime or _timestamp")
+        known = await request.app[CATALOG].keys(run, stream, [x_axis])
+        if x_axis not in known:
+            raise NotFound(f"run {run} has no metric {x_axis!r} (the x_axis) in stream {stream!r}")
+        cols = await history_along(
+            request.app[STORE], run, stream, x_axis, [x_axis, *keys], samples=samples,
+            min_step=min_step, max_step=max_step,
+        )  # fmt: skip
+        return _columns(cols)
     if not keys:
         return _columns(Columns.empty())
     cols = await history(
@@ -449,9 +463,13 @@ async def _history(request: web.Request) -> web.Response:
         samples=samples,
         min_step=min_step,
         max_step=max_step,
-        envelope=request.query.get("envelope", "false").lower() in ("1", "true", "yes"),
+        envelope=envelope,
     )
     return _columns(cols)
+
+
+#: Axes every row has: history samples by step, and the rows carry all three.
+_TIME_AXES = ("_step", "_runtime", "_timestamp")
 
 
 async def _scan(request: web.Request) -> web.Response:

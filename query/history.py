@@ -105,6 +105,46 @@ async def history(
     return _columns(picked, last, keys, hi, envelope)
 
 
+async def history_along(
+    store: AsyncStore,
+    run: str,
+    stream: str,
+    x_axis: str,
+    keys: list[str],
+    *,
+    samples: int,
+    min_step: int | None,
+    max_step: int | None,
+) -> Columns:
+    """History with a logged key as the x axis (W&B's ``history(x_axis=...)``): the
+    rows are sampled from the steps where ``x_axis`` was logged (its first and last
+    point always among them, at most ``samples``), and each row carries the other
+    ``keys`` as logged at that same step. So every row has an x value, and a key
+    logged less often than the others still gets ``samples`` rows."""
+    along = await history(
+        store, run, stream, [x_axis], samples=samples, min_step=min_step, max_step=max_step,
+        envelope=False,
+    )  # fmt: skip
+    others = [k for k in keys if k != x_axis]
+    if not len(along) or not others:
+        return along
+    table = await store.query_arrow(
+        "SELECT key, step, value FROM points FINAL WHERE run = {run:String} "
+        "AND stream = {stream:String} AND key IN {keys:Array(String)} "
+        "AND step IN {steps:Array(Int64)}",
+        {"run": run, "stream": stream, "keys": sorted(others), "steps": along.steps.tolist()},
+    )
+    key_column = np.array(table.column("key").to_pylist(), dtype=object)
+    steps, values = table.column("step").to_numpy(), table.column("value").to_numpy()
+    for key in others:
+        mask = key_column == key
+        rows = np.searchsorted(along.steps, steps[mask])
+        column, present = np.full(len(along), np.nan), np.zeros(len(along), bool)
+        column[rows], present[rows] = values[mask], True
+        along.values[key], along.present[key] = column, present
+    return along
+
+
 def _set_range(params: dict[str, Any], lo: int, hi: int) -> bool:
     """``[lo, hi]``, the whole rollup buckets inside it, and where the raw edges start.
 

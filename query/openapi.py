@@ -114,7 +114,8 @@ OPERATIONS: tuple[Operation, ...] = (
     Operation(
         "get", _ONE + "/history", "Sampled history",
         (*_RUN, Param("samples", {"type": "integer", "minimum": 2, "maximum": 100_000}), _KEYS,
-         *_RANGE, _STREAM, Param("envelope", {"type": "string", "enum": ["true", "false"]})),
+         *_RANGE, _STREAM, Param("envelope", {"type": "string", "enum": ["true", "false"]}),
+         Param("x_axis", _KEY, description="_step (default), _runtime, _timestamp or a key")),
         answer=None, media=("application/json",),
     ),
     Operation(

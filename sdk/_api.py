@@ -49,7 +49,6 @@ from .errors import (
 )
 
 _NONFINITE = {"nan": float("nan"), "inf": float("inf"), "-inf": float("-inf")}
-_BUILTIN_AXES = ("_step", "_runtime", "_timestamp")
 #: The states of a run that has not ended.
 _GOING = ("created", "running")
 
@@ -534,24 +533,22 @@ class ApiRun:
         Deterministic: the same data gives the same rows. Rows carry ``_step``,
         ``_runtime``, ``_timestamp`` and a column per key. ``envelope=True`` adds
         ``min(key)``/``max(key)`` over each sampled bucket so spikes stay visible.
-        Returns a pandas DataFrame, or a list of dicts with ``pandas=False``.
+        ``x_axis`` a logged key: the service samples the steps where that key was
+        logged (its first and last among them) and each row has it, with the
+        other keys as logged at that step (W&B's meaning). Returns a pandas
+        DataFrame, or a list of dicts with ``pandas=False``.
         """
         keys = _keys_param(keys)
-        if keys is not None and x_axis not in _BUILTIN_AXES and x_axis not in keys:
-            keys = [*keys, x_axis]
         params: list[tuple[str, Any]] = [
             ("samples", samples),
             ("min_step", min_step),
             ("max_step", max_step),
             ("stream", stream),
             ("envelope", "true" if envelope else None),
+            ("x_axis", None if x_axis == "_step" else x_axis),
         ]
         params += [("keys", k) for k in keys or ()]
         columns = _columns(self._api._get_as(_COLUMNS, f"{self._base}/history", params))
-        if x_axis not in _BUILTIN_AXES:
-            if x_axis not in columns:
-                raise BadRequestError(400, f"x_axis {x_axis!r} is not a metric of run {self.path}")
-            columns = _select_rows(columns, [v is not None for v in columns[x_axis]])
         if pandas:
             return _dataframe(columns)
         return list(_rows(columns))
@@ -696,10 +693,6 @@ def _columns(page: ColumnsPage) -> dict[str, list[Any]]:
         for row, name in items:
             column[row] = _NONFINITE[name]
     return columns
-
-
-def _select_rows(columns: dict[str, list[Any]], keep: list[bool]) -> dict[str, list[Any]]:
-    return {k: [v for v, ok in zip(col, keep, strict=True) if ok] for k, col in columns.items()}
 
 
 def _rows(columns: dict[str, list[Any]]) -> Iterator[dict[str, Any]]:

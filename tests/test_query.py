@@ -170,20 +170,33 @@ def test_history_x_axis_metric_returns_the_rows_where_that_metric_was_logged(
 
 
 def test_history_x_axis_metric_when_sampled(logged: tuple[stride.Api, str]) -> None:
-    """Sampled: the rows are the sampled rows that have ``odd``, no others, and
-    every value in them is the one logged at that step."""
+    """Sampled along ``odd`` (logged at every other step): up to ``samples`` rows,
+    every one with ``odd`` and the ``loss`` logged at that step, ``odd``'s first
+    and last point kept; computed here from the scanned points."""
     api, path = logged
     run = api.run(path)
-    rows = run.history(samples=100, keys=["loss"], x_axis="odd", pandas=False)
-    sampled = run.history(samples=100, keys=["loss", "odd"], pandas=False)
-    assert rows == [r for r in sampled if "odd" in r]
-    steps = [r["_step"] for r in rows]
-    assert 10 <= len(rows) <= 100 and steps == sorted(set(steps))
-    assert steps[0] == 1  # odd's first point is always kept
-    for row in rows:
-        assert row["_step"] % 2 == 1 and row["odd"] == float(row["_step"])
-        if "loss" in row:
-            assert row["loss"] == _logged_loss(row["_step"])
+    truth = {r["_step"]: r for r in run.scan_history(page_size=50_000)}
+    odd_steps = sorted(s for s, r in truth.items() if "odd" in r)
+    for samples, lo, hi in [(100, None, None), (7, 5000, 9000), (2, None, None)]:
+        rows = run.history(
+            samples=samples, keys=["loss"], x_axis="odd", min_step=lo, max_step=hi, pandas=False
+        )
+        want = [s for s in odd_steps if (lo is None or s >= lo) and (hi is None or s <= hi)]
+        steps = [r["_step"] for r in rows]
+        assert samples // 2 <= len(rows) <= samples and steps == sorted(set(steps))
+        assert steps[0] == want[0] and steps[-1] == want[-1]  # the axis's ends
+        for row in rows:
+            logged_row = truth[row["_step"]]
+            assert row["odd"] == logged_row["odd"] == float(row["_step"])
+            assert row["loss"] == logged_row["loss"]
+            assert row["_runtime"] == logged_row["_runtime"]
+        # Along a time axis every row qualifies: the same rows as sampling by step.
+    by_time = run.history(samples=50, keys=["loss"], x_axis="_timestamp", pandas=False)
+    assert by_time == run.history(samples=50, keys=["loss"], pandas=False)
+    with pytest.raises(NotFoundError, match="no metric 'nope' \\(the x_axis\\)"):
+        run.history(keys=["loss"], x_axis="nope")
+    with pytest.raises(BadRequestError, match="envelope needs x_axis"):
+        run.history(keys=["loss"], x_axis="odd", envelope=True)
 
 
 @pytest.mark.parametrize("page_size", [1, 999, 20_000])
