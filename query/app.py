@@ -40,6 +40,7 @@ from .history import history, history_along
 from .openapi import openapi_document
 from .readahead import ReadAhead
 from .scan import scan_page
+from .search import count_runs
 from .stats import series_stats
 from .stream import stream_rows
 
@@ -275,6 +276,7 @@ async def _list_runs(request: web.Request) -> web.Response:
         except msgspec.DecodeError as exc:
             raise BadRequest(f"the body must be a JSON run search: {exc}") from None
         filters, order, per_page, after = body.filters, body.order, body.per_page, body.after
+        count = body.count
         if not 1 <= per_page <= settings.max_runs_per_page:
             raise BadRequest(
                 f"per_page must be between 1 and {settings.max_runs_per_page}, got {per_page}"
@@ -284,6 +286,7 @@ async def _list_runs(request: web.Request) -> web.Response:
         order = request.query.get("order", "-created_at")
         after = request.query.get("after")
         per_page = _int(request, "per_page", 50, 1, settings.max_runs_per_page) or 50
+        count = request.query.get("count", "false").lower() in ("1", "true", "yes")
     runs, cursor = await runs_q.list_runs(
         request.app[STORE],
         entity,
@@ -294,7 +297,13 @@ async def _list_runs(request: web.Request) -> web.Response:
         after=after,
         lost_after_s=settings.lost_after_s,
     )
-    return _json(RunsPage(runs, cursor))
+    total = None
+    if count:
+        total = await count_runs(
+            request.app[STORE], entity, project, filters=filters,
+            lost_after_s=settings.lost_after_s,
+        )  # fmt: skip
+    return _json(RunsPage(runs, cursor, total))
 
 
 def _json_param(request: web.Request, name: str) -> Any:

@@ -57,7 +57,7 @@ from stride.store.schema import ONCE_PREFIX
 
 from .errors import BadRequest
 
-__all__ = ["search_run_ids"]
+__all__ = ["count_runs", "search_run_ids"]
 
 #: Field names other trackers use, to ours.
 _ALIASES = {
@@ -463,12 +463,9 @@ async def search_run_ids(
     """
     q = _Sql()
     compiler = _Compiler(q, entity, project, time.time() - lost_after_s)
-    matches = compiler.document(filters or {}, "filters")
+    having = _matching(q, compiler, filters)
     name, descending = _order(order)
     value = compiler.ref(name).value(q)
-    # A run exists once its creation time is written (by every writer, first thing).
-    markers = [q.key(MARKER + f) for f in ("created_at", ONCE_PREFIX + "created_at")]
-    having = f"maxIf(ver, key IN ({', '.join(markers)})) > 0 AND {matches}"
     if after:
         kind, num, text, run_id = _cursor(after)
         cmp = "<" if descending else ">"
@@ -484,15 +481,47 @@ async def search_run_ids(
         + ", ".join(f"{c} {direction}" for c in ("kind_", "num_", "str_", "run_id"))
         + f" LIMIT {q.param(per_page, 'UInt32')}"
     )
-    try:
-        rows = (await store.query_arrow(sql, q.params)).to_pylist()
-    except StoreError as exc:
-        if "regular expression" in str(exc).lower() or "re2" in str(exc).lower():
-            raise BadRequest(f"filters: a pattern is not one RE2 accepts: {exc}") from None
-        raise
+    rows = (await _query(store, sql, q)).to_pylist()
     ids = [str(r["run_id"]) for r in rows]
     if len(rows) < per_page:
         return ids, None
     last = rows[-1]
     cursor = [int(last["kind_"]), float(last["num_"]), str(last["str_"]), ids[-1]]
     return ids, orjson.dumps(cursor).decode()
+
+
+async def count_runs(
+    store: AsyncStore,
+    entity: str,
+    project: str,
+    *,
+    filters: dict[str, Any] | None,
+    lost_after_s: float,
+) -> int:
+    """How many of ``entity/project``'s runs match ``filters`` (W&B's ``len(runs)``)."""
+    q = _Sql()
+    having = _matching(q, _Compiler(q, entity, project, time.time() - lost_after_s), filters)
+    sql = (
+        f"SELECT count() AS n FROM (SELECT run_id FROM run_search "
+        f"WHERE entity = {q.text(entity)} AND project = {q.text(project)} "
+        f"AND key IN {q.param(sorted(q.keys), 'Array(String)')} "
+        f"GROUP BY run_id HAVING {having})"
+    )
+    return int((await _query(store, sql, q)).column("n")[0].as_py())
+
+
+def _matching(q: _Sql, compiler: _Compiler, filters: dict[str, Any] | None) -> str:
+    """The HAVING condition of runs that exist and match ``filters``."""
+    matches = compiler.document(filters or {}, "filters")
+    # A run exists once its creation time is written (by every writer, first thing).
+    markers = [q.key(MARKER + f) for f in ("created_at", ONCE_PREFIX + "created_at")]
+    return f"maxIf(ver, key IN ({', '.join(markers)})) > 0 AND {matches}"
+
+
+async def _query(store: AsyncStore, sql: str, q: _Sql) -> Any:
+    try:
+        return await store.query_arrow(sql, q.params)
+    except StoreError as exc:
+        if "regular expression" in str(exc).lower() or "re2" in str(exc).lower():
+            raise BadRequest(f"filters: a pattern is not one RE2 accepts: {exc}") from None
+        raise

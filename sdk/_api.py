@@ -348,11 +348,25 @@ class Runs:
     def __init__(self, api: Api, entity: str, project: str, search: RunSearch) -> None:
         self._api, self.entity, self.project = api, entity, project
         self._search = search
+        self._total: int | None = None
 
-    def __iter__(self) -> Iterator[ApiRun]:
-        path = "/api/v1/runs/" + "/".join(
+    def __len__(self) -> int:
+        """How many runs match (asked of the service once, as W&B's ``len(runs)``)."""
+        if self._total is None:
+            search = msgspec.structs.replace(self._search, per_page=1, count=True, after=None)
+            page = self._api._post_as(_RUNS, self._path, _SEARCH.encode(search))
+            assert page.total is not None
+            self._total = page.total
+        return self._total
+
+    @property
+    def _path(self) -> str:
+        return "/api/v1/runs/" + "/".join(
             urllib.parse.quote(p, safe="") for p in (self.entity, self.project)
         )
+
+    def __iter__(self) -> Iterator[ApiRun]:
+        path = self._path
         search = self._search
         while True:
             if search.filters:  # in a body: a filter may be too long for a URL

@@ -97,6 +97,8 @@ class RunSearch(msgspec.Struct, forbid_unknown_fields=True):
     order: str = "-created_at"
     per_page: int = 50
     after: str | None = None
+    #: Also count every run that matches (``RunsPage.total``): one more query.
+    count: bool = False
 
 
 class RunUpdate(msgspec.Struct, forbid_unknown_fields=True):
@@ -125,6 +127,8 @@ class RunsPage(msgspec.Struct, gc=False):
 
     runs: list[RunDoc]
     next: str | None = None
+    #: How many runs match in all, when asked for (``count``); else ``None``.
+    total: int | None = None
 
 
 class MetricKeys(msgspec.Struct, gc=False):

@@ -516,3 +516,20 @@ def test_nan_and_infinity_are_refused_not_sent_as_null(stack: StrideUp) -> None:
         api.runs(PROJECT, {"config.lr": {"$gt": math.inf}})
     with pytest.raises(stride.UsageError, match="nan"):
         api.runs(PROJECT, {"$or": [{"summary.x": [1.0, math.nan]}]})
+
+
+def test_len_of_a_search_is_how_many_runs_match(
+    fleet: dict[str, dict[str, Any]], stack: StrideUp
+) -> None:
+    """W&B's ``len(api.runs(...))``: counted by the service, filters and all."""
+    api = stride.Api(stack.http_url)
+    for spec in ({"config.lr": 1e-3}, {"$or": [{"tags": "a"}, {"state": "crashed"}]}):
+        runs = api.runs(PROJECT, spec, per_page=3)
+        expected = sum(_matches(doc, spec) for doc in fleet.values())
+        assert len(runs) == expected == len(list(runs))
+    every = api.runs(PROJECT, per_page=4)  # the fleet, and a run another test may add
+    assert len(every) == len(list(every)) >= len(fleet)
+    assert len(api.runs(PROJECT, {"project": "elsewhere"})) == 0
+    page = api.get(f"/api/v1/runs/default/{PROJECT}", [("per_page", 2), ("count", "true")])
+    assert page["total"] >= RUNS and len(page["runs"]) == 2
+    assert api.get(f"/api/v1/runs/default/{PROJECT}", [("per_page", 2)])["total"] is None
