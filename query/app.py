@@ -7,6 +7,7 @@ client decodes with.
 from __future__ import annotations
 
 import asyncio
+import bisect
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
@@ -347,9 +348,18 @@ async def _delete_run(request: web.Request) -> web.Response:
 
 
 async def _keys(request: web.Request) -> web.Response:
+    """A run's keys in order, ``per_page`` at a time after the key ``after``."""
     entity, project, run_id = await _existing_run(request)
     keys = await request.app[CATALOG].keys(f"{entity}/{project}/{run_id}", _stream(request))
-    return _json(MetricKeys(keys))
+    per_page = _int(request, "per_page", _KEYS_PAGE, 1, _KEYS_PAGE) or _KEYS_PAGE
+    start = bisect.bisect_right(keys, request.query["after"]) if "after" in request.query else 0
+    page = keys[start : start + per_page]
+    more = start + per_page < len(keys)
+    return _json(MetricKeys(page, page[-1] if more and page else None))
+
+
+#: Keys per page of ``/keys`` at most (and by default).
+_KEYS_PAGE = 10_000
 
 
 async def _series_request(request: web.Request) -> tuple[str, str, int | None, int | None]:

@@ -111,7 +111,10 @@ OPERATIONS: tuple[Operation, ...] = (
               body=RunUpdate, answer=RunDoc),
     Operation("delete", _ONE, "Delete a run and all it stored",
               (*_RUN, Param("delete_artifacts", {"type": "string", "enum": ["true", "false"]}))),
-    Operation("get", _ONE + "/keys", "A run's metric keys", (*_RUN, _STREAM), answer=MetricKeys),
+    Operation("get", _ONE + "/keys", "A run's metric keys, a page at a time",
+              (*_RUN, _STREAM, Param("per_page", {"type": "integer", "minimum": 1,
+                                                  "maximum": 10_000}), Param("after", _KEY)),
+              answer=MetricKeys),
     Operation(
         "get", _ONE + "/history", "Sampled history",
         (*_RUN, Param("samples", {"type": "integer", "minimum": 2, "maximum": 100_000}), _KEYS,

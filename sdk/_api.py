@@ -529,7 +529,15 @@ class ApiRun:
 
     @property
     def history_keys(self) -> list[str]:
-        return self._api._get_as(_KEYS, f"{self._base}/keys").keys
+        """Every metric key of the run's ``default`` stream, sorted (page by page)."""
+        keys: list[str] = []
+        after: str | None = None
+        while True:
+            page = self._api._get_as(_KEYS, f"{self._base}/keys", [("after", after)])
+            keys += page.keys
+            if page.next is None:
+                return keys
+            after = page.next
 
     def history(
         self,

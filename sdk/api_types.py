@@ -132,9 +132,11 @@ class RunsPage(msgspec.Struct, gc=False):
 
 
 class MetricKeys(msgspec.Struct, gc=False):
-    """The metric keys a run has logged in one stream, sorted."""
+    """The metric keys a run has logged in one stream, sorted; a page of them, with
+    ``next`` to pass back as ``after`` while there are more."""
 
     keys: list[str]
+    next: str | None = None
 
 
 class ColumnsPage(msgspec.Struct, gc=False):

@@ -110,6 +110,21 @@ def test_history_is_bounded_deterministic_and_keeps_the_ends(
     assert {"_step", "_runtime", "_timestamp", "loss"} <= set(first[0])
 
 
+def test_keys_come_in_pages_with_a_cursor(logged: tuple[stride.Api, str]) -> None:
+    api, path = logged
+    every = api.run(path).history_keys
+    assert every == ["acc", "loss", "odd", "weird"]
+    pages, after = [], None
+    while True:
+        page = api.get(f"/api/v1/runs/{path}/keys", [("per_page", 3), ("after", after)])
+        pages.append(page["keys"])
+        if (after := page["next"]) is None:
+            break
+    assert pages == [["acc", "loss", "odd"], ["weird"]]
+    tail = api.get(f"/api/v1/runs/{path}/keys", [("after", "loss")])
+    assert tail == {"keys": ["odd", "weird"], "next": None}
+
+
 def test_history_small_range_returns_every_row(logged: tuple[stride.Api, str]) -> None:
     api, path = logged
     rows = api.run(path).history(
