@@ -29,6 +29,7 @@ DEFAULT = {
     "e2e": ["bench_e2e.py", "--writers", "4", "--rows", "150000"],
     "history": ["bench_history.py", "--points", "10000000", "--small", "1000000", "--reps", "10"],
     "scan": ["bench_scan.py", "--points", "2000000", "--max-pages", "100"],
+    "runs": ["bench_runs.py", "--runs", "100000", "--reps", "10"],
 }
 QUICK = {
     "micro": ["bench_micro.py", "--repeat", "3"],
@@ -37,6 +38,7 @@ QUICK = {
     "e2e": ["bench_e2e.py", "--writers", "2", "--rows", "10000"],
     "history": ["bench_history.py", "--points", "1000000", "--small", "100000", "--reps", "3"],
     "scan": ["bench_scan.py", "--points", "200000", "--max-pages", "20"],
+    "runs": ["bench_runs.py", "--runs", "2000", "--reps", "3"],
 }
 
 
