@@ -14,7 +14,7 @@ infinity, so real non-finite values are listed in ``nonfinite`` as
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, cast
+from typing import cast
 
 import msgspec
 import numpy as np
@@ -45,6 +45,18 @@ class Columns:
             self.steps[start:stop],
             {k: v[start:stop] for k, v in self.values.items()},
             {k: p[start:stop] for k, p in self.present.items()},
+        )
+
+    def concat(self, other: Columns) -> Columns:
+        """These rows, then ``other``'s (the same columns, later steps)."""
+        if not len(self):
+            return other
+        if not len(other):
+            return self
+        return Columns(
+            np.concatenate((self.steps, other.steps)),
+            {k: np.concatenate((v, other.values[k])) for k, v in self.values.items()},
+            {k: np.concatenate((p, other.present[k])) for k, p in self.present.items()},
         )
 
     def take(self, rows: np.ndarray) -> Columns:
@@ -82,8 +94,16 @@ def _name(value: float) -> NonFinite:
     return "inf" if value > 0 else "-inf"
 
 
+#: How a multi-key read names each row's key: its position in the sorted ``keys``
+#: parameter. A number is much cheaper to move and to group than the name.
+KEY_INDEX = "toUInt32(indexOf({keys:Array(String)}, key) - 1) AS key_index"
+
+
 def pivot(table: pa.Table, keys: list[str], extra: tuple[str, ...] = ()) -> Columns:
-    """Long rows ``(step, key, value, *extra)`` → one row per step, a column per key.
+    """Long rows ``(key_index, step, value, *extra)`` → one row per step, a column per key.
+
+    ``key_index`` is :data:`KEY_INDEX` (a position in ``sorted(keys)``); with one
+    key, the rows are that key's in step order and need no ``key_index``.
 
     ``extra`` columns (``_runtime``, ``_timestamp``) take the value of the step's
     first row in ``table`` (the keys of one step are logged together). Every row
@@ -97,15 +117,12 @@ def pivot(table: pa.Table, keys: list[str], extra: tuple[str, ...] = ()) -> Colu
         only = {keys[0]: table.column("value").to_numpy()}
         only |= {name: table.column(name).to_numpy() for name in extra}
         return Columns(steps_all, only, dict.fromkeys(only, every))
-    keys_column = table.column("key").combine_chunks()
-    encoded: pa.DictionaryArray[Any, Any] = (
-        keys_column
-        if isinstance(keys_column, pa.DictionaryArray)
-        else keys_column.dictionary_encode()
-    )
-    key_index = {k: i for i, k in enumerate(encoded.dictionary.to_pylist())}
-    codes = encoded.indices.to_numpy(zero_copy_only=False)
+    key_index = {k: i for i, k in enumerate(sorted(keys))}
+    codes = table.column("key_index").to_numpy()
     values_all = table.column("value").to_numpy()
+    dense = _dense(codes, steps_all)
+    if dense is not None:
+        return _pivot_dense(table, keys, extra, key_index, *dense)
 
     steps, first = np.unique(steps_all, return_index=True)
     values: dict[str, np.ndarray] = {}
@@ -126,3 +143,47 @@ def pivot(table: pa.Table, keys: list[str], extra: tuple[str, ...] = ()) -> Colu
         values[name] = table.column(name).to_numpy()[first]
         present[name] = every
     return Columns(steps, values, present)
+
+
+def _dense(codes: np.ndarray, steps: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+    """For rows in blocks by key that all have the same steps (every key logged at
+    every step, the common case): each block's code, and the steps as a 2-D array."""
+    starts = np.concatenate(([0], np.flatnonzero(np.diff(codes)) + 1))
+    blocks = len(starts)
+    if len(steps) % blocks:
+        return None
+    grid = steps.reshape(blocks, len(steps) // blocks)
+    if np.any(starts != np.arange(blocks) * grid.shape[1]) or np.any(grid != grid[0]):
+        return None
+    if len(np.unique(codes[starts])) != blocks or np.any(np.diff(grid[0]) <= 0):
+        return None
+    return codes[starts], grid
+
+
+def _pivot_dense(
+    table: pa.Table,
+    keys: list[str],
+    extra: tuple[str, ...],
+    key_index: dict[str, int],
+    block_codes: np.ndarray,
+    grid: np.ndarray,
+) -> Columns:
+    """:func:`pivot` without searching: each key's block already lines up with the steps."""
+    rows = grid.shape[1]
+    values_all = table.column("value").to_numpy().reshape(grid.shape)
+    block_of = {int(code): b for b, code in enumerate(block_codes)}
+    values: dict[str, np.ndarray] = {}
+    present: dict[str, np.ndarray] = {}
+    every = np.ones(rows, bool)
+    for key in keys:
+        block = block_of.get(key_index.get(key, -1))
+        if block is None:
+            values[key] = np.full(rows, np.nan)
+            present[key] = np.zeros(rows, bool)
+        else:
+            values[key] = values_all[block]
+            present[key] = every
+    for name in extra:  # the first row of each step is in the first block
+        values[name] = table.column(name).to_numpy()[:rows]
+        present[name] = every
+    return Columns(grid[0], values, present)

@@ -16,6 +16,7 @@ import msgspec
 from aiohttp import web
 
 from stride.api_types import (
+    NEXT_CURSOR_HEADER,
     Access,
     ErrorBody,
     MetricKeys,
@@ -83,6 +84,7 @@ def create_app(
     if settings.tokens_file is not None:
         app.middlewares.append(middleware(Tokens(settings.tokens_file)))
     app[READ_AHEAD] = ReadAhead()
+    app.on_shutdown.append(_stop_read_ahead)
     app[SETTINGS] = settings
     if store is not None:
         _attach(app, store)
@@ -118,6 +120,10 @@ _encoder = msgspec.json.Encoder()
 def _attach(app: web.Application, store: AsyncStore) -> None:
     app[STORE] = store
     app[CATALOG] = Catalog(store)
+
+
+async def _stop_read_ahead(app: web.Application) -> None:
+    app[READ_AHEAD].close()  # before the store closes: no scan reads ahead any more
 
 
 async def _own_store(app: web.Application) -> AsyncIterator[None]:
@@ -450,7 +456,12 @@ async def _stream_out(
 
 
 def _columns(cols: Columns, next_cursor: int | None = None) -> web.Response:
-    return web.Response(body=cols.to_json(next_cursor), content_type="application/json")
+    # The cursor in a header too, so that a client can ask for the next page before
+    # it has parsed this one.
+    headers = {} if next_cursor is None else {NEXT_CURSOR_HEADER: str(next_cursor)}
+    return web.Response(
+        body=cols.to_json(next_cursor), content_type="application/json", headers=headers
+    )
 
 
 async def _history(request: web.Request) -> web.Response:
@@ -500,21 +511,13 @@ async def _scan(request: web.Request) -> web.Response:
     keys, asked = await _requested_keys(request, run, stream)
     if not keys or (max_step is not None and lo > max_step):
         return _columns(Columns.empty())
-    read_ahead = request.app[READ_AHEAD]
-    scan = (run, stream, tuple(keys), asked, lo, max_step)
-    kept = read_ahead.take(scan)
-    if kept is None:
-        # Several pages in one query: each query costs ~10 ms whatever its size.
-        fetch = min(request.app[SETTINGS].max_page_size, page_size * read_ahead.factor)
-        kept = await scan_page(
-            request.app[STORE],
-            run,
-            stream,
-            keys,
-            require_all=asked,
-            page_size=max(fetch, page_size),
-            lo=lo,
-            max_step=max_step,
+    store = request.app[STORE]
+
+    async def fetch(lo: int, rows: int) -> tuple[Columns, int | None]:
+        return await scan_page(
+            store, run, stream, keys, require_all=asked, page_size=rows, lo=lo, max_step=max_step
         )
-    cols, next_cursor = read_ahead.serve(scan, *kept, page_size)
+
+    scan = (run, stream, tuple(keys), asked, lo, max_step)
+    cols, next_cursor = await request.app[READ_AHEAD].page(scan, page_size, fetch)
     return _columns(cols, next_cursor)

@@ -36,7 +36,7 @@ import pyarrow as pa
 from stride.store import AsyncStore
 from stride.store.schema import ROLLUP_MERGE, ROLLUP_STEPS, WIDE_STEPS, rollup_aggregates
 
-from ._columns import Columns, pivot
+from ._columns import KEY_INDEX, Columns, pivot
 
 _INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
 _SERIES = "run = {run:String} AND stream = {stream:String} AND key IN {keys:Array(String)}"
@@ -177,7 +177,7 @@ async def _every_point(
     store: AsyncStore, params: dict[str, Any], keys: list[str], envelope: bool
 ) -> Columns:
     table = await store.query_arrow(
-        "SELECT key, step, value, time AS _runtime, timestamp AS _timestamp "
+        f"SELECT {KEY_INDEX}, step, value, time AS _runtime, timestamp AS _timestamp "
         f"FROM points FINAL WHERE {_SERIES} AND {_RANGE} ORDER BY key, step",
         params,
     )

@@ -1,58 +1,166 @@
-"""Read-ahead for scans: fetch several pages at once, serve them one by one.
+"""Read-ahead for scans: read big chunks, serve them page by page, and read the
+next chunk while the client reads this one.
 
-Every storage query costs ~10 ms whatever its size, so small pages (W&B's
-default is 1000 rows) would be slow. A scan that misses this cache fetches up
-to ``factor`` pages in one query, answers with ``page_size`` rows, and keeps
-the rest for a few seconds under the cursor of the next page. The next
-request of the same scan (same run, stream, keys and range) takes it from
-here. Responses are exactly what they would be without the cache, except
-that a point written late *inside* an already-read window is not seen by
-this scan, as if it had read that window at once. Points past it are.
+Every storage query costs milliseconds whatever its size, and storage reads
+rows several times faster in big chunks than in small ones, so small pages
+(W&B's default is 1000 rows) would be slow read one by one. A scan that misses
+this cache reads ``first_pages`` pages in one query, answers with one page and
+keeps the rest under the cursor of the next page; at once it starts reading
+the chunk after (about ``chunk_points`` points), so that by the time the
+client has used the kept rows the next ones are ready. Each scan (run,
+stream, keys, range) thus has at most two chunks here: the one being served
+and the one being read.
+
+Answers are exactly what they would be without the cache, except that a
+point written late *inside* an already-read window is not seen by this scan,
+as if it had read that window at once; points past it are. Kept rows expire
+after ``ttl_s``; the oldest scans are forgotten past ``max_bytes`` (a scan
+whose rows are gone reads them again: slower, never wrong).
 """
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
+import logging
 import time
 from collections import OrderedDict
+from collections.abc import Callable, Coroutine
+from typing import Any
 
 from ._columns import Columns
 
-#: (run, stream, keys, require_all, next cursor, max_step)
+log = logging.getLogger("stride.query")
+
+#: (run, stream, keys, require_all, cursor, max_step)
 Key = tuple[str, str, tuple[str, ...], bool, int, int | None]
+#: Rows from a cursor, and the cursor after them (``None``: the scan is complete).
+Chunk = tuple[Columns, int | None]
+#: Reads ``rows`` rows of the scan from cursor ``lo``.
+Fetch = Callable[[int, int], Coroutine[Any, Any, Chunk]]
+
+
+@dataclasses.dataclass
+class _Entry:
+    """Rows kept for a cursor, or (``pending``) the read that will bring them."""
+
+    at: float  # when it was kept (monotonic)
+    nbytes: int
+    rows: Columns = dataclasses.field(default_factory=Columns.empty)
+    after: int | None = None
+    following: asyncio.Task[Chunk] | None = None  # the chunk at ``after``, being read
+    pending: asyncio.Task[Chunk] | None = None
 
 
 class ReadAhead:
-    def __init__(self, *, factor: int = 10, ttl_s: float = 5.0, max_entries: int = 64) -> None:
-        self.factor = factor
+    def __init__(
+        self,
+        *,
+        first_pages: int = 10,
+        chunk_points: int = 262_144,
+        ttl_s: float = 5.0,
+        max_bytes: int = 64 << 20,
+    ) -> None:
+        self.first_pages = first_pages
+        self.chunk_points = chunk_points
         self._ttl = ttl_s
-        self._max = max_entries
-        self._entries: OrderedDict[Key, tuple[float, Columns, int | None]] = OrderedDict()
+        self._max_bytes = max_bytes
+        self._bytes = 0
+        self._entries: OrderedDict[Key, _Entry] = OrderedDict()
 
-    def take(self, key: Key) -> tuple[Columns, int | None] | None:
-        """The rows kept for this cursor, and the cursor after them; removed when taken."""
+    async def page(self, key: Key, page_size: int, fetch: Fetch) -> Chunk:
+        """The page of ``page_size`` rows at ``key``'s cursor, and the next cursor."""
+        lo, keys = key[4], key[2]
+        chunk_rows = max(page_size, self.chunk_points // max(1, len(keys)))
+        entry = self._take(key)
+        if entry is None:
+            rows, after = await fetch(lo, page_size * self.first_pages)
+            following = self._read(after, chunk_rows, fetch)
+        elif entry.pending is not None:
+            rows, after = await _arrived(entry.pending, lo, chunk_rows, fetch)
+            following = self._read(after, chunk_rows, fetch)
+        else:
+            rows, after, following = entry.rows, entry.after, entry.following
+        while len(rows) < page_size and following is not None:  # fill the page from the next chunk
+            assert after is not None
+            more, after = await _arrived(following, after, chunk_rows, fetch)
+            rows = rows.concat(more)
+            following = self._read(after, chunk_rows, fetch)
+        if len(rows) > page_size:
+            page = rows.take_range(0, page_size)
+            cursor = int(page.steps[-1]) + 1
+            rest = rows.take_range(page_size, len(rows))
+            self._put(
+                _at(key, cursor), _Entry(time.monotonic(), _nbytes(rest), rest, after, following)
+            )
+            return page, cursor
+        if following is not None:  # this page uses up the chunk: the next starts on the one read
+            assert after is not None
+            estimate = chunk_rows * (len(keys) + 3) * 9
+            self._put(_at(key, after), _Entry(time.monotonic(), estimate, pending=following))
+        return rows, after
+
+    def close(self) -> None:
+        """Forget every kept chunk and stop the reads in flight."""
+        while self._entries:
+            self._drop(next(iter(self._entries)))
+
+    @staticmethod
+    def _read(after: int | None, rows: int, fetch: Fetch) -> asyncio.Task[Chunk] | None:
+        return None if after is None else asyncio.create_task(fetch(after, rows))
+
+    def _take(self, key: Key) -> _Entry | None:
         entry = self._entries.pop(key, None)
-        if entry is None or time.monotonic() - entry[0] > self._ttl:
+        if entry is None:
             return None
-        return entry[1], entry[2]
+        self._bytes -= entry.nbytes
+        if time.monotonic() - entry.at > self._ttl:
+            _cancel(entry.following)
+            _cancel(entry.pending)
+            return None
+        return entry
 
-    def serve(
-        self, key: Key, rows: Columns, after: int | None, page_size: int
-    ) -> tuple[Columns, int | None]:
-        """Answer ``page_size`` of ``rows``; keep the rest for the next cursor.
+    def _put(self, key: Key, entry: _Entry) -> None:
+        """Keep ``entry``; forget expired ones, and the oldest past ``max_bytes``."""
+        self._entries[key] = entry
+        self._bytes += entry.nbytes
+        now = time.monotonic()
+        for old in list(self._entries):
+            if old != key and (
+                self._bytes > self._max_bytes or now - self._entries[old].at > self._ttl
+            ):
+                self._drop(old)
 
-        ``after`` is where the scan goes on once ``rows`` are used up (``None``: done).
-        """
-        if len(rows) <= page_size:
-            return rows, after
-        page = rows.take_range(0, page_size)
-        cursor = int(page.steps[-1]) + 1
-        run, stream, keys, require_all, _, max_step = key
-        rest = rows.take_range(page_size, len(rows))
-        self._put((run, stream, keys, require_all, cursor, max_step), rest, after)
-        return page, cursor
+    def _drop(self, key: Key) -> None:
+        entry = self._entries.pop(key)
+        self._bytes -= entry.nbytes
+        _cancel(entry.following)
+        _cancel(entry.pending)
 
-    def _put(self, key: Key, rows: Columns, after: int | None) -> None:
-        self._entries[key] = (time.monotonic(), rows, after)
-        self._entries.move_to_end(key)
-        while len(self._entries) > self._max:
-            self._entries.popitem(last=False)
+
+async def _arrived(read: asyncio.Task[Chunk], lo: int, rows: int, fetch: Fetch) -> Chunk:
+    """The chunk ``read`` brought; if that read failed, read it again here (and fail
+    this request with the error if it fails again)."""
+    try:
+        return await read
+    except Exception as exc:
+        log.debug("a scan's read-ahead failed (%s); reading again", exc)
+        return await fetch(lo, rows)
+
+
+def _at(key: Key, cursor: int) -> Key:
+    run, stream, keys, require_all, _, max_step = key
+    return (run, stream, keys, require_all, cursor, max_step)
+
+
+def _nbytes(rows: Columns) -> int:
+    arrays = [rows.steps, *rows.values.values(), *rows.present.values()]
+    return sum(a.nbytes for a in arrays)
+
+
+def _cancel(task: asyncio.Task[Chunk] | None) -> None:
+    if task is None:
+        return
+    task.cancel()
+    # A read that failed before it was cancelled must not be reported as never retrieved.
+    task.add_done_callback(lambda t: t.cancelled() or t.exception())

@@ -26,13 +26,13 @@ import pyarrow as pa
 from stride.store import AsyncStore, ParamValue
 from stride.store.schema import ROLLUP_STEPS
 
-from ._columns import Columns, pivot
+from ._columns import KEY_INDEX, Columns, pivot
 
 _INT64_MAX = 2**63 - 1
 #: Every row carries its run time and wall-clock time, as W&B's scan rows do
 #: (from the first of the row's keys; the keys of one step are logged together).
 _TIMES = ("_runtime", "_timestamp")
-_COLUMNS = "key, step, value, time AS _runtime, timestamp AS _timestamp"
+_COLUMNS = f"{KEY_INDEX}, step, value, time AS _runtime, timestamp AS _timestamp"
 #: One key: its name is known, and leaving the column out reads ~10% faster.
 _ONE_KEY_COLUMNS = "step, value, time AS _runtime, timestamp AS _timestamp"
 _ONE_KEY = "run = {run:String} AND stream = {stream:String} AND key = {key:String}"

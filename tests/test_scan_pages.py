@@ -1,0 +1,170 @@
+"""Scan pages, below the HTTP API: the read-ahead that serves them and the pivot
+that makes rows of points.
+
+The read-ahead is tested here with an in-memory series standing in for the
+store's reads (its cache logic is what is under test; the scans of
+``test_query.py`` run it against the real store end to end), and the pivot
+against a plain-Python pivot of random points.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+
+import numpy as np
+import pyarrow as pa
+import pytest
+
+from stride.query._columns import Columns, pivot
+from stride.query.readahead import Chunk, Fetch, ReadAhead
+
+SCAN = ("e/p/r", "default", ("a",), False)
+
+
+def _series(
+    steps: np.ndarray, calls: list[tuple[int, int]], fail_calls: frozenset[int] = frozenset()
+) -> Fetch:
+    """Reads of ``steps`` as the store's scan reads would answer them."""
+
+    async def fetch(lo: int, rows: int) -> Chunk:
+        calls.append((lo, rows))
+        await asyncio.sleep(0.001)  # a read takes a while, as a store's does
+        if len(calls) in fail_calls:
+            raise ConnectionError("store away")
+        start = int(np.searchsorted(steps, lo))
+        chunk = steps[start : start + rows]
+        after = int(chunk[-1]) + 1 if start + rows < len(steps) else None
+        return Columns(chunk, {"a": chunk * 0.5}, {"a": np.ones(len(chunk), bool)}), after
+
+    return fetch
+
+
+async def _scan_all(cache: ReadAhead, fetch: Fetch, page_size: int) -> list[Columns]:
+    pages, cursor = [], 0
+    while True:
+        page, nxt = await cache.page((*SCAN, cursor, None), page_size, fetch)
+        pages.append(page)
+        if nxt is None:
+            return pages
+        cursor = nxt
+
+
+async def test_pages_are_full_exact_and_read_once_ahead_of_the_client() -> None:
+    steps = np.arange(10_000, dtype=np.int64) * 3  # gaps between steps
+    calls: list[tuple[int, int]] = []
+    fetch = _series(steps, calls)
+    cache = ReadAhead(first_pages=2, chunk_points=2_300)
+    first, cursor = await cache.page((*SCAN, 0, None), 1000, fetch)
+    assert cursor == int(first.steps[-1]) + 1 == 2998
+    await asyncio.sleep(0.01)  # the client reads its page: the next chunk is read meanwhile
+    assert calls == [(0, 2000), (5998, 2300)]  # from one past the last step read
+    pages = [first]
+    while cursor is not None:
+        page, cursor = await cache.page((*SCAN, cursor, None), 1000, fetch)
+        pages.append(page)
+    # Every page full (chunks of 2,300 rows do not end on pages: pages span them), the
+    # last one too (10,000 rows), every step once and in order, with its value.
+    assert [len(p) for p in pages] == [1000] * 10
+    got = np.concatenate([p.steps for p in pages])
+    assert np.array_equal(got, steps)
+    assert np.array_equal(np.concatenate([p.values["a"] for p in pages]), steps * 0.5)
+    # Each chunk read once: 2,000 rows, then 2,300 at a time.
+    assert [lo for lo, _ in calls] == [0, 5998, 12898, 19798, 26698]
+
+
+async def test_without_kept_rows_every_page_is_read_and_still_exact() -> None:
+    """Rows expired (``ttl_s=0``) or pushed out by another scan (``max_bytes``): each
+    page is read again from the store, and the pages are the same."""
+    steps = np.arange(5_000, dtype=np.int64)
+    for cache, reads in ((ReadAhead(ttl_s=0.0), 16), (ReadAhead(max_bytes=1), 15)):
+        calls: list[tuple[int, int]] = []
+        fetch = _series(steps, calls)
+        scans = {run: 0 for run in ("e/p/one", "e/p/two")}  # two scans, page by page in turn
+        got: dict[str, list[Columns]] = {run: [] for run in scans}
+        while scans:
+            for run in list(scans):
+                page, nxt = await cache.page((run, *SCAN[1:], scans[run], None), 700, fetch)
+                got[run].append(page)
+                if nxt is None:
+                    del scans[run]
+                else:
+                    scans[run] = nxt
+        for pages in got.values():
+            assert np.array_equal(np.concatenate([p.steps for p in pages]), steps)
+            assert [len(p) for p in pages] == [700] * 7 + [100]
+        # Every page of both scans read from the store (8 each), but with max_bytes
+        # the last one: once scan one is done, nothing pushes out scan two's rows.
+        assert len(calls) == reads
+        cache.close()
+
+
+async def test_a_failed_read_ahead_is_read_again_by_the_page_that_needs_it() -> None:
+    steps = np.arange(6_000, dtype=np.int64)
+    calls: list[tuple[int, int]] = []
+    cache = ReadAhead(first_pages=1, chunk_points=1_000)
+    pages = await _scan_all(cache, _series(steps, calls, fail_calls=frozenset({2})), 1000)
+    assert np.array_equal(np.concatenate([p.steps for p in pages]), steps)
+    assert [lo for lo, _ in calls][:3] == [0, 1000, 1000]  # the failed read, then again
+
+
+async def test_a_read_that_fails_twice_fails_the_page() -> None:
+    steps = np.arange(6_000, dtype=np.int64)
+    cache = ReadAhead(first_pages=1, chunk_points=1_000)
+    fetch = _series(steps, [], fail_calls=frozenset({2, 3}))
+    _, cursor = await cache.page((*SCAN, 0, None), 1000, fetch)
+    assert cursor is not None
+    with pytest.raises(ConnectionError, match="store away"):
+        await cache.page((*SCAN, cursor, None), 1000, fetch)
+
+
+async def test_close_stops_the_reads_in_flight() -> None:
+    steps = np.arange(6_000, dtype=np.int64)
+    calls: list[tuple[int, int]] = []
+    cache = ReadAhead(first_pages=1, chunk_points=1_000)
+    await cache.page((*SCAN, 0, None), 500, _series(steps, calls))
+    kept = cache._entries[(*SCAN, 500, None)]  # the chunk at the next cursor, being read
+    assert kept.pending is not None and not kept.pending.done()
+    cache.close()
+    await asyncio.sleep(0)
+    assert kept.pending.cancelled() and not cache._entries
+
+
+def _reference_pivot(rows: list[tuple[str, int, float, float]], keys: list[str]) -> dict:
+    """Plain Python: one row per step, each key's value there, the time of the step's
+    first row in key order."""
+    out: dict[int, dict[str, float]] = {}
+    for key, step, value, time in sorted(rows, key=lambda r: (r[0], r[1])):
+        row = out.setdefault(step, {"_runtime": time})
+        row[key] = value
+    return {step: out[step] for step in sorted(out)}
+
+
+@pytest.mark.parametrize("dense", [True, False])
+def test_pivot_matches_a_plain_python_pivot(dense: bool) -> None:
+    rng = np.random.default_rng(7)
+    keys = ["b", "a", "c", "never"]
+    rows = []
+    for key in keys[:3]:
+        steps = np.arange(0, 3000, 3) if dense else np.sort(rng.choice(5000, 800, replace=False))
+        for step in steps:
+            value = float(rng.normal()) if rng.random() > 0.05 else math.nan
+            rows.append((key, int(step), value, float(step) * 0.1 + ord(key[0])))
+    rows.sort(key=lambda r: (r[0], r[1]))  # as the store answers: ORDER BY key, step
+    names = sorted(keys)
+    table = pa.table({
+        "key_index": pa.array([names.index(r[0]) for r in rows], pa.uint32()),
+        "step": pa.array([r[1] for r in rows], pa.int64()),
+        "value": pa.array([r[2] for r in rows], pa.float64()),
+        "_runtime": pa.array([r[3] for r in rows], pa.float64()),
+    })  # fmt: skip
+    cols = pivot(table, keys, ("_runtime",))
+    want = _reference_pivot(rows, keys)
+    assert cols.steps.tolist() == list(want)
+    for i, step in enumerate(cols.steps.tolist()):
+        for key in [*keys, "_runtime"]:
+            has = key in want[step]
+            assert bool(cols.present[key][i]) == has
+            if has:
+                got, expected = cols.values[key][i], want[step][key]
+                assert got == expected or (math.isnan(got) and math.isnan(expected))
