@@ -16,7 +16,6 @@ import msgspec
 from aiohttp import web
 
 from stride.api_types import (
-    NEXT_CURSOR_HEADER,
     Access,
     ErrorBody,
     MetricKeys,
@@ -456,12 +455,7 @@ async def _stream_out(
 
 
 def _columns(cols: Columns, next_cursor: int | None = None) -> web.Response:
-    # The cursor in a header too, so that a client can ask for the next page before
-    # it has parsed this one.
-    headers = {} if next_cursor is None else {NEXT_CURSOR_HEADER: str(next_cursor)}
-    return web.Response(
-        body=cols.to_json(next_cursor), content_type="application/json", headers=headers
-    )
+    return web.Response(body=cols.to_json(next_cursor), content_type="application/json")
 
 
 async def _history(request: web.Request) -> web.Response:

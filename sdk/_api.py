@@ -14,6 +14,7 @@ import functools
 import http.client
 import math
 import os
+import threading
 import time
 import urllib.parse
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -24,7 +25,6 @@ import msgspec
 import orjson
 
 from ._config import NestedDict
-from ._http import Connection, pages_ahead
 from ._settings import DEFAULT_API
 from .api_types import (
     Access,
@@ -98,19 +98,20 @@ class Api:
         parsed = urllib.parse.urlsplit(self.base_url)
         if parsed.scheme != "http" or not parsed.hostname:
             raise UsageError(f"base_url must look like http://host:port, got {self.base_url!r}")
+        self._host, self._port = parsed.hostname, parsed.port or 80
         self._prefix = parsed.path.rstrip("/")
         overrides = dict(overrides or {})
         self.default_entity = (
             overrides.get("entity") or os.environ.get("STRIDE_ENTITY") or "default"
         )
         self.default_project = overrides.get("project")
+        self._timeout = timeout
+        self._retries = retries
         token = token or os.environ.get("STRIDE_API_TOKEN")
-        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        self._headers = {"Authorization": f"Bearer {token}"} if token else {}
         self._access_cache: dict[str, Access] = {}
-        self._conn = Connection(
-            self.base_url, parsed.hostname, parsed.port or 80,
-            timeout=timeout, retries=retries, headers=headers,
-        )  # fmt: skip
+        self._conn: http.client.HTTPConnection | None = None
+        self._lock = threading.Lock()
 
     def runs(
         self,
@@ -211,10 +212,10 @@ class Api:
         """A GET whose answer is read as it arrives, on a connection of its own
         (the shared one stays free for other calls meanwhile)."""
         query = urllib.parse.urlencode([(k, v) for k, v in params if v is not None])
-        conn = self._conn.open()
+        conn = http.client.HTTPConnection(self._host, self._port, timeout=self._timeout)
         try:
             try:
-                conn.request("GET", f"{self._prefix}{path}?{query}", headers=self._conn.headers)
+                conn.request("GET", f"{self._prefix}{path}?{query}", headers=self._headers)
                 response = conn.getresponse()
             except OSError as exc:
                 raise ServiceUnavailableError(
@@ -252,7 +253,11 @@ class Api:
     def _get_as(
         self, decoder: msgspec.json.Decoder[T], path: str, params: Sequence[tuple[str, Any]] = ()
     ) -> T:
-        return _decoded(decoder, self._get_body(path, params), f"GET {path}")
+        body = self._get_body(path, params)
+        try:
+            return decoder.decode(body)
+        except msgspec.DecodeError as exc:
+            raise ApiError(200, f"unexpected answer to GET {path}: {exc}") from None
 
     def _post_as(self, decoder: msgspec.json.Decoder[T], path: str, body: bytes) -> T:
         return self._send_as(decoder, "POST", path, body)
@@ -261,10 +266,15 @@ class Api:
         self, decoder: msgspec.json.Decoder[T], method: str, path: str, body: bytes | None
     ) -> T:
         answer = self._checked(*self._request(f"{self._prefix}{path}", body, method))
-        return _decoded(decoder, answer, f"{method} {path}")
+        try:
+            return decoder.decode(answer)
+        except msgspec.DecodeError as exc:
+            raise ApiError(200, f"unexpected answer to {method} {path}: {exc}") from None
 
     def _get_body(self, path: str, params: Sequence[tuple[str, Any]]) -> bytes:
-        return self._checked(*self._request(self._url(path, params)))
+        query = urllib.parse.urlencode([(k, v) for k, v in params if v is not None])
+        url = f"{self._prefix}{path}" + (f"?{query}" if query else "")
+        return self._checked(*self._request(url))
 
     @staticmethod
     def _checked(status: int, body: bytes) -> bytes:
@@ -283,15 +293,46 @@ class Api:
     def _request(
         self, url: str, body: bytes | None = None, method: str = "GET"
     ) -> tuple[int, bytes]:
-        status, answer, _ = self._conn.request(url, body, method)
-        return status, answer
-
-    def _url(self, path: str, params: Sequence[tuple[str, Any]]) -> str:
-        query = urllib.parse.urlencode([(k, v) for k, v in params if v is not None])
-        return f"{self._prefix}{path}" + (f"?{query}" if query else "")
+        """``method`` ``url`` with ``body`` (JSON) if given, retried on connection errors
+        (every call is idempotent: reads, a search, setting fields, a delete)."""
+        delay = 0.1
+        for attempt in range(self._retries + 1):
+            with self._lock:
+                try:
+                    if self._conn is None:
+                        self._conn = http.client.HTTPConnection(
+                            self._host, self._port, timeout=self._timeout
+                        )
+                    if body is None:
+                        self._conn.request(method, url, headers=self._headers)
+                    else:
+                        headers = {**self._headers, "Content-Type": "application/json"}
+                        self._conn.request(method, url, body, headers)
+                    response = self._conn.getresponse()
+                    return response.status, response.read()
+                except (OSError, http.client.HTTPException) as exc:
+                    if self._conn is not None:
+                        self._conn.close()
+                    self._conn = None
+                    if attempt == self._retries:
+                        raise ServiceUnavailableError(
+                            f"cannot reach the Stride query service at {self.base_url}: {exc}. "
+                            "Is `stride up` running? Set STRIDE_API or Api(base_url=...)."
+                        ) from exc
+            time.sleep(delay)
+            delay *= 2
+        raise AssertionError("unreachable")
 
     def close(self) -> None:
-        self._conn.close()
+        with self._lock:
+            if self._conn is not None:
+                self._conn.close()
+                self._conn = None
+
+    def __del__(self) -> None:  # an Api dropped without close() must not leak its socket
+        conn = getattr(self, "_conn", None)
+        if conn is not None:
+            conn.close()
 
     def __enter__(self) -> Api:
         return self
@@ -558,25 +599,20 @@ class ApiRun:
         if format != "rows":
             raise UsageError(f"format must be 'rows' or 'arrow', got {format!r}")
         keys = _keys_param(keys)
-        fixed: list[tuple[str, Any]] = [
-            ("page_size", page_size), ("min_step", min_step), ("max_step", max_step),
-        ]  # fmt: skip
-        fixed += [("stream", stream), *(("keys", k) for k in keys or ())]
-
-        def url_for(cursor: int | None) -> str:
-            return self._api._url(f"{self._base}/scan", [*fixed, ("cursor", cursor)])
-
         cursor: int | None = None
         while True:
-            for status, body, sent in pages_ahead(self._api._conn.copy(), url_for, cursor):
-                page = _decoded(
-                    _COLUMNS, self._api._checked(status, body), f"GET {self._base}/scan"
-                )
-                yield from _rows(_columns(page))
-                cursor = page.next
-                if cursor is not None and sent is None:
-                    break  # a service that sends no cursor header: go on from here
-            else:
+            params: list[tuple[str, Any]] = [
+                ("page_size", page_size),
+                ("min_step", min_step),
+                ("max_step", max_step),
+                ("stream", stream),
+                ("cursor", cursor),
+            ]
+            params += [("keys", k) for k in keys or ()]
+            page = self._api._get_as(_COLUMNS, f"{self._base}/scan", params)
+            yield from _rows(_columns(page))
+            cursor = page.next
+            if cursor is None:
                 return
 
     def scan_batches(
@@ -669,13 +705,6 @@ def _keys_param(keys: Sequence[str] | None) -> list[str] | None:
     if isinstance(keys, str):
         return [keys]
     return list(keys)
-
-
-def _decoded(decoder: msgspec.json.Decoder[T], body: bytes, what: str) -> T:
-    try:
-        return decoder.decode(body)
-    except msgspec.DecodeError as exc:
-        raise ApiError(200, f"unexpected answer to {what}: {exc}") from None
 
 
 def _columns(page: ColumnsPage) -> dict[str, list[Any]]:

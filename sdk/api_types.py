@@ -15,9 +15,6 @@ drift apart. docs/http-api.md describes them for other clients.
 any error (4xx, 5xx)                               :class:`ErrorBody`
 =================================================  ==========================
 
-A scan page's ``next`` cursor is also sent as the :data:`NEXT_CURSOR_HEADER`
-header, so that a client can ask for the next page before parsing this one.
-
 Evolving: a new field is added at the end with a default, so a new client
 reads an old service. Clients ignore fields they do not know (msgspec's
 default for JSON objects), so an old client reads a new service. Renaming,
@@ -38,12 +35,7 @@ from typing import Any, Literal
 
 import msgspec
 
-#: A scan page's ``next`` cursor, also sent as this response header so that a client
-#: can ask for the next page before it has parsed this one.
-NEXT_CURSOR_HEADER = "Stride-Next-Cursor"
-
 __all__ = [
-    "NEXT_CURSOR_HEADER",
     "Access",
     "ColumnsPage",
     "ErrorBody",

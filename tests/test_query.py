@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import http.client
 import json
 import math
@@ -20,7 +19,6 @@ import pytest
 import stride
 from stride import BadRequestError, NotFoundError
 from stride.api_types import (
-    NEXT_CURSOR_HEADER,
     ColumnsPage,
     ErrorBody,
     IngestCounters,
@@ -32,7 +30,7 @@ from stride.api_types import (
 )
 from stride.wire import WIRE_VERSION, Batch
 
-from .conftest import StrideUp, free_port, publish, wait_for, wait_rows
+from .conftest import StrideUp, publish, wait_for, wait_rows
 
 T = TypeVar("T")
 
@@ -507,7 +505,6 @@ def test_api_types_exports_every_body_and_nothing_else() -> None:
     import stride.api_types as api_types
 
     assert set(api_types.__all__) == {
-        "NEXT_CURSOR_HEADER",  # the one header of the contract
         "Access", "ColumnsPage", "ErrorBody", "IngestCounters", "IngestLag", "MetricKeys",
         "MetricStats", "NonFinite", "ProjectDoc", "ProjectsPage", "RunDoc", "RunSearch",
         "RunUpdate", "RunsPage", "SeriesStats", "Status",
@@ -760,73 +757,3 @@ def test_history_from_the_wide_rollup_is_the_points(
         samples=samples, min_step=min_step, max_step=max_step, envelope=True, pandas=False
     )
     assert again == rows
-
-
-def test_scan_pages_name_their_next_cursor_in_a_header(logged: tuple[stride.Api, str]) -> None:
-    """So the client asks for page N+1 while it still parses page N."""
-    _, path = logged
-    parsed = urllib.parse.urlsplit(logged[0].base_url)
-    conn = http.client.HTTPConnection(parsed.hostname or "", parsed.port)
-    cursor = None
-    try:
-        for _ in range(3):
-            query = urllib.parse.urlencode(
-                {"page_size": 9000} | ({"cursor": cursor} if cursor else {})
-            )
-            conn.request("GET", f"/api/v1/runs/{path}/scan?{query}")
-            response = conn.getresponse()
-            body = json.loads(response.read())
-            header = response.getheader(NEXT_CURSOR_HEADER)
-            assert header == (None if body["next"] is None else str(body["next"]))
-            cursor = body["next"]
-    finally:
-        conn.close()
-    assert cursor is None  # 20,001 rows: the third page is the last, and has no header
-
-
-def test_a_scan_left_early_stops_fetching_pages(logged: tuple[stride.Api, str]) -> None:
-    api, path = logged
-    rows = api.run(path).scan_history(keys=["loss"], page_size=10)
-    assert [next(rows)["_step"] for _ in range(15)] == list(range(15))
-    rows.close()  # as when a for loop breaks and the generator is dropped
-    wait_for(lambda: not any(t.name == "stride-scan-pages" for t in threading.enumerate()), 5)
-
-
-def test_a_service_without_the_cursor_header_is_scanned_page_by_page() -> None:
-    """An older service sends the cursor in the body only: the client must still read
-    every page. Such a service is not part of this repository, so a small aiohttp app
-    stands in for it, serving the documented bodies."""
-    from aiohttp import web
-
-    steps = list(range(25))
-
-    async def run_doc(request: web.Request) -> web.Response:
-        return web.json_response({"entity": "e", "project": "p", "id": "r", "path": "e/p/r"})
-
-    async def scan(request: web.Request) -> web.Response:
-        lo, size = int(request.query.get("cursor", 0)), int(request.query["page_size"])
-        page = [s for s in steps if s >= lo][:size]
-        nxt = page[-1] + 1 if page and page[-1] != steps[-1] else None
-        columns = {"_step": page, "v": [s * 2.0 for s in page]}
-        return web.json_response({"columns": columns, "nonfinite": {}, "next": nxt})
-
-    app = web.Application()
-    app.router.add_get("/api/v1/runs/e/p/r", run_doc)
-    app.router.add_get("/api/v1/runs/e/p/r/scan", scan)
-    loop = asyncio.new_event_loop()
-    runner = web.AppRunner(app)
-    loop.run_until_complete(runner.setup())
-    port = free_port()
-    loop.run_until_complete(web.TCPSite(runner, "127.0.0.1", port).start())
-    thread = threading.Thread(target=loop.run_forever, daemon=True)
-    thread.start()
-    try:
-        with stride.Api(f"http://127.0.0.1:{port}") as api:
-            rows = list(api.run("e/p/r").scan_history(page_size=4))
-        assert [r["_step"] for r in rows] == steps
-        assert [r["v"] for r in rows] == [s * 2.0 for s in steps]
-    finally:
-        asyncio.run_coroutine_threadsafe(runner.cleanup(), loop).result(10)
-        loop.call_soon_threadsafe(loop.stop)
-        thread.join(10)
-        loop.close()
