@@ -6,8 +6,8 @@ rows several times faster in big chunks than in small ones, so small pages
 (W&B's default is 1000 rows) would be slow read one by one. A scan that misses
 this cache reads ``first_pages`` pages in one query, answers with one page and
 keeps the rest under the cursor of the next page; at once it starts reading
-the chunk after (about ``chunk_points`` points), so that by the time the
-client has used the kept rows the next ones are ready. Each scan (run,
+the chunk after, four times larger (up to about ``chunk_points`` points), so
+that by the time the client has used the kept rows the next ones are ready. Each scan (run,
 stream, keys, range) thus has at most two chunks here: the one being served
 and the one being read.
 
@@ -72,20 +72,27 @@ class ReadAhead:
         """The page of ``page_size`` rows at ``key``'s cursor, and the next cursor."""
         lo, keys = key[4], key[2]
         chunk_rows = max(page_size, self.chunk_points // max(1, len(keys)))
+
+        def read_after(chunk: Columns, after: int | None) -> asyncio.Task[Chunk] | None:
+            # Chunks grow 4x up to chunk_rows: the next one is read while this one is
+            # served, and a small first chunk keeps the first page quick.
+            size = min(chunk_rows, max(page_size, 4 * len(chunk)))
+            return None if after is None else asyncio.create_task(fetch(after, size))
+
         entry = self._take(key)
         if entry is None:
             rows, after = await fetch(lo, page_size * self.first_pages)
-            following = self._read(after, chunk_rows, fetch)
+            following = read_after(rows, after)
         elif entry.pending is not None:
             rows, after = await _arrived(entry.pending, lo, chunk_rows, fetch)
-            following = self._read(after, chunk_rows, fetch)
+            following = read_after(rows, after)
         else:
             rows, after, following = entry.rows, entry.after, entry.following
         while len(rows) < page_size and following is not None:  # fill the page from the next chunk
             assert after is not None
             more, after = await _arrived(following, after, chunk_rows, fetch)
             rows = rows.concat(more)
-            following = self._read(after, chunk_rows, fetch)
+            following = read_after(more, after)
         if len(rows) > page_size:
             page = rows.take_range(0, page_size)
             cursor = int(page.steps[-1]) + 1
@@ -104,10 +111,6 @@ class ReadAhead:
         """Forget every kept chunk and stop the reads in flight."""
         while self._entries:
             self._drop(next(iter(self._entries)))
-
-    @staticmethod
-    def _read(after: int | None, rows: int, fetch: Fetch) -> asyncio.Task[Chunk] | None:
-        return None if after is None else asyncio.create_task(fetch(after, rows))
 
     def _take(self, key: Key) -> _Entry | None:
         entry = self._entries.pop(key, None)

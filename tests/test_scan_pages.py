@@ -54,23 +54,23 @@ async def test_pages_are_full_exact_and_read_once_ahead_of_the_client() -> None:
     steps = np.arange(10_000, dtype=np.int64) * 3  # gaps between steps
     calls: list[tuple[int, int]] = []
     fetch = _series(steps, calls)
-    cache = ReadAhead(first_pages=2, chunk_points=2_300)
+    cache = ReadAhead(first_pages=1, chunk_points=4_600)
     first, cursor = await cache.page((*SCAN, 0, None), 1000, fetch)
     assert cursor == int(first.steps[-1]) + 1 == 2998
     await asyncio.sleep(0.01)  # the client reads its page: the next chunk is read meanwhile
-    assert calls == [(0, 2000), (5998, 2300)]  # from one past the last step read
+    assert calls == [(0, 1000), (2998, 4000)]  # from one past the last step, 4x larger
     pages = [first]
     while cursor is not None:
         page, cursor = await cache.page((*SCAN, cursor, None), 1000, fetch)
         pages.append(page)
-    # Every page full (chunks of 2,300 rows do not end on pages: pages span them), the
-    # last one too (10,000 rows), every step once and in order, with its value.
+    # Every page full (the chunk of rows 5,000-9,599 does not end on a page: the last
+    # page spans two chunks), every step once and in order, with its value.
     assert [len(p) for p in pages] == [1000] * 10
     got = np.concatenate([p.steps for p in pages])
     assert np.array_equal(got, steps)
     assert np.array_equal(np.concatenate([p.values["a"] for p in pages]), steps * 0.5)
-    # Each chunk read once: 2,000 rows, then 2,300 at a time.
-    assert [lo for lo, _ in calls] == [0, 5998, 12898, 19798, 26698]
+    # Each chunk read once, growing 4x up to 4,600 rows.
+    assert calls == [(0, 1000), (2998, 4000), (14998, 4600), (28798, 4600)]
 
 
 async def test_without_kept_rows_every_page_is_read_and_still_exact() -> None:
