@@ -9,7 +9,9 @@ after a warm-up call:
   lookup included (what a user types);
 * ``ApiRun.history(...)`` on an already fetched run (the history request only);
 * a raw ``GET .../history?samples=1000`` on a kept-alive connection (server
-  time plus transfer, no client-side decoding).
+  time plus transfer, no client-side decoding);
+* ``ApiRun.history(samples=1000, x_axis="_runtime")``: sampled by time, which
+  reads every point (no target; fewer reps).
 
 Reports median/p90/min in ms, rows returned, and checks the first and last
 step are present. Target: <= 50 ms on 10M points. Also times ``ApiRun.stats()``
@@ -110,6 +112,14 @@ def main() -> None:
             line("api.run(path).history(...)", full, target=n >= 10_000_000)
             line("ApiRun.history(...) (run already fetched)", only, target=False)
             line("raw GET /history?samples=1000", raw, target=False)
+            along_time, timed_rows = timed(
+                lambda run=run: run.history(samples=SAMPLES, x_axis="_runtime", pandas=False),
+                max(3, args.reps // 4),
+            )
+            line("ApiRun.history(x_axis='_runtime')", along_time, target=False)
+            assert isinstance(timed_rows, list)
+            if not timed_rows or timed_rows[-1]["_step"] != n - 1 or len(timed_rows) > SAMPLES:
+                raise SystemExit("history along _runtime is wrong")
             stats_ms, summary = timed(lambda run=run: run.stats(), args.reps)
             line("ApiRun.stats() (run already fetched)", stats_ms, n >= 10_000_000, STATS_MS)
             if next(iter(summary.values()))["count"] != n:

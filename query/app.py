@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import bisect
+import functools
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
@@ -37,7 +38,7 @@ from .catalog import Catalog
 from .edit import delete_run, update_run
 from .errors import BadRequest, NotFound, QueryError, Unavailable
 from .export import ExportFormat, export_run, export_runs
-from .history import history, history_along
+from .history import TIME_AXIS_COLUMNS, history, history_along, history_over_time
 from .openapi import openapi_document
 from .readahead import ReadAhead
 from .scan import scan_page
@@ -479,7 +480,8 @@ async def _history(request: web.Request) -> web.Response:
         return _columns(cols)
     if not keys:
         return _columns(Columns.empty())
-    cols = await history(
+    sample = history if x_axis == "_step" else functools.partial(history_over_time, axis=x_axis)
+    cols = await sample(
         request.app[STORE],
         run,
         stream,
@@ -492,8 +494,8 @@ async def _history(request: web.Request) -> web.Response:
     return _columns(cols)
 
 
-#: Axes every row has: history samples by step, and the rows carry all three.
-_TIME_AXES = ("_step", "_runtime", "_timestamp")
+#: Axes every row has: history samples by step or by time, and the rows carry all three.
+_TIME_AXES = ("_step", *TIME_AXIS_COLUMNS)
 
 
 async def _scan(request: web.Request) -> web.Response:

@@ -557,7 +557,8 @@ class ApiRun:
         ``min(key)``/``max(key)`` over each sampled bucket so spikes stay visible.
         ``x_axis`` a logged key: the service samples the steps where that key was
         logged (its first and last among them) and each row has it, with the
-        other keys as logged at that step (W&B's meaning). Returns a pandas
+        other keys as logged at that step (W&B's meaning); ``"_runtime"`` or
+        ``"_timestamp"``: buckets of equal time instead of equal steps. Returns a pandas
         DataFrame, or a list of dicts with ``pandas=False``.
         """
         keys = _keys_param(keys)

@@ -205,9 +205,13 @@ def test_history_x_axis_metric_when_sampled(logged: tuple[stride.Api, str]) -> N
             assert row["odd"] == logged_row["odd"] == float(row["_step"])
             assert row["loss"] == logged_row["loss"]
             assert row["_runtime"] == logged_row["_runtime"]
-        # Along a time axis every row qualifies: the same rows as sampling by step.
+    # Along a time axis (test_history_along_time_samples_equal_spans_of_time has the
+    # rules): the series' ends kept, rows in step order, every one with its times.
     by_time = run.history(samples=50, keys=["loss"], x_axis="_timestamp", pandas=False)
-    assert by_time == run.history(samples=50, keys=["loss"], pandas=False)
+    steps = [r["_step"] for r in by_time]
+    assert 2 <= len(by_time) <= 50 and steps == sorted(set(steps))
+    assert steps[0] == 0 and steps[-1] == 20_000
+    assert all(r["_timestamp"] == truth[r["_step"]]["_timestamp"] for r in by_time)
     with pytest.raises(NotFoundError, match="no metric 'nope' \\(the x_axis\\)"):
         run.history(keys=["loss"], x_axis="nope")
     with pytest.raises(BadRequestError, match="envelope needs x_axis"):
@@ -757,3 +761,91 @@ def test_history_from_the_wide_rollup_is_the_points(
         samples=samples, min_step=min_step, max_step=max_step, envelope=True, pandas=False
     )
     assert again == rows
+
+
+def _time_sampled(
+    points: dict[str, dict[int, tuple[float, float]]], samples: int
+) -> tuple[list[int], dict[str, set[int]], dict[str, dict[int, tuple[float, float]]]]:
+    """History along a time axis, computed here: ``points`` is key -> step -> (axis
+    value, metric value) within the range. Returns the row steps, the steps where
+    each key has a value, and each key's (min, max) per kept step (the envelope)."""
+    every = [(step, t) for series in points.values() for step, (t, _) in series.items()]
+    hi = max(step for step, _ in every)
+    t0, t1 = min(t for _, t in every), max(t for _, t in every)
+    k = samples - 1
+
+    def bucket(t: float) -> int:
+        return 0 if t1 == t0 else math.floor((t - t0) / ((t1 - t0) / k))
+
+    for shift in range(64):
+        groups: dict[str, dict[int, list[int]]] = {}
+        for key, series in points.items():
+            for step, (t, _) in series.items():
+                groups.setdefault(key, {}).setdefault(bucket(t) >> shift, []).append(step)
+        kept = {key: {min(s): s for s in g.values()} for key, g in groups.items()}
+        rows = sorted(set().union(*kept.values(), {hi}))
+        if len(rows) <= samples:
+            break
+    has = {
+        key: set(firsts) | ({hi} if hi in points[key] else set()) for key, firsts in kept.items()
+    }
+    envelope = {
+        key: {first: (min(v), max(v)) for first, members in firsts.items()
+              if (v := [points[key][s][1] for s in members])}
+        for key, firsts in kept.items()
+    }  # fmt: skip
+    return rows, has, envelope
+
+
+def test_history_along_time_samples_equal_spans_of_time(stack: StrideUp, spool: Path) -> None:
+    """A run that pauses for 100 s after step 2000: sampled along ``_runtime`` or
+    ``_timestamp``, each bucket spans the same time, so the pause gets no rows and
+    the rest gets rows in proportion to its time, not its steps. Checked against
+    the same sampling computed here from the logged points, with and without a
+    step range, with the envelope."""
+    logged: dict[str, dict[int, tuple[float, float, float]]] = {"v": {}, "w": {}}
+    with stride.init(project="timeaxis", settings=stack.settings(spool)) as run:
+        for step in range(3000):
+            t = step * 0.01 + (100.0 if step >= 2000 else 0.0) + (step % 5) * 1e-4
+            data = {"v": math.sin(step / 40)} | ({"w": step * 0.5} if step % 7 == 3 else {})
+            run.log(data, step=step, time=t, timestamp=1.7e9 + 3 * t)
+            for key, value in data.items():
+                logged[key][step] = (t, 1.7e9 + 3 * t, value)
+    api = stride.Api(stack.http_url)
+    wait_rows(api, run.path, 3000, keys=["v"])
+    wait_rows(api, run.path, 429, keys=["w"])
+    ends = {"v": 2999, "w": 2995}
+    for axis, which in (("_runtime", 0), ("_timestamp", 1)):
+        for samples, lo, hi in [
+            (40, None, None),
+            (300, None, None),
+            (25, 500, 2500),
+            (3, None, None),
+        ]:
+            points = {
+                key: {s: (p[which], p[2]) for s, p in series.items()
+                      if (lo is None or s >= lo) and (hi is None or s <= hi)}
+                for key, series in logged.items()
+            }  # fmt: skip
+            steps, has, envelope = _time_sampled(points, samples)
+            got = api.run(run.path).history(
+                samples=samples, keys=["v", "w"], x_axis=axis, min_step=lo, max_step=hi,
+                envelope=True, pandas=False,
+            )  # fmt: skip
+            assert [r["_step"] for r in got] == steps, (axis, samples, lo, hi)
+            for row in got:
+                step = row["_step"]
+                assert row["_runtime"] == logged["v"][step][0]
+                for key in ("v", "w"):
+                    assert (key in row) == (step in has[key]), (axis, samples, step, key)
+                    if key in row:
+                        assert row[key] == logged[key][step][2]
+                    if step in envelope[key]:
+                        assert (row[f"min({key})"], row[f"max({key})"]) == envelope[key][step]
+            if lo is None and samples >= 40:
+                # Equal time: the 20 s before the pause get 2/3 of the rows of the 30 s of
+                # logging, however many steps they hold; the pause gets none.
+                before = sum(1 for r in got if r["_step"] < 2000)
+                after = len(got) - before
+                assert abs(before / max(1, after) - 2.0) < 0.5, (before, after)
+            assert got[-1]["_step"] == (hi if hi is not None else ends["v"])
