@@ -271,7 +271,22 @@ def _up(args: argparse.Namespace) -> int:
 
 def _warn_if_open(host: str, tokens: Path | None) -> None:
     """Serving beyond loopback without tokens lets anyone who reaches the port read,
-    change and delete every run: say so, loudly."""
+    change and delete every run: say so, loudly. A tokens file that cannot be read
+    stops the service before it starts (it would refuse every request)."""
+    if tokens is not None:
+        from stride.query.auth import Tokens
+
+        try:
+            active = [t for t in Tokens(tokens).list() if t.revoked_at is None]
+        except (ValueError, OSError) as exc:
+            raise CliError(f"cannot read the tokens file: {exc}") from None
+        if not active:
+            logging.getLogger("stride").warning(
+                "stride: %s holds no active token: every request is refused until one is "
+                "created (`stride token create --tokens %s --entity NAME`)",
+                tokens,
+                tokens,
+            )
     if tokens is None and host not in ("127.0.0.1", "::1", "localhost"):
         logging.getLogger("stride").warning(
             "stride: serving on %s WITHOUT AUTH: anyone who can reach this port can read, "

@@ -22,6 +22,7 @@ import dataclasses
 import datetime
 import hashlib
 import hmac
+import logging
 import os
 import secrets
 from collections.abc import Awaitable, Callable, Iterable
@@ -31,7 +32,9 @@ import msgspec
 from aiohttp import web
 from aiohttp.typedefs import Middleware
 
-from .errors import Forbidden, Unauthorized
+from .errors import Forbidden, Unauthorized, Unavailable
+
+log = logging.getLogger("stride.query")
 
 __all__ = ["AUTH_EXEMPT", "GRANT", "Grant", "TokenRecord", "Tokens", "middleware"]
 
@@ -198,7 +201,14 @@ def middleware(tokens: Tokens) -> Middleware:
                 "this service needs a token: send 'Authorization: Bearer <token>' "
                 "(stride.Api(token=...) or $STRIDE_API_TOKEN)"
             )
-        grant = tokens.check(token.strip())
+        try:
+            grant = tokens.check(token.strip())
+        except (ValueError, OSError) as exc:  # fail closed, and say what to fix
+            log.error("refusing requests: cannot read the tokens file: %s", exc)
+            raise Unavailable(
+                f"the service cannot read its tokens file ({exc}); it refuses every request "
+                "until the file is fixed (`stride token list --tokens FILE` checks it)"
+            ) from None
         if grant is None:
             raise Unauthorized("the token is unknown or revoked: ask for a new one")
         entity = request.match_info.get("entity")

@@ -193,3 +193,36 @@ def test_serving_beyond_loopback_without_tokens_warns(tmp_path: Path) -> None:
     assert "WITHOUT AUTH" in output and "--tokens FILE" in output
     with stride_up(tmp_path / "loop") as up:
         assert "WITHOUT AUTH" not in "\n".join(up.output)
+
+
+def test_an_unreadable_tokens_file_refuses_everything_and_says_why(tmp_path: Path) -> None:
+    """Damaged while the service runs: every request gets a 503 naming the file and
+    the line (fail closed, never open), and it works again once the file is fixed.
+    Damaged before it starts: the service does not start."""
+    tokens = tmp_path / "tokens.jsonl"
+    _, admin = _token(tokens, "--entity", "*")
+    good = tokens.read_bytes()
+    with stride_up(tmp_path / "data", "--tokens", str(tokens)) as up:
+        assert _call(up, "GET", "/api/v1/projects/alice", admin)[0] == 200
+        tokens.write_bytes(good + b"{not json\n")
+        status, (body, _) = _call(up, "GET", "/api/v1/projects/alice", admin)
+        assert status == 503
+        assert f"{tokens}, line 2: not a token" in body["error"]
+        assert _call(up, "GET", "/api/v1/projects/alice", None)[0] == 401  # no token: as ever
+        tokens.write_bytes(good)
+        assert _call(up, "GET", "/api/v1/projects/alice", admin)[0] == 200
+    tokens.write_bytes(b"garbage\n")
+    result = subprocess.run(
+        [*STRIDE, "up", "--data-dir", str(tmp_path / "data"), "--http-port", "0",
+         "--nats-port", "0", "--tokens", str(tokens)],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert result.returncode != 0
+    assert f"cannot read the tokens file: {tokens}, line 1: not a token" in result.stderr
+
+
+def test_a_tokens_file_without_an_active_token_is_pointed_out(tmp_path: Path) -> None:
+    tokens = tmp_path / "none.jsonl"
+    with stride_up(tmp_path / "data", "--tokens", str(tokens)) as up:
+        output = "\n".join(up.output)
+    assert f"{tokens} holds no active token" in output
