@@ -113,8 +113,9 @@ async def _run_ingest(settings: IngestServiceSettings, store: AsyncStore, nc: Na
             return "the ingest workers have not subscribed yet"
         try:
             await store.ping()
-        except Exception as exc:
-            return f"storage does not answer: {exc}"
+        except Exception as exc:  # the probe needs no token: details to the log only
+            log.warning("not ready: storage does not answer: %s", exc)
+            return f"storage does not answer ({type(exc).__name__}); the log has the details"
         return None
 
     runner, port = await serve_http(

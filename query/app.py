@@ -231,7 +231,11 @@ async def _readyz(request: web.Request) -> web.Response:
     try:
         await request.app[STORE].ping()
     except Exception as exc:
-        raise Unavailable(f"storage does not answer: {exc}") from None
+        # The probe answers without a token: the details (addresses, users) go to the log.
+        log.warning("not ready: storage does not answer: %s", exc)
+        raise Unavailable(
+            f"storage does not answer ({type(exc).__name__}); the service log has the details"
+        ) from None
     probe = request.app.get(READY)
     reason = await probe() if probe is not None else None
     if reason is not None:

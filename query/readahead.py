@@ -45,11 +45,12 @@ class _Entry:
     """Rows kept for a cursor, or (``pending``) the read that will bring them."""
 
     at: float  # when it was kept (monotonic)
-    nbytes: int
+    nbytes: int  # what it holds: its rows' arrays, and the chunk being read
     rows: Columns = dataclasses.field(default_factory=Columns.empty)
     after: int | None = None
     following: asyncio.Task[Chunk] | None = None  # the chunk at ``after``, being read
     pending: asyncio.Task[Chunk] | None = None
+    held: int = 0  # bytes of the arrays ``rows`` are a view of
 
 
 class ReadAhead:
@@ -79,32 +80,36 @@ class ReadAhead:
             size = min(chunk_rows, max(page_size, 4 * len(chunk)))
             return None if after is None else asyncio.create_task(fetch(after, size))
 
+        # What a chunk being read will hold, at most (for the bound on kept bytes).
+        reading = chunk_rows * (len(keys) + 3) * 9
         entry = self._take(key)
         if entry is None:
-            rows, after = await fetch(lo, page_size * self.first_pages)
+            rows, after = await fetch(lo, min(chunk_rows, page_size * self.first_pages))
             following = read_after(rows, after)
+            held = _nbytes(rows)
         elif entry.pending is not None:
             rows, after = await _arrived(entry.pending, lo, chunk_rows, fetch)
             following = read_after(rows, after)
+            held = _nbytes(rows)
         else:
-            rows, after, following = entry.rows, entry.after, entry.following
+            rows, after, following, held = entry.rows, entry.after, entry.following, entry.held
         while len(rows) < page_size and following is not None:  # fill the page from the next chunk
             assert after is not None
             more, after = await _arrived(following, after, chunk_rows, fetch)
             rows = rows.concat(more)
             following = read_after(more, after)
+            held = _nbytes(rows) + _nbytes(more)  # the copy, and the chunk the rest views
         if len(rows) > page_size:
             page = rows.take_range(0, page_size)
             cursor = int(page.steps[-1]) + 1
-            rest = rows.take_range(page_size, len(rows))
-            self._put(
-                _at(key, cursor), _Entry(time.monotonic(), _nbytes(rest), rest, after, following)
-            )
+            rest = rows.take_range(page_size, len(rows))  # a view: the whole chunk stays
+            nbytes = held + (reading if following is not None else 0)
+            entry = _Entry(time.monotonic(), nbytes, rest, after, following, held=held)
+            self._put(_at(key, cursor), entry)
             return page, cursor
         if following is not None:  # this page uses up the chunk: the next starts on the one read
             assert after is not None
-            estimate = chunk_rows * (len(keys) + 3) * 9
-            self._put(_at(key, after), _Entry(time.monotonic(), estimate, pending=following))
+            self._put(_at(key, after), _Entry(time.monotonic(), reading, pending=following))
         return rows, after
 
     def close(self) -> None:
@@ -113,26 +118,34 @@ class ReadAhead:
             self._drop(next(iter(self._entries)))
 
     def _take(self, key: Key) -> _Entry | None:
+        self._expire()
         entry = self._entries.pop(key, None)
-        if entry is None:
-            return None
-        self._bytes -= entry.nbytes
-        if time.monotonic() - entry.at > self._ttl:
-            _cancel(entry.following)
-            _cancel(entry.pending)
-            return None
+        if entry is not None:
+            self._bytes -= entry.nbytes
         return entry
 
     def _put(self, key: Key, entry: _Entry) -> None:
-        """Keep ``entry``; forget expired ones, and the oldest past ``max_bytes``."""
+        """Keep ``entry`` (unless it alone is over ``max_bytes``); forget expired
+        entries, then the oldest while over ``max_bytes``."""
+        if key in self._entries:  # the same scan twice at once: the last one is kept
+            self._drop(key)
+        if entry.nbytes > self._max_bytes:
+            _cancel(entry.following)
+            _cancel(entry.pending)
+            return
         self._entries[key] = entry
         self._bytes += entry.nbytes
-        now = time.monotonic()
+        self._expire()
         for old in list(self._entries):
-            if old != key and (
-                self._bytes > self._max_bytes or now - self._entries[old].at > self._ttl
-            ):
+            if self._bytes <= self._max_bytes:
+                break
+            if old != key:
                 self._drop(old)
+
+    def _expire(self) -> None:
+        now = time.monotonic()
+        for old in [k for k, e in self._entries.items() if now - e.at > self._ttl]:
+            self._drop(old)
 
     def _drop(self, key: Key) -> None:
         entry = self._entries.pop(key)

@@ -84,9 +84,14 @@ _COMPARISONS = {"$gt": ">", "$gte": ">=", "$lt": "<", "$lte": "<="}
 _OPERATORS = ("$eq", "$ne", *_COMPARISONS, "$in", "$nin", "$exists", "$regex", "$not")
 _LOGICAL = ("$and", "$or", "$nor")
 _REGEX_OPTIONS = frozenset("ims")
-#: Bounds on one filter, so no request can build an unbounded query.
+#: Bounds on one filter, so no request can build an unbounded query: nesting
+#: (``$and``/``$or``/``$nor``/``$not``), values, a field name's length and dotted
+#: parts (each part of a ``summary.a.b`` name is a place to look), and the SQL.
 _MAX_DEPTH = 16
 _MAX_PARAMS = 5000
+_MAX_NAME = 256
+_MAX_NAME_PARTS = 16
+_MAX_SQL = 1 << 20
 
 
 @dataclasses.dataclass(frozen=True)
@@ -242,6 +247,11 @@ def _any(conditions: Any) -> str:
 
 
 def _resolve(q: _Sql, name: str, entity: str, project: str, crashed_before: float) -> _Ref:
+    if len(name) > _MAX_NAME or name.count(".") >= _MAX_NAME_PARTS:
+        raise BadRequest(
+            f"field {_short(name)} is too long: at most {_MAX_NAME} characters "
+            f"and {_MAX_NAME_PARTS} dotted parts"
+        )
     name = _ALIASES.get(name, name)
     if name.startswith("summary_metrics."):
         name = "summary." + name.removeprefix("summary_metrics.")
@@ -294,6 +304,7 @@ class _Compiler:
     entity: str
     project: str
     crashed_before: float
+    size: int = 0  # bytes of SQL made so far (see sized)
 
     def ref(self, name: str) -> _Ref:
         return _resolve(self.q, name, self.entity, self.project, self.crashed_before)
@@ -315,8 +326,15 @@ class _Compiler:
                     f"{', '.join(_LOGICAL)} or a field name"
                 )
             else:
-                parts.append(self.condition(self.ref(name), condition, here))
+                parts.append(self.sized(self.condition(self.ref(name), condition, here), here))
         return "(" + " AND ".join(parts) + ")" if parts else "1"
+
+    def sized(self, sql: str, where: str) -> str:
+        """``sql``, counted against the bound on a query's size."""
+        self.size += len(sql)
+        if self.size > _MAX_SQL:
+            raise BadRequest(f"{where}: the filter is too large (over {_MAX_SQL} bytes of SQL)")
+        return sql
 
     def logical(self, op: str, items: Any, where: str, depth: int) -> str:
         if not isinstance(items, list) or not items:
@@ -325,8 +343,10 @@ class _Compiler:
         joined = " AND ".join(parts) if op == "$and" else " OR ".join(parts)
         return f"(NOT ({joined}))" if op == "$nor" else f"({joined})"
 
-    def condition(self, ref: _Ref, spec: Any, where: str) -> str:
+    def condition(self, ref: _Ref, spec: Any, where: str, depth: int = 0) -> str:
         """What one field must satisfy: a value (``$eq``) or an object of operators."""
+        if depth > _MAX_DEPTH:
+            raise BadRequest(f"{where}: nested more than {_MAX_DEPTH} deep")
         if not (isinstance(spec, dict) and any(k.startswith("$") for k in spec)):
             return self.equals(ref, spec, where)
         plain = [k for k in spec if not k.startswith("$")]
@@ -348,7 +368,9 @@ class _Compiler:
             elif op in ("$in", "$nin"):
                 if not isinstance(operand, list):
                     raise BadRequest(f"{here} takes a list, got {_short(operand)}")
-                any_of = _any([self.equals(ref, v, here) for v in operand] or ["0"])
+                any_of = _any(
+                    [self.sized(self.equals(ref, v, here), here) for v in operand] or ["0"]
+                )
                 parts.append(any_of if op == "$in" else f"NOT {any_of}")
             elif op == "$exists":
                 if not isinstance(operand, bool | int):
@@ -361,7 +383,7 @@ class _Compiler:
                 if isinstance(operand, str):
                     parts.append(f"NOT {self.regex(ref, operand, '', here)}")
                 elif isinstance(operand, dict) and operand and all(k[:1] == "$" for k in operand):
-                    parts.append(f"NOT {self.condition(ref, operand, here)}")
+                    parts.append(f"NOT {self.condition(ref, operand, here, depth + 1)}")
                 else:
                     raise BadRequest(
                         f"{here} takes an object of operators or a pattern, got {_short(operand)}"
@@ -438,7 +460,9 @@ def _order(order: str) -> tuple[str, bool]:
 def _cursor(after: str) -> tuple[int, float, str, str]:
     try:
         kind, num, text, run_id = orjson.loads(after)
-        if not (isinstance(kind, int) and isinstance(num, int | float)):
+        if not (isinstance(kind, int) and not isinstance(kind, bool) and 0 <= kind <= 255):
+            raise TypeError  # a kind is a UInt8
+        if not isinstance(num, int | float) or isinstance(num, bool):
             raise TypeError
         return kind, float(num), str(text), str(run_id)
     except (orjson.JSONDecodeError, ValueError, TypeError):

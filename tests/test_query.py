@@ -849,3 +849,33 @@ def test_history_along_time_samples_equal_spans_of_time(stack: StrideUp, spool: 
                 after = len(got) - before
                 assert abs(before / max(1, after) - 2.0) < 0.5, (before, after)
             assert got[-1]["_step"] == (hi if hi is not None else ends["v"])
+
+
+def test_history_along_time_leaves_out_points_without_a_finite_time(
+    stack: StrideUp, spool: Path
+) -> None:
+    """NaN or infinite times have no place on a time axis (they made the bucket
+    query fail: a 500); times as far apart as doubles go must not overflow."""
+    bad = {50: math.nan, 120: math.inf, 299: math.nan}
+    with stride.init(project="badtimes", id="nonfinite", settings=stack.settings(spool)) as run:
+        for step in range(300):
+            run.log({"v": float(step)}, step=step, time=bad.get(step, step * 0.1))
+    with stride.init(project="badtimes", id="extreme", settings=stack.settings(spool)) as far:
+        for step in range(300):
+            t = -1e308 if step == 0 else 1e308 if step == 299 else float(step)
+            far.log({"v": float(step)}, step=step, time=t)
+    api = stride.Api(stack.http_url)
+    wait_rows(api, run.path, 300)
+    wait_rows(api, far.path, 300)
+    finite = [s for s in range(300) if s not in bad]
+    every = api.run(run.path).history(samples=1000, x_axis="_runtime", pandas=False)
+    assert [r["_step"] for r in every] == finite
+    sampled = api.run(run.path).history(samples=20, x_axis="_runtime", pandas=False)
+    steps = [r["_step"] for r in sampled]
+    assert steps[0] == 0 and steps[-1] == 298 and len(steps) <= 20
+    assert not set(steps) & set(bad) and all(r["v"] == r["_step"] for r in sampled)
+    by_step = api.run(run.path).history(samples=1000, pandas=False)
+    assert len(by_step) == 300  # along steps, every point has its place
+    spread = api.run(far.path).history(samples=20, x_axis="_runtime", pandas=False)
+    assert spread[0]["_step"] == 0 and spread[-1]["_step"] == 299
+    assert len(spread) <= 20

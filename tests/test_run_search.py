@@ -434,6 +434,13 @@ def test_pages_stay_stable_while_runs_are_added(
     assert newest_first == ["newcomer", *reversed(before)]
 
 
+def _nested_not(depth: int) -> dict[str, Any]:
+    spec: dict[str, Any] = {"$eq": "x"}
+    for _ in range(depth):
+        spec = {"$not": spec}
+    return spec
+
+
 @pytest.mark.parametrize(
     ("spec", "message"),
     [
@@ -453,6 +460,12 @@ def test_pages_stay_stable_while_runs_are_added(
         ({"config.lr": {"$gt": 1, "x": 2}}, "mixes operators and a plain key 'x'"),
         ({"colour": "red"}, "unknown field 'colour'"),
         ({"summary": 1}, "unknown field 'summary'"),
+        # Bounds: no small request may build a huge query (each was seconds of CPU
+        # and ~100 MB of SQL, or gigabytes for a name of 200k characters).
+        ({"config." + "x" * 300: 1}, "is too long: at most 256 characters"),
+        ({"summary." + "a." * 400 + "a": {"$in": list(range(800))}}, "16 dotted parts"),
+        ({"summary." + ".".join("abcdefghijklmn"): {"$in": list(range(4000))}}, "bytes of SQL"),
+        ({"name": _nested_not(20)}, "nested more than 16 deep"),
     ],
 )
 def test_an_invalid_filter_is_refused_naming_the_bad_part(
@@ -481,6 +494,10 @@ def test_filters_over_get_and_post_agree_and_bad_bodies_are_refused(
         conn.request("POST", f"/api/v1/runs/default/{PROJECT}", body)
         answer = conn.getresponse()
         assert answer.status == 400 and message in json.loads(answer.read())["error"]
+    for bad in ('[300,0,"",""]', '[-1,0,"",""]', '[true,0,"",""]'):  # a kind is a UInt8
+        conn.request("GET", f"/api/v1/runs/default/{PROJECT}?after={urllib.parse.quote(bad)}")
+        answer = conn.getresponse()
+        assert answer.status == 400 and "invalid cursor" in json.loads(answer.read())["error"]
     conn.request("GET", f"/api/v1/runs/default/{PROJECT}?filters=%7Bnope")
     answer = conn.getresponse()
     assert answer.status == 400 and "filters must be JSON" in json.loads(answer.read())["error"]

@@ -77,7 +77,7 @@ async def test_without_kept_rows_every_page_is_read_and_still_exact() -> None:
     """Rows expired (``ttl_s=0``) or pushed out by another scan (``max_bytes``): each
     page is read again from the store, and the pages are the same."""
     steps = np.arange(5_000, dtype=np.int64)
-    for cache, reads in ((ReadAhead(ttl_s=0.0), 16), (ReadAhead(max_bytes=1), 15)):
+    for cache, reads in ((ReadAhead(ttl_s=0.0), 16), (ReadAhead(max_bytes=1), 16)):
         calls: list[tuple[int, int]] = []
         fetch = _series(steps, calls)
         scans = {run: 0 for run in ("e/p/one", "e/p/two")}  # two scans, page by page in turn
@@ -93,9 +93,10 @@ async def test_without_kept_rows_every_page_is_read_and_still_exact() -> None:
         for pages in got.values():
             assert np.array_equal(np.concatenate([p.steps for p in pages]), steps)
             assert [len(p) for p in pages] == [700] * 7 + [100]
-        # Every page of both scans read from the store (8 each), but with max_bytes
-        # the last one: once scan one is done, nothing pushes out scan two's rows.
+        # Every page of both scans read from the store (8 each): nothing is kept
+        # (expired at once, or over max_bytes on its own).
         assert len(calls) == reads
+        assert cache._bytes == 0 and not cache._entries
         cache.close()
 
 
@@ -168,3 +169,38 @@ def test_pivot_matches_a_plain_python_pivot(dense: bool) -> None:
             if has:
                 got, expected = cols.values[key][i], want[step][key]
                 assert got == expected or (math.isnan(got) and math.isnan(expected))
+
+
+async def test_the_same_scan_twice_at_once_keeps_one_entry_and_counts_it_once() -> None:
+    """Two identical requests at once (a client's retry): the kept rows of one
+    replace the other's, whose read-ahead is stopped; the byte count stays exact,
+    so it cannot drift up and push every other scan out."""
+    steps = np.arange(50_000, dtype=np.int64)
+    cache = ReadAhead(first_pages=2, chunk_points=20_000)
+    fetch = _series(steps, [])
+    (a, next_a), (b, next_b) = await asyncio.gather(
+        cache.page((*SCAN, 0, None), 1000, fetch), cache.page((*SCAN, 0, None), 1000, fetch)
+    )
+    assert np.array_equal(a.steps, b.steps) and next_a == next_b == 1000
+    assert list(cache._entries) == [(*SCAN, 1000, None)]
+    assert cache._bytes == sum(e.nbytes for e in cache._entries.values()) > 0
+    pages = [a]
+    cursor: int | None = next_a
+    while cursor is not None:
+        page, cursor = await cache.page((*SCAN, cursor, None), 1000, fetch)
+        pages.append(page)
+    assert np.array_equal(np.concatenate([p.steps for p in pages]), steps)
+    assert cache._bytes == 0 and not cache._entries  # all used up: nothing held
+    tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+    await asyncio.sleep(0.01)
+    assert all(t.done() for t in tasks)  # no read left running for nobody
+
+
+async def test_kept_rows_count_the_whole_chunk_they_are_a_view_of() -> None:
+    steps = np.arange(20_000, dtype=np.int64)
+    cache = ReadAhead(first_pages=20, chunk_points=20_000)
+    _, cursor = await cache.page((*SCAN, 0, None), 1000, _series(steps, []))
+    assert cursor is not None
+    [entry] = cache._entries.values()
+    chunk = 20_000 * (8 + 8 + 1)  # steps, values, present of the 20,000 rows read
+    assert len(entry.rows) == 19_000 and entry.nbytes >= chunk
