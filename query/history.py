@@ -340,8 +340,18 @@ def _pick(series: dict[str, Series], samples: int, hi: int) -> dict[str, Series]
         steps = np.unique(np.concatenate([p["smin"] for p in picked.values()] + [[hi]]))
         if len(steps) <= samples:
             return picked
-    # Still too many (tiny samples, edge buckets): one bucket per key, edges included.
-    return {key: _coarsen(s, None) for key, s in series.items()}
+    # Still too many (tiny samples, edge buckets): one bucket per key, edges included;
+    # and with more keys than samples allow, only the first of those buckets (with
+    # ``hi``, at most two rows): never more than ``samples`` rows.
+    whole = {key: _coarsen(s, None) for key, s in series.items()}
+    steps = np.unique(np.concatenate([p["smin"] for p in whole.values()] + [[hi]]))
+    if len(steps) <= samples:
+        return whole
+    first = min(int(p["smin"][0]) for p in whole.values() if len(p["smin"]))
+    return {
+        key: p if len(p["smin"]) and p["smin"][0] == first else {n: c[:0] for n, c in p.items()}
+        for key, p in whole.items()
+    }
 
 
 def _coarsen(s: Series, shift: int | None) -> Series:

@@ -879,3 +879,20 @@ def test_history_along_time_leaves_out_points_without_a_finite_time(
     spread = api.run(far.path).history(samples=20, x_axis="_runtime", pandas=False)
     assert spread[0]["_step"] == 0 and spread[-1]["_step"] == 299
     assert len(spread) <= 20
+
+
+@pytest.mark.parametrize("x_axis", ["_step", "_runtime"])
+def test_history_never_returns_more_than_samples_rows(
+    stack: StrideUp, spool: Path, x_axis: str
+) -> None:
+    """Two keys whose first points differ, and samples=2: the first point of all and
+    the last, not one row per key plus the last (three rows)."""
+    with stride.init(project="fewrows", settings=stack.settings(spool)) as run:
+        for step in range(100):
+            run.log({"a": 1.0} if step % 2 else {"b": 2.0}, step=step, time=step * 0.5)
+    api = stride.Api(stack.http_url)
+    wait_rows(api, run.path, 50, keys=["a"])
+    wait_rows(api, run.path, 50, keys=["b"])
+    rows = api.run(run.path).history(samples=2, keys=["a", "b"], x_axis=x_axis, pandas=False)
+    assert [r["_step"] for r in rows] == [0, 99]
+    assert rows[0]["b"] == 2.0 and rows[1]["a"] == 1.0
