@@ -100,6 +100,9 @@ async def history(
         series = await _wide_buckets(store, params, keys, width, edges or bool(beside))
     else:
         series = await _rollup_buckets(store, params, keys, width, edges)
+    # Points written since the range was read may be in the buckets: the answer
+    # ends at the newest point they hold (else a row at the old end, with no value).
+    hi = max([hi, *(int(s["smax"].max()) for s in series.values() if len(s["smax"]))])
     picked = _pick(series, samples, hi)
     last = {key: _last(s, hi) for key, s in series.items()}
     return _columns(picked, last, keys, hi, envelope)

@@ -13,6 +13,7 @@ import math
 import textwrap
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import clickhouse_connect
 import numpy as np
@@ -702,3 +703,47 @@ def test_cluster_ddl_replicates_shards_by_run_and_parses(chdb_store: ChdbStore) 
     assert formatted[-1] == "DROP VIEW IF EXISTS metrics.points_rollup_mv ON CLUSTER main"
     # Every table has its replicated local table and a Distributed one in front.
     assert len(statements) == 1 + 2 * 8 + 1
+
+
+async def test_history_while_points_arrive_has_no_row_without_values(
+    chdb_store: ChdbStore,
+) -> None:
+    """A point written between history's first query (the range, from the rollup)
+    and the next (the buckets) must not leave a row at the old last step with no
+    values, nor lose the series' last point: the answer ends at the newest point
+    the buckets saw. The second query is delayed by inserting a point first."""
+    from stride.query.history import history
+    from stride.store import AsyncStore
+    from stride.store.schema import BACKFILL_WIDE, BUCKET_SQL, rollup_aggregates
+
+    run = "race/history/live"
+    chdb_store.insert_arrow("points", POINTS_COLUMNS, points(run, list(range(2000)), [1.0] * 2000))
+    chdb_store.command(
+        f"INSERT INTO points_rollup SELECT run, stream, key, {BUCKET_SQL} AS bucket, "
+        f"{rollup_aggregates('State')} FROM points WHERE run = '{run}' "
+        "GROUP BY run, stream, key, bucket"
+    )
+    chdb_store.command(
+        BACKFILL_WIDE.replace(
+            "FROM points_rollup GROUP BY", f"FROM points_rollup WHERE run = '{run}' GROUP BY"
+        )
+    )
+
+    class PointArrives(AsyncStore):
+        calls = 0
+
+        async def query_arrow(self, sql: str, params: Any = None) -> pa.Table:
+            self.calls += 1
+            if self.calls == 2:  # after the range was read: a point arrives
+                chdb_store.insert_arrow("points", POINTS_COLUMNS, points(run, [2000], [7.0], 2))
+            return await super().query_arrow(sql, params)
+
+    store = PointArrives(chdb_store)
+    cols = await history(
+        store, run, "default", ["loss"], samples=100, min_step=None, max_step=None,
+        envelope=False,
+    )  # fmt: skip
+    assert store.calls >= 2 and len(cols) <= 100
+    assert bool(cols.present["loss"].all()), cols.steps[~cols.present["loss"]]
+    assert int(cols.steps[0]) == 0 and int(cols.steps[-1]) == 2000
+    assert cols.values["loss"][-1] == 7.0
