@@ -23,6 +23,7 @@ import numpy as np
 import orjson
 import pyarrow as pa
 
+from stride._rows import rows
 from stride.store import AsyncStore
 
 from ._columns import Columns
@@ -128,17 +129,16 @@ def arrow_table(cols: Columns, schema: pa.Schema) -> pa.Table:
 def json_rows(cols: Columns, keys: list[str], separator: bytes) -> bytes:
     """Rows as JSON objects joined by ``separator``: absent keys left out,
     non-finite values as strings."""
-    names = ["_runtime", "_timestamp", *keys]
-    columns = [(n, cols.values[n].tolist(), cols.present[n].tolist()) for n in names]
-    rows = []
-    for i, step in enumerate(cols.steps.tolist()):
-        row: dict[str, Any] = {"_step": step}
-        for name, values, present in columns:
-            if present[i]:
-                value = values[i]
-                row[name] = value if np.isfinite(value) else _NONFINITE.get(value, "nan")
-        rows.append(orjson.dumps(row))
-    return separator.join(rows)
+    columns: dict[str, list[Any]] = {"_step": cols.steps.tolist()}
+    for name in ("_runtime", "_timestamp", *keys):
+        values, present = cols.values[name], cols.present[name]
+        column = values.tolist()
+        for i in np.flatnonzero(present & ~np.isfinite(values)):
+            column[i] = _NONFINITE.get(column[i], "nan")
+        for i in np.flatnonzero(~present):
+            column[i] = None  # left out of the row
+        columns[name] = column
+    return separator.join(map(orjson.dumps, rows(columns)))
 
 
 async def stream_rows(

@@ -10,14 +10,13 @@ it installed.
 from __future__ import annotations
 
 import contextlib
-import functools
 import http.client
 import math
 import os
 import threading
 import time
 import urllib.parse
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -25,6 +24,7 @@ import msgspec
 import orjson
 
 from ._config import NestedDict
+from ._rows import rows
 from ._settings import DEFAULT_API
 from .api_types import (
     Access,
@@ -574,7 +574,7 @@ class ApiRun:
         columns = _columns(self._api._get_as(_COLUMNS, f"{self._base}/history", params))
         if pandas:
             return _dataframe(columns)
-        return list(_rows(columns))
+        return list(rows(columns))
 
     def scan_history(
         self,
@@ -611,7 +611,7 @@ class ApiRun:
             ]
             params += [("keys", k) for k in keys or ()]
             page = self._api._get_as(_COLUMNS, f"{self._base}/scan", params)
-            yield from _rows(_columns(page))
+            yield from rows(_columns(page))
             cursor = page.next
             if cursor is None:
                 return
@@ -716,45 +716,6 @@ def _columns(page: ColumnsPage) -> dict[str, list[Any]]:
         for row, name in items:
             column[row] = _NONFINITE[name]
     return columns
-
-
-def _rows(columns: dict[str, list[Any]]) -> Iterator[dict[str, Any]]:
-    cols = list(columns.values())
-    if not any(_has_none(col) for col in cols):
-        yield from _row_builder(tuple(columns))(cols)
-        return
-    names = list(columns)
-    for values in zip(*cols, strict=True):
-        yield {n: v for n, v in zip(names, values, strict=True) if v is not None}
-
-
-def _has_none(column: list[Any]) -> bool:
-    """Whether a column of numbers has a ``None``.
-
-    ``sum`` adds floats and small ints in C and stops at the first ``None``
-    (a TypeError): about 3x faster than ``None in column``, which compares
-    every element through Python's rich comparison. It matters on dense pages.
-    """
-    try:
-        sum(column)
-    except TypeError:
-        return True
-    return False
-
-
-@functools.lru_cache(maxsize=256)
-def _row_builder(names: tuple[str, ...]) -> Callable[[list[list[Any]]], list[dict[str, Any]]]:
-    """A compiled ``[{name0: v0, name1: v1, ...} for v0, v1, ... in zip(*columns)]``.
-
-    A dict display with constant keys builds a row about 3x faster than
-    ``dict(zip(names, values))``, which matters at millions of rows. The same
-    technique as ``collections.namedtuple``: names enter the source only
-    through ``repr``, so any string is safe.
-    """
-    args = [f"v{i}" for i in range(len(names))]
-    items = ", ".join(f"{name!r}: {arg}" for name, arg in zip(names, args, strict=True))
-    source = f"lambda columns: [{{{items}}} for {', '.join(args)}, in zip(*columns)]"
-    return eval(source, {"zip": zip})  # type: ignore[no-any-return]
 
 
 def _dataframe(columns: dict[str, list[Any]]) -> Any:

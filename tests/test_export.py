@@ -238,3 +238,32 @@ def test_the_ndjson_stream_is_the_json_rows(long_run: str, stack: StrideUp) -> N
         and "format must be one of arrow, ndjson" in json.loads(bad.read())["error"]
     )
     conn.close()
+
+
+def test_the_whole_ndjson_stream_is_the_json_scan_row_for_row(
+    long_run: str, stack: StrideUp
+) -> None:
+    """Every row of the run (dense steps, absent keys, NaN and -inf) as the JSON
+    scan gives it, non-finite values named as strings."""
+    import http.client
+    import urllib.parse
+
+    parsed = urllib.parse.urlsplit(stack.http_url)
+    conn = http.client.HTTPConnection(parsed.hostname or "", parsed.port)
+    cases = (  # every key; one key with NaN and -inf; one key, all finite (the dense path)
+        (None, "", 0),
+        (["loss"], "&keys=loss", 0),
+        (["loss"], "&keys=loss&min_step=10", 10),
+    )
+    for keys, query, first in cases:
+        conn.request("GET", f"/api/v1/runs/{long_run}/stream?format=ndjson{query}")
+        rows = [json.loads(line) for line in conn.getresponse().read().splitlines()]
+        expected = scan(stride.Api(stack.http_url), long_run, keys)[first:]
+        assert len(rows) == len(expected) == STEPS - first
+        named = {"nan": math.nan, "inf": math.inf, "-inf": -math.inf}
+        for got, want in zip(rows, expected, strict=True):
+            assert set(got) == set(want), (got, want)
+            for name, value in got.items():
+                value = named.get(value, value) if isinstance(value, str) else value
+                assert _same(value, want[name]), (name, got, want)
+    conn.close()

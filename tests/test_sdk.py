@@ -167,7 +167,7 @@ def test_settings_reject_nonsense() -> None:
 
 
 def test_rows_are_built_safely_for_any_metric_name() -> None:
-    from stride._api import _rows
+    from stride._rows import rows as _rows
 
     hostile = 'it\'s "quoted"\n} ]; import os #'
     rows = list(_rows({"_step": [1, 2], hostile: [0.5, 0.25], "ünï": [1.0, 2.0]}))
