@@ -184,6 +184,7 @@ def _pivot_dense(
             values[key] = values_all[block]
             present[key] = every
     for name in extra:  # the first row of each step is in the first block
-        values[name] = table.column(name).to_numpy()[:rows]
+        # Copies, not views: a view would keep the whole long column alive.
+        values[name] = table.column(name).to_numpy()[:rows].copy()
         present[name] = every
-    return Columns(grid[0], values, present)
+    return Columns(grid[0].copy(), values, present)

@@ -83,6 +83,7 @@ class Tokens:
         self.path = path
         self._records: dict[str, TokenRecord] = {}
         self._seen: tuple[int, int, int] | None = None  # (inode, mtime_ns, size) last read
+        self._reported: str | None = None  # the read error last logged
         self._load()
 
     # ---- the CLI's side --------------------------------------------------------------------
@@ -140,6 +141,12 @@ class Tokens:
             return None
         return Grant(record.id, frozenset(record.entities), record.write)
 
+    def report(self, error: Exception) -> None:
+        """Log why the file cannot be read, once per error (not once per request)."""
+        if str(error) != self._reported:
+            self._reported = str(error)
+            log.error("refusing every request: cannot read the tokens file: %s", error)
+
     def _load(self) -> None:
         try:
             stat = self.path.stat()
@@ -158,6 +165,7 @@ class Tokens:
                     raise ValueError(f"{self.path}, line {number}: not a token: {exc}") from None
                 records[record.id] = record
         self._records, self._seen = records, seen
+        self._reported = None
 
     def _save(self) -> None:
         """Write every record to a new file and rename it over the old: a reader
@@ -203,11 +211,12 @@ def middleware(tokens: Tokens) -> Middleware:
             )
         try:
             grant = tokens.check(token.strip())
-        except (ValueError, OSError) as exc:  # fail closed, and say what to fix
-            log.error("refusing requests: cannot read the tokens file: %s", exc)
+        except (ValueError, OSError) as exc:  # fail closed; the details go to the log
+            tokens.report(exc)
             raise Unavailable(
-                f"the service cannot read its tokens file ({exc}); it refuses every request "
-                "until the file is fixed (`stride token list --tokens FILE` checks it)"
+                "the service cannot read its tokens file; it refuses every request until "
+                "the file is fixed (its log says what is wrong; `stride token list "
+                "--tokens FILE` checks it)"
             ) from None
         if grant is None:
             raise Unauthorized("the token is unknown or revoked: ask for a new one")

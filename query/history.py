@@ -87,8 +87,8 @@ async def history(
     if not n:
         return Columns.empty()
     lo, hi = stats.column("lo")[0].as_py(), stats.column("hi")[0].as_py()
-    if n <= samples:
-        return await _every_point(store, params, keys, envelope)
+    if n <= samples:  # within the steps counted: points written since cannot add rows
+        return await _every_point(store, {**params, "lo": lo, "hi": hi}, keys, envelope)
 
     # The sample grid starts at the first point; the requested range still decides
     # which rollup buckets are whole and which edges are read raw.

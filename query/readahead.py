@@ -67,6 +67,7 @@ class ReadAhead:
         self._ttl = ttl_s
         self._max_bytes = max_bytes
         self._bytes = 0
+        self._closed = False
         self._entries: OrderedDict[Key, _Entry] = OrderedDict()
 
     async def page(self, key: Key, page_size: int, fetch: Fetch) -> Chunk:
@@ -78,10 +79,14 @@ class ReadAhead:
             # Chunks grow 4x up to chunk_rows: the next one is read while this one is
             # served, and a small first chunk keeps the first page quick.
             size = min(chunk_rows, max(page_size, 4 * len(chunk)))
-            return None if after is None else asyncio.create_task(fetch(after, size))
+            if after is None or self._closed:
+                return None
+            return asyncio.create_task(fetch(after, size))
 
         # What a chunk being read will hold, at most (for the bound on kept bytes).
         reading = chunk_rows * (len(keys) + 3) * 9
+        if self._closed:  # shutting down: answer, but read nothing ahead
+            return await fetch(lo, page_size)
         entry = self._take(key)
         if entry is None:
             rows, after = await fetch(lo, min(chunk_rows, page_size * self.first_pages))
@@ -98,7 +103,7 @@ class ReadAhead:
             more, after = await _arrived(following, after, chunk_rows, fetch)
             rows = rows.concat(more)
             following = read_after(more, after)
-            held = _nbytes(rows) + _nbytes(more)  # the copy, and the chunk the rest views
+            held = _nbytes(rows)  # a copy: the rest is a view of it
         if len(rows) > page_size:
             page = rows.take_range(0, page_size)
             cursor = int(page.steps[-1]) + 1
@@ -113,7 +118,9 @@ class ReadAhead:
         return rows, after
 
     def close(self) -> None:
-        """Forget every kept chunk and stop the reads in flight."""
+        """Forget every kept chunk, stop the reads in flight, and read nothing ahead
+        from now on (requests still in flight are answered by direct reads)."""
+        self._closed = True
         while self._entries:
             self._drop(next(iter(self._entries)))
 
@@ -129,7 +136,7 @@ class ReadAhead:
         entries, then the oldest while over ``max_bytes``."""
         if key in self._entries:  # the same scan twice at once: the last one is kept
             self._drop(key)
-        if entry.nbytes > self._max_bytes:
+        if entry.nbytes > self._max_bytes or self._closed:
             _cancel(entry.following)
             _cancel(entry.pending)
             return

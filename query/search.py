@@ -86,12 +86,13 @@ _LOGICAL = ("$and", "$or", "$nor")
 _REGEX_OPTIONS = frozenset("ims")
 #: Bounds on one filter, so no request can build an unbounded query: nesting
 #: (``$and``/``$or``/``$nor``/``$not``), values, a field name's length and dotted
-#: parts (each part of a ``summary.a.b`` name is a place to look), and the SQL.
+#: parts (each part of a ``summary.a.b`` name is a place to look), and the SQL
+#: (kept under what ClickHouse parses by default: 256 KiB, 50,000 AST elements).
 _MAX_DEPTH = 16
 _MAX_PARAMS = 5000
 _MAX_NAME = 256
 _MAX_NAME_PARTS = 16
-_MAX_SQL = 1 << 20
+_MAX_SQL = 200_000
 
 
 @dataclasses.dataclass(frozen=True)
@@ -327,21 +328,28 @@ class _Compiler:
                 )
             else:
                 parts.append(self.sized(self.condition(self.ref(name), condition, here), here))
-        return "(" + " AND ".join(parts) + ")" if parts else "1"
+        sql = "(" + " AND ".join(parts) + ")" if parts else "1"
+        self.count(len(sql) - sum(map(len, parts)), where)  # the parts counted themselves
+        return sql
 
     def sized(self, sql: str, where: str) -> str:
         """``sql``, counted against the bound on a query's size."""
-        self.size += len(sql)
+        self.count(len(sql), where)
+        return sql
+
+    def count(self, size: int, where: str) -> None:
+        self.size += size
         if self.size > _MAX_SQL:
             raise BadRequest(f"{where}: the filter is too large (over {_MAX_SQL} bytes of SQL)")
-        return sql
 
     def logical(self, op: str, items: Any, where: str, depth: int) -> str:
         if not isinstance(items, list) or not items:
             raise BadRequest(f"{where} takes a non-empty list of filters, got {_short(items)}")
         parts = [self.document(item, f"{where}[{i}]", depth + 1) for i, item in enumerate(items)]
         joined = " AND ".join(parts) if op == "$and" else " OR ".join(parts)
-        return f"(NOT ({joined}))" if op == "$nor" else f"({joined})"
+        sql = f"(NOT ({joined}))" if op == "$nor" else f"({joined})"
+        self.count(len(sql) - sum(map(len, parts)), where)  # the parts counted themselves
+        return sql
 
     def condition(self, ref: _Ref, spec: Any, where: str, depth: int = 0) -> str:
         """What one field must satisfy: a value (``$eq``) or an object of operators."""
@@ -368,9 +376,7 @@ class _Compiler:
             elif op in ("$in", "$nin"):
                 if not isinstance(operand, list):
                     raise BadRequest(f"{here} takes a list, got {_short(operand)}")
-                any_of = _any(
-                    [self.sized(self.equals(ref, v, here), here) for v in operand] or ["0"]
-                )
+                any_of = self.any_of(ref, operand, here)
                 parts.append(any_of if op == "$in" else f"NOT {any_of}")
             elif op == "$exists":
                 if not isinstance(operand, bool | int):
@@ -402,29 +408,36 @@ class _Compiler:
         return self.compare(ref, "=", value, where)
 
     def compare(self, ref: _Ref, op: str, value: Any, where: str) -> str:
-        q = self.q
         if value is None:  # MongoDB: $gte/$lte null match what equals null; $gt/$lt nothing
             return self.equals(ref, None, where) if "=" in op else "0"
-        if isinstance(value, bool):
-            number = q.number(value)
-            return ref.match(q, lambda c: f"{c.kind} = {BOOL} AND {c.num} {op} {number}")
-        if ref.is_time and isinstance(value, int | float | str):
-            moment = value if not isinstance(value, str) else parse_time(value)
-            if moment is None or not math.isfinite(moment):
-                raise BadRequest(f"{where}: not a time: {value!r} (ISO 8601 or Unix seconds)")
-            number = q.number(moment)
-            return ref.match(q, lambda c: f"{c.kind} = {STRING} AND {c.num} {op} {number}")
-        if isinstance(value, int | float):
-            if not math.isfinite(value):
-                raise BadRequest(f"{where}: {value!r} is not a finite number")
-            number = q.number(value)
-            return ref.match(q, lambda c: f"{c.kind} = {NUMBER} AND {c.num} {op} {number}")
-        if isinstance(value, str):
-            text = q.text(value)
-            return ref.match(q, lambda c: f"{c.kind} = {STRING} AND {c.str} {op} {text}")
-        raise BadRequest(
-            f"{where} compares numbers, strings, booleans or times, got {_short(value)}"
+        kind, column, operand = _operand(ref, value, where)
+        placeholder = self.q.text(operand) if isinstance(operand, str) else self.q.number(operand)
+        return ref.match(
+            self.q, lambda c: f"{c.kind} = {kind} AND {getattr(c, column)} {op} {placeholder}"
         )
+
+    def any_of(self, ref: _Ref, values: list[Any], where: str) -> str:
+        """``$in``: one ``has(array, value)`` per kind of value (numbers, strings,
+        booleans, times) instead of an equality per value, so a long list stays a
+        small query (2000 values as equalities took ~9 s to plan, or failed as too
+        big an AST); ``null``, objects and arrays are compared one by one."""
+        parts: list[str] = []
+        groups: dict[tuple[int, str], set[float | str]] = {}
+        for value in values:
+            if value is None or isinstance(value, dict | list):
+                parts.append(self.sized(self.equals(ref, value, where), where))
+            else:
+                kind, column, operand = _operand(ref, value, where)
+                groups.setdefault((kind, column), set()).add(operand)
+        for (kind, column), members in groups.items():
+            array_type = "Array(String)" if column == "str" else "Array(Float64)"
+            array = self.q.param(sorted(members), array_type)
+
+            def has(c: _Cols, kind: int = kind, column: str = column, array: str = array) -> str:
+                return f"{c.kind} = {kind} AND has({array}, {getattr(c, column)})"
+
+            parts.append(ref.match(self.q, has))
+        return _any(parts or ["0"])
 
     def regex(self, ref: _Ref, pattern: Any, options: Any, where: str) -> str:
         if not isinstance(pattern, str):
@@ -443,6 +456,26 @@ class _Compiler:
 def _short(value: Any) -> str:
     text = orjson.dumps(value, default=repr).decode()
     return text if len(text) <= 80 else text[:77] + "..."
+
+
+def _operand(ref: _Ref, value: Any, where: str) -> tuple[int, str, float | str]:
+    """What a scalar ``value`` compares against: the kind of stored value it can
+    match, the column (``num`` or ``str``) and the value in that column's terms
+    (a time given as ISO text or Unix seconds becomes seconds)."""
+    if isinstance(value, bool):
+        return BOOL, "num", float(value)
+    if ref.is_time and isinstance(value, int | float | str):
+        moment = value if not isinstance(value, str) else parse_time(value)
+        if moment is None or not math.isfinite(moment):
+            raise BadRequest(f"{where}: not a time: {value!r} (ISO 8601 or Unix seconds)")
+        return STRING, "num", float(moment)
+    if isinstance(value, int | float):
+        if not math.isfinite(value):
+            raise BadRequest(f"{where}: {value!r} is not a finite number")
+        return NUMBER, "num", float(value)
+    if isinstance(value, str):
+        return STRING, "str", value
+    raise BadRequest(f"{where} compares numbers, strings, booleans or times, got {_short(value)}")
 
 
 # ---- the query ----------------------------------------------------------------------------------
@@ -548,4 +581,6 @@ async def _query(store: AsyncStore, sql: str, q: _Sql) -> Any:
     except StoreError as exc:
         if "regular expression" in str(exc).lower() or "re2" in str(exc).lower():
             raise BadRequest(f"filters: a pattern is not one RE2 accepts: {exc}") from None
+        if "TOO_BIG_AST" in str(exc) or "Max query size exceeded" in str(exc):
+            raise BadRequest("filters: too large for the database to plan; split it") from None
         raise

@@ -129,6 +129,13 @@ async def test_close_stops_the_reads_in_flight() -> None:
     cache.close()
     await asyncio.sleep(0)
     assert kept.pending.cancelled() and not cache._entries
+    # Closed (the service stopping): a request still answered reads directly and
+    # leaves nothing behind, no entry and no read ahead.
+    page, cursor = await cache.page((*SCAN, 500, None), 500, _series(steps, calls))
+    assert page.steps.tolist() == list(range(500, 1000)) and cursor == 1000
+    assert not cache._entries and calls[-1] == (500, 500)
+    await asyncio.sleep(0.01)
+    assert calls[-1] == (500, 500)
 
 
 def _reference_pivot(rows: list[tuple[str, int, float, float]], keys: list[str]) -> dict:
@@ -160,6 +167,9 @@ def test_pivot_matches_a_plain_python_pivot(dense: bool) -> None:
         "_runtime": pa.array([r[3] for r in rows], pa.float64()),
     })  # fmt: skip
     cols = pivot(table, keys, ("_runtime",))
+    # The steps and times own their memory: a view would keep the whole long column
+    # alive in the scan's read-ahead while counting only the view.
+    assert cols.steps.base is None and cols.values["_runtime"].base is None
     want = _reference_pivot(rows, keys)
     assert cols.steps.tolist() == list(want)
     for i, step in enumerate(cols.steps.tolist()):

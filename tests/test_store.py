@@ -731,11 +731,13 @@ async def test_history_while_points_arrive_has_no_row_without_values(
 
     class PointArrives(AsyncStore):
         calls = 0
+        run = "race/history/live"
 
         async def query_arrow(self, sql: str, params: Any = None) -> pa.Table:
             self.calls += 1
             if self.calls == 2:  # after the range was read: a point arrives
-                chdb_store.insert_arrow("points", POINTS_COLUMNS, points(run, [2000], [7.0], 2))
+                late = points(self.run, [2000], [7.0], 2)
+                chdb_store.insert_arrow("points", POINTS_COLUMNS, late)
             return await super().query_arrow(sql, params)
 
     store = PointArrives(chdb_store)
@@ -747,3 +749,24 @@ async def test_history_while_points_arrive_has_no_row_without_values(
     assert bool(cols.present["loss"].all()), cols.steps[~cols.present["loss"]]
     assert int(cols.steps[0]) == 0 and int(cols.steps[-1]) == 2000
     assert cols.values["loss"][-1] == 7.0
+    # All the points counted fit in samples: they are answered, not the one more
+    # that arrives meanwhile (samples=2000 would get 2001 rows).
+    run = "race/history/fits"
+    chdb_store.insert_arrow("points", POINTS_COLUMNS, points(run, list(range(2000)), [1.0] * 2000))
+    chdb_store.command(
+        f"INSERT INTO points_rollup SELECT run, stream, key, {BUCKET_SQL} AS bucket, "
+        f"{rollup_aggregates('State')} FROM points WHERE run = '{run}' "
+        "GROUP BY run, stream, key, bucket"
+    )
+    chdb_store.command(
+        BACKFILL_WIDE.replace(
+            "FROM points_rollup GROUP BY", f"FROM points_rollup WHERE run = '{run}' GROUP BY"
+        )
+    )
+    store = PointArrives(chdb_store)
+    store.run = run
+    cols = await history(
+        store, run, "default", ["loss"], samples=2000, min_step=None, max_step=None,
+        envelope=False,
+    )  # fmt: skip
+    assert len(cols) == 2000 and int(cols.steps[-1]) == 1999
