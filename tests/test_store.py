@@ -714,20 +714,9 @@ async def test_history_while_points_arrive_has_no_row_without_values(
     the buckets saw. The second query is delayed by inserting a point first."""
     from stride.query.history import history
     from stride.store import AsyncStore
-    from stride.store.schema import BACKFILL_WIDE, BUCKET_SQL, rollup_aggregates
 
     run = "race/history/live"
-    chdb_store.insert_arrow("points", POINTS_COLUMNS, points(run, list(range(2000)), [1.0] * 2000))
-    chdb_store.command(
-        f"INSERT INTO points_rollup SELECT run, stream, key, {BUCKET_SQL} AS bucket, "
-        f"{rollup_aggregates('State')} FROM points WHERE run = '{run}' "
-        "GROUP BY run, stream, key, bucket"
-    )
-    chdb_store.command(
-        BACKFILL_WIDE.replace(
-            "FROM points_rollup GROUP BY", f"FROM points_rollup WHERE run = '{run}' GROUP BY"
-        )
-    )
+    _load_with_rollups(chdb_store, run, 2000)
 
     class PointArrives(AsyncStore):
         calls = 0
@@ -752,17 +741,7 @@ async def test_history_while_points_arrive_has_no_row_without_values(
     # All the points counted fit in samples: they are answered, not the one more
     # that arrives meanwhile (samples=2000 would get 2001 rows).
     run = "race/history/fits"
-    chdb_store.insert_arrow("points", POINTS_COLUMNS, points(run, list(range(2000)), [1.0] * 2000))
-    chdb_store.command(
-        f"INSERT INTO points_rollup SELECT run, stream, key, {BUCKET_SQL} AS bucket, "
-        f"{rollup_aggregates('State')} FROM points WHERE run = '{run}' "
-        "GROUP BY run, stream, key, bucket"
-    )
-    chdb_store.command(
-        BACKFILL_WIDE.replace(
-            "FROM points_rollup GROUP BY", f"FROM points_rollup WHERE run = '{run}' GROUP BY"
-        )
-    )
+    _load_with_rollups(chdb_store, run, 2000)
     store = PointArrives(chdb_store)
     store.run = run
     cols = await history(
@@ -770,3 +749,17 @@ async def test_history_while_points_arrive_has_no_row_without_values(
         envelope=False,
     )  # fmt: skip
     assert len(cols) == 2000 and int(cols.steps[-1]) == 1999
+
+
+def _load_with_rollups(store: ChdbStore, run: str, n: int) -> None:
+    """``n`` points of ``loss`` at steps 0..n-1, and both rollup levels of them."""
+    from stride.store.schema import BACKFILL_WIDE, BUCKET_SQL, rollup_aggregates
+
+    store.insert_arrow("points", POINTS_COLUMNS, points(run, list(range(n)), [1.0] * n))
+    store.command(
+        f"INSERT INTO points_rollup SELECT run, stream, key, {BUCKET_SQL} AS bucket, "
+        f"{rollup_aggregates('State')} FROM points WHERE run = '{run}' "
+        "GROUP BY run, stream, key, bucket"
+    )
+    only_run = f"FROM points_rollup WHERE run = '{run}' GROUP BY"
+    store.command(BACKFILL_WIDE.replace("FROM points_rollup GROUP BY", only_run))
