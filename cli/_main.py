@@ -264,15 +264,15 @@ def _up(args: argparse.Namespace) -> int:
         ),
         query=QuerySettings(lost_after_s=args.lost_after, tokens_file=args.tokens),
     )
-    _warn_if_open(args.host, args.tokens)
+    _check_access(args.host, args.tokens)
     asyncio.run(serve(settings))
     return 0
 
 
-def _warn_if_open(host: str, tokens: Path | None) -> None:
-    """Serving beyond loopback without tokens lets anyone who reaches the port read,
-    change and delete every run: say so, loudly. A tokens file that cannot be read
-    stops the service before it starts (it would refuse every request)."""
+def _check_access(host: str, tokens: Path | None) -> None:
+    """Before serving: a tokens file that cannot be read stops the service (it would
+    refuse every request); serving beyond loopback without tokens lets anyone who
+    reaches the port read, change and delete every run: say so, loudly."""
     if tokens is not None:
         from stride.query.auth import Tokens
 
@@ -372,7 +372,7 @@ def _service(args: argparse.Namespace) -> int:
         drain_timeout_s=args.drain_timeout,
         query=QuerySettings(lost_after_s=args.lost_after, tokens_file=args.tokens),
     )
-    _warn_if_open(args.host, args.tokens)
+    _check_access(args.host, args.tokens)
     asyncio.run(serve_query(query))
     return 0
 

@@ -100,12 +100,7 @@ async def history(
         series = await _wide_buckets(store, params, keys, width, edges or bool(beside))
     else:
         series = await _rollup_buckets(store, params, keys, width, edges)
-    # Points written since the range was read may be in the buckets: the answer
-    # ends at the newest point they hold (else a row at the old end, with no value).
-    hi = max([hi, *(int(s["smax"].max()) for s in series.values() if len(s["smax"]))])
-    picked = _pick(series, samples, hi)
-    last = {key: _last(s, hi) for key, s in series.items()}
-    return _columns(picked, last, keys, hi, envelope)
+    return _sampled(series, keys, samples, hi, envelope)
 
 
 #: The column of each time axis: ``time`` is the run time the SDK logs as ``_runtime``.
@@ -137,11 +132,8 @@ async def history_over_time(
     """
     column = TIME_AXIS_COLUMNS[axis]
     params: dict[str, Any] = {"run": run, "stream": stream, "keys": sorted(keys)}
-    _set_range(
-        params,
-        _INT64_MIN if min_step is None else min_step,
-        _INT64_MAX if max_step is None else max_step,
-    )
+    params["lo"] = _INT64_MIN if min_step is None else min_step
+    params["hi"] = _INT64_MAX if max_step is None else max_step
     # A point whose time is not finite has no place on the axis: left out.
     where = f"{_SERIES} AND {_RANGE} AND isFinite({column})"
     stats = await store.query_arrow(
@@ -166,7 +158,17 @@ async def history_over_time(
         f"FROM points FINAL WHERE {where} GROUP BY key, sb",
         params,
     )
-    series = _by_key(table, keys, edge=False)
+    return _sampled(_by_key(table, keys, edge=False), keys, samples, hi, envelope)
+
+
+def _sampled(
+    series: dict[str, Series], keys: list[str], samples: int, hi: int, envelope: bool
+) -> Columns:
+    """The rows of bucketed ``series``: each key's kept first points and its point at
+    ``hi``, the last step the range was counted to. Points written since may be in
+    the buckets: the answer then ends at the newest point they hold (else a row at
+    the old end would have no value)."""
+    hi = max([hi, *(int(s["smax"].max()) for s in series.values() if len(s["smax"]))])
     picked = _pick(series, samples, hi)
     last = {key: _last(s, hi) for key, s in series.items()}
     return _columns(picked, last, keys, hi, envelope)
@@ -340,21 +342,24 @@ def _pick(series: dict[str, Series], samples: int, hi: int) -> dict[str, Series]
     """Merge neighbouring buckets until the union of first steps and ``hi`` fits."""
     for shift in range(64):
         picked = {key: _coarsen(s, shift) for key, s in series.items()}
-        steps = np.unique(np.concatenate([p["smin"] for p in picked.values()] + [[hi]]))
-        if len(steps) <= samples:
+        if len(_row_steps(picked, hi)) <= samples:
             return picked
     # Still too many (tiny samples, edge buckets): one bucket per key, edges included;
     # and with more keys than samples allow, only the first of those buckets (with
     # ``hi``, at most two rows): never more than ``samples`` rows.
     whole = {key: _coarsen(s, None) for key, s in series.items()}
-    steps = np.unique(np.concatenate([p["smin"] for p in whole.values()] + [[hi]]))
-    if len(steps) <= samples:
+    if len(_row_steps(whole, hi)) <= samples:
         return whole
     first = min(int(p["smin"][0]) for p in whole.values() if len(p["smin"]))
     return {
         key: p if len(p["smin"]) and p["smin"][0] == first else {n: c[:0] for n, c in p.items()}
         for key, p in whole.items()
     }
+
+
+def _row_steps(picked: dict[str, Series], hi: int) -> np.ndarray:
+    """The steps of the answer's rows: every kept first point, and ``hi``."""
+    return np.unique(np.concatenate([p["smin"] for p in picked.values()] + [[hi]]))
 
 
 def _coarsen(s: Series, shift: int | None) -> Series:
@@ -393,7 +398,7 @@ def _columns(
     hi: int,
     envelope: bool,
 ) -> Columns:
-    steps = np.unique(np.concatenate([p["smin"] for p in picked.values()] + [[hi]]))
+    steps = _row_steps(picked, hi)
     n = len(steps)
     out = Columns(steps, {}, {})
     runtime, stamp, timed = np.full(n, np.nan), np.full(n, np.nan), np.zeros(n, bool)
