@@ -1,0 +1,149 @@
+"""History along time (``x_axis="_runtime"`` or ``"_timestamp"``): buckets of equal
+time, checked against the same sampling computed here; and the bound on rows that
+every sampling keeps."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+
+import stride
+
+from .conftest import StrideUp, wait_rows
+
+
+def _time_sampled(
+    points: dict[str, dict[int, tuple[float, float]]], samples: int
+) -> tuple[list[int], dict[str, set[int]], dict[str, dict[int, tuple[float, float]]]]:
+    """History along a time axis, computed here: ``points`` is key -> step -> (axis
+    value, metric value) within the range. Returns the row steps, the steps where
+    each key has a value, and each key's (min, max) per kept step (the envelope)."""
+    every = [(step, t) for series in points.values() for step, (t, _) in series.items()]
+    hi = max(step for step, _ in every)
+    t0, t1 = min(t for _, t in every), max(t for _, t in every)
+    k = samples - 1
+
+    def bucket(t: float) -> int:
+        return 0 if t1 == t0 else math.floor((t - t0) / ((t1 - t0) / k))
+
+    for shift in range(64):
+        groups: dict[str, dict[int, list[int]]] = {}
+        for key, series in points.items():
+            for step, (t, _) in series.items():
+                groups.setdefault(key, {}).setdefault(bucket(t) >> shift, []).append(step)
+        kept = {key: {min(s): s for s in g.values()} for key, g in groups.items()}
+        rows = sorted(set().union(*kept.values(), {hi}))
+        if len(rows) <= samples:
+            break
+    has = {
+        key: set(firsts) | ({hi} if hi in points[key] else set()) for key, firsts in kept.items()
+    }
+    envelope = {
+        key: {first: (min(v), max(v)) for first, members in firsts.items()
+              if (v := [points[key][s][1] for s in members])}
+        for key, firsts in kept.items()
+    }  # fmt: skip
+    return rows, has, envelope
+
+
+def test_history_along_time_samples_equal_spans_of_time(stack: StrideUp, spool: Path) -> None:
+    """A run that pauses for 100 s after step 2000: sampled along ``_runtime`` or
+    ``_timestamp``, each bucket spans the same time, so the pause gets no rows and
+    the rest gets rows in proportion to its time, not its steps. Checked against
+    the same sampling computed here from the logged points, with and without a
+    step range, with the envelope."""
+    logged: dict[str, dict[int, tuple[float, float, float]]] = {"v": {}, "w": {}}
+    with stride.init(project="timeaxis", settings=stack.settings(spool)) as run:
+        for step in range(3000):
+            t = step * 0.01 + (100.0 if step >= 2000 else 0.0) + (step % 5) * 1e-4
+            data = {"v": math.sin(step / 40)} | ({"w": step * 0.5} if step % 7 == 3 else {})
+            run.log(data, step=step, time=t, timestamp=1.7e9 + 3 * t)
+            for key, value in data.items():
+                logged[key][step] = (t, 1.7e9 + 3 * t, value)
+    api = stride.Api(stack.http_url)
+    wait_rows(api, run.path, 3000, keys=["v"])
+    wait_rows(api, run.path, 429, keys=["w"])
+    ends = {"v": 2999, "w": 2995}
+    for axis, which in (("_runtime", 0), ("_timestamp", 1)):
+        for samples, lo, hi in [
+            (40, None, None),
+            (300, None, None),
+            (25, 500, 2500),
+            (3, None, None),
+        ]:
+            points = {
+                key: {s: (p[which], p[2]) for s, p in series.items()
+                      if (lo is None or s >= lo) and (hi is None or s <= hi)}
+                for key, series in logged.items()
+            }  # fmt: skip
+            steps, has, envelope = _time_sampled(points, samples)
+            got = api.run(run.path).history(
+                samples=samples, keys=["v", "w"], x_axis=axis, min_step=lo, max_step=hi,
+                envelope=True, pandas=False,
+            )  # fmt: skip
+            assert [r["_step"] for r in got] == steps, (axis, samples, lo, hi)
+            for row in got:
+                step = row["_step"]
+                assert row["_runtime"] == logged["v"][step][0]
+                for key in ("v", "w"):
+                    assert (key in row) == (step in has[key]), (axis, samples, step, key)
+                    if key in row:
+                        assert row[key] == logged[key][step][2]
+                    if step in envelope[key]:
+                        assert (row[f"min({key})"], row[f"max({key})"]) == envelope[key][step]
+            if lo is None and samples >= 40:
+                # Equal time: the 20 s before the pause get 2/3 of the rows of the 30 s of
+                # logging, however many steps they hold; the pause gets none.
+                before = sum(1 for r in got if r["_step"] < 2000)
+                after = len(got) - before
+                assert abs(before / max(1, after) - 2.0) < 0.5, (before, after)
+            assert got[-1]["_step"] == (hi if hi is not None else ends["v"])
+
+
+def test_history_along_time_leaves_out_points_without_a_finite_time(
+    stack: StrideUp, spool: Path
+) -> None:
+    """NaN or infinite times have no place on a time axis (they made the bucket
+    query fail: a 500); times as far apart as doubles go must not overflow."""
+    bad = {50: math.nan, 120: math.inf, 299: math.nan}
+    with stride.init(project="badtimes", id="nonfinite", settings=stack.settings(spool)) as run:
+        for step in range(300):
+            run.log({"v": float(step)}, step=step, time=bad.get(step, step * 0.1))
+    with stride.init(project="badtimes", id="extreme", settings=stack.settings(spool)) as far:
+        for step in range(300):
+            t = -1e308 if step == 0 else 1e308 if step == 299 else float(step)
+            far.log({"v": float(step)}, step=step, time=t)
+    api = stride.Api(stack.http_url)
+    wait_rows(api, run.path, 300)
+    wait_rows(api, far.path, 300)
+    finite = [s for s in range(300) if s not in bad]
+    every = api.run(run.path).history(samples=1000, x_axis="_runtime", pandas=False)
+    assert [r["_step"] for r in every] == finite
+    sampled = api.run(run.path).history(samples=20, x_axis="_runtime", pandas=False)
+    steps = [r["_step"] for r in sampled]
+    assert steps[0] == 0 and steps[-1] == 298 and len(steps) <= 20
+    assert not set(steps) & set(bad) and all(r["v"] == r["_step"] for r in sampled)
+    by_step = api.run(run.path).history(samples=1000, pandas=False)
+    assert len(by_step) == 300  # along steps, every point has its place
+    spread = api.run(far.path).history(samples=20, x_axis="_runtime", pandas=False)
+    assert spread[0]["_step"] == 0 and spread[-1]["_step"] == 299
+    assert len(spread) <= 20
+
+
+@pytest.mark.parametrize("x_axis", ["_step", "_runtime"])
+def test_history_never_returns_more_than_samples_rows(
+    stack: StrideUp, spool: Path, x_axis: str
+) -> None:
+    """Two keys whose first points differ, and samples=2: the first point of all and
+    the last, not one row per key plus the last (three rows)."""
+    with stride.init(project="fewrows", settings=stack.settings(spool)) as run:
+        for step in range(100):
+            run.log({"a": 1.0} if step % 2 else {"b": 2.0}, step=step, time=step * 0.5)
+    api = stride.Api(stack.http_url)
+    wait_rows(api, run.path, 50, keys=["a"])
+    wait_rows(api, run.path, 50, keys=["b"])
+    rows = api.run(run.path).history(samples=2, keys=["a", "b"], x_axis=x_axis, pandas=False)
+    assert [r["_step"] for r in rows] == [0, 99]
+    assert rows[0]["b"] == 2.0 and rows[1]["a"] == 1.0
