@@ -118,6 +118,12 @@ def _parser() -> argparse.ArgumentParser:
     )
     _option(up, "--fetch-mib", **_FETCH_MIB)
     _option(up, "--tokens", **_TOKENS)
+    _option(
+        up,
+        "--objects",
+        help="where saved files go: file:///dir or s3://KEY:SECRET@host/bucket "
+        "(default: DATA_DIR/objects)",
+    )
 
     ingest = sub.add_parser(
         "ingest", parents=[common], help="run ingest workers: NATS -> storage (any number)"
@@ -259,6 +265,7 @@ def _up(args: argparse.Namespace) -> int:
         nats_port=args.nats_port,
         http_port=args.http_port,
         nats_url=args.nats_url,
+        objects_url=args.objects,
         ingest=IngestSettings(
             duplicate_window_s=args.duplicate_window, fetch_bytes=args.fetch_bytes
         ),
@@ -386,12 +393,14 @@ def _sync(args: argparse.Namespace) -> int:
     if not spool_dir.is_dir():
         raise CliError(f"no spool directory at {spool_dir}; pass the directory to sync")
     report = asyncio.run(sync_spool(settings))
-    if report.logs_left and not report.batches and not report.duplicates:
+    if report.logs_left and not report.batches and not report.duplicates and not report.files:
         raise CliError(
             f"cannot deliver to NATS at {server} ({report.last_error}); nothing was removed"
         )
     print(
-        f"stride: synced {report.batches} batches ({report.points} points) from {spool_dir}"
+        f"stride: synced {report.batches} batches ({report.points} points)"
+        + (f" and {report.files} file(s)" if report.files else "")
+        + f" from {spool_dir}"
         + (f"; {report.duplicates} were already delivered" if report.duplicates else "")
     )
     for path in report.logs_left:

@@ -23,10 +23,11 @@ from nats.aio.client import Client as NatsClient
 
 from stride.ingest import IngestSettings, IngestWorker
 from stride.ingest.app import create_ingest_app
+from stride.ingest.files import FileWorker
 from stride.ingest.streams import ensure_streams
 from stride.query import QuerySettings, create_app
 from stride.store import AsyncStore, redact
-from stride.store.objects import open_objects
+from stride.store.objects import ObjectStore, open_objects
 
 from ._service import connect_nats, finish, open_async_store, retry_until, serve_http, wait_for_stop
 from .errors import CliError
@@ -63,38 +64,53 @@ class QueryServiceSettings:
     query: QuerySettings = dataclasses.field(default_factory=QuerySettings)
 
 
-async def _check_objects(url: str | None, timeout_s: float) -> None:
-    """Open the object store once (creating the bucket): a wrong URL fails at start."""
+async def _open_objects(url: str | None, timeout_s: float) -> ObjectStore | None:
+    """Open the object store (creating the bucket), retrying while it comes up: a
+    wrong URL fails at start."""
     if url is None:
-        return
+        return None
+    opened: list[ObjectStore] = []
 
     async def attempt() -> None:
-        objects = await asyncio.to_thread(open_objects, url)
-        objects.close()
+        opened.append(await asyncio.to_thread(open_objects, url))
 
     await retry_until(f"the object store at {redact(url)}", attempt, timeout_s)
+    return opened[-1]
 
 
 async def serve_ingest(settings: IngestServiceSettings) -> None:
     """Run ``settings.workers`` ingest workers until SIGINT or SIGTERM."""
     if settings.workers < 1:
         raise CliError("--workers must be at least 1")
-    await _check_objects(settings.objects_url, settings.connect_timeout_s)
-    store = await open_async_store(settings.store_url, settings.connect_timeout_s)
-    try:
+    async with contextlib.AsyncExitStack() as stack:
+        objects, store = await _open_storage(stack, settings)
         nc = await connect_nats(settings.nats_url, "stride-ingest", settings.connect_timeout_s)
-    except BaseException:
-        await store.close()
-        raise
-    try:
-        await _run_ingest(settings, store, nc)
-    finally:
-        with contextlib.suppress(Exception):
-            await asyncio.wait_for(nc.drain(), 5.0)
-        await store.close()
+        try:
+            await _run_ingest(settings, store, nc, objects)
+        finally:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(nc.drain(), 5.0)
 
 
-async def _run_ingest(settings: IngestServiceSettings, store: AsyncStore, nc: NatsClient) -> None:
+async def _open_storage(
+    stack: contextlib.AsyncExitStack, settings: IngestServiceSettings | QueryServiceSettings
+) -> tuple[ObjectStore | None, AsyncStore]:
+    """The object store (if configured) and ClickHouse, each retried while it comes up,
+    closed by ``stack``."""
+    objects = await _open_objects(settings.objects_url, settings.connect_timeout_s)
+    if objects is not None:
+        stack.callback(objects.close)
+    store = await open_async_store(settings.store_url, settings.connect_timeout_s)
+    stack.push_async_callback(store.close)
+    return objects, store
+
+
+async def _run_ingest(
+    settings: IngestServiceSettings,
+    store: AsyncStore,
+    nc: NatsClient,
+    objects: ObjectStore | None,
+) -> None:
     s = settings.ingest
 
     async def streams() -> None:
@@ -105,11 +121,19 @@ async def _run_ingest(settings: IngestServiceSettings, store: AsyncStore, nc: Na
 
     await retry_until("JetStream (creating the streams)", streams, settings.connect_timeout_s)
     workers = [IngestWorker(nc, store, s) for _ in range(settings.workers)]
+    # One file worker per process: copies are I/O-bound, and any number of
+    # processes share the consumer.
+    files = FileWorker(nc, store, objects, s) if objects is not None else None
+    if files is None:
+        log.warning(
+            "ingest: no --objects: saved files wait in NATS until an ingest with an "
+            "object store runs"
+        )
 
     async def ready() -> str | None:
         if not nc.is_connected:
             return f"not connected to NATS at {redact(settings.nats_url)}"
-        if not all(w.subscribed for w in workers):
+        if not all(w.subscribed for w in workers) or (files and not files.subscribed):
             return "the ingest workers have not subscribed yet"
         try:
             await store.ping()
@@ -119,9 +143,11 @@ async def _run_ingest(settings: IngestServiceSettings, store: AsyncStore, nc: Na
         return None
 
     runner, port = await serve_http(
-        create_ingest_app(workers, ready), settings.host, settings.http_port, 5.0
+        create_ingest_app(workers, ready, files), settings.host, settings.http_port, 5.0
     )
     tasks = [asyncio.create_task(w.run(), name=f"ingest-{i}") for i, w in enumerate(workers)]
+    if files is not None:
+        tasks.append(asyncio.create_task(files.run(), name="files"))
     log.info(
         "ingest: %d worker(s), NATS %s, storage %s, HTTP %s:%d",
         len(workers),
@@ -136,6 +162,8 @@ async def _run_ingest(settings: IngestServiceSettings, store: AsyncStore, nc: Na
         log.info("ingest: stopping; draining for up to %g s", s.drain_timeout_s)
         for worker in workers:
             worker.stop()
+        if files is not None:
+            files.stop()
         if not await finish(tasks, s.drain_timeout_s):
             log.warning(
                 "ingest: batches still in hand after %g s; NATS redelivers them",
@@ -150,11 +178,10 @@ async def _run_ingest(settings: IngestServiceSettings, store: AsyncStore, nc: Na
 
 async def serve_query(settings: QueryServiceSettings) -> None:
     """Serve the query API until SIGINT or SIGTERM."""
-    await _check_objects(settings.objects_url, settings.connect_timeout_s)
-    # Opened here (not by the app) so start-up retries while storage comes up.
-    store = await open_async_store(settings.store_url, settings.connect_timeout_s)
-    try:
-        app = create_app(settings.query, store=store)
+    async with contextlib.AsyncExitStack() as stack:
+        # Opened here (not by the app) so start-up retries while storage comes up.
+        objects, store = await _open_storage(stack, settings)
+        app = create_app(settings.query, store=store, objects=objects)
         runner, port = await serve_http(
             app, settings.host, settings.http_port, settings.drain_timeout_s
         )
@@ -165,6 +192,4 @@ async def serve_query(settings: QueryServiceSettings) -> None:
             log.info("query: stopping; requests in flight get %g s", settings.drain_timeout_s)
         finally:
             await runner.cleanup()
-    finally:
-        await store.close()
     print("stride: stopped", flush=True)

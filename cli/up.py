@@ -19,10 +19,12 @@ from typing import Any
 from nats.aio.client import Client as NatsClient
 
 from stride.ingest import IngestSettings, IngestWorker
+from stride.ingest.files import FileWorker
 from stride.ingest.streams import ensure_streams
 from stride.query import READY, STATUS, QuerySettings, create_app
 from stride.store import AsyncStore, redact
 from stride.store.chdb import ChdbStore
+from stride.store.objects import ObjectStore, open_objects
 
 from ._lock import DataDirLock
 from ._nats_server import NatsServer
@@ -38,6 +40,9 @@ class UpSettings:
     http_port: int = 8080
     #: Use this NATS instead of starting one (e.g. a cluster, or a test's server).
     nats_url: str | None = None
+    #: Where saved files' bytes go: ``<data_dir>/objects`` unless an object store URL
+    #: (``file:///dir``, ``s3://...``) is given.
+    objects_url: str | None = None
     ingest: IngestSettings = dataclasses.field(default_factory=IngestSettings)
     query: QuerySettings = dataclasses.field(default_factory=QuerySettings)
 
@@ -83,22 +88,31 @@ async def serve(settings: UpSettings) -> None:
 
 
 async def _serve(settings: UpSettings, data_dir: Path, nats_url: str) -> None:
+    objects_url = settings.objects_url or (data_dir / "objects").as_uri()
+    objects = await asyncio.to_thread(open_objects, objects_url)
     store = AsyncStore(await asyncio.to_thread(ChdbStore, data_dir / "clickhouse"))
     try:
         nc = await connect_nats(nats_url, "stride-up", 10.0)
     except BaseException:
         await store.close()
+        objects.close()
         raise
     try:
-        await _run(settings, data_dir, nats_url, store, nc)
+        await _run(settings, data_dir, nats_url, store, nc, objects)
     finally:
         with contextlib.suppress(Exception):
             await asyncio.wait_for(nc.drain(), 5.0)
         await store.close()
+        objects.close()
 
 
 async def _run(
-    settings: UpSettings, data_dir: Path, nats_url: str, store: AsyncStore, nc: NatsClient
+    settings: UpSettings,
+    data_dir: Path,
+    nats_url: str,
+    store: AsyncStore,
+    nc: NatsClient,
+    objects: ObjectStore,
 ) -> None:
     # Streams exist before the addresses are printed: a writer may publish at once.
     await ensure_streams(
@@ -107,31 +121,38 @@ async def _run(
         duplicate_window_s=settings.ingest.duplicate_window_s,
     )
     worker = IngestWorker(nc, store, settings.ingest)
-    app = create_app(settings.query, store=store)
+    files = FileWorker(nc, store, objects, settings.ingest)
+    app = create_app(settings.query, store=store, objects=objects)
 
     async def status() -> dict[str, Any]:
-        return {"ingest": worker.stats.as_dict(), "lag": await worker.lag()}
+        return {
+            "ingest": worker.stats.as_dict(),
+            "lag": await worker.lag(),
+            "files": files.stats.as_dict(),
+        }
 
     async def ready() -> str | None:
         if not nc.is_connected:
             return f"not connected to NATS at {redact(nats_url)}"
-        if not worker.subscribed:
-            return "the ingest worker has not subscribed yet"
+        if not worker.subscribed or not files.subscribed:
+            return "the ingest workers have not subscribed yet"
         return None
 
     app[STATUS] = status
     app[READY] = ready
     runner, http_port = await serve_http(app, settings.host, settings.http_port, 5.0)
     worker_task = asyncio.create_task(worker.run(), name="ingest")
+    files_task = asyncio.create_task(files.run(), name="files")
     print(f"stride: NATS  {redact(nats_url)}", flush=True)
     print(f"stride: HTTP  http://{settings.host}:{http_port}", flush=True)
     print(f"stride: data  {data_dir}", flush=True)
     try:
-        failure = await wait_for_stop(worker_task)
+        failure = await wait_for_stop(worker_task, files_task)
         print("stride: stopping (draining ingest)...", flush=True)
-    finally:  # also when cancelled: the worker stops before NATS and the store close
+    finally:  # also when cancelled: the workers stop before NATS and the store close
         worker.stop()
-        await finish([worker_task], settings.ingest.drain_timeout_s)
+        files.stop()
+        await finish([worker_task, files_task], settings.ingest.drain_timeout_s)
         await runner.cleanup()
     if failure is not None:
         raise CliError(f"ingest stopped unexpectedly: {failure!r}; restart `stride up`")

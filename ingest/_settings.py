@@ -20,6 +20,10 @@ class IngestSettings:
     fetch_timeout_s: float = 0.25
     #: JetStream redelivers a message not acked within this time.
     ack_wait_s: float = 60.0
+    #: The same for file records; the file worker tells JetStream it is still working
+    #: every third of this while it copies, so it bounds only how long a file whose
+    #: worker died waits before another worker (or a restarted one) takes it over.
+    file_ack_wait_s: float = 10.0
     #: On SIGTERM, the batch being written is finished and acked within this bound.
     drain_timeout_s: float = 30.0
     #: Stream replicas (1 for the embedded server, 3 in a cluster).

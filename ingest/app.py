@@ -12,8 +12,9 @@ from collections.abc import Awaitable, Callable, Sequence
 import msgspec
 from aiohttp import web
 
-from stride.api_types import ErrorBody, IngestCounters, IngestLag, Status
+from stride.api_types import ErrorBody, FileCounters, IngestCounters, IngestLag, Status
 
+from .files import FileWorker
 from .worker import IngestWorker
 
 __all__ = ["create_ingest_app"]
@@ -23,15 +24,21 @@ ReadinessProbe = Callable[[], Awaitable[str | None]]
 
 _WORKERS: web.AppKey[Sequence[IngestWorker]] = web.AppKey("workers")
 _READY: web.AppKey[ReadinessProbe] = web.AppKey("ready")
+_FILES: web.AppKey[FileWorker] = web.AppKey("files")
 _encoder = msgspec.json.Encoder()
 
 
-def create_ingest_app(workers: Sequence[IngestWorker], ready: ReadinessProbe) -> web.Application:
+def create_ingest_app(
+    workers: Sequence[IngestWorker], ready: ReadinessProbe, files: FileWorker | None = None
+) -> web.Application:
     """``/healthz`` (the process answers), ``/readyz`` (``ready()`` says so: 503
     with the reason otherwise) and ``/api/v1/status`` (counters summed over
-    ``workers``, and the consumer's lag, ``null`` while NATS cannot say)."""
+    ``workers``, the consumer's lag, ``null`` while NATS cannot say, and the
+    file worker's counters if it has one)."""
     app = web.Application()
     app[_WORKERS] = workers
+    if files is not None:
+        app[_FILES] = files
     app[_READY] = ready
     app.router.add_get("/healthz", _healthz)
     app.router.add_get("/readyz", _readyz)
@@ -61,9 +68,11 @@ async def _status(request: web.Request) -> web.Response:
         for name, value in worker.stats.as_dict().items():
             totals[name] = totals.get(name, 0) + value
     lag = await workers[0].lag() if workers else None
+    files = request.app.get(_FILES)
     return _json(
         Status(
             ingest=msgspec.convert(totals, IngestCounters),
             lag=None if lag is None else msgspec.convert(lag, IngestLag),
+            files=None if files is None else msgspec.convert(files.stats.as_dict(), FileCounters),
         )
     )

@@ -6,7 +6,16 @@ from nats.js import JetStreamContext
 from nats.js.api import ConsumerConfig, RetentionPolicy, StorageType, StreamConfig
 from nats.js.errors import BadRequestError, NotFoundError
 
-from stride.wire import DLQ_STREAM, DLQ_SUBJECT, INGEST_SUBJECT, STREAM
+from stride.wire import (
+    CHUNK_BYTES,
+    DLQ_STREAM,
+    DLQ_SUBJECT,
+    FILE_SUBJECT,
+    FILES_STREAM,
+    INGEST_SUBJECT,
+    STREAM,
+    chunk_subject,
+)
 
 DURABLE = "stride-ingest"
 
@@ -24,6 +33,20 @@ def stream_configs(replicas: int = 1, duplicate_window_s: float = 600.0) -> list
             # re-syncs are caught by the ingest ledger.
             duplicate_window=duplicate_window_s,
             max_msg_size=8 * 1024 * 1024,
+        ),
+        StreamConfig(
+            name=FILES_STREAM,
+            subjects=[FILE_SUBJECT, chunk_subject(">")],
+            # Ingest purges a file's chunks once it is stored; records are tiny and
+            # age out. A writer that resumes an upload after this long starts over.
+            retention=RetentionPolicy.LIMITS,
+            storage=StorageType.FILE,
+            num_replicas=replicas,
+            duplicate_window=duplicate_window_s,
+            max_age=7 * 24 * 3600.0,
+            max_msg_size=CHUNK_BYTES + 64 * 1024,
+            # Ingest reads chunks with direct gets (raw bytes, no base64 JSON).
+            allow_direct=True,
         ),
         StreamConfig(
             name=DLQ_STREAM,

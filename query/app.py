@@ -19,6 +19,7 @@ from aiohttp import web
 from stride.api_types import (
     Access,
     ErrorBody,
+    FilesPage,
     MetricKeys,
     MetricStats,
     ProjectsPage,
@@ -27,8 +28,9 @@ from stride.api_types import (
     RunUpdate,
     Status,
 )
-from stride.ids import InvalidIdentifier, Kind, check
+from stride.ids import InvalidIdentifier, Kind, check, check_file_name
 from stride.store import AsyncStore, open_store
+from stride.store.objects import ObjectStore
 
 from . import runs as runs_q
 from ._columns import Columns
@@ -38,6 +40,7 @@ from .catalog import Catalog
 from .edit import delete_run, update_run
 from .errors import BadRequest, NotFound, QueryError, Unavailable
 from .export import ExportFormat, export_run, export_runs
+from .files import file_versions, list_files, pick_version, send_file
 from .history import TIME_AXIS_COLUMNS, history, history_along, history_over_time
 from .openapi import openapi_document
 from .readahead import ReadAhead
@@ -50,6 +53,9 @@ STORE = web.AppKey("store", AsyncStore)
 CATALOG = web.AppKey("catalog", Catalog)
 READ_AHEAD = web.AppKey("read_ahead", ReadAhead)
 SETTINGS = web.AppKey("settings", QuerySettings)
+#: Optional: the object store holding saved files' bytes (without it, their
+#: listings work and downloads answer 503).
+OBJECTS: web.AppKey[ObjectStore] = web.AppKey("objects")
 #: Optional: returns extra status (the ingest counters and lag, in ``stride up``).
 StatusProvider = Callable[[], Awaitable[dict[str, Any]]]
 STATUS: web.AppKey[StatusProvider] = web.AppKey("status")
@@ -66,12 +72,16 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 def create_app(
-    settings: QuerySettings | None = None, *, store: AsyncStore | None = None
+    settings: QuerySettings | None = None,
+    *,
+    store: AsyncStore | None = None,
+    objects: ObjectStore | None = None,
 ) -> web.Application:
     """Build the app.
 
     With ``store``, the caller owns it and closes it (``stride up`` shares one
-    with ingest). Without, the app opens ``settings.store_url`` when it starts
+    with ingest); likewise ``objects``, the object store files are read from.
+    Without, the app opens ``settings.store_url`` when it starts
     and closes it when it stops (aiohttp's ``cleanup_ctx``).
 
     Example::
@@ -86,6 +96,8 @@ def create_app(
     app[READ_AHEAD] = ReadAhead()
     app.on_shutdown.append(_stop_read_ahead)
     app[SETTINGS] = settings
+    if objects is not None:
+        app[OBJECTS] = objects
     if store is not None:
         _attach(app, store)
     elif settings.store_url:
@@ -110,6 +122,9 @@ def create_app(
     app.router.add_get(f"{base}/runs/{{entity}}/{{project}}/{{run_id}}/stats", _stats)
     app.router.add_get(f"{base}/runs/{{entity}}/{{project}}/{{run_id}}/export", _export_run)
     app.router.add_get(f"{base}/runs/{{entity}}/{{project}}/{{run_id}}/stream", _stream_rows)
+    app.router.add_get(f"{base}/runs/{{entity}}/{{project}}/{{run_id}}/files", _list_files)
+    app.router.add_get(f"{base}/runs/{{entity}}/{{project}}/{{run_id}}/file", _file)
+    app.router.add_get(f"{base}/runs/{{entity}}/{{project}}/{{run_id}}/file/content", _content)
     app.router.add_get(f"{base}/export/runs/{{entity}}/{{project}}", _export_runs)
     return app
 
@@ -521,3 +536,60 @@ async def _scan(request: web.Request) -> web.Response:
     scan = (run, stream, tuple(keys), asked, lo, max_step)
     cols, next_cursor = await request.app[READ_AHEAD].page(scan, page_size, fetch)
     return _columns(cols, next_cursor)
+
+
+# ---- files --------------------------------------------------------------------------------------
+
+
+async def _list_files(request: web.Request) -> web.Response:
+    """A page of the run's files by name (latest versions), filtered by ``prefix``,
+    ``category`` and ``tag``; ``after`` is the previous page's ``next``."""
+    entity, project, run_id = await _existing_run(request)
+    prefix, category, tag, after = (
+        _text(request, name) for name in ("prefix", "category", "tag", "after")
+    )
+    files, cursor = await list_files(
+        request.app[STORE],
+        f"{entity}/{project}/{run_id}",
+        prefix=prefix,
+        category=category,
+        tag=tag,
+        after=after,
+        limit=_int(request, "per_page", 100, 1, 1000) or 100,
+    )
+    return _json(FilesPage(files, cursor))
+
+
+def _text(request: web.Request, name: str) -> str | None:
+    """A free-text query parameter (a prefix, a tag), without control characters."""
+    value = request.query.get(name)
+    if value is not None and any(ord(c) < 0x20 or ord(c) == 0x7F for c in value):
+        raise BadRequest(f"{name} must not contain control characters")
+    return value
+
+
+async def _file_doc(request: web.Request) -> Any:
+    entity, project, run_id = await _existing_run(request)
+    name = request.query.get("name")
+    if not name:
+        raise BadRequest("name is required: the file's name, as listed by .../files")
+    try:
+        check_file_name(name)
+    except InvalidIdentifier as exc:
+        raise BadRequest(str(exc)) from None
+    versions = await file_versions(request.app[STORE], f"{entity}/{project}/{run_id}", name)
+    return pick_version(versions, _int(request, "version", None, 0, 2**31))
+
+
+async def _file(request: web.Request) -> web.Response:
+    """One version of a file (the latest unless ``version`` is given)."""
+    return _json(await _file_doc(request))
+
+
+async def _content(request: web.Request) -> web.StreamResponse:
+    """The bytes of one version of a file, streamed; a ``Range`` header gets a part (206)."""
+    doc = await _file_doc(request)
+    objects = request.app.get(OBJECTS)
+    if objects is None:
+        raise Unavailable("this query service has no object store configured (--objects)")
+    return await send_file(request, objects, doc)

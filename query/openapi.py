@@ -17,6 +17,8 @@ import msgspec
 from stride.api_types import (
     Access,
     ErrorBody,
+    FileDoc,
+    FilesPage,
     MetricKeys,
     MetricStats,
     ProjectsPage,
@@ -27,6 +29,7 @@ from stride.api_types import (
     Status,
 )
 from stride.ids import KEY_PATTERN, NAME_PATTERN
+from stride.wire import FILE_CATEGORIES
 
 from .auth import AUTH_EXEMPT
 
@@ -78,6 +81,9 @@ _RUN = (_ENTITY, _PROJECT, Param("run_id", _NAME, "path"))
 _STREAM = Param("stream", _NAME, description="metric stream (default: default)")
 _KEYS = Param("keys", _KEY, repeated=True, description="metric keys (default: all)")
 _RANGE = (Param("min_step", _INT64), Param("max_step", _INT64))
+_FILE_NAME = Param("name", {"type": "string"}, description="the file's name, as listed")
+_VERSION = Param("version", {"type": "integer", "minimum": 0, "maximum": 2**31},
+                 description="from 0, in the order saved (default: the latest)")  # fmt: skip
 _RUNS = "/api/v1/runs/{entity}/{project}"
 _ONE = _RUNS + "/{run_id}"
 
@@ -143,6 +149,20 @@ OPERATIONS: tuple[Operation, ...] = (
         answer=None, media=("text/csv", "application/vnd.apache.parquet", "application/json"),
     ),
     Operation(
+        "get", _ONE + "/files", "A run's saved files by name, each at its latest version",
+        (*_RUN, Param("prefix", {"type": "string"}),
+         Param("category", {"type": "string", "enum": list(FILE_CATEGORIES)}),
+         Param("tag", {"type": "string"}), Param("after", {"type": "string"}),
+         Param("per_page", {"type": "integer", "minimum": 1, "maximum": 1000})),
+        answer=FilesPage,
+    ),
+    Operation("get", _ONE + "/file", "One version of a saved file (the latest by default)",
+              (*_RUN, _FILE_NAME, _VERSION), answer=FileDoc),
+    Operation(
+        "get", _ONE + "/file/content", "A saved file's bytes (a Range header gets a part: 206)",
+        (*_RUN, _FILE_NAME, _VERSION), answer=None, media=("application/octet-stream",),
+    ),
+    Operation(
         "get", "/api/v1/export/runs/{entity}/{project}", "A project's runs table",
         (_ENTITY, _PROJECT, Param("format", {"type": "string", "enum": ["csv", "parquet"]}),
          Param("filters", {"type": "string"})),
@@ -150,8 +170,8 @@ OPERATIONS: tuple[Operation, ...] = (
     ),
 )  # fmt: skip
 
-_STRUCTS = (Access, ErrorBody, MetricKeys, MetricStats, ProjectsPage, RunDoc, RunSearch, RunsPage,
-            RunUpdate, Status)  # fmt: skip
+_STRUCTS = (Access, ErrorBody, FileDoc, FilesPage, MetricKeys, MetricStats, ProjectsPage, RunDoc,
+            RunSearch, RunsPage, RunUpdate, Status)  # fmt: skip
 
 
 def openapi_document() -> dict[str, Any]:

@@ -39,6 +39,7 @@ from . import _control as protocol
 from ._batches import SEAL_CANCELLED, SEAL_CRASHED
 from ._reader import LogReader, Outgoing
 from ._settings import Settings
+from ._uploads import Uploader
 from ._wal import LOG_FORMAT, read_meta, try_lock_exclusive
 from .wire import INGEST_SUBJECT, message_id
 
@@ -74,6 +75,7 @@ class AgentReport:
     logs_done: int = 0
     logs_left: list[Path] = dataclasses.field(default_factory=list)
     last_error: str | None = None
+    files: int = 0
 
 
 class Agent:
@@ -108,6 +110,7 @@ class Agent:
         self._end_kind = SEAL_CRASHED  # how the own log's unfinished runs end
         self._wakeup = asyncio.Event()
         self.report = AgentReport()
+        self._uploads = Uploader(settings.file_window, settings.ack_timeout_s, self._warn_once)
 
     # ---- the loop -------------------------------------------------------------------------------
 
@@ -131,6 +134,10 @@ class Agent:
                     next_connect = now + s.connect_timeout_s + s.reconnect_interval_s
                 busy = self._send_ready(now) if self._connected() else 0
                 busy += self._reap()
+                busy += self._uploads.step(
+                    self._js if self._connected() else None, [r.dir for r in self._readers]
+                )
+                self._progress_at = max(self._progress_at, self._uploads.progress_at)
                 self._trim_and_forget()
                 self._answer_waiters(now)
                 if self._done(now):
@@ -153,6 +160,8 @@ class Agent:
                 connecting.cancel()
             for inflight in self._inflight:
                 inflight.future.cancel()
+            await self._uploads.close()
+            self.report.files = self._uploads.files_sent
             for reader in self._readers:
                 self.report.logs_left.append(reader.dir)
                 reader.close()
@@ -266,7 +275,7 @@ class Agent:
         for reader in list(self._readers):
             try:
                 reader.trim_delivered()
-                if reader.finished():
+                if reader.finished() and not self._uploads.pending(reader.dir):
                     self._readers.remove(reader)
                     reader.remove()
                     self.report.logs_done += 1
@@ -410,17 +419,21 @@ class Agent:
         own = self._own
         keep = []
         for waiter in self._waiters:
+            slot = None if waiter.slot == _WHOLE_LOG else waiter.slot
             if own is None or own not in self._readers:
-                left = (0, 0)
+                left, files_left = (0, 0), 0
             else:
-                slot = None if waiter.slot == _WHOLE_LOG else waiter.slot
                 left = own.pending(waiter.upto, slot)
-            if left != (0, 0) and now < waiter.deadline:
+                files_left = self._uploads.pending(own.dir, slot)
+            if (left != (0, 0) or files_left) and now < waiter.deadline:
                 keep.append(waiter)
                 continue
             state = own.slots.get(waiter.slot) if own is not None else None
             sent = (state.batches_sent, state.points_sent) if state is not None else (0, 0)
-            reply = ["report", *sent, left[0] + (1 if left[1] else 0), self.report.last_error]
+            error = self.report.last_error or self._uploads.last_error
+            left_count = left[0] + (1 if left[1] else 0)
+            files_sent = self._uploads.sent(own.dir, waiter.slot) if own is not None else 0
+            reply = ["report", *sent, left_count, error, files_sent, files_left]
             if self._writer is not None and not self._writer.is_closing():
                 self._writer.write(protocol.encode(reply))
         self._waiters = keep

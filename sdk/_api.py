@@ -23,6 +23,7 @@ from typing import Any, TypeVar
 import msgspec
 import orjson
 
+from ._api_files import ApiFile, list_files, one_file
 from ._config import NestedDict
 from ._rows import rows
 from ._settings import DEFAULT_API
@@ -489,13 +490,33 @@ class ApiRun:
         return self._api._download(f"{self._base}/export", params, Path(dest))
 
     def delete(self, delete_artifacts: bool = False) -> None:
-        """Delete the run and everything stored of it (fields, metrics, aggregates).
+        """Delete the run and everything stored of it (fields, metrics, aggregates,
+        its files' records; their bytes stay in the object store, where other runs
+        may share them).
 
-        ``delete_artifacts`` is W&B's; runs have no files yet, so it changes nothing.
+        ``delete_artifacts`` is W&B's; there are no artifacts yet, so it changes nothing.
         A writer still logging to the run stores it again.
         """
         params = urllib.parse.urlencode({"delete_artifacts": str(delete_artifacts).lower()})
         self._api._send_as(_STATUS, "DELETE", f"{self._base}?{params}", None)
+
+    def files(
+        self,
+        prefix: str | None = None,
+        *,
+        category: str | None = None,
+        tag: str | None = None,
+        per_page: int = 100,
+    ) -> Iterator[ApiFile]:
+        """The run's saved files by name, each at its latest version; only names
+        starting with ``prefix``, of ``category`` or with ``tag`` if given."""
+        return list_files(
+            self._api, self._base, prefix=prefix, category=category, tag=tag, per_page=per_page
+        )
+
+    def file(self, name: str, version: int | None = None) -> ApiFile:
+        """One saved file: its latest version, or ``version`` (from 0, in save order)."""
+        return one_file(self._api, self._base, name, version)
 
     def wait_until_finished(self, timeout: float | None = None, poll_s: float = 1.0) -> ApiRun:
         """Poll until the run has ended (``finished``, ``failed``, ``cancelled`` or

@@ -7,15 +7,16 @@ import logging
 import os
 import struct
 import sys
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from datetime import UTC, datetime
+from pathlib import Path
 from time import time as _now
 from types import TracebackType
-from typing import Any
+from typing import IO, Any
 
 import orjson
 
-from . import ids
+from . import _files, ids
 from ._config import NestedDict
 from ._settings import Settings
 from ._signals import terminated
@@ -209,6 +210,130 @@ class Run:
             except struct.error:
                 raise self._value_error(data) from None
             w.commit(pos + size)
+
+    # ---- files ----------------------------------------------------------------------------------
+
+    def save(
+        self,
+        filename: str | os.PathLike[str],
+        category: str = "output",
+        filetype: str | None = None,
+        preserve_path: bool = False,
+        *,
+        name: str | None = None,
+        description: str = "",
+        tags: Iterable[str] = (),
+        metadata: Mapping[str, Any] | None = None,
+    ) -> str:
+        """Save a file with the run; return the name it is stored under.
+
+        Returns at once: the delivery helper sends the bytes (in chunks, beside
+        metrics, never ahead of them) and ``finish()`` waits for them. The name
+        is the file's base name, the path as given with ``preserve_path``, or
+        ``name``. Saving a name again stores a new version; reads return the
+        latest. ``category`` is ``code``, ``input`` or ``output``; ``filetype``
+        (a MIME type) is guessed from the name when not given. A missing or
+        unreadable file, a directory, a name that would escape its directory
+        (``..``, absolute, backslashes) or a file over ``Settings.max_file_bytes``
+        raises :class:`~stride.errors.UsageError`.
+        """
+        path = Path(filename)
+        stored = _files.file_name(path, name, preserve_path)
+        _files.check_category(category)
+        _files.check_source(path, self.settings.max_file_bytes)
+        self._stage(stored, category, filetype, description, tags, metadata, source=path)
+        return stored
+
+    def save_data(
+        self,
+        name: str,
+        data: bytes | bytearray | memoryview | IO[bytes],
+        category: str = "output",
+        filetype: str | None = None,
+        *,
+        description: str = "",
+        tags: Iterable[str] = (),
+        metadata: Mapping[str, Any] | None = None,
+    ) -> str:
+        """Save ``data`` (bytes, or a binary file object read to its end now) as the
+        file ``name``; otherwise as :meth:`save`."""
+        stored = _files.file_name(Path(name), name, False)
+        _files.check_category(category)
+        self._stage(stored, category, filetype, description, tags, metadata, data=data)
+        return stored
+
+    def save_directory(
+        self,
+        directory: str | os.PathLike[str],
+        category: str = "output",
+        filetype: str | None = None,
+        preserve_path: bool = False,
+    ) -> list[str]:
+        """Save every file under ``directory`` as ``<directory name>/<relative path>``
+        (the directory's path as given with ``preserve_path``); return the names."""
+        path = Path(directory)
+        if not path.is_dir():
+            raise UsageError(f"cannot save the directory {path}: not a directory")
+        prefix = _files.file_name(path, None, preserve_path) if path.name else ""
+        found = _files.names_in_directory(path, prefix)
+        for source, _ in found:
+            _files.check_source(source, self.settings.max_file_bytes)
+        return [self.save(source, category, filetype, name=stored) for source, stored in found]
+
+    def save_all(
+        self,
+        items: Iterable[str | os.PathLike[str]],
+        category: str = "output",
+        filetype: str | None = None,
+        preserve_path: bool = False,
+    ) -> list[str]:
+        """Save each file and directory of ``items``; return every name saved."""
+        names: list[str] = []
+        for item in items:
+            if Path(item).is_dir():
+                names += self.save_directory(item, category, filetype, preserve_path)
+            else:
+                names.append(self.save(item, category, filetype, preserve_path))
+        return names
+
+    def upload_file(self, path: str | os.PathLike[str], root: str = ".") -> str:
+        """W&B's ``upload_file``: save ``path`` under its path relative to ``root``."""
+        source = Path(path)
+        try:
+            relative = os.path.relpath(source.resolve(), Path(root).resolve())
+        except ValueError:  # another drive (Windows)
+            relative = source.name
+        return self.save(source, name=Path(relative).as_posix())
+
+    def _stage(
+        self,
+        name: str,
+        category: str,
+        filetype: str | None,
+        description: str,
+        tags: Iterable[str],
+        metadata: Mapping[str, Any] | None,
+        *,
+        source: Path | None = None,
+        data: bytes | bytearray | memoryview | IO[bytes] | None = None,
+    ) -> None:
+        if self.mode == "disabled":
+            return
+        if self._wal is None or self._transport is None:
+            return self._not_logging()
+        _files.stage(
+            self._transport.dir / _files.FILES_DIR,
+            _files.RunRef(self.entity, self.project, self.id, self._slot),
+            name=name,
+            category=category,
+            mime=_files.guess_mime(name, filetype),
+            source=source,
+            data=data,
+            description=description,
+            tags=tags,
+            metadata=metadata,
+            max_bytes=self.settings.max_file_bytes,
+        )
 
     def finish(
         self, exit_code: int = 0, *, state: str | None = None, timeout: float | None = None

@@ -61,6 +61,10 @@ class Settings:
     #: After the training process exits, how long delivery keeps trying to reach NATS
     #: before it leaves the rest on disk (for the next process or `stride sync`).
     orphan_timeout_s: float = 120.0
+    #: The largest file ``run.save()`` accepts (refused at the call, naming the limit).
+    max_file_bytes: int = 64 * 1024**3
+    #: File chunks awaiting their JetStream ack at once (each up to 512 KiB).
+    file_window: int = 8
 
     def to_json(self) -> bytes:
         return msgspec.json.encode(dataclasses.asdict(self), enc_hook=str)
@@ -82,8 +86,8 @@ class Settings:
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
-        """Settings from ``STRIDE_SERVER``, ``STRIDE_SPOOL_DIR``, ``STRIDE_DELIVERY``, then
-        ``overrides``."""
+        """Settings from ``STRIDE_SERVER``, ``STRIDE_SPOOL_DIR``, ``STRIDE_DELIVERY``,
+        ``STRIDE_MAX_FILE_BYTES``, then ``overrides``."""
         env = os.environ if env is None else env
         values: dict[str, Any] = {}
         if env.get("STRIDE_SERVER"):
@@ -92,5 +96,7 @@ class Settings:
             values["spool_dir"] = Path(env["STRIDE_SPOOL_DIR"])
         if env.get("STRIDE_DELIVERY"):
             values["delivery"] = env["STRIDE_DELIVERY"]
+        if env.get("STRIDE_MAX_FILE_BYTES"):
+            values["max_file_bytes"] = int(env["STRIDE_MAX_FILE_BYTES"])
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)

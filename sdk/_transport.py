@@ -61,14 +61,21 @@ class DeliveryReport:
     last_error: str | None = None
     #: Times this process's undelivered log passed ``Settings.max_spool_bytes`` (each warned).
     spool_warnings: int = 0
+    #: Files saved with this run and stored in NATS, and those not yet (still being sent).
+    files_sent: int = 0
+    files_left: int = 0
 
     @property
     def complete(self) -> bool:
-        return self.spooled_left == 0
+        return self.spooled_left == 0 and self.files_left == 0
 
     def __str__(self) -> str:
         text = f"{self.batches_sent} batches ({self.points_sent} points) delivered"
-        if self.spooled_left:
+        if self.files_sent or self.files_left:
+            text += f", {self.files_sent} file(s) sent"
+            if self.files_left:
+                text += f" and {self.files_left} still uploading"
+        if not self.complete:
             text += (
                 f"; the rest is kept in {self.spool_dir} and delivered by the helper once NATS "
                 f"answers, by the next run that uses that directory, or by `stride sync "
@@ -142,8 +149,8 @@ class Transport:
             if reply is None:
                 report.last_error = self._silence()
             else:
-                _, report.batches_sent, report.points_sent, report.spooled_left, error = reply
-                report.last_error = error
+                _, report.batches_sent, report.points_sent, report.spooled_left, *rest = reply
+                report.last_error, report.files_sent, report.files_left = rest
         with _registry_lock:
             self.runs.pop(slot, None)
             if not self.runs:

@@ -12,6 +12,8 @@ drift apart. docs/http-api.md describes them for other clients.
 ``GET .../{run_id}/keys``                          :class:`MetricKeys`
 ``GET .../{run_id}/history`` and ``.../scan``      :class:`ColumnsPage`
 ``GET .../{run_id}/stats``                         :class:`MetricStats`
+``GET .../{run_id}/files``                         :class:`FilesPage`
+``GET .../{run_id}/file?name=``                    :class:`FileDoc`
 any error (4xx, 5xx)                               :class:`ErrorBody`
 =================================================  ==========================
 
@@ -39,6 +41,9 @@ __all__ = [
     "Access",
     "ColumnsPage",
     "ErrorBody",
+    "FileCounters",
+    "FileDoc",
+    "FilesPage",
     "IngestCounters",
     "IngestLag",
     "MetricKeys",
@@ -178,13 +183,26 @@ class IngestLag(msgspec.Struct, gc=False):
     oldest_s: float | None = None
 
 
+class FileCounters(msgspec.Struct, gc=False):
+    """What the file worker beside the service has done since it started: files
+    recorded, bytes copied into the object store, files whose bytes it already
+    held (not copied again), records dead-lettered, and failed attempts (retried)."""
+
+    files: int = 0
+    bytes: int = 0
+    deduplicated: int = 0
+    dead_lettered: int = 0
+    errors: int = 0
+
+
 class Status(msgspec.Struct, gc=False):
-    """The service is up; ``ingest`` and ``lag`` are present when an ingest worker
+    """The service is up; ``ingest``, ``lag`` and ``files`` are present when ingest
     runs beside it."""
 
     ok: bool = True
     ingest: IngestCounters | None = None
     lag: IngestLag | None = None
+    files: FileCounters | None = None
 
 
 class ErrorBody(msgspec.Struct, gc=False):
@@ -231,4 +249,33 @@ class ProjectsPage(msgspec.Struct, gc=False):
     """One page of an entity's projects by name; pass ``next`` back as ``after``."""
 
     projects: list[ProjectDoc]
+    next: str | None = None
+
+
+class FileDoc(msgspec.Struct, gc=False):
+    """One version of a saved file (the latest unless another was asked for).
+
+    ``version`` counts from 0 in the order the versions were saved, of
+    ``versions`` in all; ``saved_at`` is when ``save`` was called (ISO 8601).
+    ``sha256`` (hex) is checked end to end. ``metadata`` is what the user set.
+    """
+
+    name: str
+    version: int
+    versions: int
+    size: int
+    sha256: str
+    mime: str
+    category: str
+    saved_at: str
+    description: str = ""
+    tags: list[str] = []
+    metadata: dict[str, Any] = {}
+
+
+class FilesPage(msgspec.Struct, gc=False):
+    """One page of a run's files by name (each at its latest version); pass
+    ``next`` back as ``after``."""
+
+    files: list[FileDoc]
     next: str | None = None

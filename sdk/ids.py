@@ -11,6 +11,11 @@ read back, because all three check names here:
   ``_runtime``, ``_timestamp``) and refused by ``log()``; the query API
   accepts them so those columns can be asked for by name.
 
+A saved file's ``name`` is a relative path (:func:`check_file_name`): at
+most 1024 UTF-8 bytes of ``/``-separated parts, none empty, ``.`` or ``..``,
+each at most 255 bytes; no leading ``/``, no backslash, no control character
+(NUL included). So no name can escape the directory it is downloaded into.
+
 Example::
 
     from stride.ids import check
@@ -31,6 +36,7 @@ __all__ = [
     "InvalidIdentifier",
     "Kind",
     "check",
+    "check_file_name",
     "is_valid",
 ]
 
@@ -60,3 +66,37 @@ def check(kind: Kind, value: object) -> str:
         return value
     rule = KEY_RULE if kind == "key" else NAME_RULE
     raise InvalidIdentifier(f"invalid {kind} {value!r:.80}: {rule}")
+
+
+#: The longest saved-file name, in UTF-8 bytes, and the longest part of it.
+MAX_FILE_NAME_BYTES = 1024
+MAX_FILE_NAME_PART_BYTES = 255
+
+
+def check_file_name(name: object) -> str:
+    """Return ``name`` if it can name a saved file; raise :class:`InvalidIdentifier`
+    saying which rule it breaks (see the module docstring)."""
+
+    def refuse(why: str) -> InvalidIdentifier:
+        return InvalidIdentifier(f"invalid file name {name!r:.120}: {why}")
+
+    if not isinstance(name, str) or not name:
+        raise refuse("a file name is a non-empty string")
+    try:
+        size = len(name.encode())
+    except UnicodeEncodeError:
+        raise refuse("it is not valid Unicode") from None
+    if size > MAX_FILE_NAME_BYTES:
+        raise refuse(f"it is {size} UTF-8 bytes; the limit is {MAX_FILE_NAME_BYTES}")
+    if any(ord(c) < 0x20 or ord(c) == 0x7F for c in name):
+        raise refuse("it contains a control character (NUL, newline...)")
+    if "\\" in name:
+        raise refuse("it contains a backslash; separate directories with '/'")
+    if name.startswith("/"):
+        raise refuse("it is absolute; names are relative, like 'plots/loss.png'")
+    for part in name.split("/"):
+        if part in ("", ".", ".."):
+            raise refuse("it has an empty, '.' or '..' part; it must stay inside its directory")
+        if len(part.encode()) > MAX_FILE_NAME_PART_BYTES:
+            raise refuse(f"a part is longer than {MAX_FILE_NAME_PART_BYTES} bytes")
+    return name

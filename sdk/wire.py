@@ -18,6 +18,15 @@ A batch carries, for one run:
   bytes (``int64`` steps, ``float64`` elsewhere), so both ends convert them
   without a per-value loop.
 
+Files travel beside batches, not in them (a large upload must never hold
+back metrics): the delivery agent publishes a file's bytes in chunks of at
+most :data:`CHUNK_BYTES` to :func:`chunk_subject` of the ``STRIDE_FILES``
+stream (message id ``<upload>/<index>``, header ``Stride-Chunk: <index>``),
+and once every chunk is acknowledged, one :class:`FileRecord` to
+:data:`FILE_SUBJECT` (message id :func:`file_message_id`). Ingest copies the
+chunks into object storage, checks size and sha256, records the file, and
+purges the chunks.
+
 Names are checked by :mod:`stride.ids`, the rules the query API reads with:
 entity, project, run id, writer and stream are URL-safe names; metric keys
 are any text without control characters.
@@ -46,23 +55,35 @@ a reader does not understand is ever silently ignored. The rules:
 
 from __future__ import annotations
 
+import re
+
 import msgspec
 
-from .ids import InvalidIdentifier, check
+from .ids import InvalidIdentifier, check, check_file_name
 
 __all__ = [
+    "CHUNK_BYTES",
     "DLQ_STREAM",
     "DLQ_SUBJECT",
+    "FILES_STREAM",
+    "FILE_CATEGORIES",
+    "FILE_SUBJECT",
+    "FILE_WIRE_VERSION",
     "INGEST_SUBJECT",
     "MIN_WIRE_VERSION",
     "STREAM",
     "WIRE_VERSION",
     "Batch",
+    "FileRecord",
     "MetricBlock",
     "VersionPeek",
     "WireError",
+    "chunk_subject",
     "decode_batch",
+    "decode_file_record",
     "encode_batch",
+    "encode_file_record",
+    "file_message_id",
     "message_id",
 ]
 
@@ -77,6 +98,15 @@ INGEST_SUBJECT = "stride.ingest.v1"
 #: Dead-letter stream and subject for messages ingest could not accept.
 DLQ_STREAM = "STRIDE_DLQ"
 DLQ_SUBJECT = "stride.dlq"
+#: JetStream stream holding file chunks and file records until ingest stores them.
+FILES_STREAM = "STRIDE_FILES"
+FILE_SUBJECT = "stride.files.v1"
+_CHUNKS_PREFIX = "stride.chunks."
+#: Bytes per file chunk: well under NATS' default 1 MiB max payload.
+CHUNK_BYTES = 512 * 1024
+#: The version of :class:`FileRecord` writers send (it evolves like batches).
+FILE_WIRE_VERSION = 1
+FILE_CATEGORIES = ("code", "input", "output")
 
 
 class MetricBlock(msgspec.Struct, array_like=True, gc=False, forbid_unknown_fields=True):
@@ -138,16 +168,21 @@ _KNOWN = (
 )
 
 
+def _version(payload: bytes, what: str) -> int:
+    """The leading version field of any message (of any layout)."""
+    try:
+        return _peek_decoder.decode(payload).v
+    except msgspec.DecodeError as exc:
+        raise WireError(f"not a stride {what}: {exc}") from None
+
+
 def encode_batch(batch: Batch) -> bytes:
     return _encoder.encode(batch)
 
 
 def decode_batch(payload: bytes) -> Batch:
     """Decode and validate one batch; raise :class:`WireError` with the reason."""
-    try:
-        version = _peek_decoder.decode(payload).v
-    except msgspec.DecodeError as exc:
-        raise WireError(f"not a stride batch: {exc}") from None
+    version = _version(payload, "batch")
     if not MIN_WIRE_VERSION <= version <= WIRE_VERSION:
         raise WireError(f"unknown wire version {version} (this reader knows {_KNOWN})")
     try:
@@ -190,3 +225,82 @@ def _validate(batch: Batch) -> None:
 def message_id(run_path: str, writer: str, seq: int) -> str:
     """JetStream ``Nats-Msg-Id`` for a batch: the batch identity itself."""
     return f"{run_path}/{writer}/{seq}"
+
+
+class FileRecord(msgspec.Struct, array_like=True, gc=False, forbid_unknown_fields=True):
+    """One saved file, published once all its chunks are in ``STRIDE_FILES``."""
+
+    v: int
+    entity: str
+    project: str
+    run_id: str
+    writer: str
+    #: Random hex id of this upload: names its chunk subject and message ids.
+    upload: str
+    #: Nanoseconds since the epoch when ``save`` was called: orders the versions
+    #: of one name (a later save is a newer version).
+    ver: int
+    name: str
+    category: str
+    size: int
+    sha256: str  # hex
+    chunks: int
+    mime: str
+    description: str = ""
+    tags: list[str] = []
+    #: User metadata as JSON text (an object).
+    metadata: str = "{}"
+
+    @property
+    def path(self) -> str:
+        return f"{self.entity}/{self.project}/{self.run_id}"
+
+
+_file_decoder = msgspec.msgpack.Decoder(FileRecord)
+_UPLOAD_ID = re.compile(r"[0-9a-f]{16,64}")
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+
+
+def chunk_subject(upload: str) -> str:
+    return _CHUNKS_PREFIX + upload
+
+
+def file_message_id(upload: str) -> str:
+    return f"file/{upload}"
+
+
+def encode_file_record(record: FileRecord) -> bytes:
+    return _encoder.encode(record)
+
+
+def decode_file_record(payload: bytes) -> FileRecord:
+    """Decode and validate one file record; raise :class:`WireError` with the reason."""
+    version = _version(payload, "file record")
+    if version != FILE_WIRE_VERSION:
+        raise WireError(
+            f"unknown file record version {version} (this reader knows {FILE_WIRE_VERSION})"
+        )
+    try:
+        record = _file_decoder.decode(payload)
+    except msgspec.DecodeError as exc:
+        raise WireError(f"malformed file record: {exc}") from None
+    try:
+        check("entity", record.entity)
+        check("project", record.project)
+        check("run id", record.run_id)
+        check("writer", record.writer)
+        check_file_name(record.name)
+    except InvalidIdentifier as exc:
+        raise WireError(str(exc)) from None
+    if _UPLOAD_ID.fullmatch(record.upload) is None:
+        raise WireError(f"invalid upload id {record.upload!r:.80}")
+    if _SHA256.fullmatch(record.sha256) is None:
+        raise WireError(f"invalid sha256 {record.sha256!r:.80}: 64 lowercase hex digits")
+    if record.category not in FILE_CATEGORIES:
+        raise WireError(f"invalid category {record.category!r:.40}: one of {FILE_CATEGORIES}")
+    if record.size < 0 or record.chunks != -(-record.size // CHUNK_BYTES) or record.ver <= 0:
+        raise WireError(
+            f"inconsistent file record: size {record.size}, {record.chunks} chunks, "
+            f"ver {record.ver}"
+        )
+    return record

@@ -213,6 +213,16 @@ POINTS_COLUMNS = ("run", "stream", "key", "step", "time", "timestamp", "value", 
 FIELDS_COLUMNS = ("entity", "project", "run_id", "field", "value", "ver")
 BATCHES_COLUMNS = ("run", "writer", "seq", "ver", "points")
 KEYS_COLUMNS = ("run", "stream", "key")
+FILES_COLUMNS = (
+    *("run", "name", "ver", "upload", "writer", "category", "size", "sha256", "mime"),
+    *("description", "tags", "metadata", "deleted", "updated"),
+)
+
+
+def blob_key(sha256: str) -> str:
+    """The object-store key of the bytes whose sha256 is ``sha256`` (hex): stored once
+    however many files, versions or runs hold them."""
+    return f"blobs/sha256/{sha256[:2]}/{sha256}"
 
 
 #: Where a run's rows are, for deleting it: (table, condition). Its fields first, so
@@ -227,6 +237,7 @@ RUN_ROWS = (
     ("points_rollup_wide", "run = {path:String}"),
     ("series_stats", "run = {path:String}"),
     ("run_keys", "run = {path:String}"),
+    ("files", "run = {path:String}"),
 )
 
 
@@ -385,6 +396,32 @@ _TABLES = (
         "ver",
         "entity, project, key, run_id, field, pos",
         "cityHash64(entity, project, run_id)",
+    ),
+    _Table(
+        # Saved files: one row per version (``ver``: when it was saved, in ns);
+        # the bytes are the object ``blobs/sha256/<hh>/<sha256>``
+        # (:func:`blob_key`). Edits and soft deletes add a row with a larger
+        # ``updated``; readers take the newest (``FINAL``).
+        "files",
+        """run String,
+        name String,
+        ver UInt64,
+        upload String,
+        writer String,
+        category LowCardinality(String),
+        size UInt64,
+        sha256 String,
+        mime LowCardinality(String),
+        description String,
+        tags Array(String),
+        metadata String,
+        deleted UInt8,
+        updated UInt64""",
+        "ReplacingMergeTree",
+        "updated",
+        "run, name, ver",
+        "cityHash64(run)",
+        settings=_POINT_READS,
     ),
     _Table(
         "run_keys",

@@ -509,9 +509,9 @@ def test_api_types_exports_every_body_and_nothing_else() -> None:
     import stride.api_types as api_types
 
     assert set(api_types.__all__) == {
-        "Access", "ColumnsPage", "ErrorBody", "IngestCounters", "IngestLag", "MetricKeys",
-        "MetricStats", "NonFinite", "ProjectDoc", "ProjectsPage", "RunDoc", "RunSearch",
-        "RunUpdate", "RunsPage", "SeriesStats", "Status",
+        "Access", "ColumnsPage", "ErrorBody", "FileCounters", "FileDoc", "FilesPage",
+        "IngestCounters", "IngestLag", "MetricKeys", "MetricStats", "NonFinite", "ProjectDoc",
+        "ProjectsPage", "RunDoc", "RunSearch", "RunUpdate", "RunsPage", "SeriesStats", "Status",
     }  # fmt: skip
     assert all(hasattr(api_types, name) for name in api_types.__all__)
 
@@ -629,7 +629,7 @@ def test_leaving_the_block_by_an_exception_sets_the_state(
 
 def test_health_readiness_and_lag_over_http(stack: StrideUp) -> None:
     api = stride.Api(stack.http_url)
-    assert api.get("/healthz") == {"ok": True, "ingest": None, "lag": None}
+    assert api.get("/healthz") == {"ok": True, "ingest": None, "lag": None, "files": None}
     assert api.get("/readyz")["ok"] is True
     lag = wait_for(lambda: (s := api.get("/api/v1/status")["lag"]) and s["pending"] == 0 and s)
     assert lag["ack_pending"] == 0 and lag["oldest_s"] is None

@@ -666,6 +666,7 @@ def test_single_server_ddl_is_what_the_embedded_store_runs(chdb_store: ChdbStore
     engines = dict(zip(*(tables.column(c).to_pylist() for c in ("name", "engine")), strict=True))
     assert engines == {
         "batches": "ReplacingMergeTree",
+        "files": "ReplacingMergeTree",
         "points": "ReplacingMergeTree",
         "points_rollup": "AggregatingMergeTree",
         "points_rollup_wide": "AggregatingMergeTree",
@@ -689,6 +690,7 @@ def test_cluster_ddl_replicates_shards_by_run_and_parses(chdb_store: ChdbStore) 
         ("points_rollup", f"ReplicatedAggregatingMergeTree({path % 'points_rollup'})"),
         ("points_rollup_wide", f"ReplicatedAggregatingMergeTree({path % 'points_rollup_wide'})"),
         ("series_stats", f"ReplicatedAggregatingMergeTree({path % 'series_stats'})"),
+        ("files", f"ReplicatedReplacingMergeTree({path % 'files'}, updated)"),
     ]:
         assert f"ENGINE = {engine}" in by_name[f"metrics.{table}_local"]
         front = by_name[f"metrics.{table}"]
@@ -702,7 +704,7 @@ def test_cluster_ddl_replicates_shards_by_run_and_parses(chdb_store: ChdbStore) 
     # Ingest writes the rollup; a view from older versions is dropped everywhere.
     assert formatted[-1] == "DROP VIEW IF EXISTS metrics.points_rollup_mv ON CLUSTER main"
     # Every table has its replicated local table and a Distributed one in front.
-    assert len(statements) == 1 + 2 * 8 + 1
+    assert len(statements) == 1 + 2 * 9 + 1
 
 
 async def test_history_while_points_arrive_has_no_row_without_values(

@@ -1,0 +1,275 @@
+"""The delivery agent's file uploads: staged saves (:mod:`stride._files`) to JetStream.
+
+Each staged file goes out as chunks of :data:`~stride.wire.CHUNK_BYTES` on its
+own subject of the ``STRIDE_FILES`` stream, then one
+:class:`~stride.wire.FileRecord` (size, sha256, chunk count) once every chunk
+is acknowledged; ingest copies the chunks into object storage. Then the
+staged entry is removed.
+
+* Metrics first: all uploads share a window of ``Settings.file_window``
+  chunks awaiting their ack (4 MiB by default), so a large upload never puts
+  more than that on the connection ahead of a metric batch.
+* Several files at once (:data:`PARALLEL`), so many small files are not one
+  round trip each in a row.
+* Exactly once, and resumable: each chunk's message id is ``<upload>/<index>``
+  and the record's ``file/<upload>``, so JetStream drops a re-sent one. As
+  acks arrive (in order), the count of chunks stored is kept in
+  ``<entry>.progress``; an agent that resumes the upload (this one after an
+  error, or another after the process was killed) re-reads the bytes before
+  that point to compute the sha256 and sends from there: only the chunks that
+  were in flight at the interruption can be sent twice (JetStream drops them).
+* A staged file that cannot be read any more (deleted before a hard link
+  could be taken, permissions, shrunk while read) is reported as an error
+  (``finish()``'s report names it too) and dropped; NATS errors are retried
+  with a growing pause.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import functools
+import hashlib
+import logging
+import os
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, BinaryIO
+
+from nats.js import JetStreamContext
+
+from ._files import FILES_DIR, Staged, pending
+from .wire import (
+    CHUNK_BYTES,
+    FILE_SUBJECT,
+    FILE_WIRE_VERSION,
+    FileRecord,
+    chunk_subject,
+    encode_file_record,
+    file_message_id,
+)
+
+log = logging.getLogger("stride")
+
+__all__ = ["CHUNK_HEADER", "Uploader"]
+
+#: Files uploaded at once.
+PARALLEL = 4
+#: The header that numbers a chunk (ingest checks the order with it).
+CHUNK_HEADER = "Stride-Chunk"
+_MAX_PAUSE_S = 30.0
+
+
+class _Unreadable(Exception):
+    """The staged bytes cannot be read: the upload cannot succeed by retrying."""
+
+
+class Uploader:
+    """Uploads the files staged in the log directories it is given, a few at a time."""
+
+    def __init__(self, window: int, ack_timeout_s: float, warn: Callable[[str, str], None]) -> None:
+        self._window = asyncio.Semaphore(window)
+        self._window_size = window
+        self._ack_timeout_s = ack_timeout_s
+        self._warn = warn
+        self._staged: dict[Path, dict[str, Staged]] = {}  # files dir -> entry name -> entry
+        self._active: dict[str, asyncio.Task[None]] = {}
+        self._retry_at: dict[str, float] = {}
+        self._pause: dict[str, float] = {}
+        #: When a chunk or record was last acknowledged (the agent's "progress").
+        self.progress_at = 0.0
+        self.files_sent = 0
+        self._sent_by_run: collections.Counter[tuple[Path, int]] = collections.Counter()
+        self.last_error: str | None = None
+
+    def pending(self, log_dir: Path, slot: int | None = None) -> int:
+        """Files staged in ``log_dir`` not yet delivered (of run ``slot`` only, if given)."""
+        entries = self._staged.get(log_dir / FILES_DIR, {})
+        return sum(1 for e in entries.values() if slot is None or e.slot == slot)
+
+    def sent(self, log_dir: Path, slot: int) -> int:
+        """Files of run ``slot`` of ``log_dir`` delivered by this uploader."""
+        return self._sent_by_run[(log_dir / FILES_DIR, slot)]
+
+    def step(self, js: JetStreamContext | None, log_dirs: Sequence[Path]) -> int:
+        """Look for staged files and start uploads while there is room (``js`` given:
+        connected); return how many uploads run."""
+        now = time.monotonic()
+        self._staged = {
+            log_dir / FILES_DIR: pending(log_dir / FILES_DIR, self._staged.get(log_dir / FILES_DIR))
+            for log_dir in log_dirs
+        }
+        if js is None:
+            return len(self._active)
+        for directory, entries in self._staged.items():
+            for entry in entries.values():
+                if len(self._active) >= PARALLEL:
+                    return len(self._active)
+                if entry.upload in self._active or self._retry_at.get(entry.upload, 0) > now:
+                    continue
+                task = asyncio.create_task(self._upload(js, directory, entry))
+                self._active[entry.upload] = task
+                task.add_done_callback(functools.partial(self._ended, entry.upload))
+        return len(self._active)
+
+    def _ended(self, upload: str, _: asyncio.Task[None]) -> None:
+        self._active.pop(upload, None)
+
+    async def close(self) -> None:
+        for task in list(self._active.values()):
+            task.cancel()
+        for task in list(self._active.values()):
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    # ---- one upload -----------------------------------------------------------------------------
+
+    async def _upload(self, js: JetStreamContext, directory: Path, entry: Staged) -> None:
+        try:
+            await self._send(js, directory, entry)
+        except _Unreadable as exc:
+            self.last_error = str(exc)
+            log.error("stride: %s; it is not uploaded", exc)
+            self._forget(directory, entry)
+            return
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            pause = min(max(2 * self._pause.get(entry.upload, 0.5), 1.0), _MAX_PAUSE_S)
+            self._pause[entry.upload] = pause
+            self._retry_at[entry.upload] = time.monotonic() + pause
+            self.last_error = f"{exc.__class__.__name__}: {exc}"
+            self._warn(
+                "file-upload",
+                f"stride: NATS did not take the file {entry.name!r} of {entry.run_id} "
+                f"({self.last_error}); retrying, it is safe in the spool directory",
+            )
+            return
+        self.files_sent += 1
+        self._sent_by_run[(directory, entry.slot)] += 1
+        self._retry_at.pop(entry.upload, None)
+        self._pause.pop(entry.upload, None)
+        self._forget(directory, entry)
+
+    def _forget(self, directory: Path, entry: Staged) -> None:
+        path = entry.entry_path(directory)
+        path.unlink(missing_ok=True)  # first: without its entry, the data is not a save
+        entry.data_path(directory).unlink(missing_ok=True)
+        entry.progress_path(directory).unlink(missing_ok=True)
+        self._staged.get(directory, {}).pop(path.name, None)
+
+    async def _send(self, js: JetStreamContext, directory: Path, entry: Staged) -> None:
+        subject = chunk_subject(entry.upload)
+        progress = _Progress(entry.progress_path(directory))
+        first = progress.read()
+        source = entry.bytes_path(directory)
+        try:
+            stream: BinaryIO = source.open("rb")
+        except OSError as exc:
+            raise _Unreadable(f"cannot read the saved file {source}: {exc.strerror}") from None
+        digest = hashlib.sha256()
+        inflight: collections.deque[tuple[int, asyncio.Future[Any]]] = collections.deque()
+        with stream, progress:
+            size = os.fstat(stream.fileno()).st_size
+            chunks = -(-size // CHUNK_BYTES)
+            try:
+                for index in range(chunks):
+                    data = await asyncio.to_thread(_read_and_hash, stream, digest, index, size)
+                    if index < first:
+                        continue  # stored before: hashed, not sent again
+                    await self._window.acquire()
+                    future = asyncio.ensure_future(
+                        js.publish(
+                            subject,
+                            data,
+                            headers={
+                                "Nats-Msg-Id": f"{entry.upload}/{index}",
+                                CHUNK_HEADER: str(index),
+                            },
+                            timeout=self._ack_timeout_s,
+                        )
+                    )
+                    future.add_done_callback(lambda _: self._window.release())
+                    inflight.append((index, future))
+                    while inflight and inflight[0][1].done():
+                        self._settled(progress, *inflight.popleft())
+                while inflight:
+                    await asyncio.wait({inflight[0][1]})
+                    self._settled(progress, *inflight.popleft())
+            finally:
+                for _, pending_ack in inflight:
+                    pending_ack.cancel()
+        record = FileRecord(
+            v=FILE_WIRE_VERSION,
+            entity=entry.entity,
+            project=entry.project,
+            run_id=entry.run_id,
+            writer=directory.parent.name,  # the log's: <spool>/<writer>/files
+            upload=entry.upload,
+            ver=entry.ver,
+            name=entry.name,
+            category=entry.category,
+            size=size,
+            sha256=digest.hexdigest(),
+            chunks=chunks,
+            mime=entry.mime,
+            description=entry.description,
+            tags=entry.tags,
+            metadata=entry.metadata,
+        )
+        await js.publish(
+            FILE_SUBJECT,
+            encode_file_record(record),
+            headers={"Nats-Msg-Id": file_message_id(entry.upload)},
+            timeout=self._ack_timeout_s,
+        )
+        self.progress_at = time.monotonic()
+
+    def _settled(self, progress: _Progress, index: int, future: asyncio.Future[Any]) -> None:
+        future.result()  # raises the publish's error
+        progress.write(index + 1)  # acks settle in order: every chunk before is stored
+        self.progress_at = time.monotonic()
+
+
+class _Progress:
+    """How many leading chunks of an upload JetStream has acknowledged, kept in a
+    small file beside the staged entry (page cache: it survives the process)."""
+
+    def __init__(self, path: Path) -> None:
+        self._path = path
+        self._fd: int | None = None
+
+    def read(self) -> int:
+        try:
+            return int(self._path.read_text() or 0)
+        except (OSError, ValueError):
+            return 0
+
+    def write(self, chunks: int) -> None:
+        if self._fd is None:
+            self._fd = os.open(self._path, os.O_WRONLY | os.O_CREAT, 0o644)
+        os.pwrite(self._fd, f"{chunks:020d}".encode(), 0)
+
+    def __enter__(self) -> _Progress:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+
+def _read_and_hash(stream: BinaryIO, digest: Any, index: int, size: int) -> bytes:
+    """Chunk ``index`` of ``stream`` (read in order), added to ``digest``."""
+    want = min(CHUNK_BYTES, size - index * CHUNK_BYTES)
+    data = stream.read(want)
+    if len(data) != want:
+        name = getattr(stream, "name", "the file")
+        raise _Unreadable(
+            f"the saved file {name} shrank while it was uploaded ({size} bytes when the "
+            "upload started); save a copy that is not being rewritten"
+        )
+    digest.update(data)
+    return data
