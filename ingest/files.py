@@ -27,14 +27,14 @@ import contextlib
 import hashlib
 import logging
 import queue
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncGenerator, Iterator
 
 import pyarrow as pa
 from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
 from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js import JetStreamContext
-from nats.js.api import ConsumerConfig
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.errors import NotFoundError
 
 from stride.store import AsyncStore, StoreError
@@ -63,6 +63,11 @@ FILES_DURABLE = "stride-files"
 _CHUNK_HEADER = "Stride-Chunk"
 #: Chunks read ahead of the object-store put.
 _QUEUE_CHUNKS = 8
+#: Records fetched at once, and how many of their files are copied at once.
+_FETCH_RECORDS = 64
+_PARALLEL_COPIES = 4
+#: Chunks fetched per request when a file has more than one.
+_CHUNK_BATCH = 16
 
 
 class FileStats:
@@ -125,7 +130,7 @@ class FileWorker:
         try:
             while not self._stopping.is_set():
                 try:
-                    msgs = await sub.fetch(1, timeout=s.fetch_timeout_s)
+                    msgs = await sub.fetch(_FETCH_RECORDS, timeout=s.fetch_timeout_s)
                 except (TimeoutError, NatsTimeoutError):
                     continue
                 except Exception as exc:  # stream or consumer gone, connection lost...
@@ -134,40 +139,71 @@ class FileWorker:
                     with contextlib.suppress(Exception):
                         sub = await self._subscribe()
                     continue
-                for msg in msgs:
-                    await self._handle(msg)
+                await self._handle(msgs)
         finally:
             with contextlib.suppress(Exception):
                 await sub.unsubscribe()
 
-    async def _handle(self, msg: Msg) -> None:
-        alive = asyncio.create_task(self._keep_alive(msg))
+    async def _handle(self, msgs: list[Msg]) -> None:
+        """Store a fetch of records: their bytes a few at a time, then every row in one
+        insert (one part for many small files), then purge their chunks and ack."""
+        alive = asyncio.create_task(self._keep_alive(msgs))
         try:
-            record = decode_file_record(msg.data)
-            await self._store_file(record)
-        except (WireError, _Rejected) as exc:
-            await self._dead_letter(msg, str(exc))
-            return
-        except (StoreError, OSError, NatsTimeoutError, TimeoutError) as exc:
-            self.stats.errors += 1
-            self._backoff_s = min(max(2 * self._backoff_s, MIN_BACKOFF_S), MAX_BACKOFF_S)
-            log.error(
-                "files: could not store a file (%s: %s); retrying in %.1f s",
-                exc.__class__.__name__,
-                exc,
-                self._backoff_s,
-            )
-            with contextlib.suppress(Exception):
-                await msg.nak(delay=self._backoff_s)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stopping.wait(), self._backoff_s)
-            return
+            limit = asyncio.Semaphore(_PARALLEL_COPIES)
+            held = await asyncio.gather(*(self._blob(msg, limit) for msg in msgs))
+            stored = [(msg, record) for msg, record in zip(msgs, held, strict=True) if record]
+            if not stored:
+                return
+            try:
+                await self._store.insert_arrow(
+                    "files", FILES_COLUMNS, _rows([record for _, record in stored])
+                )
+            except StoreError as exc:
+                for msg, _ in stored:
+                    await self._hand_back(msg, exc)
+                return
         finally:
             alive.cancel()
-        self._backoff_s = 0.0
-        await msg.ack()
+        self.stats.files += len(stored)
+        for msg, record in stored:
+            with contextlib.suppress(Exception):  # chunks left over age out (max_age)
+                await self._js.purge_stream(FILES_STREAM, subject=chunk_subject(record.upload))
+            await msg.ack()
+        if self._backoff_s and len(stored) == len(msgs):
+            self._backoff_s = 0.0
+        elif self._backoff_s:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), self._backoff_s)
 
-    async def _store_file(self, record: FileRecord) -> None:
+    async def _blob(self, msg: Msg, limit: asyncio.Semaphore) -> FileRecord | None:
+        """The record once its bytes are in the object store; ``None`` if they could
+        not be stored (the message is then dead-lettered or handed back)."""
+        async with limit:
+            try:
+                record = decode_file_record(msg.data)
+                await self._store_blob(record)
+            except (WireError, _Rejected) as exc:
+                await self._dead_letter(msg, str(exc))
+                return None
+            except (StoreError, OSError, NatsTimeoutError, TimeoutError) as exc:
+                await self._hand_back(msg, exc)
+                return None
+            return record
+
+    async def _hand_back(self, msg: Msg, exc: Exception) -> None:
+        """Storage failed: nak for redelivery after a pause that doubles per failure."""
+        self.stats.errors += 1
+        self._backoff_s = min(max(2 * self._backoff_s, MIN_BACKOFF_S), MAX_BACKOFF_S)
+        log.error(
+            "files: could not store a file (%s: %s); retrying in %.1f s",
+            exc.__class__.__name__,
+            exc,
+            self._backoff_s,
+        )
+        with contextlib.suppress(Exception):
+            await msg.nak(delay=self._backoff_s)
+
+    async def _store_blob(self, record: FileRecord) -> None:
         key = blob_key(record.sha256)
         try:
             held = await asyncio.to_thread(self._objects.head, key)
@@ -178,9 +214,6 @@ class FileWorker:
         else:
             await self._copy(record, key)
             self.stats.bytes += record.size
-        await self._store.insert_arrow("files", FILES_COLUMNS, _row(record))
-        self.stats.files += 1
-        await self._js.purge_stream(FILES_STREAM, subject=chunk_subject(record.upload))
 
     async def _copy(self, record: FileRecord, key: str) -> None:
         """Chunks from JetStream into one put, checked before its last byte is handed over."""
@@ -221,47 +254,85 @@ class FileWorker:
             return False
 
         try:
-            async for data in self._chunks(record):
-                if not await hand_over(data):
-                    break  # the put failed: its error is raised below
+            async with contextlib.aclosing(self._chunks(record)) as chunks_read:
+                async for data in chunks_read:
+                    if not await hand_over(data):
+                        break  # the put failed: its error is raised below
         except _Rejected as exc:
             failed.append(str(exc))
         finally:
             await hand_over(None)
         await put
 
-    async def _chunks(self, record: FileRecord) -> AsyncIterator[bytes]:
+    async def _chunks(self, record: FileRecord) -> AsyncGenerator[bytes, None]:
         """The record's chunks in order, each once (a re-sent chunk stored twice is skipped)."""
-        subject = chunk_subject(record.upload)
-        seq = 1
         index = 0
-        while index < record.chunks:
-            try:
-                msg = await self._js.get_msg(
-                    FILES_STREAM, seq=seq, subject=subject, next=True, direct=True
-                )
-            except NotFoundError:
-                raise _Rejected(
-                    f"file {record.name!r} of {record.path}: chunk {index} of {record.chunks} "
-                    "is not in the stream (expired or purged); not stored"
-                ) from None
-            seq = (msg.seq or seq) + 1
-            got = int((msg.headers or {}).get(_CHUNK_HEADER, -1))
-            if got < index:
-                continue  # a duplicate of a chunk already read
-            if got > index:
-                raise _Rejected(
-                    f"file {record.name!r} of {record.path}: chunk {index} is missing "
-                    f"(found {got} next); not stored"
-                )
-            index += 1
-            yield msg.data or b""
+        if record.chunks == 0:
+            return  # an empty file
+        async with contextlib.aclosing(self._stored_chunks(record)) as stored:
+            async for got, data in stored:
+                if got < index:
+                    continue  # a duplicate of a chunk already read
+                if got > index:
+                    raise _Rejected(
+                        f"file {record.name!r} of {record.path}: chunk {index} is missing "
+                        f"(found {got} next); not stored"
+                    )
+                index += 1
+                yield data
+                if index == record.chunks:
+                    return
+        raise _Rejected(
+            f"file {record.name!r} of {record.path}: chunk {index} of {record.chunks} "
+            "is not in the stream (expired or purged); not stored"
+        )
 
-    async def _keep_alive(self, msg: Msg) -> None:
+    async def _stored_chunks(self, record: FileRecord) -> AsyncGenerator[tuple[int, bytes], None]:
+        """(index, bytes) of every message on the record's chunk subject, in stream order:
+        one direct get each for a file of a chunk or two, else through a short-lived
+        consumer that delivers them ``_CHUNK_BATCH`` at a time."""
+        subject = chunk_subject(record.upload)
+        if record.chunks <= 2:
+            seq = 1
+            while True:
+                try:
+                    raw = await self._js.get_msg(
+                        FILES_STREAM, seq=seq, subject=subject, next=True, direct=True
+                    )
+                except NotFoundError:
+                    return
+                seq = (raw.seq or seq) + 1
+                yield _index(raw.headers), raw.data or b""
+        config = ConsumerConfig(
+            ack_policy=AckPolicy.NONE,
+            deliver_policy=DeliverPolicy.ALL,
+            filter_subject=subject,
+            inactive_threshold=60.0,  # gone by itself if this worker dies
+        )
+        sub = await self._js.pull_subscribe(subject, stream=FILES_STREAM, config=config)
+        try:
+            while True:
+                try:
+                    msgs = await sub.fetch(_CHUNK_BATCH, timeout=2.0)
+                except (TimeoutError, NatsTimeoutError):
+                    return  # nothing more on the subject
+                for msg in msgs:
+                    yield _index(msg.headers), msg.data
+                    if msg.metadata.num_pending == 0:
+                        return
+        finally:
+            with contextlib.suppress(Exception):
+                await sub.unsubscribe()
+            if config.name:
+                with contextlib.suppress(Exception):
+                    await self._js.delete_consumer(FILES_STREAM, config.name)
+
+    async def _keep_alive(self, msgs: list[Msg]) -> None:
         while True:
             await asyncio.sleep(self._settings.file_ack_wait_s / 3)
-            with contextlib.suppress(Exception):
-                await msg.in_progress()
+            for msg in msgs:
+                with contextlib.suppress(Exception):  # acked meanwhile
+                    await msg.in_progress()
 
     async def _dead_letter(self, msg: Msg, reason: str) -> None:
         meta = msg.metadata
@@ -281,22 +352,32 @@ class FileWorker:
         log.warning("files: record %s dead-lettered: %s", meta.sequence.stream, reason)
 
 
-def _row(record: FileRecord) -> pa.Table:
+def _index(headers: dict[str, str] | None) -> int:
+    try:
+        return int((headers or {})[_CHUNK_HEADER])
+    except (KeyError, ValueError):
+        return -1  # not a chunk: skipped as a duplicate
+
+
+def _rows(records: list[FileRecord]) -> pa.Table:
+    def column(name: str) -> list[object]:
+        return [getattr(r, name) for r in records]
+
     return pa.table(
         {
-            "run": [record.path],
-            "name": [record.name],
-            "ver": pa.array([record.ver], pa.uint64()),
-            "upload": [record.upload],
-            "writer": [record.writer],
-            "category": [record.category],
-            "size": pa.array([record.size], pa.uint64()),
-            "sha256": [record.sha256],
-            "mime": [record.mime],
-            "description": [record.description],
-            "tags": pa.array([record.tags], pa.list_(pa.string())),
-            "metadata": [record.metadata],
-            "deleted": pa.array([0], pa.uint8()),
-            "updated": pa.array([record.ver], pa.uint64()),
+            "run": [r.path for r in records],
+            "name": column("name"),
+            "ver": pa.array(column("ver"), pa.uint64()),
+            "upload": column("upload"),
+            "writer": column("writer"),
+            "category": column("category"),
+            "size": pa.array(column("size"), pa.uint64()),
+            "sha256": column("sha256"),
+            "mime": column("mime"),
+            "description": column("description"),
+            "tags": pa.array(column("tags"), pa.list_(pa.string())),
+            "metadata": column("metadata"),
+            "deleted": pa.array([0] * len(records), pa.uint8()),
+            "updated": pa.array(column("ver"), pa.uint64()),
         }
     )
