@@ -24,10 +24,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import hashlib
 import logging
 import queue
-from collections.abc import AsyncGenerator, Iterator
+from collections.abc import AsyncGenerator, Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeVar
 
 import pyarrow as pa
 from nats.aio.client import Client as NatsClient
@@ -55,6 +58,7 @@ from .streams import ensure_streams
 from .worker import MAX_BACKOFF_S, MIN_BACKOFF_S
 
 log = logging.getLogger("stride.ingest")
+T = TypeVar("T")
 
 __all__ = ["FILES_DURABLE", "FileStats", "FileWorker"]
 
@@ -65,7 +69,7 @@ _CHUNK_HEADER = "Stride-Chunk"
 _QUEUE_CHUNKS = 8
 #: Records fetched at once, and how many of their files are copied at once.
 _FETCH_RECORDS = 64
-_PARALLEL_COPIES = 4
+_PARALLEL_COPIES = 8
 #: Chunks fetched per request when a file has more than one.
 _CHUNK_BATCH = 16
 
@@ -99,9 +103,15 @@ class FileWorker:
         self._backoff_s = 0.0
         self.subscribed = False
         self.stats = FileStats()
+        self._threads = ThreadPoolExecutor(_PARALLEL_COPIES + 2, thread_name_prefix="stride-files")
 
     def stop(self) -> None:
         self._stopping.set()
+
+    async def _blocking(self, call: Callable[..., T], *args: Any) -> T:
+        """``call(*args)`` on the worker's own threads: each copy holds one for its put
+        (blocked on its queue), so they must not be the loop's shared few."""
+        return await asyncio.get_running_loop().run_in_executor(self._threads, call, *args)
 
     async def _subscribe(self) -> JetStreamContext.PullSubscription:
         s = self._settings
@@ -143,6 +153,7 @@ class FileWorker:
         finally:
             with contextlib.suppress(Exception):
                 await sub.unsubscribe()
+            self._threads.shutdown(wait=False)
 
     async def _handle(self, msgs: list[Msg]) -> None:
         """Store a fetch of records: their bytes a few at a time, then every row in one
@@ -165,15 +176,18 @@ class FileWorker:
         finally:
             alive.cancel()
         self.stats.files += len(stored)
-        for msg, record in stored:
-            with contextlib.suppress(Exception):  # chunks left over age out (max_age)
-                await self._js.purge_stream(FILES_STREAM, subject=chunk_subject(record.upload))
-            await msg.ack()
+        await asyncio.gather(*(self._done(msg, record) for msg, record in stored))
         if self._backoff_s and len(stored) == len(msgs):
             self._backoff_s = 0.0
         elif self._backoff_s:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stopping.wait(), self._backoff_s)
+
+    async def _done(self, msg: Msg, record: FileRecord) -> None:
+        """Purge the stored file's chunks, then ack its record."""
+        with contextlib.suppress(Exception):  # chunks left over age out (max_age)
+            await self._js.purge_stream(FILES_STREAM, subject=chunk_subject(record.upload))
+        await msg.ack()
 
     async def _blob(self, msg: Msg, limit: asyncio.Semaphore) -> FileRecord | None:
         """The record once its bytes are in the object store; ``None`` if they could
@@ -206,7 +220,7 @@ class FileWorker:
     async def _store_blob(self, record: FileRecord) -> None:
         key = blob_key(record.sha256)
         try:
-            held = await asyncio.to_thread(self._objects.head, key)
+            held = await self._blocking(self._objects.head, key)
         except ObjectNotFoundError:
             held = None
         if held is not None and held.size == record.size:
@@ -236,21 +250,23 @@ class FileWorker:
                     f"sha256 {record.sha256}; not stored"
                 )
 
-        loop = asyncio.get_running_loop()
         put = asyncio.ensure_future(
-            asyncio.to_thread(
-                self._objects.put, key, checked(), length=record.size, content_type=record.mime
+            self._blocking(
+                functools.partial(
+                    self._objects.put, key, checked(), length=record.size, content_type=record.mime
+                )
             )
         )
 
         async def hand_over(item: bytes | None) -> bool:
-            """Queue ``item`` for the put; False once the put has ended (failed)."""
+            """Queue ``item`` for the put (no thread waits on a full queue: the put's own
+            thread is the one that empties it); False once the put has ended (failed)."""
             while not put.done():
                 try:
-                    await loop.run_in_executor(None, chunks.put, item, True, 0.5)
+                    chunks.put_nowait(item)
                     return True
                 except queue.Full:
-                    continue
+                    await asyncio.sleep(0.002)
             return False
 
         try:

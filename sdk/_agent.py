@@ -110,7 +110,9 @@ class Agent:
         self._end_kind = SEAL_CRASHED  # how the own log's unfinished runs end
         self._wakeup = asyncio.Event()
         self.report = AgentReport()
-        self._uploads = Uploader(settings.file_window, settings.ack_timeout_s, self._warn_once)
+        self._uploads = Uploader(
+            settings.file_window, settings.ack_timeout_s, self._warn_once, self._wakeup.set
+        )
 
     # ---- the loop -------------------------------------------------------------------------------
 
@@ -387,6 +389,7 @@ class Agent:
                 if self._own is not None:
                     self._own.catch_up()
                 self._wakeup.set()
+                self._uploads.invalidate()  # count every file saved before the message
                 if message[0] == "finish":
                     _, slot, upto, timeout = message
                     self._waiters.append(_Waiter(slot, upto, time.monotonic() + timeout))

@@ -56,7 +56,11 @@ log = logging.getLogger("stride")
 __all__ = ["CHUNK_HEADER", "Uploader"]
 
 #: Files uploaded at once.
-PARALLEL = 4
+PARALLEL = 16
+#: A staged-files directory changed this recently is listed again at least this often
+#: (its modification time may not change for a save made within the same clock tick).
+_RESCAN_S = 0.1
+_RECENT_NS = 2_000_000_000
 #: The header that numbers a chunk (ingest checks the order with it).
 CHUNK_HEADER = "Stride-Chunk"
 _MAX_PAUSE_S = 30.0
@@ -69,12 +73,20 @@ class _Unreadable(Exception):
 class Uploader:
     """Uploads the files staged in the log directories it is given, a few at a time."""
 
-    def __init__(self, window: int, ack_timeout_s: float, warn: Callable[[str, str], None]) -> None:
+    def __init__(
+        self,
+        window: int,
+        ack_timeout_s: float,
+        warn: Callable[[str, str], None],
+        wake: Callable[[], None],
+    ) -> None:
+        self._wake = wake
         self._window = asyncio.Semaphore(window)
         self._window_size = window
         self._ack_timeout_s = ack_timeout_s
         self._warn = warn
         self._staged: dict[Path, dict[str, Staged]] = {}  # files dir -> entry name -> entry
+        self._scanned: dict[Path, tuple[int, float]] = {}  # files dir -> (mtime ns, when)
         self._active: dict[str, asyncio.Task[None]] = {}
         self._retry_at: dict[str, float] = {}
         self._pause: dict[str, float] = {}
@@ -98,8 +110,8 @@ class Uploader:
         connected); return how many uploads run."""
         now = time.monotonic()
         self._staged = {
-            log_dir / FILES_DIR: pending(log_dir / FILES_DIR, self._staged.get(log_dir / FILES_DIR))
-            for log_dir in log_dirs
+            directory: self._scan(directory, now)
+            for directory in (log_dir / FILES_DIR for log_dir in log_dirs)
         }
         if js is None:
             return len(self._active)
@@ -114,8 +126,32 @@ class Uploader:
                 task.add_done_callback(functools.partial(self._ended, entry.upload))
         return len(self._active)
 
+    def invalidate(self) -> None:
+        """List every directory again at the next step (``finish()`` is waiting: every
+        save made before it must be counted)."""
+        self._scanned.clear()
+
+    def _scan(self, directory: Path, now: float) -> dict[str, Staged]:
+        """The staged entries of ``directory``, listed again only when it may have
+        changed: its modification time moved, or it changed so recently that a
+        save in the same clock tick would not have moved it."""
+        known = self._staged.get(directory)
+        try:
+            mtime = directory.stat().st_mtime_ns
+        except FileNotFoundError:
+            self._scanned.pop(directory, None)
+            return {}
+        last = self._scanned.get(directory)
+        if known is not None and last is not None:
+            recent = time.time_ns() - mtime < _RECENT_NS
+            if mtime == last[0] and not (recent and now - last[1] >= _RESCAN_S):
+                return known
+        self._scanned[directory] = (mtime, now)
+        return pending(directory, known)
+
     def _ended(self, upload: str, _: asyncio.Task[None]) -> None:
         self._active.pop(upload, None)
+        self._wake()  # room for the next upload now, not at the next tick
 
     async def close(self) -> None:
         for task in list(self._active.values()):
