@@ -20,6 +20,7 @@ from stride.api_types import (
     Access,
     ErrorBody,
     FilesPage,
+    FileUpdate,
     MetricKeys,
     MetricStats,
     ProjectsPage,
@@ -40,7 +41,14 @@ from .catalog import Catalog
 from .edit import delete_run, update_run
 from .errors import BadRequest, NotFound, QueryError, Unavailable
 from .export import ExportFormat, export_run, export_runs
-from .files import file_versions, list_files, pick_version, send_file
+from .files import (
+    delete_file,
+    file_versions,
+    list_files,
+    pick_version,
+    send_file,
+    update_file,
+)
 from .history import TIME_AXIS_COLUMNS, history, history_along, history_over_time
 from .openapi import openapi_document
 from .readahead import ReadAhead
@@ -124,6 +132,8 @@ def create_app(
     app.router.add_get(f"{base}/runs/{{entity}}/{{project}}/{{run_id}}/stream", _stream_rows)
     app.router.add_get(f"{base}/runs/{{entity}}/{{project}}/{{run_id}}/files", _list_files)
     app.router.add_get(f"{base}/runs/{{entity}}/{{project}}/{{run_id}}/file", _file)
+    app.router.add_patch(f"{base}/runs/{{entity}}/{{project}}/{{run_id}}/file", _update_file)
+    app.router.add_delete(f"{base}/runs/{{entity}}/{{project}}/{{run_id}}/file", _delete_file)
     app.router.add_get(f"{base}/runs/{{entity}}/{{project}}/{{run_id}}/file/content", _content)
     app.router.add_get(f"{base}/export/runs/{{entity}}/{{project}}", _export_runs)
     return app
@@ -556,8 +566,41 @@ async def _list_files(request: web.Request) -> web.Response:
         tag=tag,
         after=after,
         limit=_int(request, "per_page", 100, 1, 1000) or 100,
+        deleted=_flag(request, "deleted"),
     )
     return _json(FilesPage(files, cursor))
+
+
+def _flag(request: web.Request, name: str) -> bool:
+    value = request.query.get(name, "false")
+    if value not in ("true", "false"):
+        raise BadRequest(f"{name} must be true or false, got {value!r}")
+    return value == "true"
+
+
+async def _update_file(request: web.Request) -> web.Response:
+    """Change a file version's description, tags or metadata, or restore a deleted
+    file (``{"deleted": false}``); answer the version as stored."""
+    run, name = await _file_name(request)
+    try:
+        update = msgspec.json.decode(await request.read(), type=FileUpdate)
+    except msgspec.DecodeError as exc:
+        raise BadRequest(f"the body must be a JSON file update: {exc}") from None
+    if update.deleted is True:
+        raise BadRequest("to delete a file, send DELETE .../file?name=...")
+    version = _int(request, "version", None, 0, 2**31)
+    await update_file(request.app[STORE], run, name, version, update)
+    versions = await file_versions(request.app[STORE], run, name)
+    return _json(pick_version(versions, version))
+
+
+async def _delete_file(request: web.Request) -> web.Response:
+    """Soft-delete a file (every version; restorable), or with ``purge=true`` remove it
+    for good, with the bytes no other file holds."""
+    run, name = await _file_name(request)
+    purge = _flag(request, "purge")
+    await delete_file(request.app[STORE], request.app.get(OBJECTS), run, name, purge=purge)
+    return _json(Status())
 
 
 def _text(request: web.Request, name: str) -> str | None:
@@ -568,7 +611,8 @@ def _text(request: web.Request, name: str) -> str | None:
     return value
 
 
-async def _file_doc(request: web.Request) -> Any:
+async def _file_name(request: web.Request) -> tuple[str, str]:
+    """The run path and the (checked) ``name`` of a file request."""
     entity, project, run_id = await _existing_run(request)
     name = request.query.get("name")
     if not name:
@@ -577,7 +621,12 @@ async def _file_doc(request: web.Request) -> Any:
         check_file_name(name)
     except InvalidIdentifier as exc:
         raise BadRequest(str(exc)) from None
-    versions = await file_versions(request.app[STORE], f"{entity}/{project}/{run_id}", name)
+    return f"{entity}/{project}/{run_id}", name
+
+
+async def _file_doc(request: web.Request) -> Any:
+    run, name = await _file_name(request)
+    versions = await file_versions(request.app[STORE], run, name)
     return pick_version(versions, _int(request, "version", None, 0, 2**31))
 
 

@@ -9,22 +9,32 @@ from __future__ import annotations
 
 import asyncio
 import re
+import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import quote
 
 import msgspec
+import pyarrow as pa
 from aiohttp import web
 
-from stride.api_types import FileDoc
+from stride.api_types import FileDoc, FileUpdate
 from stride.store import AsyncStore, ParamValue
 from stride.store.objects import ObjectNotFoundError, ObjectStore
-from stride.store.schema import blob_key
+from stride.store.schema import FILES_COLUMNS, blob_key
 
-from .errors import NotFound, QueryError
+from .errors import NotFound, QueryError, Unavailable
 
-__all__ = ["byte_range", "file_versions", "list_files", "pick_version", "send_file"]
+__all__ = [
+    "byte_range",
+    "delete_file",
+    "file_versions",
+    "list_files",
+    "pick_version",
+    "send_file",
+    "update_file",
+]
 
 _COLUMNS = "name, ver, size, sha256, mime, category, description, tags, metadata"
 
@@ -42,10 +52,17 @@ async def list_files(
     tag: str | None,
     after: str | None,
     limit: int,
+    deleted: bool = False,
 ) -> tuple[list[FileDoc], str | None]:
-    """A page of the run's files by name, each at its latest version, and the cursor."""
-    params: dict[str, ParamValue] = {"run": run, "after": after or "", "n": limit + 1}
-    where = ["run = {run:String}", "deleted = 0", "name > {after:String}"]
+    """A page of the run's files by name, each at its latest version, and the cursor
+    (the soft-deleted files instead, with ``deleted``)."""
+    params: dict[str, ParamValue] = {
+        "run": run,
+        "after": after or "",
+        "n": limit + 1,
+        "deleted": int(deleted),
+    }
+    where = ["run = {run:String}", "deleted = {deleted:UInt8}", "name > {after:String}"]
     if prefix:
         where.append("startsWith(name, {prefix:String})")
         params["prefix"] = prefix
@@ -72,17 +89,97 @@ async def list_files(
     return docs, (docs[-1].name if len(rows) > limit else None)
 
 
-async def file_versions(store: AsyncStore, run: str, name: str) -> list[FileDoc]:
-    """Every version of ``name`` in the run, oldest first; :class:`NotFound` if none."""
-    table = await store.query_arrow(
-        f"SELECT {_COLUMNS} FROM files FINAL "
-        "WHERE run = {run:String} AND name = {name:String} AND deleted = 0 ORDER BY ver",
+async def file_versions(
+    store: AsyncStore, run: str, name: str, *, deleted: bool = False
+) -> list[FileDoc]:
+    """Every version of ``name`` in the run, oldest first (those soft-deleted, with
+    ``deleted``); :class:`NotFound` if none."""
+    rows = (await _version_rows(store, run, name, deleted)).to_pylist()
+    if not rows:
+        what = "deleted file" if deleted else "file"
+        raise NotFound(f"run {run} has no {what} {name!r}")
+    return [_doc(r, i, len(rows)) for i, r in enumerate(rows)]
+
+
+async def _version_rows(store: AsyncStore, run: str, name: str, deleted: bool) -> pa.Table:
+    """The stored rows (every column) of the versions of ``name``, oldest first."""
+    return await store.query_arrow(
+        "SELECT * FROM files FINAL WHERE run = {run:String} AND name = {name:String} "
+        "AND deleted = {deleted:UInt8} ORDER BY ver",
+        {"run": run, "name": name, "deleted": int(deleted)},
+    )
+
+
+async def update_file(
+    store: AsyncStore, run: str, name: str, version: int | None, update: FileUpdate
+) -> None:
+    """Apply ``update``: new rows for the changed versions, newer than the stored ones
+    (``updated``), which win when read."""
+    if update.deleted is False:
+        await _set_deleted(store, run, name, False)
+    rows = await _version_rows(store, run, name, False)
+    if not rows.num_rows:
+        raise NotFound(f"run {run} has no file {name!r}")
+    edits: dict[str, pa.Array[Any]] = {}
+    if update.description is not None:
+        edits["description"] = pa.array([update.description])
+    if update.tags is not None:
+        edits["tags"] = pa.array([update.tags], pa.list_(pa.string()))
+    if update.metadata is not None:
+        edits["metadata"] = pa.array([msgspec.json.encode(update.metadata).decode()])
+    if not edits:
+        return
+    index = rows.num_rows - 1 if version is None else version
+    if not 0 <= index < rows.num_rows:
+        raise NotFound(f"file {name!r} has versions 0 to {rows.num_rows - 1}, not {version}")
+    row = rows.slice(index, 1)
+    for column, value in {**edits, "updated": pa.array([time.time_ns()], pa.uint64())}.items():
+        row = row.set_column(row.schema.get_field_index(column), column, value)
+    await store.insert_arrow("files", FILES_COLUMNS, row.select(list(FILES_COLUMNS)))
+
+
+async def delete_file(
+    store: AsyncStore, objects: ObjectStore | None, run: str, name: str, *, purge: bool
+) -> None:
+    """Soft-delete every version of ``name`` (hidden, restorable), or with ``purge``
+    remove its rows, and the bytes no other file holds."""
+    if not purge:
+        await _set_deleted(store, run, name, True)
+        return
+    if objects is None:
+        raise Unavailable("purging needs the object store; this service has none (--objects)")
+    found = await store.query_arrow(
+        "SELECT DISTINCT sha256 FROM files WHERE run = {run:String} AND name = {name:String}",
         {"run": run, "name": name},
     )
-    rows = table.to_pylist()
-    if not rows:
+    shas: list[str] = [str(sha) for sha in found.column("sha256").to_pylist()]
+    if not shas:
         raise NotFound(f"run {run} has no file {name!r}")
-    return [_doc(r, i, len(rows)) for i, r in enumerate(rows)]
+    await store.delete_rows(
+        "files", "run = {run:String} AND name = {name:String}", {"run": run, "name": name}
+    )
+    held = await store.query_arrow(
+        "SELECT DISTINCT sha256 FROM files WHERE sha256 IN {shas:Array(String)}", {"shas": shas}
+    )
+    for sha in set(shas) - set(held.column("sha256").to_pylist()):
+        await asyncio.to_thread(objects.delete, blob_key(sha))
+
+
+async def _set_deleted(store: AsyncStore, run: str, name: str, deleted: bool) -> None:
+    rows = await _version_rows(store, run, name, not deleted)
+    if not rows.num_rows:
+        state = "deleted file" if not deleted else "file"
+        raise NotFound(f"run {run} has no {state} {name!r}")
+    n = rows.num_rows
+    rows = rows.set_column(
+        rows.schema.get_field_index("deleted"), "deleted", pa.array([int(deleted)] * n, pa.uint8())
+    )
+    rows = rows.set_column(
+        rows.schema.get_field_index("updated"),
+        "updated",
+        pa.array([time.time_ns()] * n, pa.uint64()),
+    )
+    await store.insert_arrow("files", FILES_COLUMNS, rows.select(list(FILES_COLUMNS)))
 
 
 def pick_version(versions: list[FileDoc], version: int | None) -> FileDoc:

@@ -19,6 +19,7 @@ from stride.api_types import (
     ErrorBody,
     FileDoc,
     FilesPage,
+    FileUpdate,
     MetricKeys,
     MetricStats,
     ProjectsPage,
@@ -153,11 +154,17 @@ OPERATIONS: tuple[Operation, ...] = (
         (*_RUN, Param("prefix", {"type": "string"}),
          Param("category", {"type": "string", "enum": list(FILE_CATEGORIES)}),
          Param("tag", {"type": "string"}), Param("after", {"type": "string"}),
-         Param("per_page", {"type": "integer", "minimum": 1, "maximum": 1000})),
+         Param("per_page", {"type": "integer", "minimum": 1, "maximum": 1000}),
+         Param("deleted", {"type": "string", "enum": ["true", "false"]})),
         answer=FilesPage,
     ),
     Operation("get", _ONE + "/file", "One version of a saved file (the latest by default)",
               (*_RUN, _FILE_NAME, _VERSION), answer=FileDoc),
+    Operation("patch", _ONE + "/file",
+              "Change a file version's description, tags or metadata, or restore it",
+              (*_RUN, _FILE_NAME, _VERSION), body=FileUpdate, answer=FileDoc),
+    Operation("delete", _ONE + "/file", "Soft-delete a file, or purge it (purge=true)",
+              (*_RUN, _FILE_NAME, Param("purge", {"type": "string", "enum": ["true", "false"]}))),
     Operation(
         "get", _ONE + "/file/content", "A saved file's bytes (a Range header gets a part: 206)",
         (*_RUN, _FILE_NAME, _VERSION), answer=None, media=("application/octet-stream",),
@@ -170,8 +177,8 @@ OPERATIONS: tuple[Operation, ...] = (
     ),
 )  # fmt: skip
 
-_STRUCTS = (Access, ErrorBody, FileDoc, FilesPage, MetricKeys, MetricStats, ProjectsPage, RunDoc,
-            RunSearch, RunsPage, RunUpdate, Status)  # fmt: skip
+_STRUCTS = (Access, ErrorBody, FileDoc, FilesPage, FileUpdate, MetricKeys, MetricStats,
+            ProjectsPage, RunDoc, RunSearch, RunsPage, RunUpdate, Status)  # fmt: skip
 
 
 def openapi_document() -> dict[str, Any]:

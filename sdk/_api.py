@@ -507,11 +507,19 @@ class ApiRun:
         category: str | None = None,
         tag: str | None = None,
         per_page: int = 100,
+        deleted: bool = False,
     ) -> Iterator[ApiFile]:
         """The run's saved files by name, each at its latest version; only names
-        starting with ``prefix``, of ``category`` or with ``tag`` if given."""
+        starting with ``prefix``, of ``category`` or with ``tag`` if given; the
+        soft-deleted ones instead with ``deleted``."""
         return list_files(
-            self._api, self._base, prefix=prefix, category=category, tag=tag, per_page=per_page
+            self._api,
+            self._base,
+            prefix=prefix,
+            category=category,
+            tag=tag,
+            per_page=per_page,
+            deleted=deleted,
         )
 
     def file(self, name: str, version: int | None = None) -> ApiFile:

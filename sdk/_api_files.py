@@ -10,7 +10,7 @@ from urllib.parse import urlencode
 
 import msgspec
 
-from .api_types import FileDoc, FilesPage
+from .api_types import FileDoc, FilesPage, FileUpdate, Status
 from .errors import UsageError
 from .ids import InvalidIdentifier, check_file_name
 
@@ -21,6 +21,8 @@ __all__ = ["ApiFile", "list_files", "one_file"]
 
 _FILE = msgspec.json.Decoder(FileDoc)
 _FILES = msgspec.json.Decoder(FilesPage)
+_STATUS = msgspec.json.Decoder(Status)
+_UPDATE = msgspec.json.Encoder()
 
 
 class ApiFile:
@@ -36,6 +38,9 @@ class ApiFile:
     def __init__(self, api: Api, run_base: str, doc: FileDoc) -> None:
         self._api = api
         self._run_base = run_base
+        self._set(doc)
+
+    def _set(self, doc: FileDoc) -> None:
         self.name = doc.name
         self.size = doc.size
         self.sha256 = doc.sha256
@@ -76,6 +81,35 @@ class ApiFile:
         with self._api._open(f"{self._run_base}/file/content", self._params()) as response:
             return response.read()
 
+    def update(
+        self,
+        *,
+        description: str | None = None,
+        tags: list[str] | None = None,
+        metadata: dict[str, Any] | None = None,
+    ) -> ApiFile:
+        """Change this version's description, tags or metadata (replaced whole); what is
+        not given stays. Returns the file as now stored."""
+        body = FileUpdate(description=description, tags=tags, metadata=metadata)
+        return self._patch(body)
+
+    def delete(self, purge: bool = False) -> None:
+        """Hide the file, every version (listed again with ``run.files(deleted=True)``
+        and brought back with :meth:`restore`); with ``purge``, remove it for good, and
+        its bytes unless another file holds the same."""
+        query = urlencode({"name": self.name, "purge": str(purge).lower()})
+        self._api._send_as(_STATUS, "DELETE", f"{self._run_base}/file?{query}", None)
+
+    def restore(self) -> ApiFile:
+        """Bring a soft-deleted file back (every version)."""
+        return self._patch(FileUpdate(deleted=False))
+
+    def _patch(self, body: FileUpdate) -> ApiFile:
+        query = urlencode({"name": self.name, "version": self.version})
+        path = f"{self._run_base}/file?{query}"
+        self._set(self._api._send_as(_FILE, "PATCH", path, _UPDATE.encode(body)))
+        return self
+
     def _params(self) -> list[tuple[str, Any]]:
         return [("name", self.name), ("version", self.version)]
 
@@ -88,10 +122,12 @@ def list_files(
     category: str | None = None,
     tag: str | None = None,
     per_page: int = 100,
+    deleted: bool = False,
 ) -> Iterator[ApiFile]:
     after: str | None = None
     while True:
         params: list[tuple[str, Any]] = [("prefix", prefix), ("category", category), ("tag", tag)]
+        params.append(("deleted", "true" if deleted else None))
         params += [("per_page", per_page), ("after", after)]
         page = api._get_as(_FILES, f"{run_base}/files", params)
         for doc in page.files:

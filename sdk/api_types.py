@@ -43,6 +43,7 @@ __all__ = [
     "ErrorBody",
     "FileCounters",
     "FileDoc",
+    "FileUpdate",
     "FilesPage",
     "IngestCounters",
     "IngestLag",
@@ -271,6 +272,18 @@ class FileDoc(msgspec.Struct, gc=False):
     description: str = ""
     tags: list[str] = []
     metadata: dict[str, Any] = {}
+
+
+class FileUpdate(msgspec.Struct, forbid_unknown_fields=True):
+    """The body of ``PATCH .../file?name=``: what to change; one left out (``None``)
+    stays. ``description``, ``tags`` and ``metadata`` (replaced whole) apply to one
+    version (the latest unless ``version`` is given); ``deleted: false`` restores a
+    soft-deleted file (every version)."""
+
+    description: str | None = None
+    tags: list[str] | None = None
+    metadata: dict[str, Any] | None = None
+    deleted: bool | None = None
 
 
 class FilesPage(msgspec.Struct, gc=False):

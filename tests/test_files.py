@@ -242,6 +242,53 @@ def test_identical_bytes_are_stored_once(stack: StrideUp, tmp_path: Path) -> Non
     assert blob.read_bytes() == data
 
 
+def test_edit_soft_delete_restore_and_purge(stack: StrideUp, tmp_path: Path) -> None:
+    shared, own = os.urandom(2000), os.urandom(3000)
+    settings = stack.settings(tmp_path / "spool")
+    with stride.init(project="files", id="edits", settings=settings) as run:
+        run.save_data("plot.png", shared, tags=["old"])
+        run.save_data("plot.png", own)  # version 1
+        run.save_data("keep.bin", shared)  # the same bytes as plot.png's version 0
+    api = stride.Api(stack.http_url)
+    stored = _wait_run(api, "default/files/edits")
+    _wait_files(stored, 2)
+
+    latest = stored.file("plot.png").update(description="loss", tags=["final"], metadata={"a": 1})
+    assert (latest.version, latest.description, latest.tags, latest.metadata) == (
+        1,
+        "loss",
+        ["final"],
+        {"a": 1},
+    )
+    again = stored.file("plot.png")
+    assert (again.description, again.tags, again.metadata) == ("loss", ["final"], {"a": 1})
+    assert stored.file("plot.png", version=0).tags == ["old"]  # other versions unchanged
+    assert [f.name for f in stored.files(tag="final")] == ["plot.png"]
+    latest.update(tags=[])  # what is not given stays
+    assert (stored.file("plot.png").tags, stored.file("plot.png").description) == ([], "loss")
+
+    stored.file("plot.png").delete()
+    assert [f.name for f in stored.files()] == ["keep.bin"]
+    assert [f.name for f in stored.files(deleted=True)] == ["plot.png"]
+    with pytest.raises(NotFoundError):
+        stored.file("plot.png")
+    (deleted,) = stored.files(deleted=True)
+    restored = deleted.restore()
+    assert (restored.versions, restored.read(), restored.description) == (2, own, "loss")
+    assert [f.name for f in stored.files()] == ["keep.bin", "plot.png"]
+    assert list(stored.files(deleted=True)) == []
+
+    objects = stack.data_dir / "objects"
+    stored.file("plot.png").delete(purge=True)
+    assert [f.name for f in stored.files()] == ["keep.bin"]
+    assert list(stored.files(deleted=True)) == []
+    assert not (objects / blob_key(_sha(own))).exists()  # no other file held these bytes
+    assert (objects / blob_key(_sha(shared))).read_bytes() == shared  # keep.bin holds these
+    assert stored.file("keep.bin").read() == shared
+    with pytest.raises(NotFoundError):
+        stored.file("plot.png").delete(purge=True)
+
+
 def _publish(nats_url: str, record: FileRecord, chunks: list[bytes]) -> None:
     async def go() -> None:
         nc = await nats.connect(nats_url)
