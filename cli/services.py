@@ -23,6 +23,7 @@ from nats.aio.client import Client as NatsClient
 
 from stride.ingest import IngestSettings, IngestWorker
 from stride.ingest.app import create_ingest_app
+from stride.ingest.artifacts import ArtifactWorker
 from stride.ingest.files import FileWorker
 from stride.ingest.streams import ensure_streams
 from stride.query import QuerySettings, create_app
@@ -124,6 +125,7 @@ async def _run_ingest(
     # One file worker per process: copies are I/O-bound, and any number of
     # processes share the consumer.
     files = FileWorker(nc, store, objects, s) if objects is not None else None
+    artifacts = ArtifactWorker(nc, store, objects, s) if objects is not None else None
     if files is None:
         log.warning(
             "ingest: no --objects: saved files wait in NATS until an ingest with an "
@@ -133,7 +135,8 @@ async def _run_ingest(
     async def ready() -> str | None:
         if not nc.is_connected:
             return f"not connected to NATS at {redact(settings.nats_url)}"
-        if not all(w.subscribed for w in workers) or (files and not files.subscribed):
+        record_workers = [w for w in (files, artifacts) if w is not None]
+        if not all(w.subscribed for w in [*workers, *record_workers]):
             return "the ingest workers have not subscribed yet"
         try:
             await store.ping()
@@ -146,8 +149,9 @@ async def _run_ingest(
         create_ingest_app(workers, ready, files), settings.host, settings.http_port, 5.0
     )
     tasks = [asyncio.create_task(w.run(), name=f"ingest-{i}") for i, w in enumerate(workers)]
-    if files is not None:
+    if files is not None and artifacts is not None:
         tasks.append(asyncio.create_task(files.run(), name="files"))
+        tasks.append(asyncio.create_task(artifacts.run(), name="artifacts"))
     log.info(
         "ingest: %d worker(s), NATS %s, storage %s, HTTP %s:%d",
         len(workers),
@@ -162,8 +166,9 @@ async def _run_ingest(
         log.info("ingest: stopping; draining for up to %g s", s.drain_timeout_s)
         for worker in workers:
             worker.stop()
-        if files is not None:
+        if files is not None and artifacts is not None:
             files.stop()
+            artifacts.stop()
         if not await finish(tasks, s.drain_timeout_s):
             log.warning(
                 "ingest: batches still in hand after %g s; NATS redelivers them",

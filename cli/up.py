@@ -19,6 +19,7 @@ from typing import Any
 from nats.aio.client import Client as NatsClient
 
 from stride.ingest import IngestSettings, IngestWorker
+from stride.ingest.artifacts import ArtifactWorker
 from stride.ingest.files import FileWorker
 from stride.ingest.streams import ensure_streams
 from stride.query import READY, STATUS, QuerySettings, create_app
@@ -122,6 +123,7 @@ async def _run(
     )
     worker = IngestWorker(nc, store, settings.ingest)
     files = FileWorker(nc, store, objects, settings.ingest)
+    artifacts = ArtifactWorker(nc, store, objects, settings.ingest)
     app = create_app(settings.query, store=store, objects=objects)
 
     async def status() -> dict[str, Any]:
@@ -134,7 +136,7 @@ async def _run(
     async def ready() -> str | None:
         if not nc.is_connected:
             return f"not connected to NATS at {redact(nats_url)}"
-        if not worker.subscribed or not files.subscribed:
+        if not worker.subscribed or not files.subscribed or not artifacts.subscribed:
             return "the ingest workers have not subscribed yet"
         return None
 
@@ -143,16 +145,19 @@ async def _run(
     runner, http_port = await serve_http(app, settings.host, settings.http_port, 5.0)
     worker_task = asyncio.create_task(worker.run(), name="ingest")
     files_task = asyncio.create_task(files.run(), name="files")
+    artifacts_task = asyncio.create_task(artifacts.run(), name="artifacts")
     print(f"stride: NATS  {redact(nats_url)}", flush=True)
     print(f"stride: HTTP  http://{settings.host}:{http_port}", flush=True)
     print(f"stride: data  {data_dir}", flush=True)
     try:
-        failure = await wait_for_stop(worker_task, files_task)
+        failure = await wait_for_stop(worker_task, files_task, artifacts_task)
         print("stride: stopping (draining ingest)...", flush=True)
     finally:  # also when cancelled: the workers stop before NATS and the store close
         worker.stop()
         files.stop()
-        await finish([worker_task, files_task], settings.ingest.drain_timeout_s)
+        artifacts.stop()
+        tasks = [worker_task, files_task, artifacts_task]
+        await finish(tasks, settings.ingest.drain_timeout_s)
         await runner.cleanup()
     if failure is not None:
         raise CliError(f"ingest stopped unexpectedly: {failure!r}; restart `stride up`")

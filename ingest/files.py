@@ -36,7 +36,6 @@ import pyarrow as pa
 from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
 from nats.errors import TimeoutError as NatsTimeoutError
-from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.errors import NotFoundError
 
@@ -44,7 +43,6 @@ from stride.store import AsyncStore, StoreError
 from stride.store.objects import ObjectNotFoundError, ObjectStore
 from stride.store.schema import FILES_COLUMNS, blob_key
 from stride.wire import (
-    DLQ_SUBJECT,
     FILE_SUBJECT,
     FILES_STREAM,
     FileRecord,
@@ -53,9 +51,8 @@ from stride.wire import (
     decode_file_record,
 )
 
+from ._records import RecordWorker
 from ._settings import IngestSettings
-from .streams import ensure_streams
-from .worker import MAX_BACKOFF_S, MIN_BACKOFF_S
 
 log = logging.getLogger("stride.ingest")
 T = TypeVar("T")
@@ -75,113 +72,65 @@ _CHUNK_BATCH = 16
 
 
 class FileStats:
-    def __init__(self) -> None:
+    def __init__(self, worker: RecordWorker) -> None:
+        self._worker = worker
         self.files = 0
         self.bytes = 0
         self.deduplicated = 0
-        self.dead_lettered = 0
-        self.errors = 0
 
     def as_dict(self) -> dict[str, int]:
-        return dict(vars(self))
+        counts = {k: v for k, v in vars(self).items() if not k.startswith("_")}
+        return {
+            **counts,
+            "dead_lettered": self._worker.dead_lettered,
+            "errors": self._worker.errors,
+        }
 
 
 class _Rejected(Exception):
     """The record cannot be stored, however often it is tried (dead-letter it)."""
 
 
-class FileWorker:
+class FileWorker(RecordWorker):
+    durable = FILES_DURABLE
+    subject = FILE_SUBJECT
+    what = "files"
+
     def __init__(
         self, nc: NatsClient, store: AsyncStore, objects: ObjectStore, settings: IngestSettings
     ) -> None:
-        self._nc = nc
-        self._js = nc.jetstream()
-        self._store = store
+        super().__init__(nc, store, settings)
         self._objects = objects
-        self._settings = settings
-        self._stopping = asyncio.Event()
-        self._backoff_s = 0.0
-        self.subscribed = False
-        self.stats = FileStats()
+        self.stats = FileStats(self)
         self._threads = ThreadPoolExecutor(_PARALLEL_COPIES + 2, thread_name_prefix="stride-files")
 
-    def stop(self) -> None:
-        self._stopping.set()
+    async def _closing(self) -> None:
+        self._threads.shutdown(wait=False)
 
     async def _blocking(self, call: Callable[..., T], *args: Any) -> T:
         """``call(*args)`` on the worker's own threads: each copy holds one for its put
         (blocked on its queue), so they must not be the loop's shared few."""
         return await asyncio.get_running_loop().run_in_executor(self._threads, call, *args)
 
-    async def _subscribe(self) -> JetStreamContext.PullSubscription:
-        s = self._settings
-        config = ConsumerConfig(
-            durable_name=FILES_DURABLE,
-            ack_wait=s.file_ack_wait_s,
-            max_deliver=-1,
-            filter_subject=FILE_SUBJECT,
-        )
-        try:
-            return await self._js.pull_subscribe(
-                FILE_SUBJECT, durable=FILES_DURABLE, stream=FILES_STREAM, config=config
-            )
-        except NotFoundError:  # the stream is gone (deleted by hand): make it again
-            await ensure_streams(
-                self._js, replicas=s.replicas, duplicate_window_s=s.duplicate_window_s
-            )
-            return await self._js.pull_subscribe(
-                FILE_SUBJECT, durable=FILES_DURABLE, stream=FILES_STREAM, config=config
-            )
-
-    async def run(self) -> None:
-        s = self._settings
-        sub = await self._subscribe()
-        self.subscribed = True
-        try:
-            while not self._stopping.is_set():
-                try:
-                    msgs = await sub.fetch(_FETCH_RECORDS, timeout=s.fetch_timeout_s)
-                except (TimeoutError, NatsTimeoutError):
-                    continue
-                except Exception as exc:  # stream or consumer gone, connection lost...
-                    log.error("files: fetch failed (%s); subscribing again in 1 s", exc)
-                    await asyncio.sleep(1.0)
-                    with contextlib.suppress(Exception):
-                        sub = await self._subscribe()
-                    continue
-                await self._handle(msgs)
-        finally:
-            with contextlib.suppress(Exception):
-                await sub.unsubscribe()
-            self._threads.shutdown(wait=False)
-
     async def _handle(self, msgs: list[Msg]) -> None:
         """Store a fetch of records: their bytes a few at a time, then every row in one
         insert (one part for many small files), then purge their chunks and ack."""
-        alive = asyncio.create_task(self._keep_alive(msgs))
-        try:
-            limit = asyncio.Semaphore(_PARALLEL_COPIES)
-            held = await asyncio.gather(*(self._blob(msg, limit) for msg in msgs))
-            stored = [(msg, record) for msg, record in zip(msgs, held, strict=True) if record]
-            if not stored:
-                return
+        limit = asyncio.Semaphore(_PARALLEL_COPIES)
+        held = await asyncio.gather(*(self._blob(msg, limit) for msg in msgs))
+        stored = [(msg, record) for msg, record in zip(msgs, held, strict=True) if record]
+        # An artifact's files are listed by its record (ingest.artifacts), not as the run's.
+        own = [record for _, record in stored if not record.artifact]
+        if own:
             try:
-                await self._store.insert_arrow(
-                    "files", FILES_COLUMNS, _rows([record for _, record in stored])
-                )
+                await self._store.insert_arrow("files", FILES_COLUMNS, _rows(own))
             except StoreError as exc:
                 for msg, _ in stored:
                     await self._hand_back(msg, exc)
                 return
-        finally:
-            alive.cancel()
         self.stats.files += len(stored)
         await asyncio.gather(*(self._done(msg, record) for msg, record in stored))
-        if self._backoff_s and len(stored) == len(msgs):
-            self._backoff_s = 0.0
-        elif self._backoff_s:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stopping.wait(), self._backoff_s)
+        if len(stored) == len(msgs):
+            self._succeeded()
 
     async def _done(self, msg: Msg, record: FileRecord) -> None:
         """Purge the stored file's chunks, then ack its record."""
@@ -203,19 +152,6 @@ class FileWorker:
                 await self._hand_back(msg, exc)
                 return None
             return record
-
-    async def _hand_back(self, msg: Msg, exc: Exception) -> None:
-        """Storage failed: nak for redelivery after a pause that doubles per failure."""
-        self.stats.errors += 1
-        self._backoff_s = min(max(2 * self._backoff_s, MIN_BACKOFF_S), MAX_BACKOFF_S)
-        log.error(
-            "files: could not store a file (%s: %s); retrying in %.1f s",
-            exc.__class__.__name__,
-            exc,
-            self._backoff_s,
-        )
-        with contextlib.suppress(Exception):
-            await msg.nak(delay=self._backoff_s)
 
     async def _store_blob(self, record: FileRecord) -> None:
         key = blob_key(record.sha256)
@@ -342,30 +278,6 @@ class FileWorker:
             if config.name:
                 with contextlib.suppress(Exception):
                     await self._js.delete_consumer(FILES_STREAM, config.name)
-
-    async def _keep_alive(self, msgs: list[Msg]) -> None:
-        while True:
-            await asyncio.sleep(self._settings.file_ack_wait_s / 3)
-            for msg in msgs:
-                with contextlib.suppress(Exception):  # acked meanwhile
-                    await msg.in_progress()
-
-    async def _dead_letter(self, msg: Msg, reason: str) -> None:
-        meta = msg.metadata
-        headers = {
-            "Stride-Reason": reason[:1000],
-            "Stride-Stream": FILES_STREAM,
-            "Nats-Msg-Id": f"dlq-files-{meta.sequence.stream}",
-        }
-        try:
-            await self._js.publish(DLQ_SUBJECT, msg.data, headers=headers, timeout=10.0)
-        except Exception as exc:
-            log.error("files: cannot dead-letter a record (%s); retrying later", exc)
-            await msg.nak(delay=5.0)
-            return
-        await msg.ack()
-        self.stats.dead_lettered += 1
-        log.warning("files: record %s dead-lettered: %s", meta.sequence.stream, reason)
 
 
 def _index(headers: dict[str, str] | None) -> int:

@@ -7,6 +7,7 @@ from nats.js.api import ConsumerConfig, RetentionPolicy, StorageType, StreamConf
 from nats.js.errors import BadRequestError, NotFoundError
 
 from stride.wire import (
+    ARTIFACT_SUBJECT,
     CHUNK_BYTES,
     DLQ_STREAM,
     DLQ_SUBJECT,
@@ -36,7 +37,7 @@ def stream_configs(replicas: int = 1, duplicate_window_s: float = 600.0) -> list
         ),
         StreamConfig(
             name=FILES_STREAM,
-            subjects=[FILE_SUBJECT, chunk_subject(">")],
+            subjects=[FILE_SUBJECT, ARTIFACT_SUBJECT, chunk_subject(">")],
             # Ingest purges a file's chunks once it is stored; records are tiny and
             # age out. A writer that resumes an upload after this long starts over.
             retention=RetentionPolicy.LIMITS,

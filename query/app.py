@@ -18,6 +18,7 @@ from aiohttp import web
 
 from stride.api_types import (
     Access,
+    ArtifactsPage,
     ErrorBody,
     FilesPage,
     FileUpdate,
@@ -36,6 +37,13 @@ from stride.store.objects import ObjectStore
 from . import runs as runs_q
 from ._columns import Columns
 from ._settings import QuerySettings
+from .artifacts import (
+    artifact_file,
+    artifact_version,
+    artifact_versions,
+    list_artifacts,
+    run_artifacts,
+)
 from .auth import GRANT, Tokens, middleware
 from .catalog import Catalog
 from .edit import delete_run, update_run
@@ -135,6 +143,11 @@ def create_app(
     app.router.add_patch(f"{base}/runs/{{entity}}/{{project}}/{{run_id}}/file", _update_file)
     app.router.add_delete(f"{base}/runs/{{entity}}/{{project}}/{{run_id}}/file", _delete_file)
     app.router.add_get(f"{base}/runs/{{entity}}/{{project}}/{{run_id}}/file/content", _content)
+    app.router.add_get(f"{base}/runs/{{entity}}/{{project}}/{{run_id}}/artifacts", _run_artifacts)
+    app.router.add_get(f"{base}/artifacts/{{entity}}/{{project}}", _list_artifacts)
+    app.router.add_get(f"{base}/artifacts/{{entity}}/{{project}}/{{name}}", _artifact)
+    app.router.add_get(f"{base}/artifacts/{{entity}}/{{project}}/{{name}}/versions", _versions)
+    app.router.add_get(f"{base}/artifacts/{{entity}}/{{project}}/{{name}}/file", _artifact_file)
     app.router.add_get(f"{base}/export/runs/{{entity}}/{{project}}", _export_runs)
     return app
 
@@ -638,6 +651,72 @@ async def _file(request: web.Request) -> web.Response:
 async def _content(request: web.Request) -> web.StreamResponse:
     """The bytes of one version of a file, streamed; a ``Range`` header gets a part (206)."""
     doc = await _file_doc(request)
+    objects = request.app.get(OBJECTS)
+    if objects is None:
+        raise Unavailable("this query service has no object store configured (--objects)")
+    return await send_file(request, objects, doc)
+
+
+# ---- artifacts ----------------------------------------------------------------------------------
+
+
+async def _run_artifacts(request: web.Request) -> web.Response:
+    """The artifacts the run logged (``direction=logged``, the default) or used."""
+    entity, project, run_id = await _existing_run(request)
+    direction = request.query.get("direction", "logged")
+    if direction not in ("logged", "used"):
+        raise BadRequest(f"direction must be logged or used, got {direction!r}")
+    docs = await run_artifacts(
+        request.app[STORE], f"{entity}/{project}/{run_id}", used=direction == "used"
+    )
+    return _json(ArtifactsPage(docs))
+
+
+async def _list_artifacts(request: web.Request) -> web.Response:
+    """A page of the project's artifacts by name, each at its latest version."""
+    entity, project, _ = _run_path(request)
+    kind = request.query.get("type")
+    after = request.query.get("after")
+    docs, cursor = await list_artifacts(
+        request.app[STORE],
+        entity,
+        project,
+        type=kind and _ident("artifact type", kind),
+        after=after and _ident("artifact", after),
+        limit=_int(request, "per_page", 50, 1, 200) or 50,
+    )
+    return _json(ArtifactsPage(docs, cursor))
+
+
+def _artifact_name(request: web.Request) -> tuple[str, str, str]:
+    entity, project, _ = _run_path(request)
+    return entity, project, _ident("artifact", request.match_info["name"])
+
+
+async def _artifact_doc(request: web.Request) -> Any:
+    entity, project, name = _artifact_name(request)
+    ref = _ident("alias", request.query.get("version", "latest"))
+    return await artifact_version(request.app[STORE], entity, project, name, ref)
+
+
+async def _artifact(request: web.Request) -> web.Response:
+    """One version (``version``: ``vN``, ``latest``, the default, or an alias), with
+    its files."""
+    return _json(await _artifact_doc(request))
+
+
+async def _versions(request: web.Request) -> web.Response:
+    """Every version of an artifact, ``v0`` first."""
+    entity, project, name = _artifact_name(request)
+    return _json(ArtifactsPage(await artifact_versions(request.app[STORE], entity, project, name)))
+
+
+async def _artifact_file(request: web.Request) -> web.StreamResponse:
+    """The bytes of one file (``path``) of a version, streamed; ranges as for files."""
+    path = request.query.get("path")
+    if not path:
+        raise BadRequest("path is required: the file's path in the artifact")
+    doc = artifact_file(await _artifact_doc(request), path)
     objects = request.app.get(OBJECTS)
     if objects is None:
         raise Unavailable("this query service has no object store configured (--objects)")

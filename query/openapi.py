@@ -16,6 +16,8 @@ import msgspec
 
 from stride.api_types import (
     Access,
+    ArtifactDoc,
+    ArtifactsPage,
     ErrorBody,
     FileDoc,
     FilesPage,
@@ -85,6 +87,10 @@ _RANGE = (Param("min_step", _INT64), Param("max_step", _INT64))
 _FILE_NAME = Param("name", {"type": "string"}, description="the file's name, as listed")
 _VERSION = Param("version", {"type": "integer", "minimum": 0, "maximum": 2**31},
                  description="from 0, in the order saved (default: the latest)")  # fmt: skip
+_ARTIFACTS = "/api/v1/artifacts/{entity}/{project}"
+_ARTIFACT = _ARTIFACTS + "/{name}"
+_ART = (_ENTITY, _PROJECT, Param("name", _NAME, "path"))
+_ART_VERSION = Param("version", _NAME, description="vN, latest (the default) or an alias")
 _RUNS = "/api/v1/runs/{entity}/{project}"
 _ONE = _RUNS + "/{run_id}"
 
@@ -169,6 +175,20 @@ OPERATIONS: tuple[Operation, ...] = (
         "get", _ONE + "/file/content", "A saved file's bytes (a Range header gets a part: 206)",
         (*_RUN, _FILE_NAME, _VERSION), answer=None, media=("application/octet-stream",),
     ),
+    Operation("get", _ONE + "/artifacts", "The artifacts a run logged or used",
+              (*_RUN, Param("direction", {"type": "string", "enum": ["logged", "used"]})),
+              answer=ArtifactsPage),
+    Operation("get", _ARTIFACTS, "A project's artifacts by name, each at its latest version",
+              (_ENTITY, _PROJECT, Param("type", _NAME), Param("after", _NAME),
+               Param("per_page", {"type": "integer", "minimum": 1, "maximum": 200})),
+              answer=ArtifactsPage),
+    Operation("get", _ARTIFACT, "One version of an artifact, with its files",
+              (*_ART, _ART_VERSION), answer=ArtifactDoc),
+    Operation("get", _ARTIFACT + "/versions", "Every version of an artifact, v0 first",
+              _ART, answer=ArtifactsPage),
+    Operation("get", _ARTIFACT + "/file", "The bytes of one file of an artifact version",
+              (*_ART, _ART_VERSION, Param("path", {"type": "string"})), answer=None,
+              media=("application/octet-stream",)),
     Operation(
         "get", "/api/v1/export/runs/{entity}/{project}", "A project's runs table",
         (_ENTITY, _PROJECT, Param("format", {"type": "string", "enum": ["csv", "parquet"]}),
@@ -177,8 +197,9 @@ OPERATIONS: tuple[Operation, ...] = (
     ),
 )  # fmt: skip
 
-_STRUCTS = (Access, ErrorBody, FileDoc, FilesPage, FileUpdate, MetricKeys, MetricStats,
-            ProjectsPage, RunDoc, RunSearch, RunsPage, RunUpdate, Status)  # fmt: skip
+_STRUCTS = (Access, ArtifactDoc, ArtifactsPage, ErrorBody, FileDoc, FilesPage, FileUpdate,
+            MetricKeys, MetricStats, ProjectsPage, RunDoc, RunSearch, RunsPage, RunUpdate,
+            Status)  # fmt: skip
 
 
 def openapi_document() -> dict[str, Any]:

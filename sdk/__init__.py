@@ -16,6 +16,9 @@ Querying::
 """
 
 from ._api import Api, ApiRun, Runs
+from ._api_artifacts import ApiArtifact
+from ._api_files import ApiFile
+from ._artifacts import Artifact
 from ._config import NestedDict
 from ._init import init
 from ._run import Run
@@ -33,8 +36,11 @@ from .errors import (
 
 __all__ = [
     "Api",
+    "ApiArtifact",
     "ApiError",
+    "ApiFile",
     "ApiRun",
+    "Artifact",
     "AuthError",
     "BadRequestError",
     "DeliveryReport",

@@ -23,6 +23,8 @@ from typing import Any, TypeVar
 import msgspec
 import orjson
 
+from . import _api_artifacts
+from ._api_artifacts import ApiArtifact
 from ._api_files import ApiFile, list_files, one_file
 from ._config import NestedDict
 from ._rows import rows
@@ -184,6 +186,24 @@ class Api:
             raise UsageError(f"run() takes 'entity/project/run_id', got {path!r}")
         quoted = "/".join(urllib.parse.quote(p, safe="") for p in (entity, project, run_id))
         return ApiRun(self, self._get_as(_RUN, f"/api/v1/runs/{quoted}"))
+
+    def artifact(self, path: str) -> ApiArtifact:
+        """One version of an artifact: ``entity/project/name:version`` (``project/name``,
+        or ``name`` with a default project), ``version`` being ``vN``, ``latest`` (the
+        default) or an alias."""
+        return _api_artifacts.artifact(self, path)
+
+    def artifact_versions(self, path: str) -> list[ApiArtifact]:
+        """Every version of an artifact (``entity/project/name``), ``v0`` first."""
+        return _api_artifacts.artifact_versions(self, path)
+
+    def artifacts(
+        self, path: str = "", type: str | None = None, *, per_page: int = 50
+    ) -> Iterator[ApiArtifact]:
+        """The artifacts of ``entity/project`` (or ``project``) by name, each at its
+        latest version; only those of ``type`` if given."""
+        entity, project = self._project_path(path)
+        return _api_artifacts.list_artifacts(self, entity, project, type, per_page)
 
     def export_runs(
         self,
@@ -525,6 +545,14 @@ class ApiRun:
     def file(self, name: str, version: int | None = None) -> ApiFile:
         """One saved file: its latest version, or ``version`` (from 0, in save order)."""
         return one_file(self._api, self._base, name, version)
+
+    def logged_artifacts(self) -> list[ApiArtifact]:
+        """The artifact versions this run logged, in the order it logged them."""
+        return _api_artifacts.run_artifacts(self._api, self._base, "logged")
+
+    def used_artifacts(self) -> list[ApiArtifact]:
+        """The artifact versions this run used (``run.use_artifact``)."""
+        return _api_artifacts.run_artifacts(self._api, self._base, "used")
 
     def wait_until_finished(self, timeout: float | None = None, poll_s: float = 1.0) -> ApiRun:
         """Poll until the run has ended (``finished``, ``failed``, ``cancelled`` or

@@ -44,7 +44,16 @@ from .errors import UsageError
 from .ids import InvalidIdentifier, check_file_name
 from .wire import FILE_CATEGORIES
 
-__all__ = ["FILES_DIR", "Staged", "names_in_directory", "pending", "stage"]
+__all__ = [
+    "FILES_DIR",
+    "Staged",
+    "StagedArtifact",
+    "names_in_directory",
+    "pending",
+    "pending_artifacts",
+    "stage",
+    "stage_artifact",
+]
 
 log = logging.getLogger("stride")
 
@@ -72,6 +81,8 @@ class Staged(msgspec.Struct, kw_only=True):
     metadata: str = "{}"
     #: Where the bytes are when no ``.data`` link was possible; ``None`` otherwise.
     source: str | None = None
+    #: The id of the artifact the file belongs to ("" for a run's own file).
+    artifact: str = ""
 
     def entry_path(self, directory: Path) -> Path:
         return directory / f"{self.ver:020d}-{self.upload}{_ENTRY}"
@@ -168,6 +179,7 @@ def stage(
     tags: Iterable[str] = (),
     metadata: Mapping[str, Any] | None = None,
     max_bytes: int,
+    artifact: str = "",
 ) -> Staged:
     """Stage one file (``source``) or some bytes (``data``) for upload; return the entry."""
     try:
@@ -191,6 +203,7 @@ def stage(
         description=description,
         tags=tags,
         metadata=meta_json,
+        artifact=artifact,
     )
     target = entry.data_path(directory)
     try:
@@ -267,3 +280,71 @@ def pending(directory: Path, known: dict[str, Staged] | None = None) -> dict[str
                 continue
         entries[name] = entry
     return entries
+
+
+_ARTIFACT = ".artifact"
+_DONE = ".done"
+
+
+class StagedArtifact(msgspec.Struct, kw_only=True):
+    """An artifact logged (its files staged as ``Staged`` entries with ``artifact``
+    set to ``id``) or used, as written to ``<ver>-<id>.artifact``; published once
+    every file of it is in NATS (each leaves a ``<id>-<upload>.done``)."""
+
+    id: str
+    ver: int
+    entity: str
+    project: str
+    run_id: str
+    slot: int
+    kind: str  # "log" or "use"
+    name: str
+    type: str = ""
+    aliases: list[str] = []
+    description: str = ""
+    metadata: str = "{}"
+    #: Upload id -> the file's path in the artifact.
+    members: dict[str, str] = {}
+    ref: str = ""
+    use_as: str = ""
+
+    def entry_path(self, directory: Path) -> Path:
+        return directory / f"{self.ver:020d}-{self.id}{_ARTIFACT}"
+
+    def done_path(self, directory: Path, upload: str) -> Path:
+        return directory / f"{self.id}-{upload}{_DONE}"
+
+
+_artifact_decoder = msgspec.json.Decoder(StagedArtifact)
+
+
+def done_path(directory: Path, artifact: str, upload: str) -> Path:
+    return directory / f"{artifact}-{upload}{_DONE}"
+
+
+def stage_artifact(directory: Path, entry: StagedArtifact) -> None:
+    """Write the artifact's entry (after its files are staged: it is the last word)."""
+    directory.mkdir(exist_ok=True)
+    path = entry.entry_path(directory)
+    tmp = directory / (path.name + _TMP)
+    tmp.write_bytes(_encoder.encode(entry))
+    tmp.rename(path)
+
+
+def pending_artifacts(directory: Path) -> list[StagedArtifact]:
+    """The artifacts staged in ``directory``, oldest first."""
+    try:
+        names = sorted(n for n in os.listdir(directory) if n.endswith(_ARTIFACT))
+    except FileNotFoundError:
+        return []
+    found: list[StagedArtifact] = []
+    for name in names:
+        try:
+            found.append(_artifact_decoder.decode((directory / name).read_bytes()))
+        except FileNotFoundError:
+            continue
+        except (OSError, msgspec.DecodeError) as exc:
+            log.error("stride: cannot read the staged artifact %s (%s); set aside", name, exc)
+            with contextlib.suppress(OSError):
+                shutil.move(directory / name, directory / (name + ".unreadable"))
+    return found

@@ -5,18 +5,21 @@ from __future__ import annotations
 import getpass
 import logging
 import os
+import secrets
 import struct
 import sys
 from collections.abc import Callable, Iterable, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 from time import time as _now
+from time import time_ns
 from types import TracebackType
 from typing import IO, Any
 
 import orjson
 
 from . import _files, ids
+from ._artifacts import Artifact, check_aliases, check_ref
 from ._config import NestedDict
 from ._settings import Settings
 from ._signals import terminated
@@ -304,6 +307,93 @@ class Run:
         except ValueError:  # another drive (Windows)
             relative = source.name
         return self.save(source, name=Path(relative).as_posix())
+
+    def log_artifact(self, artifact: Artifact, aliases: Iterable[str] = ()) -> Artifact:
+        """Log ``artifact`` as an output of this run, with ``aliases`` (moved to this
+        version if another had them). Returns at once: its files travel like saved
+        files, then its manifest; logging the same content again makes no new version.
+        ``latest`` and ``vN`` are Stride's own aliases."""
+        checked = check_aliases(aliases)
+        if not artifact.entries:
+            raise UsageError(f"artifact {artifact.name!r} has no files; add some first")
+        transport = self._logging_transport()
+        if transport is None:
+            return artifact
+        directory = transport.dir / _files.FILES_DIR
+        run = _files.RunRef(self.entity, self.project, self.id, self._slot)
+        artifact_id = secrets.token_hex(16)
+        members: dict[str, str] = {}
+        for path, source in artifact.entries.items():
+            entry = _files.stage(
+                directory,
+                run,
+                name=path,
+                category="output",
+                mime=_files.guess_mime(path, None),
+                source=source if isinstance(source, Path) else None,
+                data=source if isinstance(source, bytes) else None,
+                max_bytes=self.settings.max_file_bytes,
+                artifact=artifact_id,
+            )
+            members[entry.upload] = path
+        self._stage_artifact(
+            directory,
+            kind="log",
+            artifact_id=artifact_id,
+            name=artifact.name,
+            type=artifact.type,
+            aliases=checked,
+            description=artifact.description,
+            metadata=_json(artifact.metadata, "artifact metadata"),
+            members=members,
+        )
+        return artifact
+
+    def use_artifact(self, artifact: Artifact | str, use_as: str | None = None) -> str:
+        """Record that this run uses an artifact: ``"name:alias"``, ``"name:vN"``,
+        ``"name"`` (its latest version) or an :class:`Artifact`. The version is the one
+        the reference names when ingest records it. Returns the reference; read the
+        artifact itself with ``stride.Api().artifact(...)``."""
+        ref = f"{artifact.name}:latest" if isinstance(artifact, Artifact) else artifact
+        name, alias = check_ref(ref)
+        transport = self._logging_transport()
+        if transport is not None:
+            self._stage_artifact(
+                transport.dir / _files.FILES_DIR,
+                kind="use",
+                artifact_id=secrets.token_hex(16),
+                name=name,
+                ref=alias,
+                use_as=use_as or "",
+            )
+        return f"{name}:{alias}"
+
+    def _logging_transport(self) -> Transport | None:
+        """The transport to stage through; ``None`` when disabled; raises if finished."""
+        if self.mode == "disabled":
+            return None
+        if self._wal is None or self._transport is None:
+            self._not_logging()
+            return None
+        return self._transport
+
+    def _stage_artifact(
+        self, directory: Path, *, kind: str, artifact_id: str, name: str, **fields: Any
+    ) -> None:
+        _files.stage_artifact(
+            directory,
+            _files.StagedArtifact(
+                id=artifact_id,
+                ver=time_ns(),
+                entity=self.entity,
+                project=self.project,
+                run_id=self.id,
+                slot=self._slot,
+                kind=kind,
+                name=name,
+                **fields,
+            ),
+        )
 
     def _stage(
         self,

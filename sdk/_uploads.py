@@ -38,13 +38,16 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, BinaryIO
 
+import msgspec
 from nats.js import JetStreamContext
 
-from ._files import FILES_DIR, Staged, pending
+from ._artifact_publish import ArtifactPublisher
+from ._files import FILES_DIR, Staged, done_path, pending
 from .wire import (
     CHUNK_BYTES,
     FILE_SUBJECT,
     FILE_WIRE_VERSION,
+    ArtifactEntry,
     FileRecord,
     chunk_subject,
     encode_file_record,
@@ -64,6 +67,7 @@ _RECENT_NS = 2_000_000_000
 #: The header that numbers a chunk (ingest checks the order with it).
 CHUNK_HEADER = "Stride-Chunk"
 _MAX_PAUSE_S = 30.0
+_done = msgspec.json.Encoder()
 
 
 class _Unreadable(Exception):
@@ -95,11 +99,14 @@ class Uploader:
         self.files_sent = 0
         self._sent_by_run: collections.Counter[tuple[Path, int]] = collections.Counter()
         self.last_error: str | None = None
+        self.artifacts = ArtifactPublisher(ack_timeout_s, warn, wake)
 
     def pending(self, log_dir: Path, slot: int | None = None) -> int:
         """Files staged in ``log_dir`` not yet delivered (of run ``slot`` only, if given)."""
-        entries = self._staged.get(log_dir / FILES_DIR, {})
-        return sum(1 for e in entries.values() if slot is None or e.slot == slot)
+        directory = log_dir / FILES_DIR
+        entries = self._staged.get(directory, {})
+        files = sum(1 for e in entries.values() if slot is None or e.slot == slot)
+        return files + self.artifacts.pending(directory, slot)
 
     def sent(self, log_dir: Path, slot: int) -> int:
         """Files of run ``slot`` of ``log_dir`` delivered by this uploader."""
@@ -109,12 +116,15 @@ class Uploader:
         """Look for staged files and start uploads while there is room (``js`` given:
         connected); return how many uploads run."""
         now = time.monotonic()
+        rescanned: set[Path] = set()
         self._staged = {
-            directory: self._scan(directory, now)
+            directory: self._scan(directory, now, rescanned)
             for directory in (log_dir / FILES_DIR for log_dir in log_dirs)
         }
+        self.artifacts.scan(self._staged, rescanned)
         if js is None:
             return len(self._active)
+        self.artifacts.step(js, self._staged)
         for directory, entries in self._staged.items():
             for entry in entries.values():
                 if len(self._active) >= PARALLEL:
@@ -131,7 +141,7 @@ class Uploader:
         save made before it must be counted)."""
         self._scanned.clear()
 
-    def _scan(self, directory: Path, now: float) -> dict[str, Staged]:
+    def _scan(self, directory: Path, now: float, rescanned: set[Path]) -> dict[str, Staged]:
         """The staged entries of ``directory``, listed again only when it may have
         changed: its modification time moved, or it changed so recently that a
         save in the same clock tick would not have moved it."""
@@ -147,6 +157,7 @@ class Uploader:
             if mtime == last[0] and not (recent and now - last[1] >= _RESCAN_S):
                 return known
         self._scanned[directory] = (mtime, now)
+        rescanned.add(directory)
         return pending(directory, known)
 
     def _ended(self, upload: str, _: asyncio.Task[None]) -> None:
@@ -154,6 +165,7 @@ class Uploader:
         self._wake()  # room for the next upload now, not at the next tick
 
     async def close(self) -> None:
+        await self.artifacts.close()
         for task in list(self._active.values()):
             task.cancel()
         for task in list(self._active.values()):
@@ -164,7 +176,7 @@ class Uploader:
 
     async def _upload(self, js: JetStreamContext, directory: Path, entry: Staged) -> None:
         try:
-            await self._send(js, directory, entry)
+            record = await self._send(js, directory, entry)
         except _Unreadable as exc:
             self.last_error = str(exc)
             log.error("stride: %s; it is not uploaded", exc)
@@ -183,8 +195,12 @@ class Uploader:
                 f"({self.last_error}); retrying, it is safe in the spool directory",
             )
             return
-        self.files_sent += 1
-        self._sent_by_run[(directory, entry.slot)] += 1
+        if entry.artifact:  # what the artifact's record will list (see ._artifact_publish)
+            done = ArtifactEntry(entry.name, record.sha256, record.size, record.mime)
+            done_path(directory, entry.artifact, entry.upload).write_bytes(_done.encode(done))
+        else:
+            self.files_sent += 1
+            self._sent_by_run[(directory, entry.slot)] += 1
         self._retry_at.pop(entry.upload, None)
         self._pause.pop(entry.upload, None)
         self._forget(directory, entry)
@@ -196,7 +212,7 @@ class Uploader:
         entry.progress_path(directory).unlink(missing_ok=True)
         self._staged.get(directory, {}).pop(path.name, None)
 
-    async def _send(self, js: JetStreamContext, directory: Path, entry: Staged) -> None:
+    async def _send(self, js: JetStreamContext, directory: Path, entry: Staged) -> FileRecord:
         subject = chunk_subject(entry.upload)
         progress = _Progress(entry.progress_path(directory))
         first = progress.read()
@@ -254,6 +270,7 @@ class Uploader:
             description=entry.description,
             tags=entry.tags,
             metadata=entry.metadata,
+            artifact=entry.artifact,
         )
         await js.publish(
             FILE_SUBJECT,
@@ -262,6 +279,7 @@ class Uploader:
             timeout=self._ack_timeout_s,
         )
         self.progress_at = time.monotonic()
+        return record
 
     def _settled(self, progress: _Progress, index: int, future: asyncio.Future[Any]) -> None:
         future.result()  # raises the publish's error

@@ -39,6 +39,9 @@ import msgspec
 
 __all__ = [
     "Access",
+    "ArtifactDoc",
+    "ArtifactFile",
+    "ArtifactsPage",
     "ColumnsPage",
     "ErrorBody",
     "FileCounters",
@@ -291,4 +294,47 @@ class FilesPage(msgspec.Struct, gc=False):
     ``next`` back as ``after``."""
 
     files: list[FileDoc]
+    next: str | None = None
+
+
+class ArtifactFile(msgspec.Struct, gc=False):
+    """One file of an artifact version: its path in the artifact, sha256 (hex), size
+    and MIME type."""
+
+    path: str
+    sha256: str
+    size: int
+    mime: str
+
+
+class ArtifactDoc(msgspec.Struct, gc=False):
+    """One version of an artifact. ``version`` is ``v0``, ``v1``... (in the order
+    each distinct content was first logged), of ``versions`` in all; ``aliases``
+    are those naming it now (``latest``: the version logged last). ``producer`` is
+    the run that first logged it, ``created_at`` when (ISO 8601). ``digest`` is
+    the sha256 of its manifest (paths, sha256s and sizes). ``files`` is left empty
+    in listings. In a run's used artifacts, ``use_as`` is what the run called it."""
+
+    entity: str
+    project: str
+    name: str
+    type: str
+    version: str
+    versions: int
+    aliases: list[str]
+    digest: str
+    size: int
+    file_count: int
+    producer: str
+    created_at: str
+    description: str = ""
+    metadata: dict[str, Any] = {}
+    files: list[ArtifactFile] = []
+    use_as: str = ""
+
+
+class ArtifactsPage(msgspec.Struct, gc=False):
+    """Artifacts (or versions) in order; pass ``next`` back as ``after`` when not null."""
+
+    artifacts: list[ArtifactDoc]
     next: str | None = None

@@ -3,7 +3,8 @@
 Whatever the SDK lets a user write, the wire accepts and the query API can
 read back, because all three check names here:
 
-* ``entity``, ``project``, ``run id``, ``stream``, ``writer``: 1-128 letters,
+* ``entity``, ``project``, ``run id``, ``stream``, ``writer``, and an
+  ``artifact``'s name, type and aliases: 1-128 letters,
   digits, ``_``, ``-`` or ``.``, starting with a letter or digit (they appear
   in URL paths and JetStream message ids, so no ``/`` and no spaces);
 * a metric ``key``: 1-256 characters of any kind but control characters.
@@ -40,7 +41,9 @@ __all__ = [
     "is_valid",
 ]
 
-Kind = Literal["entity", "project", "run id", "stream", "writer", "key"]
+Kind = Literal[
+    "entity", "project", "run id", "stream", "writer", "key", "artifact", "artifact type", "alias"
+]
 
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}")
 _KEY = re.compile(r"[^\x00-\x1f\x7f]{1,256}")

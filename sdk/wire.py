@@ -62,6 +62,8 @@ import msgspec
 from .ids import InvalidIdentifier, check, check_file_name
 
 __all__ = [
+    "ARTIFACT_KINDS",
+    "ARTIFACT_SUBJECT",
     "CHUNK_BYTES",
     "DLQ_STREAM",
     "DLQ_SUBJECT",
@@ -73,14 +75,18 @@ __all__ = [
     "MIN_WIRE_VERSION",
     "STREAM",
     "WIRE_VERSION",
+    "ArtifactEntry",
+    "ArtifactRecord",
     "Batch",
     "FileRecord",
     "MetricBlock",
     "VersionPeek",
     "WireError",
     "chunk_subject",
+    "decode_artifact_record",
     "decode_batch",
     "decode_file_record",
+    "encode_artifact_record",
     "encode_batch",
     "encode_file_record",
     "file_message_id",
@@ -101,6 +107,8 @@ DLQ_SUBJECT = "stride.dlq"
 #: JetStream stream holding file chunks and file records until ingest stores them.
 FILES_STREAM = "STRIDE_FILES"
 FILE_SUBJECT = "stride.files.v1"
+ARTIFACT_SUBJECT = "stride.artifacts.v1"
+ARTIFACT_KINDS = ("log", "use")
 _CHUNKS_PREFIX = "stride.chunks."
 #: Bytes per file chunk: well under NATS' default 1 MiB max payload.
 CHUNK_BYTES = 512 * 1024
@@ -250,6 +258,46 @@ class FileRecord(msgspec.Struct, array_like=True, gc=False, forbid_unknown_field
     tags: list[str] = []
     #: User metadata as JSON text (an object).
     metadata: str = "{}"
+    #: The id of the artifact this file belongs to: its bytes are stored, but it is
+    #: not one of the run's files (the artifact's record lists it).
+    artifact: str = ""
+
+    @property
+    def path(self) -> str:
+        return f"{self.entity}/{self.project}/{self.run_id}"
+
+
+class ArtifactEntry(msgspec.Struct, array_like=True, gc=False, forbid_unknown_fields=True):
+    """One file of an artifact: its path in the artifact and its stored bytes."""
+
+    path: str
+    sha256: str
+    size: int
+    mime: str
+
+
+class ArtifactRecord(msgspec.Struct, array_like=True, gc=False, forbid_unknown_fields=True):
+    """A run logged an artifact (``kind="log"``: its files, all already sent as file
+    records) or used one (``kind="use"``: ``ref`` names it, ``name:alias`` or
+    ``name:vN``). Published to :data:`ARTIFACT_SUBJECT` with message id
+    ``artifact/<id>``."""
+
+    v: int
+    entity: str
+    project: str
+    run_id: str
+    writer: str
+    id: str  # random hex
+    ver: int  # nanoseconds since the epoch when logged or used
+    kind: str
+    name: str
+    type: str = ""
+    aliases: list[str] = []
+    description: str = ""
+    metadata: str = "{}"
+    entries: list[ArtifactEntry] = []
+    ref: str = ""
+    use_as: str = ""
 
     @property
     def path(self) -> str:
@@ -303,4 +351,49 @@ def decode_file_record(payload: bytes) -> FileRecord:
             f"inconsistent file record: size {record.size}, {record.chunks} chunks, "
             f"ver {record.ver}"
         )
+    return record
+
+
+_artifact_decoder = msgspec.msgpack.Decoder(ArtifactRecord)
+
+
+def encode_artifact_record(record: ArtifactRecord) -> bytes:
+    return _encoder.encode(record)
+
+
+def decode_artifact_record(payload: bytes) -> ArtifactRecord:
+    """Decode and validate one artifact record; raise :class:`WireError` with the reason."""
+    version = _version(payload, "artifact record")
+    if version != FILE_WIRE_VERSION:
+        raise WireError(
+            f"unknown artifact record version {version} (this reader knows {FILE_WIRE_VERSION})"
+        )
+    try:
+        record = _artifact_decoder.decode(payload)
+    except msgspec.DecodeError as exc:
+        raise WireError(f"malformed artifact record: {exc}") from None
+    try:
+        check("entity", record.entity)
+        check("project", record.project)
+        check("run id", record.run_id)
+        check("writer", record.writer)
+        check("artifact", record.name)
+        if record.kind == "log":
+            check("artifact type", record.type)
+        for alias in record.aliases:
+            check("alias", alias)
+        for entry in record.entries:
+            check_file_name(entry.path)
+    except InvalidIdentifier as exc:
+        raise WireError(str(exc)) from None
+    if record.kind not in ARTIFACT_KINDS:
+        raise WireError(
+            f"invalid artifact record kind {record.kind!r:.40}: one of {ARTIFACT_KINDS}"
+        )
+    if _UPLOAD_ID.fullmatch(record.id) is None or record.ver <= 0:
+        raise WireError(f"invalid artifact record id {record.id!r:.80} or ver {record.ver}")
+    if any(_SHA256.fullmatch(e.sha256) is None or e.size < 0 for e in record.entries):
+        raise WireError("an artifact entry has an invalid sha256 or size")
+    if len({e.path for e in record.entries}) != len(record.entries):
+        raise WireError("an artifact lists a path twice")
     return record

@@ -219,6 +219,12 @@ FILES_COLUMNS = (
 )
 
 
+ARTIFACT_EVENTS_COLUMNS = (
+    *("entity", "project", "name", "ver", "event", "kind", "run", "type", "digest"),
+    *("aliases", "manifest", "size", "files", "description", "metadata", "ref", "use_as"),
+)
+
+
 def blob_key(sha256: str) -> str:
     """The object-store key of the bytes whose sha256 is ``sha256`` (hex): stored once
     however many files, versions or runs hold them."""
@@ -421,6 +427,33 @@ _TABLES = (
         "updated",
         "run, name, ver",
         "cityHash64(run)",
+        settings=_POINT_READS,
+    ),
+    _Table(
+        # Artifacts: one row per record (a run logged or used one). A version is a
+        # distinct ``digest`` (of the manifest); see :mod:`stride.store.artifacts`.
+        "artifact_events",
+        """entity LowCardinality(String),
+        project LowCardinality(String),
+        name String,
+        ver UInt64,
+        event String,
+        kind LowCardinality(String),
+        run String,
+        type LowCardinality(String),
+        digest String,
+        aliases Array(String),
+        manifest String,
+        size UInt64,
+        files UInt32,
+        description String,
+        metadata String,
+        ref String,
+        use_as String""",
+        "ReplacingMergeTree",
+        "",
+        "entity, project, name, ver, event",
+        "cityHash64(entity, project)",
         settings=_POINT_READS,
     ),
     _Table(

@@ -509,7 +509,8 @@ def test_api_types_exports_every_body_and_nothing_else() -> None:
     import stride.api_types as api_types
 
     assert set(api_types.__all__) == {
-        "Access", "ColumnsPage", "ErrorBody", "FileCounters", "FileDoc", "FileUpdate", "FilesPage",
+        "Access", "ArtifactDoc", "ArtifactFile", "ArtifactsPage", "ColumnsPage", "ErrorBody",
+        "FileCounters", "FileDoc", "FileUpdate", "FilesPage",
         "IngestCounters", "IngestLag", "MetricKeys", "MetricStats", "NonFinite", "ProjectDoc",
         "ProjectsPage", "RunDoc", "RunSearch", "RunUpdate", "RunsPage", "SeriesStats", "Status",
     }  # fmt: skip

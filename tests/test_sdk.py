@@ -18,7 +18,8 @@ from .conftest import read_log, run_python, wait_for
 
 def test_exported_names_are_the_public_api() -> None:
     expected = {
-        "Api", "ApiError", "ApiRun", "AuthError", "BadRequestError", "DeliveryReport", "NestedDict",
+        "Api", "ApiArtifact", "ApiError", "ApiFile", "ApiRun", "Artifact", "AuthError",
+        "BadRequestError", "DeliveryReport", "NestedDict",
         "NotFoundError", "Run", "Runs", "ServiceUnavailableError", "Settings", "StrideError",
         "UsageError", "init",
     }  # fmt: skip
