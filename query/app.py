@@ -385,12 +385,13 @@ async def _update_run(request: web.Request) -> web.Response:
 
 
 async def _delete_run(request: web.Request) -> web.Response:
-    """Delete a run and everything stored of it. ``delete_artifacts`` is accepted for
-    W&B's signature; runs have no files yet, so there is nothing more to delete."""
+    """Delete a run and everything stored of it; with ``delete_artifacts=true`` also the
+    artifact versions it logged (those no other run logged)."""
     entity, project, run_id = await _existing_run(request)
-    if request.query.get("delete_artifacts", "false") not in ("true", "false"):
-        raise BadRequest("delete_artifacts must be true or false")
-    await delete_run(request.app[STORE], entity, project, run_id)
+    delete_artifacts = _flag(request, "delete_artifacts")
+    await delete_run(
+        request.app[STORE], entity, project, run_id, delete_artifacts=delete_artifacts
+    )
     request.app[CATALOG].forget(f"{entity}/{project}/{run_id}")
     return _json(Status())
 

@@ -78,10 +78,17 @@ async def update_run(
     await store.insert_arrow("run_search", SEARCH_COLUMNS, search_rows(fields))
 
 
-async def delete_run(store: AsyncStore, entity: str, project: str, run_id: str) -> None:
+async def delete_run(
+    store: AsyncStore, entity: str, project: str, run_id: str, *, delete_artifacts: bool = False
+) -> None:
     """Delete everything stored of the run: fields first (it leaves listings at
-    once), then its points, aggregates and keys."""
+    once), then its points, aggregates, keys and files' records, and the record of
+    the artifacts it used. The artifact versions it logged stay (other runs may use
+    them) unless ``delete_artifacts``: then its loggings go too, and a version no
+    other run logged with them."""
     path = f"{entity}/{project}/{run_id}"
     params = {"entity": entity, "project": project, "run_id": run_id, "path": path}
     for table, where in RUN_ROWS:
         await store.delete_rows(table, where, params)
+    kinds = "('log', 'use')" if delete_artifacts else "('use')"
+    await store.delete_rows("artifact_events", f"run = {{path:String}} AND kind IN {kinds}", params)

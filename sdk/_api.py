@@ -514,7 +514,9 @@ class ApiRun:
         its files' records; their bytes stay in the object store, where other runs
         may share them).
 
-        ``delete_artifacts`` is W&B's; there are no artifacts yet, so it changes nothing.
+        The artifact versions the run logged stay (other runs may use them) unless
+        ``delete_artifacts`` (W&B's): then they go too, unless another run logged the
+        same content.
         A writer still logging to the run stores it again.
         """
         params = urllib.parse.urlencode({"delete_artifacts": str(delete_artifacts).lower()})

@@ -213,6 +213,19 @@ def state_of(api: stride.Api, path: str) -> str | None:
         return None
 
 
+def wait_run(api: stride.Api, path: str) -> stride.ApiRun:
+    """The run once it is stored (its first batch applied)."""
+
+    def found() -> stride.ApiRun | None:
+        try:
+            return api.run(path)
+        except stride.NotFoundError:
+            return None
+
+    run: stride.ApiRun = wait_for(found)
+    return run
+
+
 def publish(stack: StrideUp, batches: list[Batch]) -> None:
     """Publish hand-built batches to the stack's NATS, as a writer would."""
 

@@ -13,7 +13,7 @@ import pytest
 import stride
 from stride.errors import NotFoundError, UsageError
 
-from .conftest import StrideUp, wait_for
+from .conftest import StrideUp, wait_for, wait_run
 
 
 def _artifact(name: str, files: dict[str, bytes], **kwargs: Any) -> stride.Artifact:
@@ -101,9 +101,9 @@ def test_lineage_records_who_logged_and_who_used(stack: StrideUp, tmp_path: Path
     with stride.init(project="lineage", id="evaluator", settings=settings) as run:
         run.use_artifact(art)  # an Artifact: its latest version
 
-    used = wait_for(lambda: api.run("lineage/consumer").used_artifacts())
+    used = wait_for(wait_run(api, "lineage/consumer").used_artifacts)
     assert [(a.name, a.version, a.use_as) for a in used] == [("weights", "v0", "init")]
-    evaluated = wait_for(lambda: api.run("lineage/evaluator").used_artifacts())
+    evaluated = wait_for(wait_run(api, "lineage/evaluator").used_artifacts)
     assert [(a.name, a.version) for a in evaluated] == [("weights", "v0")]
     logged = wait_for(lambda: (found := api.run("lineage/trainer").logged_artifacts())
                       and len(found) == 2 and found)  # fmt: skip
@@ -163,3 +163,20 @@ def test_a_large_artifact_file_is_chunked_and_checked(stack: StrideUp, tmp_path:
     assert got.read("model/big.bin") == data
     # An artifact's files are not the run's own files.
     assert list(api.run("arts/big").files()) == []
+
+
+def test_deleting_a_run_keeps_its_artifacts_unless_asked(stack: StrideUp, tmp_path: Path) -> None:
+    settings = stack.settings(tmp_path / "spool")
+    api = stride.Api(stack.http_url)
+    for run_id, name in (("keeper", "kept"), ("dropper", "dropped")):
+        with stride.init(project="deletes", id=run_id, settings=settings) as run:
+            run.log_artifact(_artifact(name, {"f": run_id.encode()}))
+            run.use_artifact(f"{name}:latest")
+        stored = wait_run(api, f"deletes/{run_id}")
+        wait_for(stored.used_artifacts)
+    api.run("deletes/keeper").delete()
+    api.run("deletes/dropper").delete(delete_artifacts=True)
+    assert api.artifact("deletes/kept").read("f") == b"keeper"
+    with pytest.raises(NotFoundError, match="no artifact 'dropped'"):
+        api.artifact("deletes/dropped")
+    assert [a.name for a in api.artifacts("deletes")] == ["kept"]

@@ -33,22 +33,11 @@ from stride.wire import (
     file_message_id,
 )
 
-from .conftest import STRIDE, StrideUp, stride_up, wait_for
+from .conftest import STRIDE, StrideUp, stride_up, wait_for, wait_run
 from .weed import Weed
 from .weed import weed as weed  # the fixture
 
 MIB = 1 << 20
-
-
-def _wait_run(api: stride.Api, path: str) -> stride.ApiRun:
-    def found() -> stride.ApiRun | None:
-        try:
-            return api.run(path)
-        except NotFoundError:
-            return None
-
-    run: stride.ApiRun = wait_for(found)
-    return run
 
 
 def _wait_files(
@@ -90,7 +79,7 @@ def test_files_round_trip_with_versions_filters_and_pages(stack: StrideUp, tmp_p
     assert (report.files_sent, report.files_left) == (7, 0)
 
     api = stride.Api(stack.http_url)
-    stored = _wait_run(api, "default/files/round-trip")
+    stored = wait_run(api, "default/files/round-trip")
     files = _wait_files(stored, 6)
     assert [f.name for f in files] == [
         *("copies/model.bin", "empty.txt", "model.bin", "notes.md"),
@@ -150,7 +139,7 @@ def test_downloads_honour_range_requests(stack: StrideUp, tmp_path: Path) -> Non
     with stride.init(project="files", id="ranges", settings=settings) as run:
         run.save_data("data.bin", data)
     api = stride.Api(stack.http_url)
-    _wait_files(_wait_run(api, "default/files/ranges"), 1)
+    _wait_files(wait_run(api, "default/files/ranges"), 1)
     path = "/api/v1/runs/default/files/ranges/file/content?name=data.bin"
 
     status, headers, body = _get(stack.http_url, path, {})
@@ -215,7 +204,7 @@ def test_bad_saves_are_refused_with_the_reason(stack: StrideUp, tmp_path: Path) 
         run.save(tmp_path / "ok.txt")
 
     api = stride.Api(stack.http_url)
-    stored = _wait_run(api, "default/files/refused")
+    stored = wait_run(api, "default/files/refused")
     assert [f.name for f in _wait_files(stored, 1)] == ["ok.txt"]
     with pytest.raises(UsageError, match=r"'\.\.' part"):
         stored.file("../ok.txt")
@@ -233,7 +222,7 @@ def test_identical_bytes_are_stored_once(stack: StrideUp, tmp_path: Path) -> Non
     for run_id in ("same-a", "same-b"):
         with stride.init(project="files", id=run_id, settings=stack.settings(tmp_path)) as run:
             run.save_data("weights.bin", data)
-        _wait_files(_wait_run(api, f"default/files/{run_id}"), 1)
+        _wait_files(wait_run(api, f"default/files/{run_id}"), 1)
     after = _status(api)
     assert after["files"] - before["files"] == 2
     assert after["deduplicated"] - before["deduplicated"] == 1
@@ -250,7 +239,7 @@ def test_edit_soft_delete_restore_and_purge(stack: StrideUp, tmp_path: Path) -> 
         run.save_data("plot.png", own)  # version 1
         run.save_data("keep.bin", shared)  # the same bytes as plot.png's version 0
     api = stride.Api(stack.http_url)
-    stored = _wait_run(api, "default/files/edits")
+    stored = wait_run(api, "default/files/edits")
     _wait_files(stored, 2)
 
     latest = stored.file("plot.png").update(description="loss", tags=["final"], metadata={"a": 1})
@@ -412,7 +401,7 @@ def test_a_writer_killed_mid_upload_resumes_without_resending(tmp_path: Path) ->
 
         asyncio.run(scenario())
         api = stride.Api(up.http_url)
-        stored = _wait_run(api, "default/files/killed")
+        stored = wait_run(api, "default/files/killed")
         (f,) = _wait_files(stored, 1)
         assert (f.sha256, f.versions) == (_sha(data), 1)
         assert f.read() == data
@@ -440,7 +429,7 @@ def test_ingest_killed_while_copying_a_file_stores_it_on_restart(tmp_path: Path)
     with stride_up(tmp_path / "data", "--nats-port", port) as up:
         api = stride.Api(up.http_url)
         # The record is redelivered once its ack wait (10 s) passes.
-        (f,) = _wait_files(_wait_run(api, "default/files/ingest-killed"), 1, timeout=60)
+        (f,) = _wait_files(wait_run(api, "default/files/ingest-killed"), 1, timeout=60)
         assert (f.read(), f.versions) == (data, 1)
     assert blob.read_bytes() == data
 
@@ -451,7 +440,7 @@ def test_files_go_to_s3_when_stride_up_is_given_a_bucket(tmp_path: Path, weed: W
         with stride.init(project="files", id="s3", settings=up.settings(tmp_path / "spool")) as run:
             run.save_data("model/weights.bin", data)
         api = stride.Api(up.http_url)
-        (f,) = _wait_files(_wait_run(api, "default/files/s3"), 1)
+        (f,) = _wait_files(wait_run(api, "default/files/s3"), 1)
         assert f.read() == data
         status, _, body = _get(
             up.http_url,
@@ -460,3 +449,38 @@ def test_files_go_to_s3_when_stride_up_is_given_a_bucket(tmp_path: Path, weed: W
         )
         assert (status, body) == (206, data[5:10])
     assert not (tmp_path / "data" / "objects").exists()
+
+
+def test_simvue_client_artifact_calls_with_their_filters(stack: StrideUp, tmp_path: Path) -> None:
+    from stride.simvue import Client
+
+    settings = stack.settings(tmp_path / "spool")
+    with stride.init(project="files", id="simvue", settings=settings) as run:
+        run.save_data("train.py", b"print(1)", category="code")
+        run.save_data("lib/util.py", b"X = 1", category="code")
+        run.save_data("lib/notes.txt", b"notes", category="code")
+        run.save_data("model.pt", b"weights", category="output", metadata={"epoch": 3})
+    api = stride.Api(stack.http_url)
+    _wait_files(wait_run(api, "default/files/simvue"), 4)
+    client = Client(api)
+
+    listed = client.list_artifacts("files/simvue")
+    assert [a["name"] for a in listed] == ["lib/notes.txt", "lib/util.py", "model.pt", "train.py"]
+    model = next(a for a in listed if a["name"] == "model.pt")
+    assert (model["size"], model["checksum"], model["category"]) == (7, _sha(b"weights"), "output")
+    assert model["metadata"] == {"epoch": 3}
+    assert [a["name"] for a in client.list_artifacts("files/simvue", category="output")] == [
+        "model.pt"
+    ]
+    assert client.get_artifact("files/simvue", "lib/util.py") == b"X = 1"
+    saved = client.get_artifact_as_file("files/simvue", "model.pt", tmp_path / "one")
+    assert saved.read_bytes() == b"weights"
+
+    def names(**filters: Any) -> list[str]:
+        got = client.get_artifacts_as_files("files/simvue", path=tmp_path / "many", **filters)
+        return sorted(p.relative_to(tmp_path / "many").as_posix() for p in got)
+
+    assert names(category="code", endswith=".py") == ["lib/util.py", "train.py"]
+    assert names(startswith="lib/", contains="not") == ["lib/notes.txt"]
+    assert names(category="input") == []
+    assert (tmp_path / "many" / "train.py").read_bytes() == b"print(1)"
