@@ -70,7 +70,7 @@ def _every_operation(entity: str) -> list[tuple[str, str]]:
     """Every operation of the service, on the run ``entity/p/r``."""
     calls = []
     for op in OPERATIONS:
-        path = op.path.format(entity=entity, project="p", run_id="r")
+        path = op.path.format(entity=entity, project="p", run_id="r", name="a")
         calls.append((op.method.upper(), path))
     return calls
 
@@ -114,7 +114,7 @@ def test_a_token_for_one_entity_reads_nothing_of_another_by_any_endpoint(
 
 def _template(path: str) -> str:
     for op in OPERATIONS:
-        if op.path.format(entity="bob", project="p", run_id="r") == path:
+        if op.path.format(entity="bob", project="p", run_id="r", name="a") == path:
             return op.path
     raise AssertionError(path)
 
