@@ -389,9 +389,7 @@ async def _delete_run(request: web.Request) -> web.Response:
     artifact versions it logged (those no other run logged)."""
     entity, project, run_id = await _existing_run(request)
     delete_artifacts = _flag(request, "delete_artifacts")
-    await delete_run(
-        request.app[STORE], entity, project, run_id, delete_artifacts=delete_artifacts
-    )
+    await delete_run(request.app[STORE], entity, project, run_id, delete_artifacts=delete_artifacts)
     request.app[CATALOG].forget(f"{entity}/{project}/{run_id}")
     return _json(Status())
 
