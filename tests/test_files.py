@@ -484,3 +484,30 @@ def test_simvue_client_artifact_calls_with_their_filters(stack: StrideUp, tmp_pa
     assert names(startswith="lib/", contains="not") == ["lib/notes.txt"]
     assert names(category="input") == []
     assert (tmp_path / "many" / "train.py").read_bytes() == b"print(1)"
+
+
+def test_an_unavailable_object_store_is_retried_and_shows_nothing_partial(
+    tmp_path: Path,
+) -> None:
+    """The object directory is replaced by a plain file while a file is saved: every
+    write fails; the worker hands the record back, waits longer each time, and
+    stores it once the directory is back."""
+    data = os.urandom(CHUNK_BYTES + 99)
+    with stride_up(tmp_path / "data") as up:
+        objects = tmp_path / "data" / "objects"
+        away = tmp_path / "objects-away"
+        objects.rename(away)
+        objects.write_text("not a directory")
+        settings = up.settings(tmp_path / "spool")
+        with stride.init(project="files", id="outage", settings=settings) as run:
+            run.save_data("data.bin", data)
+        assert run.finish().files_sent == 1
+        api = stride.Api(up.http_url)
+        wait_for(lambda: _status(api)["errors"] >= 2)
+        stored = wait_run(api, "default/files/outage")
+        assert list(stored.files()) == []
+        objects.unlink()
+        away.rename(objects)
+        (f,) = _wait_files(stored, 1, timeout=60)
+        assert f.read() == data
+        assert _status(api)["files"] == 1
