@@ -98,6 +98,8 @@ class RecordWorker:
                 alive = asyncio.create_task(self._keep_alive(msgs))
                 try:
                     await self._handle(msgs)
+                except Exception:  # never die on one fetch: unacked records come back
+                    log.exception("%s: could not handle %d records", self.what, len(msgs))
                 finally:
                     alive.cancel()
                 if self._backoff_s:  # something was handed back: do not hammer storage

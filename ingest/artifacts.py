@@ -4,8 +4,10 @@ A member of the durable consumer ``stride-artifacts`` on
 :data:`~stride.wire.ARTIFACT_SUBJECT`. A ``log`` record lists its files by
 sha256; it is recorded once every one of those bytes is in the object store
 (the file worker may still be copying them: until then the record is handed
-back and tried again a second later; after :data:`MAX_TRIES` deliveries it is
-dead-lettered, naming a missing file). A ``use`` record is resolved to the
+back and tried again, a little later each time up to a minute; it is
+dead-lettered, naming a missing file, only once it is older than
+:data:`GIVE_UP_S`, the time ``STRIDE_FILES`` keeps chunks: by then its files
+can no longer arrive). A ``use`` record is resolved to the
 version its reference names at that moment and recorded with that version's
 digest; one that names no version yet (the artifact may be on its way) is
 tried again each second, and after :data:`USE_TRIES` recorded as naming none.
@@ -16,6 +18,7 @@ Rows are keyed by the record's id, so a redelivered record changes nothing.
 from __future__ import annotations
 
 import asyncio
+import time
 
 import pyarrow as pa
 from nats.aio.client import Client as NatsClient
@@ -30,12 +33,12 @@ from stride.wire import ARTIFACT_SUBJECT, ArtifactRecord, WireError, decode_arti
 from ._records import RecordWorker
 from ._settings import IngestSettings
 
-__all__ = ["ARTIFACTS_DURABLE", "MAX_TRIES", "ArtifactWorker"]
+__all__ = ["ARTIFACTS_DURABLE", "GIVE_UP_S", "ArtifactWorker"]
 
 ARTIFACTS_DURABLE = "stride-artifacts"
-#: Deliveries of a record whose files are not all stored before it is dead-lettered
-#: (about 10 minutes at one a second).
-MAX_TRIES = 600
+#: Age of a record whose files are still not stored when it is dead-lettered: the
+#: ``max_age`` of ``STRIDE_FILES`` (see :mod:`.streams`).
+GIVE_UP_S = 7 * 24 * 3600.0
 
 
 #: Deliveries of a ``use`` record whose reference names no version yet (its
@@ -69,10 +72,11 @@ class ArtifactWorker(RecordWorker):
             except WireError as exc:
                 await self._dead_letter(msg, str(exc))
             except _NotYet as exc:
-                if msg.metadata.num_delivered >= MAX_TRIES:
+                meta = msg.metadata
+                if time.time() - meta.timestamp.timestamp() > GIVE_UP_S:
                     await self._dead_letter(msg, str(exc))
                 else:
-                    await self._hand_back(msg, exc, delay=1.0)
+                    await self._hand_back(msg, exc, delay=min(60.0, float(meta.num_delivered)))
             except (StoreError, OSError) as exc:
                 await self._hand_back(msg, exc)
         if not ready:

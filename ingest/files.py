@@ -7,7 +7,9 @@ workers: copying a large file never holds back metrics. For each record:
 1. if the object store already holds the blob (``blobs/sha256/…``, the same
    bytes saved before, or this record redelivered after a crash), nothing is
    copied;
-2. otherwise the chunks are read from JetStream in order (direct gets) and
+2. otherwise the chunks are read from JetStream in order (direct gets for a
+   chunk or two, a short-lived consumer for more; a chunk re-sent after later
+   ones is put back in its place) and
    streamed into one object-store put: size and sha256 are checked before
    the last byte is handed over, so a mismatch stores nothing, and a put is
    all or nothing (no half-written object is ever visible);
@@ -69,6 +71,8 @@ _FETCH_RECORDS = 64
 _PARALLEL_COPIES = 8
 #: Chunks fetched per request when a file has more than one.
 _CHUNK_BATCH = 16
+#: Chunks held that arrived before one re-sent (at least the SDK's window, 8 by default).
+_REORDER = 16
 
 
 class FileStats:
@@ -148,7 +152,7 @@ class FileWorker(RecordWorker):
             except (WireError, _Rejected) as exc:
                 await self._dead_letter(msg, str(exc))
                 return None
-            except (StoreError, OSError, NatsTimeoutError, TimeoutError) as exc:
+            except Exception as exc:  # storage or NATS failing: try again later
                 await self._hand_back(msg, exc)
                 return None
             return record
@@ -176,6 +180,11 @@ class FileWorker(RecordWorker):
             while (data := chunks.get()) is not None:
                 digest.update(data)
                 size += len(data)
+                if size > record.size:  # before the put's own length check raises
+                    raise _Rejected(
+                        f"file {record.name!r} of {record.path}: the chunks hold more than "
+                        f"the {record.size} bytes the record says; not stored"
+                    )
                 yield data
             if failed:
                 raise _Rejected(failed[0])
@@ -221,17 +230,26 @@ class FileWorker(RecordWorker):
         index = 0
         if record.chunks == 0:
             return  # an empty file
+        # A chunk whose publish failed is sent again after the next ones went through:
+        # hold up to _REORDER chunks that arrive early.
+        early: dict[int, bytes] = {}
         async with contextlib.aclosing(self._stored_chunks(record)) as stored:
             async for got, data in stored:
-                if got < index:
+                if got < index or got in early:
                     continue  # a duplicate of a chunk already read
                 if got > index:
-                    raise _Rejected(
-                        f"file {record.name!r} of {record.path}: chunk {index} is missing "
-                        f"(found {got} next); not stored"
-                    )
-                index += 1
+                    if len(early) >= _REORDER:
+                        raise _Rejected(
+                            f"file {record.name!r} of {record.path}: chunk {index} is missing "
+                            f"({len(early)} later ones arrived first); not stored"
+                        )
+                    early[got] = data
+                    continue
                 yield data
+                index += 1
+                while index in early:
+                    yield early.pop(index)
+                    index += 1
                 if index == record.chunks:
                     return
         raise _Rejected(

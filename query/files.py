@@ -133,7 +133,8 @@ async def update_file(
     if not 0 <= index < rows.num_rows:
         raise NotFound(f"file {name!r} has versions 0 to {rows.num_rows - 1}, not {version}")
     row = rows.slice(index, 1)
-    for column, value in {**edits, "updated": pa.array([time.time_ns()], pa.uint64())}.items():
+    updated = pa.array([_newer_than(row)], pa.uint64())
+    for column, value in {**edits, "updated": updated}.items():
         row = row.set_column(row.schema.get_field_index(column), column, value)
     await store.insert_arrow("files", FILES_COLUMNS, row.select(list(FILES_COLUMNS)))
 
@@ -162,7 +163,21 @@ async def delete_file(
         "SELECT DISTINCT sha256 FROM files WHERE sha256 IN {shas:Array(String)}", {"shas": shas}
     )
     for sha in set(shas) - set(held.column("sha256").to_pylist()):
-        await asyncio.to_thread(objects.delete, blob_key(sha))
+        # An artifact version may list the same bytes (its files have no files rows).
+        listed = await store.query_arrow(
+            "SELECT count() AS n FROM artifact_events "
+            "WHERE kind = 'log' AND position(manifest, {sha:String}) > 0",
+            {"sha": sha},
+        )
+        if not listed.column("n")[0].as_py():
+            await asyncio.to_thread(objects.delete, blob_key(sha))
+
+
+def _newer_than(rows: pa.Table) -> int:
+    """A version for edit rows that wins over ``rows``: now, or later than they are if
+    the writer's clock ran ahead of this service's."""
+    stored = max(int(u or 0) for u in rows.column("updated").to_pylist())
+    return max(time.time_ns(), stored + 1)
 
 
 async def _set_deleted(store: AsyncStore, run: str, name: str, deleted: bool) -> None:
@@ -177,7 +192,7 @@ async def _set_deleted(store: AsyncStore, run: str, name: str, deleted: bool) ->
     rows = rows.set_column(
         rows.schema.get_field_index("updated"),
         "updated",
-        pa.array([time.time_ns()] * n, pa.uint64()),
+        pa.array([_newer_than(rows)] * n, pa.uint64()),
     )
     await store.insert_arrow("files", FILES_COLUMNS, rows.select(list(FILES_COLUMNS)))
 

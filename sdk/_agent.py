@@ -411,6 +411,7 @@ class Agent:
         self._give_up_s = min(self._give_up_s, time.monotonic() - self._writer_gone_at + seconds)
 
     def _writer_gone(self) -> None:
+        self._uploads.invalidate()  # a save made just before the end must be seen
         if self._writer_gone_at is None:
             self._writer_gone_at = time.monotonic()
             if self._own is not None:

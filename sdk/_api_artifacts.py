@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 import msgspec
 
+from ._api_files import _safe
 from ._artifacts import check_ref
 from .api_types import ArtifactDoc, ArtifactFile, ArtifactsPage
 from .errors import UsageError
@@ -75,7 +76,7 @@ class ApiArtifact:
         return ``root``."""
         base = Path(root)
         for f in self.files:
-            dest = base / f.path
+            dest = base / _safe(f.path)
             dest.parent.mkdir(parents=True, exist_ok=True)
             self._api._download(self._file_url(), self._params(f.path), dest)
         return base

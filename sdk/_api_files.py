@@ -68,7 +68,7 @@ class ApiFile:
         """Write the file to ``root/<name>`` (directories made as needed) and return
         the path. An existing file is an error unless ``replace`` (write it again)
         or ``exist_ok`` (keep it). Streamed: any size fits."""
-        dest = Path(root) / self.name
+        dest = Path(root) / _safe(self.name)
         if dest.exists() and not replace:
             if exist_ok:
                 return dest
@@ -112,6 +112,15 @@ class ApiFile:
 
     def _params(self) -> list[tuple[str, Any]]:
         return [("name", self.name), ("version", self.version)]
+
+
+def _safe(name: str) -> str:
+    """``name`` if it stays inside the directory it is written to (checked here too:
+    the client does not take the service's word for it)."""
+    try:
+        return check_file_name(name)
+    except InvalidIdentifier as exc:
+        raise UsageError(f"refusing to write a file the service named badly: {exc}") from None
 
 
 def list_files(

@@ -93,6 +93,8 @@ class ArtifactPublisher:
             try:
                 entries.append(_done.decode(artifact.done_path(directory, upload).read_bytes()))
             except (OSError, msgspec.DecodeError):
+                if any(directory.glob(f"*-{upload}.json")):
+                    return  # still being sent (listed after the member list was taken)
                 log.error(
                     "stride: artifact %r of %s is not logged: its file %r could not be sent "
                     "(see the error above)",

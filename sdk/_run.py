@@ -324,6 +324,10 @@ class Run:
         artifact_id = secrets.token_hex(16)
         members: dict[str, str] = {}
         for path, source in artifact.entries.items():
+            size = len(source) if isinstance(source, bytes) else source.stat().st_size
+            _files.check_size(
+                f"{path!r} of artifact {artifact.name!r}", size, self.settings.max_file_bytes
+            )
             entry = _files.stage(
                 directory,
                 run,

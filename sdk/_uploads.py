@@ -67,6 +67,8 @@ _RECENT_NS = 2_000_000_000
 #: The header that numbers a chunk (ingest checks the order with it).
 CHUNK_HEADER = "Stride-Chunk"
 _MAX_PAUSE_S = 30.0
+#: How long JetStream keeps chunks (``max_age`` of ``STRIDE_FILES``), less a margin.
+_CHUNKS_KEPT_S = 6 * 24 * 3600.0
 _done = msgspec.json.Encoder()
 
 
@@ -214,8 +216,6 @@ class Uploader:
 
     async def _send(self, js: JetStreamContext, directory: Path, entry: Staged) -> FileRecord:
         subject = chunk_subject(entry.upload)
-        progress = _Progress(entry.progress_path(directory))
-        first = progress.read()
         source = entry.bytes_path(directory)
         try:
             stream: BinaryIO = source.open("rb")
@@ -223,8 +223,11 @@ class Uploader:
             raise _Unreadable(f"cannot read the saved file {source}: {exc.strerror}") from None
         digest = hashlib.sha256()
         inflight: collections.deque[tuple[int, asyncio.Future[Any]]] = collections.deque()
+        info = os.fstat(stream.fileno())
+        progress = _Progress(entry.progress_path(directory), info)
+        first = progress.read()
         with stream, progress:
-            size = os.fstat(stream.fileno()).st_size
+            size = info.st_size
             chunks = -(-size // CHUNK_BYTES)
             try:
                 for index in range(chunks):
@@ -289,22 +292,28 @@ class Uploader:
 
 class _Progress:
     """How many leading chunks of an upload JetStream has acknowledged, kept in a
-    small file beside the staged entry (page cache: it survives the process)."""
+    small file beside the staged entry (page cache: it survives the process), with
+    what identifies the bytes they came from (inode, size, modification time) and
+    when it was written. A resume starts over when the bytes changed since (the
+    stored chunks would not match them) or when JetStream has aged them out."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, source: os.stat_result) -> None:
         self._path = path
+        self._source = f"{source.st_ino} {source.st_size} {source.st_mtime_ns}"
         self._fd: int | None = None
 
     def read(self) -> int:
         try:
-            return int(self._path.read_text() or 0)
+            chunks, source, written = self._path.read_text().split("|")
+            fresh = time.time() - float(written) < _CHUNKS_KEPT_S
+            return int(chunks) if source == self._source and fresh else 0
         except (OSError, ValueError):
             return 0
 
     def write(self, chunks: int) -> None:
         if self._fd is None:
-            self._fd = os.open(self._path, os.O_WRONLY | os.O_CREAT, 0o644)
-        os.pwrite(self._fd, f"{chunks:020d}".encode(), 0)
+            self._fd = os.open(self._path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        os.pwrite(self._fd, f"{chunks:020d}|{self._source}|{time.time():.3f}".encode(), 0)
 
     def __enter__(self) -> _Progress:
         return self

@@ -5,7 +5,11 @@ manifest. The versions of a name are its distinct digests, numbered ``v0``,
 ``v1``... in the order each was first logged; ``latest`` is the digest logged
 last; a user alias names the digest it was most recently logged with. All of
 it is computed from the rows at read time, so two ingest processes recording
-at once cannot disagree on a number.
+at once cannot disagree on a number. The order is the writers' clocks: a
+version logged from a machine whose clock was behind, or by an offline run
+synced later, takes its place by the time it was logged, and the numbers of
+versions after it move up by one (the digest, ``ArtifactDoc.digest``, never
+changes).
 """
 
 from __future__ import annotations

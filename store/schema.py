@@ -425,7 +425,7 @@ _TABLES = (
         updated UInt64""",
         "ReplacingMergeTree",
         "updated",
-        "run, name, ver",
+        "run, name, ver, upload",
         "cityHash64(run)",
         settings=_POINT_READS,
     ),

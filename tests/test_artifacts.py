@@ -180,3 +180,18 @@ def test_deleting_a_run_keeps_its_artifacts_unless_asked(stack: StrideUp, tmp_pa
     with pytest.raises(NotFoundError, match="no artifact 'dropped'"):
         api.artifact("deletes/dropped")
     assert [a.name for a in api.artifacts("deletes")] == ["kept"]
+
+
+def test_purging_a_file_keeps_bytes_an_artifact_lists(stack: StrideUp, tmp_path: Path) -> None:
+    shared = b"weights shared by a file and an artifact"
+    settings = stack.settings(tmp_path / "spool")
+    api = stride.Api(stack.http_url)
+    with stride.init(project="arts", id="sharing", settings=settings) as run:
+        run.save_data("model.pt", shared)
+        run.log_artifact(_artifact("shared-model", {"model.pt": shared}))
+    _wait_version(api, "arts/shared-model", "v0")
+    stored = wait_run(api, "arts/sharing")
+    wait_for(lambda: list(stored.files()))
+    stored.file("model.pt").delete(purge=True)
+    assert list(stored.files()) == []
+    assert api.artifact("arts/shared-model").read("model.pt") == shared

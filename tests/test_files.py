@@ -278,11 +278,16 @@ def test_edit_soft_delete_restore_and_purge(stack: StrideUp, tmp_path: Path) -> 
         stored.file("plot.png").delete(purge=True)
 
 
-def _publish(nats_url: str, record: FileRecord, chunks: list[bytes]) -> None:
+def _publish(
+    nats_url: str, record: FileRecord, chunks: list[bytes], order: list[int] | None = None
+) -> None:
+    """Publish ``chunks`` (in ``order`` of their indexes, if given), then ``record``."""
+
     async def go() -> None:
         nc = await nats.connect(nats_url)
         js = nc.jetstream()
-        for i, data in enumerate(chunks):
+        for i in order if order is not None else range(len(chunks)):
+            data = chunks[i]
             headers = {"Nats-Msg-Id": f"{record.upload}/{i}", "Stride-Chunk": str(i)}
             await js.publish(chunk_subject(record.upload), data, headers=headers)
         headers = {"Nats-Msg-Id": file_message_id(record.upload)}
@@ -328,6 +333,27 @@ def test_a_checksum_mismatch_or_missing_chunk_stores_nothing(stack: StrideUp) ->
     # The run has no fields (no batch was sent for it), so the run itself is not found.
     content = "/api/v1/runs/default/files/bad/file?name="
     assert _get(stack.http_url, content + "a.bin", {})[0] == 404
+
+
+def test_chunks_out_of_order_are_put_back_and_oversized_ones_refused(stack: StrideUp) -> None:
+    """A chunk re-sent after later ones went through (its first publish failed) is put
+    back in place; chunks holding more bytes than the record says are dead-lettered,
+    and the worker goes on."""
+    api = stride.Api(stack.http_url)
+    before = _status(api)
+    data = os.urandom(4 * CHUNK_BYTES - 5)
+    chunks = [data[i : i + CHUNK_BYTES] for i in range(0, len(data), CHUNK_BYTES)]
+    record = _record("bad", "shuffled.bin", "dd" * 16, data, _sha(data))
+    _publish(stack.nats_url, record, chunks, order=[0, 2, 3, 1])
+    short = _record("bad", "short.bin", "ee" * 16, data[:-100], _sha(data[:-100]))
+    _publish(stack.nats_url, short, chunks)  # 100 bytes more than it says
+    after = os.urandom(100)
+    _publish(stack.nats_url, _record("bad", "after.bin", "ff" * 16, after, _sha(after)), [after])
+    wait_for(lambda: _status(api)["files"] - before["files"] == 2)
+    wait_for(lambda: _status(api)["dead_lettered"] - before["dead_lettered"] == 1)
+    assert (stack.data_dir / "objects" / blob_key(_sha(data))).read_bytes() == data
+    assert not (stack.data_dir / "objects" / blob_key(_sha(data[:-100]))).exists()
+    assert (stack.data_dir / "objects" / blob_key(_sha(after))).read_bytes() == after
 
 
 _WRITER = """
