@@ -17,6 +17,7 @@ from nats.js.api import ConsumerConfig
 from nats.js.errors import NotFoundError
 
 from stride.store import AsyncStore
+from stride.store.objects import ObjectStore
 from stride.wire import DLQ_SUBJECT, FILES_STREAM
 
 from ._settings import IngestSettings
@@ -39,8 +40,11 @@ class RecordWorker:
     subject: str
     what: str  # "files", "artifacts": names the worker in logs
 
-    def __init__(self, nc: NatsClient, store: AsyncStore, settings: IngestSettings) -> None:
+    def __init__(
+        self, nc: NatsClient, store: AsyncStore, objects: ObjectStore, settings: IngestSettings
+    ) -> None:
         self._nc = nc
+        self._objects = objects
         self._js = nc.jetstream()
         self._store = store
         self._settings = settings

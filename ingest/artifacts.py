@@ -58,8 +58,7 @@ class ArtifactWorker(RecordWorker):
     def __init__(
         self, nc: NatsClient, store: AsyncStore, objects: ObjectStore, settings: IngestSettings
     ) -> None:
-        super().__init__(nc, store, settings)
-        self._objects = objects
+        super().__init__(nc, store, objects, settings)
         self.recorded = 0
 
     async def _handle(self, msgs: list[Msg]) -> None:

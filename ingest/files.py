@@ -45,6 +45,7 @@ from stride.store import AsyncStore, StoreError
 from stride.store.objects import ObjectNotFoundError, ObjectStore
 from stride.store.schema import FILES_COLUMNS, blob_key
 from stride.wire import (
+    CHUNK_HEADER,
     FILE_SUBJECT,
     FILES_STREAM,
     FileRecord,
@@ -62,8 +63,6 @@ T = TypeVar("T")
 __all__ = ["FILES_DURABLE", "FileStats", "FileWorker"]
 
 FILES_DURABLE = "stride-files"
-#: The header the SDK numbers chunks with (``stride._uploads.CHUNK_HEADER``).
-_CHUNK_HEADER = "Stride-Chunk"
 #: Chunks read ahead of the object-store put.
 _QUEUE_CHUNKS = 8
 #: Records fetched at once, and how many of their files are copied at once.
@@ -103,8 +102,7 @@ class FileWorker(RecordWorker):
     def __init__(
         self, nc: NatsClient, store: AsyncStore, objects: ObjectStore, settings: IngestSettings
     ) -> None:
-        super().__init__(nc, store, settings)
-        self._objects = objects
+        super().__init__(nc, store, objects, settings)
         self.stats = FileStats(self)
         self._threads = ThreadPoolExecutor(_PARALLEL_COPIES + 2, thread_name_prefix="stride-files")
 
@@ -300,7 +298,7 @@ class FileWorker(RecordWorker):
 
 def _index(headers: dict[str, str] | None) -> int:
     try:
-        return int((headers or {})[_CHUNK_HEADER])
+        return int((headers or {})[CHUNK_HEADER])
     except (KeyError, ValueError):
         return -1  # not a chunk: skipped as a duplicate
 

@@ -312,13 +312,14 @@ class StagedArtifact(msgspec.Struct, kw_only=True):
         return directory / f"{self.ver:020d}-{self.id}{_ARTIFACT}"
 
     def done_path(self, directory: Path, upload: str) -> Path:
-        return directory / f"{self.id}-{upload}{_DONE}"
+        return done_path(directory, self.id, upload)
 
 
 _artifact_decoder = msgspec.json.Decoder(StagedArtifact)
 
 
 def done_path(directory: Path, artifact: str, upload: str) -> Path:
+    """Where the uploader leaves what an artifact's record lists of one of its files."""
     return directory / f"{artifact}-{upload}{_DONE}"
 
 

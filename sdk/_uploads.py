@@ -45,6 +45,7 @@ from ._artifact_publish import ArtifactPublisher
 from ._files import FILES_DIR, Staged, done_path, pending
 from .wire import (
     CHUNK_BYTES,
+    CHUNK_HEADER,
     FILE_SUBJECT,
     FILE_WIRE_VERSION,
     ArtifactEntry,
@@ -56,7 +57,7 @@ from .wire import (
 
 log = logging.getLogger("stride")
 
-__all__ = ["CHUNK_HEADER", "Uploader"]
+__all__ = ["Uploader"]
 
 #: Files uploaded at once.
 PARALLEL = 16
@@ -64,8 +65,6 @@ PARALLEL = 16
 #: (its modification time may not change for a save made within the same clock tick).
 _RESCAN_S = 0.1
 _RECENT_NS = 2_000_000_000
-#: The header that numbers a chunk (ingest checks the order with it).
-CHUNK_HEADER = "Stride-Chunk"
 _MAX_PAUSE_S = 30.0
 #: How long JetStream keeps chunks (``max_age`` of ``STRIDE_FILES``), less a margin.
 _CHUNKS_KEPT_S = 6 * 24 * 3600.0
@@ -88,7 +87,6 @@ class Uploader:
     ) -> None:
         self._wake = wake
         self._window = asyncio.Semaphore(window)
-        self._window_size = window
         self._ack_timeout_s = ack_timeout_s
         self._warn = warn
         self._staged: dict[Path, dict[str, Staged]] = {}  # files dir -> entry name -> entry

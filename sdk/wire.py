@@ -56,6 +56,7 @@ a reader does not understand is ever silently ignored. The rules:
 from __future__ import annotations
 
 import re
+from typing import TypeVar
 
 import msgspec
 
@@ -65,6 +66,7 @@ __all__ = [
     "ARTIFACT_KINDS",
     "ARTIFACT_SUBJECT",
     "CHUNK_BYTES",
+    "CHUNK_HEADER",
     "DLQ_STREAM",
     "DLQ_SUBJECT",
     "FILES_STREAM",
@@ -110,6 +112,8 @@ FILE_SUBJECT = "stride.files.v1"
 ARTIFACT_SUBJECT = "stride.artifacts.v1"
 ARTIFACT_KINDS = ("log", "use")
 _CHUNKS_PREFIX = "stride.chunks."
+#: The header that numbers a file chunk (ingest puts chunks in order by it).
+CHUNK_HEADER = "Stride-Chunk"
 #: Bytes per file chunk: well under NATS' default 1 MiB max payload.
 CHUNK_BYTES = 512 * 1024
 #: The version of :class:`FileRecord` writers send (it evolves like batches).
@@ -317,26 +321,36 @@ def file_message_id(upload: str) -> str:
     return f"file/{upload}"
 
 
+_Record = TypeVar("_Record", FileRecord, ArtifactRecord)
+
+
+def _decode_record(payload: bytes, decoder: msgspec.msgpack.Decoder[_Record], what: str) -> _Record:
+    """A file or artifact record of the known version, its run and writer checked."""
+    version = _version(payload, what)
+    if version != FILE_WIRE_VERSION:
+        raise WireError(f"unknown {what} version {version} (this reader knows {FILE_WIRE_VERSION})")
+    try:
+        record = decoder.decode(payload)
+    except msgspec.DecodeError as exc:
+        raise WireError(f"malformed {what}: {exc}") from None
+    try:
+        check("entity", record.entity)
+        check("project", record.project)
+        check("run id", record.run_id)
+        check("writer", record.writer)
+    except InvalidIdentifier as exc:
+        raise WireError(str(exc)) from None
+    return record
+
+
 def encode_file_record(record: FileRecord) -> bytes:
     return _encoder.encode(record)
 
 
 def decode_file_record(payload: bytes) -> FileRecord:
     """Decode and validate one file record; raise :class:`WireError` with the reason."""
-    version = _version(payload, "file record")
-    if version != FILE_WIRE_VERSION:
-        raise WireError(
-            f"unknown file record version {version} (this reader knows {FILE_WIRE_VERSION})"
-        )
+    record = _decode_record(payload, _file_decoder, "file record")
     try:
-        record = _file_decoder.decode(payload)
-    except msgspec.DecodeError as exc:
-        raise WireError(f"malformed file record: {exc}") from None
-    try:
-        check("entity", record.entity)
-        check("project", record.project)
-        check("run id", record.run_id)
-        check("writer", record.writer)
         check_file_name(record.name)
     except InvalidIdentifier as exc:
         raise WireError(str(exc)) from None
@@ -363,20 +377,8 @@ def encode_artifact_record(record: ArtifactRecord) -> bytes:
 
 def decode_artifact_record(payload: bytes) -> ArtifactRecord:
     """Decode and validate one artifact record; raise :class:`WireError` with the reason."""
-    version = _version(payload, "artifact record")
-    if version != FILE_WIRE_VERSION:
-        raise WireError(
-            f"unknown artifact record version {version} (this reader knows {FILE_WIRE_VERSION})"
-        )
+    record = _decode_record(payload, _artifact_decoder, "artifact record")
     try:
-        record = _artifact_decoder.decode(payload)
-    except msgspec.DecodeError as exc:
-        raise WireError(f"malformed artifact record: {exc}") from None
-    try:
-        check("entity", record.entity)
-        check("project", record.project)
-        check("run id", record.run_id)
-        check("writer", record.writer)
         check("artifact", record.name)
         if record.kind == "log":
             check("artifact type", record.type)

@@ -223,8 +223,8 @@ def test_the_exported_names_are_the_ones_we_mean() -> None:
     assert set(wire.__all__) == {
         "DLQ_STREAM", "DLQ_SUBJECT", "INGEST_SUBJECT", "MIN_WIRE_VERSION", "STREAM",
         "WIRE_VERSION", "Batch", "MetricBlock", "VersionPeek", "WireError", "decode_batch",
-        "encode_batch", "message_id", "CHUNK_BYTES", "FILES_STREAM", "FILE_CATEGORIES",
-        "FILE_SUBJECT", "FILE_WIRE_VERSION", "FileRecord", "chunk_subject",
+        "encode_batch", "message_id", "CHUNK_BYTES", "CHUNK_HEADER", "FILES_STREAM",
+        "FILE_CATEGORIES", "FILE_SUBJECT", "FILE_WIRE_VERSION", "FileRecord", "chunk_subject",
         "decode_file_record", "encode_file_record", "file_message_id", "ARTIFACT_KINDS",
         "ARTIFACT_SUBJECT", "ArtifactEntry", "ArtifactRecord", "decode_artifact_record",
         "encode_artifact_record",
