@@ -103,7 +103,13 @@ async def serve_http(
 
 
 async def wait_for_stop(*tasks: asyncio.Task[None]) -> BaseException | None:
-    """Wait for SIGINT or SIGTERM, or for one of ``tasks`` to end; return its failure."""
+    """Wait for SIGINT or SIGTERM, or for one of ``tasks`` to end; return its failure.
+
+    The signals stay handled after this returns, until the event loop closes:
+    another Ctrl-C during the drain (or one already queued) only says the drain
+    is under way. Giving SIGINT back to Python here would let it raise
+    ``KeyboardInterrupt`` in the middle of the drain.
+    """
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -118,7 +124,15 @@ async def wait_for_stop(*tasks: asyncio.Task[None]) -> BaseException | None:
         return None
     finally:
         for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.remove_signal_handler(sig)
+            loop.add_signal_handler(sig, _already_stopping, sig)
+
+
+def _already_stopping(sig: signal.Signals) -> None:
+    log.warning(
+        "%s: already stopping; the drain ends by itself within its timeout "
+        "(SIGKILL stops at once: unacknowledged messages are delivered again)",
+        sig.name,
+    )
 
 
 async def finish(tasks: list[asyncio.Task[None]], timeout_s: float) -> bool:

@@ -87,6 +87,19 @@ class StrideProcess:
         self.stop()
         raise AssertionError(f"{' '.join(self.args[:1])} did not start:\n" + "\n".join(self.output))
 
+    def read_until(self, prefix: str, timeout: float = 30.0) -> str:
+        """Read what the running process prints until a line starts with ``prefix``."""
+        assert self.proc is not None and self.proc.stdout is not None
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            line = self.proc.stdout.readline()
+            if not line:
+                break
+            self.output.append(line.rstrip())
+            if line.startswith(prefix):
+                return line
+        raise AssertionError(f"no line starting {prefix!r}:\n" + "\n".join(self.output))
+
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 30.0) -> int:
         if self.proc is None:
             return 0

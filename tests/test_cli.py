@@ -134,8 +134,11 @@ def test_ctrl_c_in_a_terminal_drains_before_nats_server_stops(tmp_path: Path) ->
         run.log({"x": 1.0})
     wait_rows(stride.Api(up.http_url), run.path, 1)
     os.killpg(up.proc.pid, signal.SIGINT)  # what the terminal does on Ctrl-C
-    assert up.stop(timeout=30) == 0
+    up.read_until("stride: stopping")
+    os.killpg(up.proc.pid, signal.SIGINT)  # an impatient second Ctrl-C, during the drain
+    assert up.stop(timeout=30) == 0  # not 130: no KeyboardInterrupt in the middle of it
     assert "stride: stopped" in up.output
+    assert "stride: SIGINT: already stopping" in " ".join(up.output), up.output
     assert not [line for line in up.output if "NATS:" in line or "EOF" in line], up.output
     wait_for(lambda: not _alive(child), timeout=10)  # stopped by stride up, after the drain
 
