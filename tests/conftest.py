@@ -75,30 +75,27 @@ class StrideProcess:
             start_new_session=new_session,
             env={**os.environ, **self.env} if self.env else None,
         )
-        deadline = time.monotonic() + timeout
-        assert self.proc.stdout is not None
-        while time.monotonic() < deadline:
-            line = self.proc.stdout.readline()
-            if not line:
-                break
-            self.output.append(line.rstrip())
-            if self._ready(line):
-                return self
+        if self._read_until(self._ready, timeout):
+            return self
         self.stop()
         raise AssertionError(f"{' '.join(self.args[:1])} did not start:\n" + "\n".join(self.output))
 
-    def read_until(self, prefix: str, timeout: float = 30.0) -> str:
+    def read_until(self, prefix: str, timeout: float = 30.0) -> None:
         """Read what the running process prints until a line starts with ``prefix``."""
+        if not self._read_until(lambda line: line.startswith(prefix), timeout):
+            raise AssertionError(f"no line starting {prefix!r}:\n" + "\n".join(self.output))
+
+    def _read_until(self, found: Callable[[str], bool], timeout: float) -> bool:
         assert self.proc is not None and self.proc.stdout is not None
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             line = self.proc.stdout.readline()
             if not line:
-                break
+                return False
             self.output.append(line.rstrip())
-            if line.startswith(prefix):
-                return line
-        raise AssertionError(f"no line starting {prefix!r}:\n" + "\n".join(self.output))
+            if found(line):
+                return True
+        return False
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 30.0) -> int:
         if self.proc is None:
