@@ -14,6 +14,7 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,8 @@ import pytest
 
 import stride
 from stride.errors import NotFoundError, UsageError
+from stride.store.errors import ObjectNotFoundError
+from stride.store.objects import open_objects
 from stride.store.schema import blob_key
 from stride.wire import (
     CHUNK_BYTES,
@@ -38,6 +41,35 @@ from .weed import Weed
 from .weed import weed as weed  # the fixture
 
 MIB = 1 << 20
+
+
+@dataclass(frozen=True)
+class Objects:
+    """Where ``stride up`` keeps file bytes in a test: its data directory, or an S3 bucket."""
+
+    url: str
+
+    def args(self) -> tuple[str, ...]:
+        return ("--objects", self.url)
+
+    def read(self, key: str) -> bytes | None:
+        """The stored object's bytes, or None if there is none (a part never shows)."""
+        store = open_objects(self.url)
+        try:
+            return store.get(key).read()
+        except ObjectNotFoundError:
+            return None
+        finally:
+            store.close()
+
+
+@pytest.fixture(params=["local", "s3"])
+def objects(request: pytest.FixtureRequest, tmp_path: Path) -> Objects:
+    """Each store the issue names: a local directory, and S3 (``weed mini``)."""
+    if request.param == "local":
+        return Objects((tmp_path / "objects").as_uri())
+    weed: Weed = request.getfixturevalue("weed")
+    return Objects(weed.url())
 
 
 def _wait_files(
@@ -380,14 +412,16 @@ async def _count_chunks(nats_url: str, counted: list[int], stop: asyncio.Event) 
 
 
 @pytest.mark.slow
-def test_a_writer_killed_mid_upload_resumes_without_resending(tmp_path: Path) -> None:
+def test_a_writer_killed_mid_upload_resumes_without_resending(
+    tmp_path: Path, objects: Objects
+) -> None:
     """SIGKILL the training process and its helper while a 24 MiB file uploads; the next
     agent on the spool (``stride sync``) finishes it, sending only what was missing."""
     data = os.urandom(24 * MIB)
     total = len(data) // CHUNK_BYTES
     (tmp_path / "ckpt.bin").write_bytes(data)
     spool = tmp_path / "spool"
-    with stride_up(tmp_path / "data") as up:
+    with stride_up(tmp_path / "data", *objects.args()) as up:
         counted = [0]
 
         async def scenario() -> None:
@@ -431,19 +465,22 @@ def test_a_writer_killed_mid_upload_resumes_without_resending(tmp_path: Path) ->
         (f,) = _wait_files(stored, 1)
         assert (f.sha256, f.versions) == (_sha(data), 1)
         assert f.read() == data
+        assert objects.read(blob_key(_sha(data))) == data
         # Every chunk published at least once; sent again at most those in flight at
         # the kill (the window: 2), not the ones acknowledged before.
         assert total <= counted[0] <= total + 2
 
 
 @pytest.mark.slow
-def test_ingest_killed_while_copying_a_file_stores_it_on_restart(tmp_path: Path) -> None:
+def test_ingest_killed_while_copying_a_file_stores_it_on_restart(
+    tmp_path: Path, objects: Objects
+) -> None:
     """SIGKILL ``stride up`` just after a 40 MiB file's record reaches NATS (ingest is
     copying it): no partial object is ever visible, and the restart stores it whole."""
     data = os.urandom(40 * MIB)
     (tmp_path / "big.bin").write_bytes(data)
-    blob = tmp_path / "data" / "objects" / blob_key(_sha(data))
-    with stride_up(tmp_path / "data") as up:
+    key = blob_key(_sha(data))
+    with stride_up(tmp_path / "data", *objects.args()) as up:
         port = up.nats_url.rsplit(":", 1)[1]
         settings = up.settings(tmp_path / "spool")
         with stride.init(project="files", id="ingest-killed", settings=settings) as run:
@@ -451,13 +488,13 @@ def test_ingest_killed_while_copying_a_file_stores_it_on_restart(tmp_path: Path)
         assert run.finish().files_sent == 1
         time.sleep(0.05)  # the record is in NATS: ingest is copying the chunks now
         up.kill()
-    assert not blob.exists() or blob.read_bytes() == data  # never a part
-    with stride_up(tmp_path / "data", "--nats-port", port) as up:
+    assert objects.read(key) in (None, data)  # never a part
+    with stride_up(tmp_path / "data", "--nats-port", port, *objects.args()) as up:
         api = stride.Api(up.http_url)
         # The record is redelivered once its ack wait (10 s) passes.
         (f,) = _wait_files(wait_run(api, "default/files/ingest-killed"), 1, timeout=60)
         assert (f.read(), f.versions) == (data, 1)
-    assert blob.read_bytes() == data
+    assert objects.read(key) == data
 
 
 def test_files_go_to_s3_when_stride_up_is_given_a_bucket(tmp_path: Path, weed: Weed) -> None:
