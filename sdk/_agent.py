@@ -13,7 +13,8 @@ or inside ``stride sync``. One asyncio loop, one NATS connection::
 Control messages from the training process arrive on a socket (4-byte
 length + msgpack): ``["finish", slot, upto, timeout]`` asks for a report once
 everything of that run up to log position ``upto`` is acknowledged (answered
-``["report", batches_sent, points_sent, left, last_error]``), and ``["close"]``
+``["report", batches_sent, points_sent, left, last_error, files_sent, files_left,
+files_failed]``), and ``["close"]``
 says the writer is done. End of file on the socket means the training
 process is gone: the agent delivers what it left, marks runs it never
 finished ``crashed``, and exits; if NATS stays unreachable it gives up after
@@ -436,8 +437,10 @@ class Agent:
             sent = (state.batches_sent, state.points_sent) if state is not None else (0, 0)
             error = self.report.last_error or self._uploads.last_error
             left_count = left[0] + (1 if left[1] else 0)
-            files_sent = self._uploads.sent(own.dir, waiter.slot) if own is not None else 0
-            reply = ["report", *sent, left_count, error, files_sent, files_left]
+            uploads, directory = self._uploads, own.dir if own is not None else None
+            files_sent = uploads.sent(directory, waiter.slot) if directory else 0
+            failed = uploads.failed(directory, waiter.slot) if directory else []
+            reply = ["report", *sent, left_count, error, files_sent, files_left, failed]
             if self._writer is not None and not self._writer.is_closing():
                 self._writer.write(protocol.encode(reply))
         self._waiters = keep

@@ -2,8 +2,8 @@
 
 Each message is a msgpack list, preceded by its length as a little-endian u32:
 ``["finish", slot, upto, timeout]`` (answered ``["report", batches, points,
-left, last_error]``), ``["terminated", timeout, upto]`` (answered the same
-way) and ``["close"]`` (not answered). See :mod:`stride._agent`.
+left, last_error, files_sent, files_left, files_failed]``), ``["terminated",
+timeout, upto]`` (answered the same way) and ``["close"]`` (not answered). See :mod:`stride._agent`.
 """
 
 from __future__ import annotations

@@ -64,10 +64,15 @@ class DeliveryReport:
     #: Files saved with this run and stored in NATS, and those not yet (still being sent).
     files_sent: int = 0
     files_left: int = 0
+    #: Files saved with this run that could not be read when their turn came (deleted
+    #: or made unreadable before a hard link was taken), each as ``"<name>: <why>"``:
+    #: not uploaded, and never will be.
+    files_failed: list[str] = dataclasses.field(default_factory=list)
 
     @property
     def complete(self) -> bool:
-        return self.spooled_left == 0 and self.files_left == 0
+        """Everything saved was delivered: nothing left to send and no file lost."""
+        return self.spooled_left == 0 and self.files_left == 0 and not self.files_failed
 
     def __str__(self) -> str:
         text = f"{self.batches_sent} batches ({self.points_sent} points) delivered"
@@ -75,14 +80,21 @@ class DeliveryReport:
             text += f", {self.files_sent} file(s) sent"
             if self.files_left:
                 text += f" and {self.files_left} still uploading"
-        if not self.complete:
+        if self.files_failed:
+            shown = "; ".join(self.files_failed[:3])
+            more = len(self.files_failed) - 3
+            text += (
+                f"; {len(self.files_failed)} saved file(s) could not be read and were not "
+                f"uploaded, save them again ({shown}{f'; and {more} more' if more > 0 else ''})"
+            )
+        if self.spooled_left or self.files_left:
             text += (
                 f"; the rest is kept in {self.spool_dir} and delivered by the helper once NATS "
                 f"answers, by the next run that uses that directory, or by `stride sync "
                 f"{self.spool_dir}`"
             )
-            if self.last_error:
-                text += f" (last error: {self.last_error})"
+        if not self.complete and self.last_error:
+            text += f" (last error: {self.last_error})"
         return text
 
 
@@ -150,7 +162,7 @@ class Transport:
                 report.last_error = self._silence()
             else:
                 _, report.batches_sent, report.points_sent, report.spooled_left, *rest = reply
-                report.last_error, report.files_sent, report.files_left = rest
+                report.last_error, report.files_sent, report.files_left, report.files_failed = rest
         with _registry_lock:
             self.runs.pop(slot, None)
             if not self.runs:

@@ -98,6 +98,9 @@ class Uploader:
         self.progress_at = 0.0
         self.files_sent = 0
         self._sent_by_run: collections.Counter[tuple[Path, int]] = collections.Counter()
+        self._failed_by_run: collections.defaultdict[tuple[Path, int], list[str]] = (
+            collections.defaultdict(list)
+        )
         self.last_error: str | None = None
         self.artifacts = ArtifactPublisher(ack_timeout_s, warn, wake)
 
@@ -111,6 +114,11 @@ class Uploader:
     def sent(self, log_dir: Path, slot: int) -> int:
         """Files of run ``slot`` of ``log_dir`` delivered by this uploader."""
         return self._sent_by_run[(log_dir / FILES_DIR, slot)]
+
+    def failed(self, log_dir: Path, slot: int) -> list[str]:
+        """Files of run ``slot`` of ``log_dir`` this uploader could not read (not sent),
+        each as ``"<name>: <why>"``."""
+        return self._failed_by_run.get((log_dir / FILES_DIR, slot), [])
 
     def step(self, js: JetStreamContext | None, log_dirs: Sequence[Path]) -> int:
         """Look for staged files and start uploads while there is room (``js`` given:
@@ -180,6 +188,8 @@ class Uploader:
         except _Unreadable as exc:
             self.last_error = str(exc)
             log.error("stride: %s; it is not uploaded", exc)
+            if not entry.artifact:  # an artifact's own report says it is incomplete
+                self._failed_by_run[(directory, entry.slot)].append(f"{entry.name}: {exc}")
             self._forget(directory, entry)
             return
         except asyncio.CancelledError:

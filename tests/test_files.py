@@ -36,7 +36,7 @@ from stride.wire import (
     file_message_id,
 )
 
-from .conftest import STRIDE, StrideUp, stride_up, wait_for, wait_run
+from .conftest import STRIDE, StrideUp, free_port, stride_up, wait_for, wait_run
 from .weed import Weed
 from .weed import weed as weed  # the fixture
 
@@ -190,6 +190,36 @@ def test_downloads_honour_range_requests(stack: StrideUp, tmp_path: Path) -> Non
     assert (status, headers["Content-Range"]) == (416, f"bytes */{len(data)}")
     status, _, body = _get(stack.http_url, path, {"Range": "bytes=5-1"})  # invalid: ignored
     assert (status, body) == (200, data)
+
+
+def test_a_file_gone_before_its_upload_is_reported_not_dropped_silently(
+    tmp_path: Path,
+) -> None:
+    """A file on another file system is read in place (no hard link); deleted before
+    NATS answers, it cannot be sent: ``finish()`` says so and the report is incomplete."""
+    elsewhere = Path("/dev/shm")
+    if not elsewhere.is_dir() or elsewhere.stat().st_dev == tmp_path.stat().st_dev:
+        pytest.skip("needs /dev/shm on another file system than the spool")
+    source = elsewhere / f"stride-test-{os.getpid()}-{time.monotonic_ns()}.bin"
+    source.write_bytes(b"gone soon")
+    port = free_port()
+    settings = stride.Settings(server=f"nats://127.0.0.1:{port}", spool_dir=tmp_path / "spool")
+    try:
+        run = stride.init(project="files", id="gone", settings=settings)
+        run.save(source, name="kept-in-place.bin")
+        run.save_data("fine.bin", b"fine")
+    finally:
+        source.unlink()
+    with stride_up(tmp_path / "data", "--nats-port", str(port)) as up:
+        report = run.finish(timeout=60)
+        assert (report.files_sent, report.files_left) == (1, 0)
+        (failed,) = report.files_failed
+        assert failed.startswith("kept-in-place.bin: cannot read the saved file")
+        assert "No such file" in failed
+        assert not report.complete
+        assert "1 saved file(s) could not be read and were not uploaded" in str(report)
+        (f,) = _wait_files(wait_run(stride.Api(up.http_url), "default/files/gone"), 1)
+        assert f.name == "fine.bin"
 
 
 def test_bad_saves_are_refused_with_the_reason(stack: StrideUp, tmp_path: Path) -> None:
