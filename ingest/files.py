@@ -7,14 +7,17 @@ workers: copying a large file never holds back metrics. For each record:
 1. if the object store already holds the blob (``blobs/sha256/…``, the same
    bytes saved before, or this record redelivered after a crash), nothing is
    copied;
-2. otherwise the chunks are read from JetStream in order (direct gets for a
+2. if an early copy of a large file, made while its chunks arrived
+   (:mod:`stride.ingest._early`), holds exactly the record's bytes, it is
+   moved to the blob key;
+3. otherwise the chunks are read from JetStream in order (direct gets for a
    chunk or two, a short-lived consumer for more; a chunk re-sent after later
    ones is put back in its place) and
    streamed into one object-store put: size and sha256 are checked before
    the last byte is handed over, so a mismatch stores nothing, and a put is
    all or nothing (no half-written object is ever visible);
-3. the ``files`` row is written (``ReplacingMergeTree``: a repeat changes nothing);
-4. the chunks are purged from the stream and the record is acked.
+4. the ``files`` row is written (``ReplacingMergeTree``: a repeat changes nothing);
+5. the chunks are purged from the stream and the record is acked.
 
 A crash anywhere redelivers the record and the steps above repeat safely. A
 record that cannot succeed (malformed, checksum mismatch, chunks gone) is
@@ -30,6 +33,7 @@ import functools
 import hashlib
 import logging
 import queue
+import time
 from collections.abc import AsyncGenerator, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
@@ -48,12 +52,15 @@ from stride.wire import (
     CHUNK_HEADER,
     FILE_SUBJECT,
     FILES_STREAM,
+    UPLOAD_SUBJECT,
     FileRecord,
+    UploadStart,
     WireError,
     chunk_subject,
     decode_file_record,
 )
 
+from ._early import MAX_EARLY, EarlyCopies
 from ._records import RecordWorker
 from ._settings import IngestSettings
 
@@ -72,10 +79,14 @@ _PARALLEL_COPIES = 8
 _CHUNK_BATCH = 16
 #: Chunks held that arrived before one re-sent (at least the SDK's window, 8 by default).
 _REORDER = 16
+#: An early copy waiting for chunks polls this often, and stops after this long
+#: without a new one (the writer stopped: its record, if it comes, copies the file).
+_FOLLOW_POLL_S = 0.05
+_FOLLOW_IDLE_S = 30.0
 
 
 class FileStats:
-    def __init__(self, worker: RecordWorker) -> None:
+    def __init__(self, worker: FileWorker) -> None:
         self._worker = worker
         self.files = 0
         self.bytes = 0
@@ -85,6 +96,7 @@ class FileStats:
         counts = {k: v for k, v in vars(self).items() if not k.startswith("_")}
         return {
             **counts,
+            "copied_early": self._worker.early.moved,
             "dead_lettered": self._worker.dead_lettered,
             "errors": self._worker.errors,
         }
@@ -103,10 +115,22 @@ class FileWorker(RecordWorker):
         self, nc: NatsClient, store: AsyncStore, objects: ObjectStore, settings: IngestSettings
     ) -> None:
         super().__init__(nc, store, objects, settings)
+        self.early = EarlyCopies(self._copy, self._blocking, objects)
         self.stats = FileStats(self)
-        self._threads = ThreadPoolExecutor(_PARALLEL_COPIES + 2, thread_name_prefix="stride-files")
+        self._threads = ThreadPoolExecutor(
+            _PARALLEL_COPIES + MAX_EARLY + 2, thread_name_prefix="stride-files"
+        )
+
+    async def run(self) -> None:
+        hints = await self._nc.subscribe(UPLOAD_SUBJECT, queue=FILES_DURABLE, cb=self.early.hinted)
+        try:
+            await super().run()
+        finally:
+            with contextlib.suppress(Exception):
+                await hints.unsubscribe()
 
     async def _closing(self) -> None:
+        await self.early.close()
         self._threads.shutdown(wait=False)
 
     async def _blocking(self, call: Callable[..., T], *args: Any) -> T:
@@ -163,14 +187,25 @@ class FileWorker(RecordWorker):
             held = None
         if held is not None and held.size == record.size:
             self.stats.deduplicated += 1
+            self.early.discard(record.upload)
+        elif await self.early.take(record, key):
+            self.stats.bytes += record.size
         else:
             await self._copy(record, key)
             self.stats.bytes += record.size
 
-    async def _copy(self, record: FileRecord, key: str) -> None:
-        """Chunks from JetStream into one put, checked before its last byte is handed over."""
+    async def _copy(self, upload: FileRecord | UploadStart, key: str) -> str:
+        """Chunks from JetStream into one put under ``key``; return their sha256.
+
+        A record's size and sha256 are checked before the put's last byte is handed
+        over (a mismatch stores nothing). For an upload hint (an early copy), the
+        chunks are read while they arrive and only their size is checked: its record,
+        when it comes, is compared with the sha256 returned.
+        """
+        expected = upload.sha256 if isinstance(upload, FileRecord) else None
         chunks: queue.Queue[bytes | None] = queue.Queue(maxsize=_QUEUE_CHUNKS)
         failed: list[str] = []
+        computed: list[str] = []
 
         def checked() -> Iterator[bytes]:
             digest = hashlib.sha256()
@@ -178,25 +213,27 @@ class FileWorker(RecordWorker):
             while (data := chunks.get()) is not None:
                 digest.update(data)
                 size += len(data)
-                if size > record.size:  # before the put's own length check raises
+                if size > upload.size:  # before the put's own length check raises
                     raise _Rejected(
-                        f"file {record.name!r} of {record.path}: the chunks hold more than "
-                        f"the {record.size} bytes the record says; not stored"
+                        f"file {upload.name!r} of {upload.path}: the chunks hold more than "
+                        f"the {upload.size} bytes the record says; not stored"
                     )
                 yield data
             if failed:
                 raise _Rejected(failed[0])
-            if size != record.size or digest.hexdigest() != record.sha256:
+            sha256 = digest.hexdigest()
+            if size != upload.size or expected not in (None, sha256):
                 raise _Rejected(
-                    f"file {record.name!r} of {record.path}: the chunks hold {size} bytes with "
-                    f"sha256 {digest.hexdigest()}, the record says {record.size} bytes with "
-                    f"sha256 {record.sha256}; not stored"
+                    f"file {upload.name!r} of {upload.path}: the chunks hold {size} bytes with "
+                    f"sha256 {sha256}, the record says {upload.size} bytes with "
+                    f"sha256 {expected}; not stored"
                 )
+            computed.append(sha256)
 
         put = asyncio.ensure_future(
             self._blocking(
                 functools.partial(
-                    self._objects.put, key, checked(), length=record.size, content_type=record.mime
+                    self._objects.put, key, checked(), length=upload.size, content_type=upload.mime
                 )
             )
         )
@@ -213,7 +250,7 @@ class FileWorker(RecordWorker):
             return False
 
         try:
-            async with contextlib.aclosing(self._chunks(record)) as chunks_read:
+            async with contextlib.aclosing(self._chunks(upload)) as chunks_read:
                 async for data in chunks_read:
                     if not await hand_over(data):
                         break  # the put failed: its error is raised below
@@ -222,9 +259,10 @@ class FileWorker(RecordWorker):
         finally:
             await hand_over(None)
         await put
+        return computed[0]
 
-    async def _chunks(self, record: FileRecord) -> AsyncGenerator[bytes, None]:
-        """The record's chunks in order, each once (a re-sent chunk stored twice is skipped)."""
+    async def _chunks(self, record: FileRecord | UploadStart) -> AsyncGenerator[bytes, None]:
+        """The upload's chunks in order, each once (a re-sent chunk stored twice is skipped)."""
         index = 0
         if record.chunks == 0:
             return  # an empty file
@@ -255,12 +293,16 @@ class FileWorker(RecordWorker):
             "is not in the stream (expired or purged); not stored"
         )
 
-    async def _stored_chunks(self, record: FileRecord) -> AsyncGenerator[tuple[int, bytes], None]:
-        """(index, bytes) of every message on the record's chunk subject, in stream order:
+    async def _stored_chunks(
+        self, record: FileRecord | UploadStart
+    ) -> AsyncGenerator[tuple[int, bytes], None]:
+        """(index, bytes) of every message on the upload's chunk subject, in stream order:
         one direct get each for a file of a chunk or two, else through a short-lived
-        consumer that delivers them ``_CHUNK_BATCH`` at a time."""
+        consumer that delivers them ``_CHUNK_BATCH`` at a time. For an upload hint,
+        it waits for chunks still to be published (the caller stops at the last)."""
         subject = chunk_subject(record.upload)
-        if record.chunks <= 2:
+        follow = isinstance(record, UploadStart)
+        if record.chunks <= 2 and not follow:
             seq = 1
             while True:
                 try:
@@ -278,15 +320,21 @@ class FileWorker(RecordWorker):
             inactive_threshold=60.0,  # gone by itself if this worker dies
         )
         sub = await self._js.pull_subscribe(subject, stream=FILES_STREAM, config=config)
+        last_chunk = time.monotonic()
         try:
             while True:
                 try:
-                    msgs = await sub.fetch(_CHUNK_BATCH, timeout=2.0)
+                    # Following, a short wait: a fetch returns early only once it has
+                    # the whole batch or nothing more is stored.
+                    msgs = await sub.fetch(_CHUNK_BATCH, timeout=_FOLLOW_POLL_S if follow else 2.0)
                 except (TimeoutError, NatsTimeoutError):
+                    if follow and time.monotonic() - last_chunk < _FOLLOW_IDLE_S:
+                        continue
                     return  # nothing more on the subject
+                last_chunk = time.monotonic()
                 for msg in msgs:
                     yield _index(msg.headers), msg.data
-                    if msg.metadata.num_pending == 0:
+                    if msg.metadata.num_pending == 0 and not follow:
                         return
         finally:
             with contextlib.suppress(Exception):

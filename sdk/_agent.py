@@ -138,7 +138,8 @@ class Agent:
                 busy = self._send_ready(now) if self._connected() else 0
                 busy += self._reap()
                 busy += self._uploads.step(
-                    self._js if self._connected() else None, [r.dir for r in self._readers]
+                    *((self._nc, self._js) if self._connected() else (None, None)),
+                    [r.dir for r in self._readers],
                 )
                 self._progress_at = max(self._progress_at, self._uploads.progress_at)
                 self._trim_and_forget()

@@ -39,6 +39,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 import msgspec
+from nats.aio.client import Client as NatsClient
 from nats.js import JetStreamContext
 
 from ._artifact_publish import ArtifactPublisher
@@ -48,10 +49,13 @@ from .wire import (
     CHUNK_HEADER,
     FILE_SUBJECT,
     FILE_WIRE_VERSION,
+    UPLOAD_SUBJECT,
     ArtifactEntry,
     FileRecord,
+    UploadStart,
     chunk_subject,
     encode_file_record,
+    encode_upload_start,
     file_message_id,
 )
 
@@ -61,6 +65,9 @@ __all__ = ["Uploader"]
 
 #: Files uploaded at once.
 PARALLEL = 16
+#: Files of at least this many chunks (8 MiB) are announced before their first chunk,
+#: so that ingest copies them while they arrive (:class:`~stride.wire.UploadStart`).
+EARLY_COPY_CHUNKS = 16
 #: A staged-files directory changed this recently is listed again at least this often
 #: (its modification time may not change for a save made within the same clock tick).
 _RESCAN_S = 0.1
@@ -120,9 +127,11 @@ class Uploader:
         each as ``"<name>: <why>"``."""
         return self._failed_by_run.get((log_dir / FILES_DIR, slot), [])
 
-    def step(self, js: JetStreamContext | None, log_dirs: Sequence[Path]) -> int:
-        """Look for staged files and start uploads while there is room (``js`` given:
-        connected); return how many uploads run."""
+    def step(
+        self, nc: NatsClient | None, js: JetStreamContext | None, log_dirs: Sequence[Path]
+    ) -> int:
+        """Look for staged files and start uploads while there is room (``nc`` and its
+        ``js`` given: connected); return how many uploads run."""
         now = time.monotonic()
         rescanned: set[Path] = set()
         self._staged = {
@@ -130,7 +139,7 @@ class Uploader:
             for directory in (log_dir / FILES_DIR for log_dir in log_dirs)
         }
         self.artifacts.scan(self._staged, rescanned)
-        if js is None:
+        if nc is None or js is None:
             return len(self._active)
         self.artifacts.step(js, self._staged)
         for directory, entries in self._staged.items():
@@ -139,7 +148,7 @@ class Uploader:
                     return len(self._active)
                 if entry.upload in self._active or self._retry_at.get(entry.upload, 0) > now:
                     continue
-                task = asyncio.create_task(self._upload(js, directory, entry))
+                task = asyncio.create_task(self._upload(nc, js, directory, entry))
                 self._active[entry.upload] = task
                 task.add_done_callback(functools.partial(self._ended, entry.upload))
         return len(self._active)
@@ -182,9 +191,11 @@ class Uploader:
 
     # ---- one upload -----------------------------------------------------------------------------
 
-    async def _upload(self, js: JetStreamContext, directory: Path, entry: Staged) -> None:
+    async def _upload(
+        self, nc: NatsClient, js: JetStreamContext, directory: Path, entry: Staged
+    ) -> None:
         try:
-            record = await self._send(js, directory, entry)
+            record = await self._send(nc, js, directory, entry)
         except _Unreadable as exc:
             self.last_error = str(exc)
             log.error("stride: %s; it is not uploaded", exc)
@@ -222,7 +233,9 @@ class Uploader:
         entry.progress_path(directory).unlink(missing_ok=True)
         self._staged.get(directory, {}).pop(path.name, None)
 
-    async def _send(self, js: JetStreamContext, directory: Path, entry: Staged) -> FileRecord:
+    async def _send(
+        self, nc: NatsClient, js: JetStreamContext, directory: Path, entry: Staged
+    ) -> FileRecord:
         subject = chunk_subject(entry.upload)
         source = entry.bytes_path(directory)
         try:
@@ -237,6 +250,12 @@ class Uploader:
         with stream, progress:
             size = info.st_size
             chunks = -(-size // CHUNK_BYTES)
+            if chunks >= EARLY_COPY_CHUNKS:
+                path = f"{entry.entity}/{entry.project}/{entry.run_id}"
+                hint = UploadStart(
+                    FILE_WIRE_VERSION, entry.upload, path, entry.name, size, chunks, entry.mime
+                )
+                await nc.publish(UPLOAD_SUBJECT, encode_upload_start(hint))
             try:
                 for index in range(chunks):
                     data = await asyncio.to_thread(_read_and_hash, stream, digest, index, size)

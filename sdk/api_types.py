@@ -190,11 +190,13 @@ class IngestLag(msgspec.Struct, gc=False):
 class FileCounters(msgspec.Struct, gc=False):
     """What the file worker beside the service has done since it started: files
     recorded, bytes copied into the object store, files whose bytes it already
-    held (not copied again), records dead-lettered, and failed attempts (retried)."""
+    held (not copied again), large files copied while their chunks arrived (then
+    moved into place), records dead-lettered, and failed attempts (retried)."""
 
     files: int = 0
     bytes: int = 0
     deduplicated: int = 0
+    copied_early: int = 0
     dead_lettered: int = 0
     errors: int = 0
 

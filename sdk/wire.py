@@ -25,7 +25,9 @@ stream (message id ``<upload>/<index>``, header ``Stride-Chunk: <index>``),
 and once every chunk is acknowledged, one :class:`FileRecord` to
 :data:`FILE_SUBJECT` (message id :func:`file_message_id`). Ingest copies the
 chunks into object storage, checks size and sha256, records the file, and
-purges the chunks.
+purges the chunks. Before a large file's first chunk, an :class:`UploadStart`
+hint on :data:`UPLOAD_SUBJECT` (plain NATS, not stored) lets ingest copy the
+chunks while they arrive; the record remains what stores the file.
 
 Names are checked by :mod:`stride.ids`, the rules the query API reads with:
 entity, project, run id, writer and stream are URL-safe names; metric keys
@@ -76,21 +78,25 @@ __all__ = [
     "INGEST_SUBJECT",
     "MIN_WIRE_VERSION",
     "STREAM",
+    "UPLOAD_SUBJECT",
     "WIRE_VERSION",
     "ArtifactEntry",
     "ArtifactRecord",
     "Batch",
     "FileRecord",
     "MetricBlock",
+    "UploadStart",
     "VersionPeek",
     "WireError",
     "chunk_subject",
     "decode_artifact_record",
     "decode_batch",
     "decode_file_record",
+    "decode_upload_start",
     "encode_artifact_record",
     "encode_batch",
     "encode_file_record",
+    "encode_upload_start",
     "file_message_id",
     "message_id",
 ]
@@ -110,6 +116,8 @@ DLQ_SUBJECT = "stride.dlq"
 FILES_STREAM = "STRIDE_FILES"
 FILE_SUBJECT = "stride.files.v1"
 ARTIFACT_SUBJECT = "stride.artifacts.v1"
+#: Plain NATS (no stream): hints that a large upload is starting (:class:`UploadStart`).
+UPLOAD_SUBJECT = "stride.uploads.v1"
 ARTIFACT_KINDS = ("log", "use")
 _CHUNKS_PREFIX = "stride.chunks."
 #: The header that numbers a file chunk (ingest puts chunks in order by it).
@@ -271,6 +279,24 @@ class FileRecord(msgspec.Struct, array_like=True, gc=False, forbid_unknown_field
         return f"{self.entity}/{self.project}/{self.run_id}"
 
 
+class UploadStart(msgspec.Struct, array_like=True, gc=False, forbid_unknown_fields=True):
+    """A hint that a large file's chunks are about to be published.
+
+    Ingest may start copying them as they arrive instead of after the
+    :class:`FileRecord`; losing the hint loses only that head start. Sent with
+    plain NATS to :data:`UPLOAD_SUBJECT` (ingest listens as one queue group).
+    """
+
+    v: int
+    upload: str
+    #: ``entity/project/run_id`` and the file's name: for messages only.
+    path: str
+    name: str
+    size: int
+    chunks: int
+    mime: str
+
+
 class ArtifactEntry(msgspec.Struct, array_like=True, gc=False, forbid_unknown_fields=True):
     """One file of an artifact: its path in the artifact and its stored bytes."""
 
@@ -366,6 +392,31 @@ def decode_file_record(payload: bytes) -> FileRecord:
             f"ver {record.ver}"
         )
     return record
+
+
+_upload_decoder = msgspec.msgpack.Decoder(UploadStart)
+
+
+def encode_upload_start(hint: UploadStart) -> bytes:
+    return _encoder.encode(hint)
+
+
+def decode_upload_start(payload: bytes) -> UploadStart:
+    """Decode and check one upload hint; raise :class:`WireError` with the reason."""
+    version = _version(payload, "upload hint")
+    if version != FILE_WIRE_VERSION:
+        raise WireError(
+            f"unknown upload hint version {version} (this reader knows {FILE_WIRE_VERSION})"
+        )
+    try:
+        hint = _upload_decoder.decode(payload)
+    except msgspec.DecodeError as exc:
+        raise WireError(f"malformed upload hint: {exc}") from None
+    if _UPLOAD_ID.fullmatch(hint.upload) is None:
+        raise WireError(f"invalid upload id {hint.upload!r:.80}")
+    if hint.size < 0 or hint.chunks != -(-hint.size // CHUNK_BYTES):
+        raise WireError(f"inconsistent upload hint: size {hint.size}, {hint.chunks} chunks")
+    return hint
 
 
 _artifact_decoder = msgspec.msgpack.Decoder(ArtifactRecord)

@@ -150,14 +150,36 @@ class LocalObjects:
             return
         except OSError as exc:
             raise self._os_error(exc, path) from exc
-        # Leave no empty directory behind: it would block a later object of that name.
-        parent = path.parent
+        self._delete_empty_parents(path.parent)
+
+    def _delete_empty_parents(self, parent: Path) -> None:
+        """Leave no empty directory behind: it would block a later object of that name."""
         while parent != self.root:
             try:
                 parent.rmdir()
             except OSError:
                 break
             parent = parent.parent
+
+    def move(self, source: str, target: str) -> ObjectInfo:
+        path, to = self._path(source), self._path(target)
+        for attempt in range(3):
+            if not path.is_file():  # missing, or a directory of objects
+                raise ObjectNotFoundError(source, self._where)
+            try:
+                to.parent.mkdir(parents=True, exist_ok=True)
+                os.replace(path, to)  # the metadata (etag, type) moves with the file
+                break
+            except (FileExistsError, IsADirectoryError, NotADirectoryError) as exc:
+                raise InvalidKeyError(target, _CONFLICT) from exc
+            except FileNotFoundError as exc:  # the source went, or a delete took the directory
+                if attempt == 2:
+                    raise self._os_error(exc, to.parent) from exc
+            except OSError as exc:
+                raise self._os_error(exc, to) from exc
+        self._fsync_dir(to.parent)
+        self._delete_empty_parents(path.parent)
+        return self.head(target)
 
     def presigned_get(self, key: str, *, expires: dt.timedelta = dt.timedelta(hours=1)) -> str:
         """A ``file://`` URL of the object's file: the best a directory can offer.

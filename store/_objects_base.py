@@ -124,6 +124,16 @@ class ObjectStore(Protocol):
         """Remove the object; deleting a missing key is not an error."""
         ...
 
+    def move(self, source: str, target: str) -> ObjectInfo:
+        """Give the object under ``source`` the key ``target`` (replacing any object
+        there) and remove ``source``; ``ObjectNotFoundError`` if ``source`` is missing.
+
+        A reader of ``target`` sees the old object or the moved one, never a part.
+        Locally a rename; on S3 a copy made by the server (no bytes pass through
+        the caller), then a delete.
+        """
+        ...
+
     def presigned_get(self, key: str, *, expires: dt.timedelta = dt.timedelta(hours=1)) -> str:
         """A URL that GETs the object's bytes without credentials until ``expires`` passes.
 

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 import certifi
 import urllib3
 from minio import Minio
+from minio.commonconfig import ComposeSource, CopySource
 from minio.error import InvalidResponseError, S3Error, ServerError
 from urllib3.exceptions import HTTPError, MaxRetryError, SSLError
 
@@ -38,6 +39,8 @@ from .errors import (
 )
 
 MIB = 1 << 20
+#: The largest object S3 copies in one request.
+_MAX_COPY_BYTES = 5 << 30
 _REFUSED = {
     "AccessDenied",
     "AllAccessDisabled",
@@ -211,6 +214,19 @@ class S3Objects:
                 self._client.remove_object(self.settings.bucket, key)
         except ObjectNotFoundError:
             pass
+
+    def move(self, source: str, target: str) -> ObjectInfo:
+        validate_key(source)
+        validate_key(target)
+        bucket = self.settings.bucket
+        with self._call(source):
+            size = self._client.stat_object(bucket, source).size or 0
+            if size <= _MAX_COPY_BYTES:
+                self._client.copy_object(bucket, target, CopySource(bucket, source))
+            else:  # S3 copies at most 5 GiB at once: copy the parts, assembled by the server
+                self._client.compose_object(bucket, target, [ComposeSource(bucket, source)])
+        self.delete(source)
+        return self.head(target)
 
     def presigned_get(self, key: str, *, expires: dt.timedelta = dt.timedelta(hours=1)) -> str:
         """A signed URL, valid for ``expires`` (1 second to 7 days), for any HTTP client."""

@@ -231,6 +231,12 @@ def blob_key(sha256: str) -> str:
     return f"blobs/sha256/{sha256[:2]}/{sha256}"
 
 
+def upload_key(upload: str) -> str:
+    """Where ingest copies a large file while its chunks arrive, before its record
+    says which blob it is (see ``stride.ingest._early``); never listed."""
+    return f"uploads/{upload}"
+
+
 #: Where a run's rows are, for deleting it: (table, condition). Its fields first, so
 #: it leaves listings at once. The ledger keeps its batches: a late re-send of
 #: one (a spool synced afterwards) is skipped, not stored again.

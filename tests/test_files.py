@@ -293,6 +293,26 @@ def test_identical_bytes_are_stored_once(stack: StrideUp, tmp_path: Path) -> Non
     assert blob.read_bytes() == data
 
 
+def test_a_large_file_is_copied_while_its_chunks_arrive(stack: StrideUp, tmp_path: Path) -> None:
+    """A file of 16 chunks or more is announced before its chunks: ingest copies them
+    as they come, and its record then only moves the copy to the blob key."""
+    data = os.urandom(16 * CHUNK_BYTES + 1)
+    small = os.urandom(CHUNK_BYTES * 3)
+    api = stride.Api(stack.http_url)
+    before = _status(api)
+    settings = stack.settings(tmp_path / "spool")
+    with stride.init(project="files", id="early", settings=settings) as run:
+        run.save_data("big.bin", data)
+        run.save_data("small.bin", small)  # not announced: copied after its record
+    stored = _wait_files(wait_run(api, "default/files/early"), 2)
+    assert {f.name: f.read() for f in stored} == {"big.bin": data, "small.bin": small}
+    after = _status(api)
+    assert after["copied_early"] - before["copied_early"] == 1
+    assert after["bytes"] - before["bytes"] == len(data) + len(small)
+    assert (stack.data_dir / "objects" / blob_key(_sha(data))).read_bytes() == data
+    assert not list((stack.data_dir / "objects").glob("uploads/*"))  # moved, none left
+
+
 def test_edit_soft_delete_restore_and_purge(stack: StrideUp, tmp_path: Path) -> None:
     shared, own = os.urandom(2000), os.urandom(3000)
     settings = stack.settings(tmp_path / "spool")

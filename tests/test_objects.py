@@ -210,6 +210,24 @@ def test_delete_removes_and_is_idempotent(objects: ObjectStore) -> None:
     objects.delete("never/written")
 
 
+def test_move_renames_replaces_and_keeps_the_content_type(objects: ObjectStore) -> None:
+    data = os.urandom(11 * MIB + 5)  # several parts of an S3 multipart upload
+    objects.put("uploads/u1", _chunks(data), content_type="model/x")
+    objects.put("blobs/b", b"old")
+    moved = objects.move("uploads/u1", "blobs/b")
+    assert (moved.key, moved.size, moved.content_type) == ("blobs/b", len(data), "model/x")
+    assert objects.get("blobs/b").read() == data
+    with pytest.raises(ObjectNotFoundError):
+        objects.head("uploads/u1")
+    with pytest.raises(ObjectNotFoundError) as caught:
+        objects.move("uploads/u1", "blobs/c")
+    assert caught.value.key == "uploads/u1"
+    with pytest.raises(ObjectNotFoundError):
+        objects.head("blobs/c")
+    objects.move("blobs/b", "deeper/than/before/b")
+    assert objects.get("deeper/than/before/b").read() == data
+
+
 def test_missing_keys_raise_a_not_retriable_not_found(objects: ObjectStore) -> None:
     calls = [
         lambda: objects.head("no/such"),
@@ -250,6 +268,8 @@ def test_invalid_keys_are_refused_by_every_call(objects: ObjectStore, key: str) 
         lambda: objects.head(key),
         lambda: objects.delete(key),
         lambda: objects.presigned_get(key),
+        lambda: objects.move(key, "fine"),
+        lambda: objects.move("fine", key),
     ]
     for call in calls:
         with pytest.raises(InvalidKeyError, match="invalid object key") as caught:

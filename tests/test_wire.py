@@ -227,6 +227,23 @@ def test_the_exported_names_are_the_ones_we_mean() -> None:
         "FILE_CATEGORIES", "FILE_SUBJECT", "FILE_WIRE_VERSION", "FileRecord", "chunk_subject",
         "decode_file_record", "encode_file_record", "file_message_id", "ARTIFACT_KINDS",
         "ARTIFACT_SUBJECT", "ArtifactEntry", "ArtifactRecord", "decode_artifact_record",
-        "encode_artifact_record",
+        "encode_artifact_record", "UPLOAD_SUBJECT", "UploadStart", "decode_upload_start",
+        "encode_upload_start",
     }  # fmt: skip
     assert all(hasattr(wire, name) for name in wire.__all__)
+
+
+def test_an_upload_hint_round_trips_and_bad_ones_say_why() -> None:
+    hint = wire.UploadStart(
+        wire.FILE_WIRE_VERSION, "ab" * 16, "e/p/r", "m.bin", 10 << 20, 20, "x/y"
+    )
+    assert wire.decode_upload_start(wire.encode_upload_start(hint)) == hint
+    for bad, why in (
+        (msgspec.structs.replace(hint, upload="../x"), "invalid upload id"),
+        (msgspec.structs.replace(hint, chunks=19), "inconsistent upload hint"),
+        (msgspec.structs.replace(hint, v=2), "unknown upload hint version 2"),
+    ):
+        with pytest.raises(WireError, match=why):
+            wire.decode_upload_start(wire.encode_upload_start(bad))
+    with pytest.raises(WireError, match="malformed upload hint"):
+        wire.decode_upload_start(msgspec.msgpack.encode([1, "ab" * 16]))
