@@ -19,9 +19,8 @@ killed worker stays under ``uploads/``, never listed or read.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
 from nats.aio.msg import Msg
@@ -58,11 +57,15 @@ class EarlyCopies:
         self._blocking = blocking
         self._objects = objects
         self._copies: dict[str, asyncio.Task[str | None]] = {}
-        self._expiring: set[asyncio.Task[None]] = set()
+        self._timers: set[asyncio.Task[None]] = set()  # unclaimed copies, deleted later
+        self._cleanups: set[asyncio.Task[None]] = set()  # stopped copies, being deleted
+        self._closed = False
         self.moved = 0
 
     async def hinted(self, msg: Msg) -> None:
         """The subscription's callback: start an early copy if there is room."""
+        if self._closed:
+            return
         try:
             hint = decode_upload_start(msg.data)
         except WireError as exc:
@@ -93,32 +96,37 @@ class EarlyCopies:
             await self._blocking(self._objects.move, upload_key(record.upload), key)
         except ObjectNotFoundError:  # removed meanwhile (by hand): copy it again
             return False
+        except Exception:  # the store failed: the record comes back and tries again
+            self._copies.setdefault(record.upload, task)
+            raise
         self.moved += 1
         return True
 
     def discard(self, upload: str) -> None:
-        """The record was stored without the early copy: stop it or delete it."""
+        """The record was stored without the early copy: stop it, then delete it."""
         task = self._copies.pop(upload, None)
-        if task is None:
-            return
-        if not task.done():
-            task.cancel()  # the put fails: nothing is stored
-        else:
-            self._spawn(self._delete(upload))
+        if task is not None:
+            task.cancel()  # nothing if it has ended
+            self._track(self._cleanups, self._delete_after(upload, task))
 
     async def close(self) -> None:
-        """Stop the copies under way and delete those never claimed."""
-        tasks = list(self._copies.values())
-        for task in tasks:
-            task.cancel()
-        for task in tasks:
-            with contextlib.suppress(BaseException):
-                await task
-        for upload in list(self._copies):
-            await self._delete(upload)
+        """Stop the copies under way and delete every one never claimed."""
+        self._closed = True
+        for timer in list(self._timers):
+            timer.cancel()
+        stopping = list(self._copies.items())
         self._copies.clear()
-        for expiring in list(self._expiring):
-            expiring.cancel()
+        for upload, task in stopping:
+            task.cancel()
+            self._track(self._cleanups, self._delete_after(upload, task))
+        if self._cleanups:
+            await asyncio.wait(list(self._cleanups))
+
+    async def _delete_after(self, upload: str, task: asyncio.Task[str | None]) -> None:
+        """Delete the copy once its task, and the put under it, have ended (a put
+        finishing its last write would otherwise leave the object after the delete)."""
+        await asyncio.wait({task})
+        await self._delete(upload)
 
     async def _run(self, hint: UploadStart) -> str | None:
         """The sha256 of the chunks copied, or None if the copy stopped (the writer
@@ -141,13 +149,14 @@ class EarlyCopies:
                 del self._copies[upload]
                 await self._delete(upload)
 
-        if not task.cancelled():
-            self._spawn(expire())
+        if not task.cancelled() and not self._closed:
+            self._track(self._timers, expire())
 
-    def _spawn(self, work: Awaitable[None]) -> None:
-        task = asyncio.ensure_future(work)
-        self._expiring.add(task)
-        task.add_done_callback(self._expiring.discard)
+    @staticmethod
+    def _track(tasks: set[asyncio.Task[None]], work: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.create_task(work)
+        tasks.add(task)
+        task.add_done_callback(tasks.discard)
 
     async def _delete(self, upload: str) -> None:
         try:

@@ -250,15 +250,21 @@ class FileWorker(RecordWorker):
             return False
 
         try:
-            async with contextlib.aclosing(self._chunks(upload)) as chunks_read:
-                async for data in chunks_read:
-                    if not await hand_over(data):
-                        break  # the put failed: its error is raised below
-        except _Rejected as exc:
-            failed.append(str(exc))
-        finally:
+            try:
+                async with contextlib.aclosing(self._chunks(upload)) as chunks_read:
+                    async for data in chunks_read:
+                        if not await hand_over(data):
+                            break  # the put failed: its error is raised below
+            except _Rejected as exc:
+                failed.append(str(exc))
             await hand_over(None)
-        await put
+        except BaseException:  # stopped (cancelled, NATS failed): the put must fail and end
+            failed.append(f"the copy of {upload.name!r} of {upload.path} was stopped")
+            _end_now(chunks)
+            await _ended(put)
+            raise
+        await _ended(put)
+        put.result()  # the put's own error, if it failed
         return computed[0]
 
     async def _chunks(self, record: FileRecord | UploadStart) -> AsyncGenerator[bytes, None]:
@@ -342,6 +348,34 @@ class FileWorker(RecordWorker):
             if config.name:
                 with contextlib.suppress(Exception):
                     await self._js.delete_consumer(FILES_STREAM, config.name)
+
+
+def _end_now(chunks: queue.Queue[bytes | None]) -> None:
+    """End a put's input at once, dropping chunks it has not read yet (the caller is
+    the only producer, so this cannot block)."""
+    while True:
+        try:
+            chunks.put_nowait(None)
+            return
+        except queue.Full:
+            with contextlib.suppress(queue.Empty):
+                chunks.get_nowait()
+
+
+async def _ended(put: asyncio.Future[Any]) -> None:
+    """Wait until ``put`` (a call on a thread: it cannot be interrupted) has ended, even
+    when cancelled meanwhile; the cancellation is raised once it has. Until then, the
+    object it writes may still appear, so whoever stops a copy can clean up after it."""
+    cancelled = False
+    while not put.done():
+        try:
+            await asyncio.wait({put})
+        except asyncio.CancelledError:
+            cancelled = True
+    if not put.cancelled():
+        put.exception()  # retrieved here: the caller raises what counts
+    if cancelled:
+        raise asyncio.CancelledError
 
 
 def _index(headers: dict[str, str] | None) -> int:

@@ -250,7 +250,7 @@ class Uploader:
         with stream, progress:
             size = info.st_size
             chunks = -(-size // CHUNK_BYTES)
-            if chunks >= EARLY_COPY_CHUNKS:
+            if chunks >= EARLY_COPY_CHUNKS and first < chunks:  # (all stored: the record)
                 path = f"{entry.entity}/{entry.project}/{entry.run_id}"
                 hint = UploadStart(
                     FILE_WIRE_VERSION, entry.upload, path, entry.name, size, chunks, entry.mime

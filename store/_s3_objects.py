@@ -220,11 +220,17 @@ class S3Objects:
         validate_key(target)
         bucket = self.settings.bucket
         with self._call(source):
-            size = self._client.stat_object(bucket, source).size or 0
-            if size <= _MAX_COPY_BYTES:
+            stat = self._client.stat_object(bucket, source)
+            if (stat.size or 0) <= _MAX_COPY_BYTES:
                 self._client.copy_object(bucket, target, CopySource(bucket, source))
             else:  # S3 copies at most 5 GiB at once: copy the parts, assembled by the server
-                self._client.compose_object(bucket, target, [ComposeSource(bucket, source)])
+                content_type = stat.content_type or "application/octet-stream"
+                self._client.compose_object(
+                    bucket,
+                    target,
+                    [ComposeSource(bucket, source)],
+                    metadata={"Content-Type": content_type},  # not carried by part copies
+                )
         self.delete(source)
         return self.head(target)
 

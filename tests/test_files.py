@@ -309,8 +309,18 @@ def test_a_large_file_is_copied_while_its_chunks_arrive(stack: StrideUp, tmp_pat
     after = _status(api)
     assert after["copied_early"] - before["copied_early"] == 1
     assert after["bytes"] - before["bytes"] == len(data) + len(small)
-    assert (stack.data_dir / "objects" / blob_key(_sha(data))).read_bytes() == data
-    assert not list((stack.data_dir / "objects").glob("uploads/*"))  # moved, none left
+    objects = stack.data_dir / "objects"
+    assert (objects / blob_key(_sha(data))).read_bytes() == data
+    assert not list(objects.glob("uploads/*"))  # moved, none left
+
+    # The same bytes again: already stored, so the early copy is stopped and deleted.
+    with stride.init(project="files", id="early-again", settings=settings) as run:
+        run.save_data("big.bin", data)
+    _wait_files(wait_run(api, "default/files/early-again"), 1)
+    again = _status(api)
+    assert again["deduplicated"] - after["deduplicated"] == 1
+    assert again["copied_early"] == after["copied_early"]
+    wait_for(lambda: not list(objects.glob("uploads/**/*")), timeout=10)
 
 
 def test_edit_soft_delete_restore_and_purge(stack: StrideUp, tmp_path: Path) -> None:
