@@ -26,10 +26,10 @@ PutData = bytes | bytearray | memoryview | BinaryIO | Iterable[bytes]
 class ObjectInfo:
     """What ``head`` (and ``put``) report about a stored object.
 
-    ``etag`` is an opaque version tag: equal etags mean equal bytes, and a new
-    put changes it. On S3 it is the server's ETag (the MD5 of the bytes for a
-    single-part upload); locally it is the MD5 of the bytes, computed while
-    writing.
+    ``etag`` is an opaque version tag: equal etags mean equal bytes, and a put of
+    other bytes changes it (equal bytes may carry different tags). On S3 it is the
+    server's ETag (the MD5 of the bytes for a single-part upload); locally it is
+    made of the file's inode, modification time and size.
     """
 
     key: str

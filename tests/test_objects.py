@@ -197,8 +197,9 @@ def test_head_reports_size_etag_type_and_time(objects: ObjectStore) -> None:
     objects.put("h", b"two")
     assert objects.head("h").etag != put.etag
     assert objects.head("h").content_type == "application/octet-stream"
-    objects.put("h2", b"one")
-    assert objects.head("h2").etag == put.etag  # same bytes, same tag
+    if isinstance(objects, S3Objects):  # the MD5 of a single-part upload's bytes
+        objects.put("h2", b"one")
+        assert objects.head("h2").etag == put.etag
 
 
 def test_delete_removes_and_is_idempotent(objects: ObjectStore) -> None:
