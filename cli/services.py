@@ -25,6 +25,7 @@ from stride.ingest import IngestSettings, IngestWorker
 from stride.ingest.app import create_ingest_app
 from stride.ingest.artifacts import ArtifactWorker
 from stride.ingest.files import FileWorker
+from stride.ingest.last_step import answer_last_steps
 from stride.ingest.streams import ensure_streams
 from stride.query import QuerySettings, create_app
 from stride.store import AsyncStore, redact
@@ -148,6 +149,7 @@ async def _run_ingest(
     runner, port = await serve_http(
         create_ingest_app(workers, ready, files), settings.host, settings.http_port, 5.0
     )
+    last_steps = await answer_last_steps(nc, store)
     tasks = [asyncio.create_task(w.run(), name=f"ingest-{i}") for i, w in enumerate(workers)]
     if files is not None and artifacts is not None:
         tasks.append(asyncio.create_task(files.run(), name="files"))
@@ -175,6 +177,8 @@ async def _run_ingest(
                 s.drain_timeout_s,
             )
     finally:
+        with contextlib.suppress(Exception):
+            await last_steps.unsubscribe()
         await runner.cleanup()
     if failure is not None:
         raise CliError(f"an ingest worker stopped unexpectedly: {failure!r}")

@@ -21,6 +21,7 @@ from nats.aio.client import Client as NatsClient
 from stride.ingest import IngestSettings, IngestWorker
 from stride.ingest.artifacts import ArtifactWorker
 from stride.ingest.files import FileWorker
+from stride.ingest.last_step import answer_last_steps
 from stride.ingest.streams import ensure_streams
 from stride.query import READY, STATUS, QuerySettings, create_app
 from stride.store import AsyncStore, redact
@@ -143,6 +144,7 @@ async def _run(
     app[STATUS] = status
     app[READY] = ready
     runner, http_port = await serve_http(app, settings.host, settings.http_port, 5.0)
+    last_steps = await answer_last_steps(nc, store)
     worker_task = asyncio.create_task(worker.run(), name="ingest")
     files_task = asyncio.create_task(files.run(), name="files")
     artifacts_task = asyncio.create_task(artifacts.run(), name="artifacts")
@@ -158,6 +160,8 @@ async def _run(
         artifacts.stop()
         tasks = [worker_task, files_task, artifacts_task]
         await finish(tasks, settings.ingest.drain_timeout_s)
+        with contextlib.suppress(Exception):
+            await last_steps.unsubscribe()
         await runner.cleanup()
     if failure is not None:
         raise CliError(f"ingest stopped unexpectedly: {failure!r}; restart `stride up`")

@@ -20,7 +20,7 @@ from ._api_artifacts import ApiArtifact
 from ._api_files import ApiFile
 from ._artifacts import Artifact
 from ._config import NestedDict
-from ._init import init
+from ._init import init, reconnect
 from ._run import Run
 from ._settings import Settings
 from ._transport import DeliveryReport
@@ -53,4 +53,5 @@ __all__ = [
     "StrideError",
     "UsageError",
     "init",
+    "reconnect",
 ]

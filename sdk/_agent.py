@@ -34,6 +34,7 @@ from typing import Any
 
 import nats
 from nats.aio.client import Client as NatsClient
+from nats.errors import NoRespondersError
 from nats.js import JetStreamContext
 
 from . import _control as protocol
@@ -42,7 +43,7 @@ from ._reader import LogReader, Outgoing
 from ._settings import Settings
 from ._uploads import Uploader
 from ._wal import LOG_FORMAT, read_meta, try_lock_exclusive
-from .wire import INGEST_SUBJECT, message_id
+from .wire import INGEST_SUBJECT, LAST_STEP_SUBJECT, decode_last_step, message_id
 
 log = logging.getLogger("stride")
 
@@ -110,6 +111,8 @@ class Agent:
         self._writer: asyncio.StreamWriter | None = None
         self._end_kind = SEAL_CRASHED  # how the own log's unfinished runs end
         self._wakeup = asyncio.Event()
+        self._connect_failures = 0
+        self._answers: set[asyncio.Task[None]] = set()
         self.report = AgentReport()
         self._uploads = Uploader(
             settings.file_window, settings.ack_timeout_s, self._warn_once, self._wakeup.set
@@ -333,6 +336,7 @@ class Agent:
             )
             self._nc, self._js = nc, nc.jetstream()
         except Exception as exc:
+            self._connect_failures += 1
             self.report.last_error = f"cannot reach NATS at {s.server}: {exc.__class__.__name__}"
             self._warn_once(
                 "unreachable",
@@ -395,6 +399,11 @@ class Agent:
                 if message[0] == "finish":
                     _, slot, upto, timeout = message
                     self._waiters.append(_Waiter(slot, upto, time.monotonic() + timeout))
+                elif message[0] == "last_step":
+                    _, path, timeout = message
+                    answer = asyncio.create_task(self._answer_last_step(path, timeout))
+                    self._answers.add(answer)
+                    answer.add_done_callback(self._answers.discard)
                 elif message[0] == "close":
                     self._writer_gone()
                 elif message[0] == "terminated":  # SIGTERM: the process ends after the reply
@@ -405,6 +414,33 @@ class Agent:
                     self._waiters.append(_Waiter(_WHOLE_LOG, upto, time.monotonic() + timeout))
         except (asyncio.IncompleteReadError, ConnectionError):
             self._writer_gone()  # the training process is gone
+
+    async def _answer_last_step(self, path: str, timeout: float) -> None:
+        """Ask the service for the run's largest stored step; reply ``["last_step",
+        step or None, why it is unknown or None]``. Not connected yet: wait for the
+        connection, or for the next attempt to fail."""
+        deadline = time.monotonic() + timeout
+        failures = self._connect_failures
+        step: int | None = None
+        error: str | None = None
+        while not self._connected() and self._connect_failures == failures:
+            if time.monotonic() >= deadline:
+                break
+            await asyncio.sleep(0.01)
+        if not self._connected() or self._nc is None:
+            error = f"NATS at {self._s.server} does not answer"
+        else:
+            try:
+                reply = await self._nc.request(
+                    LAST_STEP_SUBJECT, path.encode(), timeout=max(0.1, deadline - time.monotonic())
+                )
+                step, error = decode_last_step(reply.data)
+            except NoRespondersError:
+                error = "no Stride service (stride up, stride ingest) answers on NATS"
+            except Exception as exc:  # a timeout, a malformed reply
+                error = f"{exc.__class__.__name__}: {exc}"
+        if self._writer is not None and not self._writer.is_closing():
+            self._writer.write(protocol.encode(["last_step", step, error]))
 
     def hurry(self, seconds: float) -> None:
         """Stop waiting for the writer; give up ``seconds`` from now if NATS does not answer."""

@@ -25,12 +25,16 @@ def init(
     mode: str = "online",
     server: str | None = None,
     settings: Settings | None = None,
+    running: bool = True,
 ) -> Run:
     """Start (or join) a run and return it.
 
     ``entity`` defaults to ``$STRIDE_ENTITY`` or ``"default"``; ``server`` to
     ``$STRIDE_SERVER`` or the embedded default. Passing the ``id`` of an existing
-    run, from any process, writes into that run.
+    run, from any process, writes into that run; its steps go on after the largest
+    one stored (asked of the service; see ``Settings.resume_timeout_s``).
+    ``running=False`` leaves a new run
+    ``created`` until :meth:`Run.start` (or :func:`reconnect`, from another process).
 
     Example::
 
@@ -66,4 +70,26 @@ def init(
         mode=mode,
         settings=settings,
         name_given=name is not None,
+        running=running,
+        resume=id is not None,
     )
+
+
+def reconnect(
+    run_id: str,
+    *,
+    project: str = "uncategorized",
+    entity: str | None = None,
+    server: str | None = None,
+    settings: Settings | None = None,
+) -> Run:
+    """Attach to a run left ``created`` (``init(running=False)``, maybe by another
+    process) and start it. Its name, config and tags are kept.
+
+    Example::
+
+        run = stride.reconnect("abc123", project="vision")
+        run.log({"loss": 0.5})
+        run.finish()
+    """
+    return init(project, entity=entity, id=run_id, server=server, settings=settings)

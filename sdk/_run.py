@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import getpass
 import logging
 import os
@@ -14,7 +15,7 @@ from pathlib import Path
 from time import time as _now
 from time import time_ns
 from types import TracebackType
-from typing import IO, Any
+from typing import IO, Any, Concatenate, ParamSpec, TypeVar
 
 import orjson
 
@@ -23,6 +24,7 @@ from ._artifacts import Artifact, check_aliases, check_ref
 from ._config import NestedDict
 from ._settings import Settings
 from ._signals import terminated
+from ._summaries import SummaryBuffer
 from ._transport import DeliveryReport, Transport, open_run
 from ._wal import KEYSET, ROW, ROW_OVERHEAD, SET, SET_ONCE, LogWriter, frame_header, row_format
 from .errors import UsageError
@@ -30,6 +32,17 @@ from .errors import UsageError
 log = logging.getLogger("stride")
 
 _MODES = ("online", "offline", "disabled")
+#: What ``set_status`` accepts, and the state each means (Simvue's names included).
+_STATE_NAMES = {
+    "running": "running",
+    "finished": "finished",
+    "completed": "finished",
+    "failed": "failed",
+    "cancelled": "cancelled",
+    "terminated": "cancelled",
+}
+P = ParamSpec("P")
+T = TypeVar("T")
 _JSON_OPTIONS = orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_NON_STR_KEYS
 _ONE_NUMBER = struct.Struct("<d")
 
@@ -119,6 +132,8 @@ class Run:
         mode: str,
         settings: Settings,
         name_given: bool,
+        running: bool = True,
+        resume: bool = False,
     ) -> None:
         self.entity = entity
         self.project = project
@@ -134,18 +149,21 @@ class Run:
         self._step = 0
         self._t0 = _now()
         self._packers: dict[tuple[str, ...], _Packer] = {}
+        self._buffered = SummaryBuffer()
         self._report = DeliveryReport()
         #: The log ``log()`` writes to; ``None`` once finished (or disabled, or forked).
         self._wal: LogWriter | None = None
         self._closed_reason = "is finished; start a new run to log more"
         self._transport: Transport | None = None
         self._slot = 0
+        #: False while the run is ``created`` (``init(running=False)``) and not started.
+        self._started = running
         if mode == "disabled":
             self._closed_reason = ""
             return
         # Only what was given: a process joining an existing run by id must not
         # blank its tags, notes or config. Encoded first: a bad value starts nothing.
-        init_fields = {"state": _json("running")}
+        init_fields = {"state": _json("running")} if running else {}
         if tags is not None:
             init_fields["tags"] = _json(self.tags, "tags")
         if config:
@@ -157,8 +175,12 @@ class Run:
         name_field = {"name": _json(name, "name")}
         self._transport, self._slot = open_run(self, settings, offline=mode == "offline")
         self._wal = self._transport.log
+        if resume and mode == "online":
+            self._resume_steps()
         self._write_fields({"created_at": _json(_iso_now()), "user": _json(_user())}, once=True)
         self._write_fields(name_field, once=not name_given)
+        if not running:  # first write wins: a run that already has a state keeps it
+            self._write_fields({"state": _json("created")}, once=True)
         self._write_fields(init_fields)
 
     @property
@@ -213,6 +235,29 @@ class Run:
             except struct.error:
                 raise self._value_error(data) from None
             w.commit(pos + size)
+
+    def buffer(self, data: Mapping[str, float] | None = None, /, **values: float) -> None:
+        """Keep values in memory for :meth:`log_summary`; nothing is logged or sent.
+
+        ``run.buffer({"loss": x})`` or ``run.buffer(loss=x)``, typically once per
+        batch, then ``run.log_summary(...)`` once per epoch.
+        """
+        self._buffered.add({**(data or {}), **values})
+
+    def log_summary(self, *aggregations: str, step: int | None = None) -> dict[str, float]:
+        """Log aggregates of the buffered values as metrics, then empty the buffer.
+
+        ``aggregations`` are ``mean`` (the default), ``std``, ``min``, ``max``,
+        ``count``, ``sum`` and percentiles ``p50``, ``p90``, ``p95``, ``p99`` (any
+        ``p0``-``p100``); each buffered key ``loss`` gives ``loss.mean``, … in one
+        ``log()`` row at ``step`` (default: the step the next ``log()`` would use).
+        Returns that row (empty, and nothing logged, if nothing was buffered).
+        """
+        row = self._buffered.aggregates(aggregations)
+        if row:
+            self.log(row, step=step)
+        self._buffered.clear()  # after the log: a refused row keeps the values
+        return row
 
     # ---- files ----------------------------------------------------------------------------------
 
@@ -429,6 +474,60 @@ class Run:
             max_bytes=self.settings.max_file_bytes,
         )
 
+    # ---- lifecycle ------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Mark a run made with ``init(running=False)`` ``running`` (nothing if it is)."""
+        if self._wal is None:
+            return self._not_logging()
+        if not self._started:
+            self._started = True
+            self._write_fields({"state": _json("running")})
+
+    def complete(self) -> DeliveryReport:
+        """End the run as ``finished`` (ML-Dash's ``complete``)."""
+        return self.finish(0, state="finished")
+
+    def fail(self) -> DeliveryReport:
+        """End the run as ``failed``."""
+        return self.finish(1, state="failed")
+
+    def cancel(self) -> DeliveryReport:
+        """End the run as ``cancelled``."""
+        return self.finish(1, state="cancelled")
+
+    def set_status(self, status: str) -> DeliveryReport | None:
+        """Set the run's state (Simvue's ``set_status``).
+
+        ``running`` starts it (:meth:`start`); ``finished``, ``failed`` and
+        ``cancelled`` end it as :meth:`finish` does, with that state (Simvue's
+        ``completed`` and ``terminated`` mean ``finished`` and ``cancelled``).
+        ``created`` cannot be set again, and ``crashed`` is the service's to say.
+        """
+        state = _STATE_NAMES.get(status) if isinstance(status, str) else None
+        if state is None:
+            raise UsageError(
+                f"unknown run status {status!r}: one of running, finished, failed, cancelled "
+                "(or Simvue's completed, terminated)"
+            )
+        if state == "running":
+            self.start()
+            return None
+        return self.finish(0 if state == "finished" else 1, state=state)
+
+    def __call__(self, fn: Callable[Concatenate[Run, P], T]) -> Callable[P, T]:
+        """Use the run as a decorator: calling ``fn`` starts the run, passes it as the
+        first argument, and ends it as a ``with`` block would (``finished``, or
+        ``failed``/``cancelled`` by the exception that leaves ``fn``)."""
+
+        @functools.wraps(fn)
+        def call(*args: P.args, **kwargs: P.kwargs) -> T:
+            self.start()
+            with self:
+                return fn(self, *args, **kwargs)
+
+        return call
+
     def finish(
         self, exit_code: int = 0, *, state: str | None = None, timeout: float | None = None
     ) -> DeliveryReport:
@@ -444,6 +543,11 @@ class Run:
         state = state or ("finished" if exit_code == 0 else "failed")
         fields = {"state": state, "exit_code": exit_code, "finished_at": _iso_now()}
         self._write_fields({k: _json(v) for k, v in fields.items()})
+        return self._close(timeout)
+
+    def _close(self, timeout: float | None) -> DeliveryReport:
+        """Stop writing to the run and wait for its data (its state as last written)."""
+        assert self._transport is not None
         transport, self._transport = self._transport, None
         self._wal = None
         timeout = self.settings.finish_timeout_s if timeout is None else timeout
@@ -451,6 +555,14 @@ class Run:
         if not self._report.complete and self.mode != "offline":
             log.warning("stride: run %s finished: %s", self.path, self._report)
         return self._report
+
+    def _leave_created(self, timeout: float | None = None) -> None:
+        """The process or ``with`` block ends a run it never started: it stays
+        ``created`` (with what was logged), for ``stride.reconnect`` to start."""
+        self._closed_reason = (
+            f"was left created; stride.reconnect({self.id!r}, project={self.project!r}) starts it"
+        )
+        self._close(timeout)
 
     def __enter__(self) -> Run:
         return self
@@ -461,7 +573,9 @@ class Run:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        if exc_type is None:
+        if not self._started and self._transport is not None:
+            self._leave_created()
+        elif exc_type is None:
             self.finish(0)
         elif issubclass(exc_type, KeyboardInterrupt) or terminated.is_set():
             self.finish(130 if exc_type is KeyboardInterrupt else 143, state="cancelled")
@@ -474,6 +588,20 @@ class Run:
         return f"<Run {self.path} name={self.name!r} mode={self.mode}>"
 
     # ---- slow paths, kept out of log() ---------------------------------------------------------
+
+    def _resume_steps(self) -> None:
+        """A run joined by id goes on after its largest stored step."""
+        assert self._transport is not None
+        last, why = self._transport.last_step(self.path, self.settings.resume_timeout_s)
+        if why is not None:
+            log.warning(
+                "stride: cannot learn the last stored step of run %s (%s); log() without "
+                "step= starts at 0 (pass step= to continue a run's steps)",
+                self.path,
+                why,
+            )
+        elif last is not None:
+            self._step = last + 1
 
     def _not_logging(self) -> None:
         if self._closed_reason:
@@ -546,7 +674,9 @@ class Run:
         if self._wal is None:
             return
         last = getattr(sys, "last_type", None)  # set when an exception ends the program
-        if terminated.is_set():
+        if not self._started:
+            self._leave_created(timeout)
+        elif terminated.is_set():
             self.finish(143, state="cancelled", timeout=timeout)
         elif last is not None and issubclass(last, KeyboardInterrupt):
             self.finish(130, state="cancelled", timeout=timeout)

@@ -56,6 +56,9 @@ class Settings:
     heartbeat_s: float = 15.0
     #: Time allowed to (re)connect to NATS.
     connect_timeout_s: float = 2.0
+    #: How long ``stride.init(id=...)`` waits to learn the run's largest stored step
+    #: (so that ``log()`` without ``step=`` goes on after it); then it starts at 0.
+    resume_timeout_s: float = 5.0
     #: Pause between reconnection attempts while NATS is unreachable.
     reconnect_interval_s: float = 1.0
     #: After the training process exits, how long delivery keeps trying to reach NATS

@@ -148,6 +148,17 @@ class Transport:
         self.runs[slot] = run
         return slot
 
+    def last_step(self, path: str, timeout: float) -> tuple[int | None, str | None]:
+        """The run's largest stored step (``None``: it has none), asked of the service
+        through the agent; or ``(None, why)`` when it cannot be known."""
+        if self.offline:
+            return None, "an offline run cannot ask the service"
+        reply = self._request(["last_step", path, timeout], timeout + 5.0)
+        if reply is None:
+            return None, self._silence()
+        _, step, error = reply
+        return step, error
+
     def finish_run(self, slot: int, timeout: float) -> DeliveryReport:
         """Close the run's slot and wait (at most ``timeout``) until its data is acknowledged."""
         upto = self.log.write_frame(CLOSE, slot)

@@ -76,6 +76,7 @@ __all__ = [
     "FILE_SUBJECT",
     "FILE_WIRE_VERSION",
     "INGEST_SUBJECT",
+    "LAST_STEP_SUBJECT",
     "MIN_WIRE_VERSION",
     "STREAM",
     "UPLOAD_SUBJECT",
@@ -92,10 +93,12 @@ __all__ = [
     "decode_artifact_record",
     "decode_batch",
     "decode_file_record",
+    "decode_last_step",
     "decode_upload_start",
     "encode_artifact_record",
     "encode_batch",
     "encode_file_record",
+    "encode_last_step",
     "encode_upload_start",
     "file_message_id",
     "message_id",
@@ -118,6 +121,9 @@ FILE_SUBJECT = "stride.files.v1"
 ARTIFACT_SUBJECT = "stride.artifacts.v1"
 #: Plain NATS (no stream): hints that a large upload is starting (:class:`UploadStart`).
 UPLOAD_SUBJECT = "stride.uploads.v1"
+#: Plain NATS request-reply: the request is a run's ``entity/project/run_id``, the
+#: reply its largest stored step (:func:`encode_last_step`); ingest answers it.
+LAST_STEP_SUBJECT = "stride.runs.v1.last_step"
 ARTIFACT_KINDS = ("log", "use")
 _CHUNKS_PREFIX = "stride.chunks."
 #: The header that numbers a file chunk (ingest puts chunks in order by it).
@@ -337,6 +343,26 @@ class ArtifactRecord(msgspec.Struct, array_like=True, gc=False, forbid_unknown_f
 _file_decoder = msgspec.msgpack.Decoder(FileRecord)
 _UPLOAD_ID = re.compile(r"[0-9a-f]{16,64}")
 _SHA256 = re.compile(r"[0-9a-f]{64}")
+
+
+class _LastStep(msgspec.Struct, forbid_unknown_fields=True):
+    last_step: int | None = None
+    error: str | None = None
+
+
+def encode_last_step(last_step: int | None, error: str | None = None) -> bytes:
+    """The reply on :data:`LAST_STEP_SUBJECT`: the step, ``None`` for a run with no
+    stored step, or why it could not be read."""
+    return msgspec.json.encode(_LastStep(last_step, error))
+
+
+def decode_last_step(payload: bytes) -> tuple[int | None, str | None]:
+    """``(last_step, error)`` from a reply; :class:`WireError` if it is not one."""
+    try:
+        reply = msgspec.json.decode(payload, type=_LastStep)
+    except msgspec.DecodeError as exc:
+        raise WireError(f"malformed last-step reply: {exc}") from None
+    return reply.last_step, reply.error
 
 
 def chunk_subject(upload: str) -> str:

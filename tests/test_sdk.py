@@ -21,7 +21,7 @@ def test_exported_names_are_the_public_api() -> None:
         "Api", "ApiArtifact", "ApiError", "ApiFile", "ApiRun", "Artifact", "AuthError",
         "BadRequestError", "DeliveryReport", "NestedDict",
         "NotFoundError", "Run", "Runs", "ServiceUnavailableError", "Settings", "StrideError",
-        "UsageError", "init",
+        "UsageError", "init", "reconnect",
     }  # fmt: skip
     assert set(stride.__all__) == expected
     # Nothing else public leaks out of the package (submodules aside).

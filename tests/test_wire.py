@@ -228,7 +228,7 @@ def test_the_exported_names_are_the_ones_we_mean() -> None:
         "decode_file_record", "encode_file_record", "file_message_id", "ARTIFACT_KINDS",
         "ARTIFACT_SUBJECT", "ArtifactEntry", "ArtifactRecord", "decode_artifact_record",
         "encode_artifact_record", "UPLOAD_SUBJECT", "UploadStart", "decode_upload_start",
-        "encode_upload_start",
+        "encode_upload_start", "LAST_STEP_SUBJECT", "decode_last_step", "encode_last_step",
     }  # fmt: skip
     assert all(hasattr(wire, name) for name in wire.__all__)
 
@@ -247,3 +247,10 @@ def test_an_upload_hint_round_trips_and_bad_ones_say_why() -> None:
             wire.decode_upload_start(wire.encode_upload_start(bad))
     with pytest.raises(WireError, match="malformed upload hint"):
         wire.decode_upload_start(msgspec.msgpack.encode([1, "ab" * 16]))
+
+
+def test_a_last_step_reply_round_trips() -> None:
+    for step, error in ((41, None), (None, None), (None, "storage does not answer")):
+        assert wire.decode_last_step(wire.encode_last_step(step, error)) == (step, error)
+    with pytest.raises(WireError, match="malformed last-step reply"):
+        wire.decode_last_step(b"[1]")
