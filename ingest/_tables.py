@@ -50,6 +50,25 @@ def build_points(batches: Sequence[Batch]) -> Points | None:
     return None if tables is None else Points(*tables, keys, points.count)
 
 
+def build_events(batches: Sequence[Batch]) -> pa.Table | None:
+    """One row per event of ``batches``; ``None`` when they hold none."""
+    rows = [(b, i, e) for b in batches for i, e in enumerate(b.events)]
+    if not rows:
+        return None
+    return pa.table(
+        {
+            "run": [b.path for b, _, _ in rows],
+            "ts": pa.array([round(e.timestamp * 1e9) for _, _, e in rows], pa.int64()),
+            "writer": [b.writer for b, _, _ in rows],
+            "seq": pa.array([b.seq for b, _, _ in rows], pa.uint64()),
+            "idx": pa.array([i for _, i, _ in rows], pa.uint32()),
+            "level": [e.level for _, _, e in rows],
+            "message": [e.message for _, _, e in rows],
+            "metadata": [e.metadata for _, _, e in rows],
+        }
+    )
+
+
 def build_fields(batches: Sequence[Batch]) -> pa.Table:
     """The ``run_fields`` rows: each set field, each set-once field as ``~name`` with
     the reversed version (first write wins), and ``heartbeat_at`` for every batch."""

@@ -34,6 +34,7 @@ import pyarrow as pa
 from stride.store import AsyncStore
 from stride.store.run_search import SEARCH_COLUMNS, SEARCH_FROM_PARTIALS, search_rows
 from stride.store.schema import (
+    EVENTS_COLUMNS,
     FIELDS_COLUMNS,
     KEYS_COLUMNS,
     POINTS_COLUMNS,
@@ -46,9 +47,16 @@ from stride.store.schema import (
 )
 from stride.wire import Batch
 
-from ._tables import Points, build_fields, build_points
+from ._tables import Points, build_events, build_fields, build_points
 
-__all__ = ["Handler", "MetricsHandler", "RunFieldsHandler", "check_registry", "default_handlers"]
+__all__ = [
+    "EventsHandler",
+    "Handler",
+    "MetricsHandler",
+    "RunFieldsHandler",
+    "check_registry",
+    "default_handlers",
+]
 
 T = TypeVar("T")
 
@@ -141,12 +149,28 @@ class RunFieldsHandler:
         return 0
 
 
+class EventsHandler:
+    """``events``: each batch's events and log lines, one row each, identified by the
+    batch (writer, seq) and the event's place in it."""
+
+    name = "events"
+    parts = frozenset({"events"})
+
+    def prepare(self, batches: Sequence[Batch]) -> pa.Table | None:
+        return build_events(batches)
+
+    async def write(self, store: AsyncStore, prepared: pa.Table) -> int:
+        await store.insert_arrow("events", EVENTS_COLUMNS, prepared)
+        return 0
+
+
 def default_handlers() -> list[Handler[Any]]:
-    """A fresh registry of what Stride stores today: metrics, then run fields.
+    """A fresh registry of what Stride stores today: metrics, events, then run fields
+    (last: a run whose state says it ended has its data stored).
 
     Fresh on every call, because handlers keep per-worker state (known keys).
     """
-    return [MetricsHandler(), RunFieldsHandler()]
+    return [MetricsHandler(), EventsHandler(), RunFieldsHandler()]
 
 
 def check_registry(handlers: Sequence[Handler[Any]]) -> None:

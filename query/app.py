@@ -10,6 +10,7 @@ import asyncio
 import bisect
 import functools
 import logging
+import math
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
@@ -20,6 +21,7 @@ from stride.api_types import (
     Access,
     ArtifactsPage,
     ErrorBody,
+    EventsPage,
     FilesPage,
     FileUpdate,
     MetricKeys,
@@ -48,6 +50,7 @@ from .auth import GRANT, Tokens, middleware
 from .catalog import Catalog
 from .edit import delete_run, update_run
 from .errors import BadRequest, NotFound, QueryError, Unavailable
+from .events import list_events, parse_levels
 from .export import ExportFormat, export_run, export_runs
 from .files import (
     delete_file,
@@ -138,6 +141,7 @@ def create_app(
     app.router.add_get(f"{base}/runs/{{entity}}/{{project}}/{{run_id}}/stats", _stats)
     app.router.add_get(f"{base}/runs/{{entity}}/{{project}}/{{run_id}}/export", _export_run)
     app.router.add_get(f"{base}/runs/{{entity}}/{{project}}/{{run_id}}/stream", _stream_rows)
+    app.router.add_get(f"{base}/runs/{{entity}}/{{project}}/{{run_id}}/events", _events)
     app.router.add_get(f"{base}/runs/{{entity}}/{{project}}/{{run_id}}/files", _list_files)
     app.router.add_get(f"{base}/runs/{{entity}}/{{project}}/{{run_id}}/file", _file)
     app.router.add_patch(f"{base}/runs/{{entity}}/{{project}}/{{run_id}}/file", _update_file)
@@ -561,6 +565,36 @@ async def _scan(request: web.Request) -> web.Response:
 
 
 # ---- files --------------------------------------------------------------------------------------
+
+
+async def _events(request: web.Request) -> web.Response:
+    """A page of the run's events in time order, filtered by ``level`` (a list),
+    ``min_level``, ``since``/``until`` (Unix seconds) and ``q`` (text in the message)."""
+    entity, project, run_id = await _existing_run(request)
+    events, cursor = await list_events(
+        request.app[STORE],
+        f"{entity}/{project}/{run_id}",
+        levels=parse_levels(request.query.get("level"), request.query.get("min_level")),
+        since=_seconds(request, "since"),
+        until=_seconds(request, "until"),
+        contains=_text(request, "q"),
+        after=request.query.get("after"),
+        limit=_int(request, "per_page", 1000, 1, 10_000) or 1000,
+    )
+    return _json(EventsPage(events, cursor))
+
+
+def _seconds(request: web.Request, name: str) -> float | None:
+    raw = request.query.get(name)
+    if raw is None or raw == "":
+        return None
+    try:
+        value = float(raw)
+    except ValueError:
+        raise BadRequest(f"{name} must be Unix seconds, got {raw!r}") from None
+    if not math.isfinite(value):
+        raise BadRequest(f"{name} must be a finite number of seconds, got {raw!r}")
+    return value
 
 
 async def _list_files(request: web.Request) -> web.Response:

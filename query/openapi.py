@@ -19,6 +19,7 @@ from stride.api_types import (
     ArtifactDoc,
     ArtifactsPage,
     ErrorBody,
+    EventsPage,
     FileDoc,
     FilesPage,
     FileUpdate,
@@ -32,7 +33,7 @@ from stride.api_types import (
     Status,
 )
 from stride.ids import KEY_PATTERN, NAME_PATTERN
-from stride.wire import FILE_CATEGORIES
+from stride.wire import FILE_CATEGORIES, LEVELS
 
 from .auth import AUTH_EXEMPT
 
@@ -156,6 +157,15 @@ OPERATIONS: tuple[Operation, ...] = (
         answer=None, media=("text/csv", "application/vnd.apache.parquet", "application/json"),
     ),
     Operation(
+        "get", _ONE + "/events", "A run's events and log lines in time order, filtered",
+        (*_RUN, Param("level", {"type": "string"}),
+         Param("min_level", {"type": "string", "enum": list(LEVELS)}),
+         Param("since", {"type": "number"}), Param("until", {"type": "number"}),
+         Param("q", {"type": "string"}), Param("after", {"type": "string"}),
+         Param("per_page", {"type": "integer", "minimum": 1, "maximum": 10000})),
+        answer=EventsPage,
+    ),
+    Operation(
         "get", _ONE + "/files", "A run's saved files by name, each at its latest version",
         (*_RUN, Param("prefix", {"type": "string"}),
          Param("category", {"type": "string", "enum": list(FILE_CATEGORIES)}),
@@ -197,9 +207,9 @@ OPERATIONS: tuple[Operation, ...] = (
     ),
 )  # fmt: skip
 
-_STRUCTS = (Access, ArtifactDoc, ArtifactsPage, ErrorBody, FileDoc, FilesPage, FileUpdate,
-            MetricKeys, MetricStats, ProjectsPage, RunDoc, RunSearch, RunsPage, RunUpdate,
-            Status)  # fmt: skip
+_STRUCTS = (Access, ArtifactDoc, ArtifactsPage, ErrorBody, EventsPage, FileDoc, FilesPage,
+            FileUpdate, MetricKeys, MetricStats, ProjectsPage, RunDoc, RunSearch, RunsPage,
+            RunUpdate, Status)  # fmt: skip
 
 
 def openapi_document() -> dict[str, Any]:

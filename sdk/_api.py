@@ -33,6 +33,8 @@ from .api_types import (
     Access,
     ColumnsPage,
     ErrorBody,
+    EventDoc,
+    EventsPage,
     MetricKeys,
     MetricStats,
     ProjectDoc,
@@ -60,6 +62,7 @@ T = TypeVar("T")
 _RUN = msgspec.json.Decoder(RunDoc)
 _RUNS = msgspec.json.Decoder(RunsPage)
 _KEYS = msgspec.json.Decoder(MetricKeys)
+_EVENTS = msgspec.json.Decoder(EventsPage)
 _COLUMNS = msgspec.json.Decoder(ColumnsPage)
 _STATS = msgspec.json.Decoder(MetricStats)
 _PROJECTS = msgspec.json.Decoder(ProjectsPage)
@@ -547,6 +550,37 @@ class ApiRun:
     def file(self, name: str, version: int | None = None) -> ApiFile:
         """One saved file: its latest version, or ``version`` (from 0, in save order)."""
         return one_file(self._api, self._base, name, version)
+
+    def events(
+        self,
+        level: str | Sequence[str] | None = None,
+        *,
+        min_level: str | None = None,
+        since: float | None = None,
+        until: float | None = None,
+        contains: str | None = None,
+        per_page: int = 1000,
+    ) -> Iterator[EventDoc]:
+        """The run's events and log lines in time order (``timestamp``, ``level``,
+        ``message``, ``metadata``, ``writer``), fetched a page at a time.
+
+        ``level`` keeps one level or several; ``min_level`` that one and the more
+        severe; ``since``/``until`` (Unix seconds) ``since <= timestamp < until``;
+        ``contains`` messages holding that text, in any case.
+        """
+        levels = [level] if isinstance(level, str) else level
+        after: str | None = None
+        while True:
+            params: list[tuple[str, Any]] = [
+                ("level", ",".join(levels) if levels else None),
+                *(("min_level", min_level), ("since", since), ("until", until)),
+                *(("q", contains), ("per_page", per_page), ("after", after)),
+            ]
+            page = self._api._get_as(_EVENTS, f"{self._base}/events", params)
+            yield from page.events
+            if page.next is None:
+                return
+            after = page.next
 
     def logged_artifacts(self) -> list[ApiArtifact]:
         """The artifact versions this run logged, in the order it logged them."""

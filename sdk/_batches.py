@@ -15,7 +15,7 @@ import dataclasses
 import struct
 from datetime import UTC, datetime
 
-from .wire import WIRE_VERSION, Batch, MetricBlock
+from .wire import WIRE_VERSION, Batch, Event, MetricBlock
 
 #: A sealed batch, as written to the ``seals`` file before it is published.
 SEAL = struct.Struct("<IIQQQQ")  # slot, kind, seq, ver, start, end
@@ -76,7 +76,10 @@ class KeySet:
 class Builder:
     """The frames of one run slot in ``[start, end)``."""
 
-    __slots__ = ("created", "nbytes", "nrows", "points", "rows", "set", "set_once", "start")
+    __slots__ = (
+        *("created", "events", "nbytes", "nrows", "points", "rows", "set", "set_once"),
+        "start",
+    )
 
     def __init__(self, start: int, created: float) -> None:
         self.start = start
@@ -84,6 +87,7 @@ class Builder:
         self.set: dict[str, str] = {}
         self.set_once: dict[str, str] = {}
         self.rows: dict[int, list[memoryview]] = {}  # key set -> runs of row frames
+        self.events: list[Event] = []
         self.nbytes = 0
         self.nrows = 0
         self.points = 0
@@ -94,6 +98,10 @@ class Builder:
                 self.set_once.setdefault(name, value)
         else:
             self.set.update(fields)
+        self.nbytes += size
+
+    def add_event(self, event: Event, size: int) -> None:
+        self.events.append(event)
         self.nbytes += size
 
     def add_rows(self, keyset: int, width: int, frames: memoryview, rows: int) -> None:
@@ -123,7 +131,7 @@ class Builder:
                         values=[cells[4 + j :: stride].tobytes() for j in range(width)],
                     )
                 )
-        return _batch(ref, writer, seq, ver, self.set, self.set_once, blocks)
+        return _batch(ref, writer, seq, ver, self.set, self.set_once, blocks, self.events)
 
 
 def ended_batch(ref: RunRef, writer: str, seq: int, ver: int, kind: int) -> Batch:
@@ -146,6 +154,7 @@ def _batch(
     set_: dict[str, str],
     set_once: dict[str, str],
     metrics: list[MetricBlock],
+    events: list[Event] | None = None,
 ) -> Batch:
     return Batch(
         v=WIRE_VERSION,
@@ -158,4 +167,5 @@ def _batch(
         set=set_,
         set_once=set_once,
         metrics=metrics,
+        events=events or [],
     )

@@ -26,6 +26,7 @@ def init(
     server: str | None = None,
     settings: Settings | None = None,
     running: bool = True,
+    capture_output: bool = False,
 ) -> Run:
     """Start (or join) a run and return it.
 
@@ -33,7 +34,8 @@ def init(
     ``$STRIDE_SERVER`` or the embedded default. Passing the ``id`` of an existing
     run, from any process, writes into that run; its steps go on after the largest
     one stored (asked of the service; see ``Settings.resume_timeout_s``).
-    ``running=False`` leaves a new run
+    ``capture_output=True`` records what the process prints (stdout, stderr) as the
+    run's events. ``running=False`` leaves a new run
     ``created`` until :meth:`Run.start` (or :func:`reconnect`, from another process).
 
     Example::
@@ -72,6 +74,7 @@ def init(
         name_given=name is not None,
         running=running,
         resume=id is not None,
+        capture_output=capture_output,
     )
 
 

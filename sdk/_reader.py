@@ -45,6 +45,7 @@ from ._batches import (
 )
 from ._wal import (
     CLOSE,
+    EVENT,
     HEADER_BYTES,
     KEYSET,
     OPEN,
@@ -60,11 +61,12 @@ from ._wal import (
     segment_name,
     segment_paths,
 )
-from .wire import Batch, encode_batch
+from .wire import Batch, Event, encode_batch
 
 log = logging.getLogger("stride")
 _decode_list = msgspec.msgpack.Decoder(list).decode
 _decode_fields = msgspec.msgpack.Decoder(dict[str, str]).decode
+_decode_event = msgspec.msgpack.Decoder(Event).decode
 _FIELD_KINDS = (SET, SET_ONCE)
 #: A trim mark is written at least every this many bytes of delivered log.
 _MARK_EVERY = 1024 * 1024
@@ -230,6 +232,10 @@ class LogReader:
                 self._add(ref, where, now, max_batch_bytes, len(body) + 8, out).add_fields(
                     fields, once=kind == SET_ONCE, size=len(body) + 8
                 )
+            elif kind == EVENT:
+                event = _decode_event(frame_payload(body))
+                size = len(body) + 8
+                self._add(ref, where, now, max_batch_bytes, size, out).add_event(event, size)
             elif kind == CLOSE:
                 state = self._state(ref)
                 if not state.closed:
@@ -326,7 +332,7 @@ class LogReader:
                     or state.closed
                     or b.set
                     or b.set_once
-                    or b.nrows >= flush_rows
+                    or b.nrows + len(b.events) >= flush_rows
                     or now - b.created >= linger_s
                 ):
                     slots.append(slot)

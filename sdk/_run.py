@@ -22,12 +22,24 @@ import orjson
 from . import _files, ids
 from ._artifacts import Artifact, check_aliases, check_ref
 from ._config import NestedDict
+from ._events import Logs, OutputCapture, check_message, event_time
 from ._settings import Settings
 from ._signals import terminated
 from ._summaries import SummaryBuffer
 from ._transport import DeliveryReport, Transport, open_run
-from ._wal import KEYSET, ROW, ROW_OVERHEAD, SET, SET_ONCE, LogWriter, frame_header, row_format
+from ._wal import (
+    EVENT,
+    KEYSET,
+    ROW,
+    ROW_OVERHEAD,
+    SET,
+    SET_ONCE,
+    LogWriter,
+    frame_header,
+    row_format,
+)
 from .errors import UsageError
+from .wire import MAX_EVENT_BYTES, Event
 
 log = logging.getLogger("stride")
 
@@ -134,6 +146,7 @@ class Run:
         name_given: bool,
         running: bool = True,
         resume: bool = False,
+        capture_output: bool = False,
     ) -> None:
         self.entity = entity
         self.project = project
@@ -150,6 +163,8 @@ class Run:
         self._t0 = _now()
         self._packers: dict[tuple[str, ...], _Packer] = {}
         self._buffered = SummaryBuffer()
+        self.logs = Logs(self._emit)
+        self._capture: OutputCapture | None = None
         self._report = DeliveryReport()
         #: The log ``log()`` writes to; ``None`` once finished (or disabled, or forked).
         self._wal: LogWriter | None = None
@@ -177,6 +192,9 @@ class Run:
         self._wal = self._transport.log
         if resume and mode == "online":
             self._resume_steps()
+        if capture_output:
+            self._capture = OutputCapture(self._emit, settings.max_captured_bytes)
+            self._capture.install()
         self._write_fields({"created_at": _json(_iso_now()), "user": _json(_user())}, once=True)
         self._write_fields(name_field, once=not name_given)
         if not running:  # first write wins: a run that already has a state keeps it
@@ -258,6 +276,35 @@ class Run:
             self.log(row, step=step)
         self._buffered.clear()  # after the log: a refused row keeps the values
         return row
+
+    # ---- events and logs ------------------------------------------------------------------------
+
+    def log_event(self, message: str, timestamp: float | str | datetime | None = None) -> None:
+        """Record an event (Simvue's ``log_event``, level ``info``); no I/O.
+
+        ``timestamp``: Unix seconds, a datetime or ISO 8601 text; now by default.
+        Leveled lines with metadata: ``run.logs.info(message, **metadata)``.
+        """
+        self._emit("info", message, None, timestamp)
+
+    def _emit(
+        self,
+        level: str,
+        message: str,
+        metadata: Mapping[str, Any] | None,
+        timestamp: float | str | datetime | None,
+    ) -> None:
+        w = self._wal
+        if w is None:
+            return self._not_logging()
+        check_message(message)
+        meta = _json(dict(metadata), "event metadata") if metadata else "{}"
+        if len(meta) > MAX_EVENT_BYTES:
+            raise UsageError(
+                f"event metadata is {len(meta)} characters as JSON; the limit is {MAX_EVENT_BYTES}"
+            )
+        event = Event(event_time(timestamp, _now()), level, message, meta)
+        w.write_frame(EVENT, self._slot, event)
 
     # ---- files ----------------------------------------------------------------------------------
 
@@ -548,6 +595,9 @@ class Run:
     def _close(self, timeout: float | None) -> DeliveryReport:
         """Stop writing to the run and wait for its data (its state as last written)."""
         assert self._transport is not None
+        if self._capture is not None:
+            self._capture.uninstall()
+            self._capture = None
         transport, self._transport = self._transport, None
         self._wal = None
         timeout = self.settings.finish_timeout_s if timeout is None else timeout

@@ -68,6 +68,8 @@ class Settings:
     max_file_bytes: int = 64 * 1024**3
     #: File chunks awaiting their JetStream ack at once (each up to 512 KiB).
     file_window: int = 8
+    #: With ``init(capture_output=True)``: stdout and stderr recorded per run, at most.
+    max_captured_bytes: int = 16 * 1024 * 1024
 
     def to_json(self) -> bytes:
         return msgspec.json.encode(dataclasses.asdict(self), enc_hook=str)

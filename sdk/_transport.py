@@ -40,7 +40,7 @@ from typing import TYPE_CHECKING, Any
 from . import _control as protocol
 from ._names import random_id
 from ._settings import Settings
-from ._wal import CLOSE, OPEN, LogMeta, LogWriter
+from ._wal import CLOSE, LOG_FORMAT, OPEN, LogMeta, LogWriter
 
 if TYPE_CHECKING:
     from ._run import Run
@@ -126,6 +126,7 @@ class Transport:
             segment_bytes=settings.segment_bytes,
             offline=offline,
             created=time.time(),
+            format=LOG_FORMAT,
         )
         self.dir = self.spool_dir / self.writer
         self.log = LogWriter(self.dir, meta, settings.max_spool_bytes)

@@ -29,6 +29,7 @@ strided slices (C only)::
     SET      ref=slot    msgpack {field: json text}      last write wins
     SET_ONCE ref=slot    msgpack {field: json text}      first write wins
     CLOSE    ref=slot    (empty) the run was finished by this writer
+    EVENT    ref=slot    msgpack [timestamp, level, message, metadata json]   (format 2)
 
 A segment's first 64 bytes are its header: magic, index, commit offset
 (bytes written so far), and a "full" flag set when the writer moved on to
@@ -53,8 +54,8 @@ from typing import IO, Any
 
 import msgspec
 
-ROW, KEYSET, OPEN, SET, SET_ONCE, CLOSE = 1, 2, 3, 4, 5, 6
-FRAME_KINDS = (ROW, KEYSET, OPEN, SET, SET_ONCE, CLOSE)
+ROW, KEYSET, OPEN, SET, SET_ONCE, CLOSE, EVENT = 1, 2, 3, 4, 5, 6, 7
+FRAME_KINDS = (ROW, KEYSET, OPEN, SET, SET_ONCE, CLOSE, EVENT)
 HEADER_BYTES = 64
 _MAGIC = b"STRDLOG1"
 _COMMIT, _FULL = 2, 3  # u64 slots of the segment header
@@ -116,7 +117,8 @@ def segment_paths(directory: Path) -> list[tuple[int, Path]]:
 
 
 #: The log layout this SDK writes and reads; a newer one is left for a newer SDK.
-LOG_FORMAT = 1
+#: 2 added EVENT frames.
+LOG_FORMAT = 2
 
 
 class LogMeta(msgspec.Struct, frozen=True):

@@ -44,6 +44,8 @@ __all__ = [
     "ArtifactsPage",
     "ColumnsPage",
     "ErrorBody",
+    "EventDoc",
+    "EventsPage",
     "FileCounters",
     "FileDoc",
     "FileUpdate",
@@ -289,6 +291,25 @@ class FileUpdate(msgspec.Struct, forbid_unknown_fields=True):
     tags: list[str] | None = None
     metadata: dict[str, Any] | None = None
     deleted: bool | None = None
+
+
+class EventDoc(msgspec.Struct, gc=False):
+    """One event or log line of a run: when (Unix seconds), its level (``debug``,
+    ``info``, ``warn``, ``error``, ``fatal``), the text, its metadata, and the
+    writer (process) that logged it."""
+
+    timestamp: float
+    level: str
+    message: str
+    metadata: dict[str, Any] = {}
+    writer: str = ""
+
+
+class EventsPage(msgspec.Struct, gc=False):
+    """One page of a run's events in time order; pass ``next`` back as ``after``."""
+
+    events: list[EventDoc]
+    next: str | None = None
 
 
 class FilesPage(msgspec.Struct, gc=False):

@@ -41,6 +41,7 @@ The first field of every batch is ``v``. A reader accepts the versions
 reason (:class:`WireError`; ingest dead-letters the message with it). Nothing
 a reader does not understand is ever silently ignored. The rules:
 
+* Version 2 added :attr:`Batch.events`.
 * New record kinds (events, file chunks, system samples) arrive as new
   optional trailing fields of :class:`Batch`, with a default, or as new
   record types inside such a field, never by reordering or retyping a field
@@ -57,6 +58,7 @@ a reader does not understand is ever silently ignored. The rules:
 
 from __future__ import annotations
 
+import math
 import re
 from typing import TypeVar
 
@@ -77,6 +79,8 @@ __all__ = [
     "FILE_WIRE_VERSION",
     "INGEST_SUBJECT",
     "LAST_STEP_SUBJECT",
+    "LEVELS",
+    "MAX_EVENT_BYTES",
     "MIN_WIRE_VERSION",
     "STREAM",
     "UPLOAD_SUBJECT",
@@ -84,6 +88,7 @@ __all__ = [
     "ArtifactEntry",
     "ArtifactRecord",
     "Batch",
+    "Event",
     "FileRecord",
     "MetricBlock",
     "UploadStart",
@@ -105,7 +110,7 @@ __all__ = [
 ]
 
 #: The version writers send, and the newest a reader accepts.
-WIRE_VERSION = 1
+WIRE_VERSION = 2
 #: The oldest version a reader still accepts.
 MIN_WIRE_VERSION = 1
 
@@ -146,6 +151,21 @@ class MetricBlock(msgspec.Struct, array_like=True, gc=False, forbid_unknown_fiel
     values: list[bytes]  # per key, float64[n], aligned with steps
 
 
+#: Event and log levels, from least to most severe.
+LEVELS = ("debug", "info", "warn", "error", "fatal")
+#: The longest event message, and the longest event metadata (JSON text), in characters.
+MAX_EVENT_BYTES = 64 * 1024
+
+
+class Event(msgspec.Struct, array_like=True, gc=False, forbid_unknown_fields=True):
+    """One event or log line (wire version 2)."""
+
+    timestamp: float  # seconds since the Unix epoch
+    level: str  # one of LEVELS
+    message: str
+    metadata: str = "{}"  # JSON text of an object
+
+
 class Batch(msgspec.Struct, array_like=True, gc=False, forbid_unknown_fields=True):
     """One flush of one writer for one run."""
 
@@ -162,6 +182,8 @@ class Batch(msgspec.Struct, array_like=True, gc=False, forbid_unknown_fields=Tru
     set: dict[str, str] = {}
     set_once: dict[str, str] = {}
     metrics: list[MetricBlock] = []
+    #: Since version 2: events and log lines, in the order they were written.
+    events: list[Event] = []
 
     @property
     def path(self) -> str:
@@ -246,6 +268,13 @@ def _validate(batch: Batch) -> None:
             raise WireError("metric block has a value array per key of the wrong length")
         if len(set(block.keys)) != len(block.keys):
             raise WireError("metric block keys must be unique")
+    for event in batch.events:
+        if event.level not in LEVELS:
+            raise WireError(f"invalid event level {event.level!r:.40}: one of {LEVELS}")
+        if len(event.message) > MAX_EVENT_BYTES or len(event.metadata) > MAX_EVENT_BYTES:
+            raise WireError(f"an event's message or metadata is over {MAX_EVENT_BYTES} characters")
+        if not math.isfinite(event.timestamp):
+            raise WireError(f"invalid event timestamp {event.timestamp}")
 
 
 def message_id(run_path: str, writer: str, seq: int) -> str:

@@ -213,6 +213,7 @@ POINTS_COLUMNS = ("run", "stream", "key", "step", "time", "timestamp", "value", 
 FIELDS_COLUMNS = ("entity", "project", "run_id", "field", "value", "ver")
 BATCHES_COLUMNS = ("run", "writer", "seq", "ver", "points")
 KEYS_COLUMNS = ("run", "stream", "key")
+EVENTS_COLUMNS = ("run", "ts", "writer", "seq", "idx", "level", "message", "metadata")
 FILES_COLUMNS = (
     *("run", "name", "ver", "upload", "writer", "category", "size", "sha256", "mime"),
     *("description", "tags", "metadata", "deleted", "updated"),
@@ -250,6 +251,7 @@ RUN_ROWS = (
     ("series_stats", "run = {path:String}"),
     ("run_keys", "run = {path:String}"),
     ("files", "run = {path:String}"),
+    ("events", "run = {path:String}"),
 )
 
 
@@ -471,6 +473,24 @@ _TABLES = (
         "",
         "run, stream, key",
         "cityHash64(run)",
+    ),
+    _Table(
+        # Events and log lines, read in time order. A batch stored twice (a crash
+        # between its insert and the ledger's) repeats the same key: replaced.
+        "events",
+        """run String,
+        ts Int64,
+        writer String,
+        seq UInt64,
+        idx UInt32,
+        level LowCardinality(String),
+        message String,
+        metadata String""",
+        "ReplacingMergeTree",
+        "",
+        "run, ts, writer, seq, idx",
+        "cityHash64(run)",
+        settings=_POINT_READS,
     ),
 )
 

@@ -667,6 +667,7 @@ def test_single_server_ddl_is_what_the_embedded_store_runs(chdb_store: ChdbStore
     assert engines == {
         "artifact_events": "ReplacingMergeTree",
         "batches": "ReplacingMergeTree",
+        "events": "ReplacingMergeTree",
         "files": "ReplacingMergeTree",
         "points": "ReplacingMergeTree",
         "points_rollup": "AggregatingMergeTree",
@@ -705,7 +706,7 @@ def test_cluster_ddl_replicates_shards_by_run_and_parses(chdb_store: ChdbStore) 
     # Ingest writes the rollup; a view from older versions is dropped everywhere.
     assert formatted[-1] == "DROP VIEW IF EXISTS metrics.points_rollup_mv ON CLUSTER main"
     # Every table has its replicated local table and a Distributed one in front.
-    assert len(statements) == 1 + 2 * 10 + 1
+    assert len(statements) == 1 + 2 * 11 + 1
 
 
 async def test_history_while_points_arrive_has_no_row_without_values(

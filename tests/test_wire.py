@@ -144,9 +144,11 @@ def test_a_reader_accepts_every_version_in_its_range(monkeypatch: pytest.MonkeyP
             decode_batch(encode_batch(_batch(v=v)))
 
 
-def test_the_range_today_is_version_1_only() -> None:
-    assert (MIN_WIRE_VERSION, WIRE_VERSION) == (1, 1)
-    with pytest.raises(WireError, match=r"unknown wire version 0 \(this reader knows version 1\)"):
+def test_the_range_today_is_versions_1_to_2() -> None:
+    assert (MIN_WIRE_VERSION, WIRE_VERSION) == (1, 2)
+    with pytest.raises(
+        WireError, match=r"unknown wire version 0 \(this reader knows versions 1 to 2\)"
+    ):
         decode_batch(encode_batch(_batch(v=0)))
 
 
@@ -163,13 +165,14 @@ class _NewerBatch(msgspec.Struct, array_like=True):
     set: dict[str, str] = {}
     set_once: dict[str, str] = {}
     metrics: list[MetricBlock] = []
-    events: list[tuple[int, str]] = []
+    events: list[wire.Event] = []
+    samples: list[tuple[int, str]] = []
 
 
 def _newer(v: int) -> bytes:
     old = _batch()
     fields = {f: getattr(old, f) for f in old.__struct_fields__}
-    return msgspec.msgpack.encode(_NewerBatch(**{**fields, "v": v, "events": [(1, "started")]}))
+    return msgspec.msgpack.encode(_NewerBatch(**{**fields, "v": v, "samples": [(1, "gpu")]}))
 
 
 def test_an_old_reader_rejects_a_newer_version_with_the_reason() -> None:
@@ -221,7 +224,8 @@ def test_a_new_reader_decodes_an_older_shorter_batch_with_defaults() -> None:
 
 def test_the_exported_names_are_the_ones_we_mean() -> None:
     assert set(wire.__all__) == {
-        "DLQ_STREAM", "DLQ_SUBJECT", "INGEST_SUBJECT", "MIN_WIRE_VERSION", "STREAM",
+        "DLQ_STREAM", "DLQ_SUBJECT", "INGEST_SUBJECT", "MIN_WIRE_VERSION", "STREAM", "LEVELS",
+        "MAX_EVENT_BYTES", "Event",
         "WIRE_VERSION", "Batch", "MetricBlock", "VersionPeek", "WireError", "decode_batch",
         "encode_batch", "message_id", "CHUNK_BYTES", "CHUNK_HEADER", "FILES_STREAM",
         "FILE_CATEGORIES", "FILE_SUBJECT", "FILE_WIRE_VERSION", "FileRecord", "chunk_subject",
@@ -254,3 +258,22 @@ def test_a_last_step_reply_round_trips() -> None:
         assert wire.decode_last_step(wire.encode_last_step(step, error)) == (step, error)
     with pytest.raises(WireError, match="malformed last-step reply"):
         wire.decode_last_step(b"[1]")
+
+
+def test_events_round_trip_and_bad_ones_are_refused() -> None:
+    events = [wire.Event(1.5, "info", "started"), wire.Event(2.0, "error", "oom", '{"gpu": 3}')]
+    batch = msgspec.structs.replace(_batch(), events=events)
+    assert decode_batch(encode_batch(batch)).events == events
+    for bad, why in (
+        (wire.Event(1.0, "verbose", "x"), "invalid event level 'verbose'"),
+        (wire.Event(float("nan"), "info", "x"), "invalid event timestamp"),
+        (wire.Event(1.0, "info", "x" * (wire.MAX_EVENT_BYTES + 1)), "over 65536 characters"),
+    ):
+        with pytest.raises(WireError, match=why):
+            decode_batch(encode_batch(msgspec.structs.replace(_batch(), events=[bad])))
+
+
+def test_a_version_1_batch_still_decodes_without_events() -> None:
+    payload = msgspec.msgpack.encode(_OlderBatch(1, "e", "p", "r", "w", 0, 7))
+    batch = decode_batch(payload)
+    assert (batch.v, batch.events) == (1, [])
