@@ -10,7 +10,6 @@ import asyncio
 import bisect
 import functools
 import logging
-import math
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
@@ -35,6 +34,7 @@ from stride.api_types import (
 from stride.ids import InvalidIdentifier, Kind, check, check_file_name
 from stride.store import AsyncStore, open_store
 from stride.store.objects import ObjectStore
+from stride.wire import MAX_EVENT_SECONDS
 
 from . import runs as runs_q
 from ._columns import Columns
@@ -592,8 +592,8 @@ def _seconds(request: web.Request, name: str) -> float | None:
         value = float(raw)
     except ValueError:
         raise BadRequest(f"{name} must be Unix seconds, got {raw!r}") from None
-    if not math.isfinite(value):
-        raise BadRequest(f"{name} must be a finite number of seconds, got {raw!r}")
+    if not -MAX_EVENT_SECONDS < value < MAX_EVENT_SECONDS:  # NaN too
+        raise BadRequest(f"{name} must be a finite number of Unix seconds, got {raw!r}")
     return value
 
 

@@ -104,7 +104,9 @@ def _cursor(after: str) -> tuple[int, str, int, int]:
         ts, writer, seq, idx = orjson.loads(after)
         if not all(isinstance(v, int) and not isinstance(v, bool) for v in (ts, seq, idx)):
             raise TypeError
-        if not isinstance(writer, str) or seq < 0 or idx < 0:
+        if not isinstance(writer, str) or not 0 <= seq < 2**64 or not 0 <= idx < 2**32:
+            raise TypeError
+        if not -(2**63) <= ts < 2**63:
             raise TypeError
         return ts, writer, seq, idx
     except (orjson.JSONDecodeError, ValueError, TypeError):

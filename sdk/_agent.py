@@ -11,10 +11,10 @@ or inside ``stride sync``. One asyncio loop, one NATS connection::
                                                    written first)      each with a deadline
 
 Control messages from the training process arrive on a socket (4-byte
-length + msgpack): ``["finish", slot, upto, timeout]`` asks for a report once
-everything of that run up to log position ``upto`` is acknowledged (answered
-``["report", batches_sent, points_sent, left, last_error, files_sent, files_left,
-files_failed]``), and ``["close"]``
+length + msgpack, see :mod:`stride._control`): ``["finish", slot, upto, timeout]``
+asks for a report once everything of that run up to log position ``upto`` is
+acknowledged (answered ``["report", batches_sent, points_sent, left, last_error,
+files_sent, files_left, files_failed]``), and ``["close"]``
 says the writer is done. End of file on the socket means the training
 process is gone: the agent delivers what it left, marks runs it never
 finished ``crashed``, and exits; if NATS stays unreachable it gives up after
@@ -65,6 +65,7 @@ class _Waiter:
     slot: int
     upto: int
     deadline: float
+    request: int  # the id its reply carries
 
 
 @dataclasses.dataclass
@@ -391,17 +392,17 @@ class Agent:
             while True:
                 header = await reader.readexactly(protocol.LENGTH.size)
                 body = await reader.readexactly(protocol.LENGTH.unpack(header)[0])
-                message = protocol.decode(body)
+                request, message = protocol.decode(body)
                 if self._own is not None:
                     self._own.catch_up()
                 self._wakeup.set()
                 self._uploads.invalidate()  # count every file saved before the message
                 if message[0] == "finish":
                     _, slot, upto, timeout = message
-                    self._waiters.append(_Waiter(slot, upto, time.monotonic() + timeout))
+                    self._waiters.append(_Waiter(slot, upto, time.monotonic() + timeout, request))
                 elif message[0] == "last_step":
                     _, path, timeout = message
-                    answer = asyncio.create_task(self._answer_last_step(path, timeout))
+                    answer = asyncio.create_task(self._answer_last_step(path, timeout, request))
                     self._answers.add(answer)
                     answer.add_done_callback(self._answers.discard)
                 elif message[0] == "close":
@@ -411,11 +412,13 @@ class Agent:
                     # meanwhile other threads may still log: it is not gone yet.
                     _, timeout, upto = message
                     self._end_kind = SEAL_CANCELLED
-                    self._waiters.append(_Waiter(_WHOLE_LOG, upto, time.monotonic() + timeout))
+                    self._waiters.append(
+                        _Waiter(_WHOLE_LOG, upto, time.monotonic() + timeout, request)
+                    )
         except (asyncio.IncompleteReadError, ConnectionError):
             self._writer_gone()  # the training process is gone
 
-    async def _answer_last_step(self, path: str, timeout: float) -> None:
+    async def _answer_last_step(self, path: str, timeout: float, request: int) -> None:
         """Ask the service for the run's largest stored step; reply ``["last_step",
         step or None, why it is unknown or None]``. Not connected yet: wait for the
         connection, or for the next attempt to fail."""
@@ -440,7 +443,7 @@ class Agent:
             except Exception as exc:  # a timeout, a malformed reply
                 error = f"{exc.__class__.__name__}: {exc}"
         if self._writer is not None and not self._writer.is_closing():
-            self._writer.write(protocol.encode(["last_step", step, error]))
+            self._writer.write(protocol.encode(["last_step", step, error], request))
 
     def hurry(self, seconds: float) -> None:
         """Stop waiting for the writer; give up ``seconds`` from now if NATS does not answer."""
@@ -479,7 +482,7 @@ class Agent:
             failed = uploads.failed(directory, waiter.slot) if directory else []
             reply = ["report", *sent, left_count, error, files_sent, files_left, failed]
             if self._writer is not None and not self._writer.is_closing():
-                self._writer.write(protocol.encode(reply))
+                self._writer.write(protocol.encode(reply, waiter.request))
         self._waiters = keep
 
     def _warn_once(self, key: str, message: str) -> None:

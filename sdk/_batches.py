@@ -157,7 +157,7 @@ def _batch(
     events: list[Event] | None = None,
 ) -> Batch:
     return Batch(
-        v=WIRE_VERSION,
+        v=WIRE_VERSION if events else 1,  # version 1 when it can: older ingest reads it
         entity=ref.entity,
         project=ref.project,
         run_id=ref.run_id,

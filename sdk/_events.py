@@ -16,17 +16,19 @@ file descriptors directly (C extensions, subprocesses) is not seen.
 
 from __future__ import annotations
 
+import collections
 import io
 import sys
 import threading
+import time
 from collections.abc import Callable, Mapping
 from datetime import datetime
 from typing import Any, TextIO
 
 from .errors import UsageError
-from .wire import LEVELS, MAX_EVENT_BYTES
+from .wire import LEVELS, MAX_EVENT_BYTES, MAX_EVENT_SECONDS
 
-__all__ = ["LEVELS", "Logs", "OutputCapture", "check_message", "event_time"]
+__all__ = ["LEVELS", "Logs", "OutputCapture", "TryEmit", "check_message", "event_time"]
 
 Emit = Callable[[str, str, Mapping[str, Any] | None, float | None], None]
 
@@ -99,18 +101,37 @@ def event_time(timestamp: float | str | datetime | None, now: float) -> float:
             ) from None
     if isinstance(timestamp, bool) or not isinstance(timestamp, int | float):
         raise UsageError(f"event timestamp must be a number of seconds, got {timestamp!r}")
+    if not -MAX_EVENT_SECONDS < timestamp < MAX_EVENT_SECONDS:
+        raise UsageError(
+            f"event timestamp {timestamp!r} is not Unix seconds (milliseconds by mistake?)"
+        )
     return float(timestamp)
 
 
-class OutputCapture:
-    """Tees ``sys.stdout`` and ``sys.stderr`` into one run's events while installed."""
+#: Records one captured line; unless told to ``wait``, False when it cannot at once
+#: (the log is busy, perhaps held by this very thread: a signal handler that prints
+#: during ``log()``).
+TryEmit = Callable[[str, str, Mapping[str, Any], float, bool], bool]
 
-    def __init__(self, emit: Emit, max_bytes: int) -> None:
+
+class OutputCapture:
+    """Tees ``sys.stdout`` and ``sys.stderr`` into one run's events while installed.
+
+    Printing must never fail or block because of it: a line that cannot be
+    recorded at once waits in a queue for the next write (or the end); an error
+    while recording stops the capture; once uninstalled, a tee left in place
+    (someone else replaced ``sys.stdout`` meanwhile) only passes text through.
+    """
+
+    def __init__(self, emit: TryEmit, max_bytes: int) -> None:
         self._emit = emit
         self._left = max_bytes
         self._max = max_bytes
         self._stopped = False
         self._lock = threading.Lock()
+        self._pending: collections.deque[tuple[str, str, dict[str, str], float]] = (
+            collections.deque()
+        )
         self._streams: list[_Tee] = []
 
     def install(self) -> None:
@@ -121,33 +142,58 @@ class OutputCapture:
         sys.stdout, sys.stderr = self._streams
 
     def uninstall(self) -> None:
-        """Put the original streams back (unless someone replaced ours meanwhile) and
-        record what was left without a newline."""
-        for tee, name in zip(self._streams, ("stdout", "stderr"), strict=True):
+        """Record what was left without a newline, put the original streams back
+        (unless someone replaced ours meanwhile), and record nothing more."""
+        for tee in self._streams:
             tee.flush_partial()
+        self._drain(wait=True)
+        with self._lock:
+            self._stopped = True
+            self._pending.clear()
+        for tee, name in zip(self._streams, ("stdout", "stderr"), strict=True):
             if getattr(sys, name) is tee:
                 setattr(sys, name, tee.original)
         self._streams = []
 
     def _line(self, stream: str, level: str, line: str) -> None:
-        """Record ``line`` while the bound allows; the first that does not fit stops
-        the capture, said by one ``warn`` event."""
+        """Queue ``line`` while the bound allows (the first that does not fit stops
+        the capture, said by one ``warn`` event), then record what is queued."""
         size = len(line.encode("utf-8", "replace"))
+        meta = {"stream": stream}
         with self._lock:
             if self._stopped:
                 return
-            self._stopped = size > self._left
-            self._left -= 0 if self._stopped else size
-            stopped = self._stopped
-        if not stopped:
-            self._emit(level, line, {"stream": stream}, None)
-            return
-        self._emit(
-            "warn",
+            if size <= self._left:
+                self._left -= size
+                self._pending.append((level, line, meta, time.time()))
+            else:
+                self._stopped = True
+                self._pending.append(("warn", self._stop_message(), meta, time.time()))
+        self._drain()
+
+    def _drain(self, *, wait: bool = False) -> None:
+        while True:
+            with self._lock:
+                if not self._pending:
+                    return
+                level, line, meta, ts = self._pending[0]
+            try:
+                recorded = self._emit(level, line, meta, ts, wait)
+            except Exception:  # printing goes on; the capture does not
+                with self._lock:
+                    self._stopped = True
+                    self._pending.clear()
+                return
+            if not recorded:
+                return  # the next write, or uninstall, tries again
+            with self._lock:
+                if self._pending and self._pending[0][3] == ts:
+                    self._pending.popleft()
+
+    def _stop_message(self) -> str:
+        return (
             f"output capture stopped at {self._max} bytes (Settings.max_captured_bytes): "
-            "this line and the rest are printed but not recorded",
-            {"stream": stream},
-            None,
+            "this line and the rest are printed but not recorded"
         )
 
 

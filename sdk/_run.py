@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import getpass
+import inspect
 import logging
 import os
 import secrets
@@ -193,7 +194,7 @@ class Run:
         if resume and mode == "online":
             self._resume_steps()
         if capture_output:
-            self._capture = OutputCapture(self._emit, settings.max_captured_bytes)
+            self._capture = OutputCapture(self._emit_captured, settings.max_captured_bytes)
             self._capture.install()
         self._write_fields({"created_at": _json(_iso_now()), "user": _json(_user())}, once=True)
         self._write_fields(name_field, once=not name_given)
@@ -305,6 +306,22 @@ class Run:
             )
         event = Event(event_time(timestamp, _now()), level, message, meta)
         w.write_frame(EVENT, self._slot, event)
+
+    def _emit_captured(
+        self, level: str, message: str, metadata: Mapping[str, Any], timestamp: float, wait: bool
+    ) -> bool:
+        """Record a captured line; unless ``wait``, not if the log is busy (then False:
+        it stays queued). Busy may mean held by this thread, in a signal handler that
+        prints while ``log()`` writes: waiting would never end."""
+        w = self._wal
+        if w is None:
+            return True  # closed: nothing more is recorded
+        if not wait:
+            if not w.lock.acquire(blocking=False):
+                return False
+            w.lock.release()
+        self._emit(level, message, metadata, timestamp)
+        return True
 
     # ---- files ----------------------------------------------------------------------------------
 
@@ -567,6 +584,16 @@ class Run:
         first argument, and ends it as a ``with`` block would (``finished``, or
         ``failed``/``cancelled`` by the exception that leaves ``fn``)."""
 
+        if (
+            inspect.iscoroutinefunction(fn)
+            or inspect.isgeneratorfunction(fn)
+            or (inspect.isasyncgenfunction(fn))
+        ):
+            raise UsageError(
+                f"@run cannot wrap {fn.__name__!r}: it is async or a generator, so the run "
+                "would end before its body runs; use `with run:` inside it instead"
+            )
+
         @functools.wraps(fn)
         def call(*args: P.args, **kwargs: P.kwargs) -> T:
             self.start()
@@ -623,7 +650,7 @@ class Run:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        if not self._started and self._transport is not None:
+        if not self._started and self._transport is not None and exc_type is None:
             self._leave_created()
         elif exc_type is None:
             self.finish(0)
@@ -715,7 +742,10 @@ class Run:
 
     def _detach(self, reason: str) -> None:
         """Stop logging without writing anything (this process must not touch the log)."""
-        self._wal = None
+        self._wal = None  # first: what the capture still holds is dropped, not written
+        if self._capture is not None:  # the streams back; a tee left in place only passes on
+            self._capture.uninstall()
+            self._capture = None
         self._transport = None
         self._closed_reason = f"cannot log: {reason}; call stride.init in this process"
 

@@ -17,6 +17,7 @@ from array import array
 from collections.abc import Iterable, Mapping
 
 from .errors import UsageError
+from .ids import InvalidIdentifier, check
 
 __all__ = ["AGGREGATIONS", "SummaryBuffer"]
 
@@ -32,15 +33,9 @@ class SummaryBuffer:
         self._values: dict[str, array[float]] = {}
 
     def add(self, data: Mapping[str, float]) -> None:
-        for key, value in data.items():
-            if not isinstance(key, str) or not key:
-                raise UsageError(f"buffered keys must be non-empty strings, got {key!r}")
-            try:
-                number = float(value)
-            except (TypeError, ValueError):
-                raise UsageError(
-                    f"buffer({key!r}=...) needs a number, got {type(value).__name__} {value!r:.80}"
-                ) from None
+        """Append every value, or none: each is checked first."""
+        numbers = [(_checked_key(key), _number(key, value)) for key, value in data.items()]
+        for key, number in numbers:
             values = self._values.get(key)
             if values is None:
                 values = self._values[key] = array("d")
@@ -66,6 +61,31 @@ class SummaryBuffer:
             for key, values in self._values.items()
             for name in names
         }
+
+
+def _checked_key(key: object) -> str:
+    """A key whose aggregates ``log()`` will take (``loss`` → ``loss.mean``)."""
+    if not isinstance(key, str) or not key:
+        raise UsageError(f"buffered keys must be non-empty strings, got {key!r}")
+    if key.startswith("_"):
+        raise UsageError(f"buffered key {key!r} is reserved: names starting with '_' are")
+    try:
+        check("key", key)
+    except InvalidIdentifier as exc:
+        raise UsageError(str(exc)) from None
+    return key
+
+
+def _number(key: str, value: object) -> float:
+    """``value`` as a float, by the rule ``log()`` applies (numbers only, not text)."""
+    try:
+        if isinstance(value, str | bytes):
+            raise TypeError
+        return float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        raise UsageError(
+            f"buffer({key!r}=...) needs a number, got {type(value).__name__} {value!r:.80}"
+        ) from None
 
 
 def _aggregate(name: str, values: array[float]) -> float:

@@ -134,6 +134,7 @@ class Transport:
         self._pid = os.getpid()
         self._control: socket.socket | None = None
         self._control_lock = threading.Lock()
+        self._requests = 0  # the id of the last request sent to the agent
         self._helper: subprocess.Popen[bytes] | None = None
         self.helper_log: Path | None = None
         self._thread: threading.Thread | None = None
@@ -253,11 +254,17 @@ class Transport:
         if control is None or not self._control_lock.acquire(timeout=lock_timeout):
             return None
         try:
+            self._requests += 1
+            deadline = time.monotonic() + timeout
             try:
                 control.settimeout(timeout)
-                control.sendall(protocol.encode(message))
-                (size,) = protocol.LENGTH.unpack(_recv_exactly(control, protocol.LENGTH.size))
-                return protocol.decode(_recv_exactly(control, size))
+                control.sendall(protocol.encode(message, self._requests))
+                while True:  # a late reply to an earlier request that timed out: dropped
+                    control.settimeout(max(0.001, deadline - time.monotonic()))
+                    (size,) = protocol.LENGTH.unpack(_recv_exactly(control, protocol.LENGTH.size))
+                    request, reply = protocol.decode(_recv_exactly(control, size))
+                    if request == self._requests:
+                        return reply
             except (OSError, EOFError):
                 return None
         finally:

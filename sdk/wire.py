@@ -58,7 +58,6 @@ a reader does not understand is ever silently ignored. The rules:
 
 from __future__ import annotations
 
-import math
 import re
 from typing import TypeVar
 
@@ -81,6 +80,7 @@ __all__ = [
     "LAST_STEP_SUBJECT",
     "LEVELS",
     "MAX_EVENT_BYTES",
+    "MAX_EVENT_SECONDS",
     "MIN_WIRE_VERSION",
     "STREAM",
     "UPLOAD_SUBJECT",
@@ -155,6 +155,8 @@ class MetricBlock(msgspec.Struct, array_like=True, gc=False, forbid_unknown_fiel
 LEVELS = ("debug", "info", "warn", "error", "fatal")
 #: The longest event message, and the longest event metadata (JSON text), in characters.
 MAX_EVENT_BYTES = 64 * 1024
+#: Event times are stored in int64 nanoseconds: about ±292 years around 1970.
+MAX_EVENT_SECONDS = 9.2e9
 
 
 class Event(msgspec.Struct, array_like=True, gc=False, forbid_unknown_fields=True):
@@ -208,6 +210,8 @@ class WireError(ValueError):
 _encoder = msgspec.msgpack.Encoder()
 _peek_decoder = msgspec.msgpack.Decoder(VersionPeek)
 _batch_decoder = msgspec.msgpack.Decoder(Batch)
+_V1_FIELDS = Batch.__struct_fields__.index("events")
+_json_decode = msgspec.json.decode
 
 _KNOWN = (
     f"version {WIRE_VERSION}"
@@ -225,7 +229,13 @@ def _version(payload: bytes, what: str) -> int:
 
 
 def encode_batch(batch: Batch) -> bytes:
-    return _encoder.encode(batch)
+    """The batch in its version's layout: a version 1 batch (writers send one when
+    it has no events) stays readable by an ingest not upgraded yet."""
+    if batch.v != 1:
+        return _encoder.encode(batch)
+    if batch.events:
+        raise ValueError("a version 1 batch cannot carry events")
+    return _encoder.encode(msgspec.structs.astuple(batch)[:_V1_FIELDS])  # without `events`
 
 
 def decode_batch(payload: bytes) -> Batch:
@@ -273,8 +283,15 @@ def _validate(batch: Batch) -> None:
             raise WireError(f"invalid event level {event.level!r:.40}: one of {LEVELS}")
         if len(event.message) > MAX_EVENT_BYTES or len(event.metadata) > MAX_EVENT_BYTES:
             raise WireError(f"an event's message or metadata is over {MAX_EVENT_BYTES} characters")
-        if not math.isfinite(event.timestamp):
+        if not -MAX_EVENT_SECONDS < event.timestamp < MAX_EVENT_SECONDS:  # NaN too
             raise WireError(f"invalid event timestamp {event.timestamp}")
+        try:
+            if not isinstance(_json_decode(event.metadata), dict):
+                raise TypeError
+        except (msgspec.DecodeError, TypeError):
+            raise WireError(
+                f"event metadata must be a JSON object, got {event.metadata!r:.80}"
+            ) from None
 
 
 def message_id(run_path: str, writer: str, seq: int) -> str:

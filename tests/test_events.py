@@ -16,10 +16,11 @@ import pytest
 import stride
 from stride import Settings, UsageError
 from stride._events import OutputCapture
+from stride._wal import log_dirs
 from stride.api_types import EventDoc
 from stride.wire import MAX_EVENT_BYTES
 
-from .conftest import StrideUp, run_python, wait_for, wait_run
+from .conftest import StrideUp, read_log, run_python, wait_for, wait_run
 
 
 def _events(api: stride.Api, path: str, n: int, **filters: Any) -> list[EventDoc]:
@@ -100,6 +101,7 @@ def test_bad_filters_are_refused_with_the_reason(stack: StrideUp, tmp_path: Path
         ("min_level=loud", "unknown min_level 'loud'"),
         ("since=yesterday", "since must be Unix seconds"),
         ("until=nan", "until must be a finite number"),
+        ("since=1e30", "since must be a finite number"),
         ("after=garbage", "invalid cursor 'after'"),
         ("per_page=0", "per_page must be between 1 and 10000"),
     ):
@@ -122,6 +124,8 @@ def test_bad_events_are_refused_at_the_call(tmp_path: Path) -> None:
         run.logs.info("x", thing=object())
     with pytest.raises(UsageError, match="ISO 8601"):
         run.log_event("x", timestamp="last tuesday")
+    with pytest.raises(UsageError, match="milliseconds by mistake"):
+        run.log_event("x", timestamp=time.time() * 1000)
     with pytest.raises(UsageError, match="log metadata must be a mapping"):
         run.logs("x", metadata=[1, 2])  # type: ignore[arg-type]
     run.finish()
@@ -178,7 +182,7 @@ def test_stdout_and_stderr_are_captured_line_by_line(stack: StrideUp, tmp_path: 
 def test_capture_stops_at_its_bound_and_says_so(capsys: pytest.CaptureFixture[str]) -> None:
     """The capture alone, its events collected in a list (no run needed to count bytes)."""
     got: list[tuple[str, str]] = []
-    capture = OutputCapture(lambda level, message, meta, ts: got.append((level, message)), 30)
+    capture = OutputCapture(lambda level, message, meta, ts, wait: _add(got, (level, message)), 30)
     capture.install()
     try:
         print("a" * 10)
@@ -199,10 +203,72 @@ def test_capture_stops_at_its_bound_and_says_so(capsys: pytest.CaptureFixture[st
 
 def test_a_line_longer_than_an_event_is_recorded_in_pieces() -> None:
     got: list[str] = []
-    capture = OutputCapture(lambda level, message, meta, ts: got.append(message), 1 << 20)
+    capture = OutputCapture(lambda level, message, meta, ts, wait: _add(got, message), 1 << 20)
     capture.install()
     try:
         sys.stdout.write("y" * (MAX_EVENT_BYTES * 2 + 3) + "\n")
     finally:
         capture.uninstall()
     assert [len(m) for m in got] == [MAX_EVENT_BYTES, MAX_EVENT_BYTES, 3]
+
+
+def _add(into: list[Any], item: Any) -> bool:
+    into.append(item)
+    return True
+
+
+ROBUST = """
+import os, signal, sys, time, stride
+settings = stride.Settings(spool_dir={spool!r})
+a = stride.init(project="p", mode="offline", settings=settings, capture_output=True)
+b = stride.init(project="p", mode="offline", settings=settings, capture_output=True)
+a.finish()                    # finished first, though its tee is under b's
+print("after a")
+b.finish()
+print("after b")              # a's tee, buried, only passes text on
+
+c = stride.init(project="p", mode="offline", settings=settings, capture_output=True, id="ticks")
+ticks = []
+def tick(signum, frame):      # prints while log() may hold the log's lock
+    ticks.append(1)
+    print("tick", len(ticks))
+signal.signal(signal.SIGALRM, tick)
+signal.setitimer(signal.ITIMER_REAL, 0.002, 0.002)
+deadline = time.monotonic() + 1.0
+i = 0
+while time.monotonic() < deadline:
+    c.log({{"x": float(i)}})
+    i += 1
+signal.setitimer(signal.ITIMER_REAL, 0, 0)
+pid = os.fork()
+if pid == 0:                  # a forked child prints: no error, no write to the log
+    try:
+        print("in the child")
+        os._exit(0)
+    except BaseException:
+        os._exit(3)
+_, status = os.waitpid(pid, 0)
+c.finish()
+print("ticks", len(ticks), "child", os.waitstatus_to_exitcode(status))
+"""
+
+
+def test_printing_never_fails_or_hangs_because_of_the_capture(tmp_path: Path) -> None:
+    """Runs finished out of order, a signal handler that prints while ``log()`` holds
+    the log, a forked child that prints: every print works, every tick is recorded."""
+    out = run_python(ROBUST.format(spool=str(tmp_path / "s")), timeout=60)
+    lines = out.splitlines()
+    assert lines[:2] == ["after a", "after b"]
+    assert "in the child" in lines
+    ticks, child = lines[-1].split()[1::2]
+    assert int(ticks) > 10 and child == "0"
+    [directory] = [d for d in log_dirs(tmp_path / "s") if any(_ticks(d))]
+    recorded = list(_ticks(directory))
+    assert recorded == [f"tick {i}" for i in range(1, int(ticks) + 1)]  # each once, in order
+
+
+def _ticks(directory: Path) -> Any:
+    for batch in read_log(directory):
+        for event in batch.events:
+            if event.message.startswith("tick"):
+                yield event.message

@@ -4,6 +4,7 @@ decorator, reconnected from another process, and resumed by id after its last st
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -97,6 +98,27 @@ def test_the_run_as_a_decorator_starts_passes_itself_and_ends(tmp_path: Path) ->
     with pytest.raises(ValueError, match="diverged"):
         broken()
     assert _states(tmp_path / "bad") == ("created", "failed")
+
+
+def test_a_created_run_left_by_an_exception_is_failed(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="bad config"), _offline(tmp_path, running=False):
+        raise ValueError("bad config")
+    assert _states(tmp_path) == ("created", "failed")
+
+
+def test_async_and_generator_functions_are_refused_as_decorated(tmp_path: Path) -> None:
+    run = _offline(tmp_path, running=False)
+
+    async def train_async(run: stride.Run) -> None:
+        pass
+
+    def train_lazily(run: stride.Run) -> Any:
+        yield 1
+
+    for fn in (train_async, train_lazily):
+        with pytest.raises(UsageError, match="async or a generator"):
+            run(fn)
+    run.finish()
 
 
 CREATE = """

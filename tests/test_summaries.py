@@ -109,6 +109,13 @@ def test_bad_input_is_refused_and_a_refused_summary_keeps_the_buffer(tmp_path: P
         run.buffer(loss="high")
     with pytest.raises(UsageError, match="non-empty strings"):
         run.buffer({"": 1.0})
+    with pytest.raises(UsageError, match=r"needs a number, got str '1\.5'"):
+        run.buffer(loss="1.5")  # text, as log() refuses it
+    with pytest.raises(UsageError, match="reserved"):
+        run.buffer(_step=1.0)
+    with pytest.raises(UsageError, match="needs a number"):
+        run.buffer({"good": 1.0, "bad": None})  # all or nothing: "good" is not kept
+    assert run.log_summary("count") == {}
     run.buffer(loss=1.0)
     for bad in ("median", "p101", "p", "p-1", "avg"):
         with pytest.raises(UsageError, match=f"unknown aggregation '{bad}'"):

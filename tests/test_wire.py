@@ -225,7 +225,7 @@ def test_a_new_reader_decodes_an_older_shorter_batch_with_defaults() -> None:
 def test_the_exported_names_are_the_ones_we_mean() -> None:
     assert set(wire.__all__) == {
         "DLQ_STREAM", "DLQ_SUBJECT", "INGEST_SUBJECT", "MIN_WIRE_VERSION", "STREAM", "LEVELS",
-        "MAX_EVENT_BYTES", "Event",
+        "MAX_EVENT_BYTES", "MAX_EVENT_SECONDS", "Event",
         "WIRE_VERSION", "Batch", "MetricBlock", "VersionPeek", "WireError", "decode_batch",
         "encode_batch", "message_id", "CHUNK_BYTES", "CHUNK_HEADER", "FILES_STREAM",
         "FILE_CATEGORIES", "FILE_SUBJECT", "FILE_WIRE_VERSION", "FileRecord", "chunk_subject",
@@ -267,10 +267,28 @@ def test_events_round_trip_and_bad_ones_are_refused() -> None:
     for bad, why in (
         (wire.Event(1.0, "verbose", "x"), "invalid event level 'verbose'"),
         (wire.Event(float("nan"), "info", "x"), "invalid event timestamp"),
+        (wire.Event(1.8e12, "info", "x"), "invalid event timestamp"),  # milliseconds
         (wire.Event(1.0, "info", "x" * (wire.MAX_EVENT_BYTES + 1)), "over 65536 characters"),
     ):
         with pytest.raises(WireError, match=why):
             decode_batch(encode_batch(msgspec.structs.replace(_batch(), events=[bad])))
+
+
+def test_a_batch_of_version_1_goes_out_in_version_1s_layout() -> None:
+    """What an ingest not upgraded yet reads: no trailing ``events`` field at all."""
+    batch = msgspec.structs.replace(_batch(), v=1)
+    encoded = msgspec.msgpack.decode(encode_batch(batch))
+    assert len(encoded) == 10 and encoded[0] == 1
+    assert decode_batch(encode_batch(batch)) == batch
+    with pytest.raises(ValueError, match="cannot carry events"):
+        encode_batch(msgspec.structs.replace(batch, events=[wire.Event(1.0, "info", "x")]))
+
+
+def test_event_metadata_must_be_a_json_object() -> None:
+    for bad in ("[1]", "not json", '"text"'):
+        event = wire.Event(1.0, "info", "x", bad)
+        with pytest.raises(WireError, match="event metadata must be a JSON object"):
+            decode_batch(encode_batch(msgspec.structs.replace(_batch(), events=[event])))
 
 
 def test_a_version_1_batch_still_decodes_without_events() -> None:
