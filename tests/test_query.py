@@ -510,7 +510,7 @@ def test_api_types_exports_every_body_and_nothing_else() -> None:
 
     assert set(api_types.__all__) == {
         "Access", "ArtifactDoc", "ArtifactFile", "ArtifactsPage", "ColumnsPage", "ErrorBody",
-        "FileCounters", "FileDoc", "FileUpdate", "FilesPage",
+        "EventDoc", "EventsPage", "FileCounters", "FileDoc", "FileUpdate", "FilesPage",
         "IngestCounters", "IngestLag", "MetricKeys", "MetricStats", "NonFinite", "ProjectDoc",
         "ProjectsPage", "RunDoc", "RunSearch", "RunUpdate", "RunsPage", "SeriesStats", "Status",
     }  # fmt: skip
