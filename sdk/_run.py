@@ -163,6 +163,8 @@ class Run:
         self._step = 0
         self._t0 = _now()
         self._packers: dict[tuple[str, ...], _Packer] = {}
+        self._system_packers: dict[tuple[str, ...], _Packer] = {}
+        self._system_step = 0
         self._buffered = SummaryBuffer()
         self.logs = Logs(self._emit)
         self._capture: OutputCapture | None = None
@@ -277,6 +279,24 @@ class Run:
             self.log(row, step=step)
         self._buffered.clear()  # after the log: a refused row keeps the values
         return row
+
+    def _log_system(self, row: Mapping[str, float]) -> None:
+        """One row of system metrics (``stride._system``) into the ``system`` stream,
+        with its own steps; from the sampler's thread."""
+        w = self._wal
+        if w is None:
+            return
+        keys = tuple(row)
+        packer = self._system_packers.get(keys) or self._new_keyset(keys, "system")
+        pack, header, size = packer
+        ts = _now()
+        with w.lock:
+            pos = w.pos
+            if pos + size > w.segment_bytes:
+                pos = w.reserve(size)
+            pack(w.mm, pos, header, self._system_step, ts - self._t0, ts, *row.values())
+            w.commit(pos + size)
+        self._system_step += 1
 
     # ---- events and logs ------------------------------------------------------------------------
 
@@ -704,7 +724,7 @@ class Run:
                 raise UsageError(f"step must be an integer, got {step!r}") from None
         return int(step)
 
-    def _new_keyset(self, keys: tuple[str, ...]) -> _Packer:
+    def _new_keyset(self, keys: tuple[str, ...], stream: str = "default") -> _Packer:
         for key in keys:
             if not isinstance(key, str) or not key:
                 raise UsageError(f"metric names must be non-empty strings, got {key!r}")
@@ -721,8 +741,9 @@ class Run:
             )
         assert self._wal is not None
         ref = self._wal.new_ref()
-        self._wal.write_frame(KEYSET, ref, [self._slot, "default", list(keys)])
-        packer = self._packers[keys] = (
+        self._wal.write_frame(KEYSET, ref, [self._slot, stream, list(keys)])
+        packers = self._packers if stream == "default" else self._system_packers
+        packer = packers[keys] = (
             row_format(len(keys)).pack_into,
             frame_header(size, ROW, ref),
             size,

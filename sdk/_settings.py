@@ -70,6 +70,9 @@ class Settings:
     file_window: int = 8
     #: With ``init(capture_output=True)``: stdout and stderr recorded per run, at most.
     max_captured_bytes: int = 16 * 1024 * 1024
+    #: System metrics (CPU, memory, disk, network, GPUs) are sampled this often into
+    #: every open run's ``system`` stream; 0 turns them off (see ``stride._system``).
+    system_interval_s: float = 10.0
 
     def to_json(self) -> bytes:
         return msgspec.json.encode(dataclasses.asdict(self), enc_hook=str)
@@ -86,13 +89,15 @@ class Settings:
             )
         for field in dataclasses.fields(self):
             value = getattr(self, field.name)
+            if field.name == "system_interval_s" and value == 0:
+                continue  # off
             if isinstance(value, int | float) and value <= 0:
                 raise ValueError(f"Settings.{field.name} must be positive, got {value!r}")
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
         """Settings from ``STRIDE_SERVER``, ``STRIDE_SPOOL_DIR``, ``STRIDE_DELIVERY``,
-        ``STRIDE_MAX_FILE_BYTES``, then ``overrides``."""
+        ``STRIDE_MAX_FILE_BYTES``, ``STRIDE_SYSTEM_INTERVAL``, then ``overrides``."""
         env = os.environ if env is None else env
         values: dict[str, Any] = {}
         if env.get("STRIDE_SERVER"):
@@ -103,5 +108,7 @@ class Settings:
             values["delivery"] = env["STRIDE_DELIVERY"]
         if env.get("STRIDE_MAX_FILE_BYTES"):
             values["max_file_bytes"] = int(env["STRIDE_MAX_FILE_BYTES"])
+        if env.get("STRIDE_SYSTEM_INTERVAL"):
+            values["system_interval_s"] = float(env["STRIDE_SYSTEM_INTERVAL"])
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)

@@ -40,6 +40,7 @@ from typing import TYPE_CHECKING, Any
 from . import _control as protocol
 from ._names import random_id
 from ._settings import Settings
+from ._system import SamplerThread
 from ._wal import CLOSE, LOG_FORMAT, OPEN, LogMeta, LogWriter
 
 if TYPE_CHECKING:
@@ -134,6 +135,10 @@ class Transport:
         self._pid = os.getpid()
         self._control: socket.socket | None = None
         self._control_lock = threading.Lock()
+        self._system: SamplerThread | None = None
+        if settings.system_interval_s > 0:
+            self._system = SamplerThread(settings.system_interval_s, self._log_system)
+            self._system.start()
         self._requests = 0  # the id of the last request sent to the agent
         self._helper: subprocess.Popen[bytes] | None = None
         self.helper_log: Path | None = None
@@ -270,6 +275,12 @@ class Transport:
         finally:
             self._control_lock.release()
 
+    def _log_system(self, row: dict[str, float]) -> None:
+        """One sample for every run open in this process (the sampler's thread)."""
+        for run in list(self.runs.values()):
+            with contextlib.suppress(ValueError):  # the log closed meanwhile
+                run._log_system(row)
+
     def close(self) -> None:
         """No more runs: let the agent deliver the rest and finish on its own."""
         with _registry_lock:
@@ -277,6 +288,8 @@ class Transport:
                 return
             self.closed = True
             _forget(self)
+        if self._system is not None:
+            self._system.stop()
         # The log first (its page thread stops): once told "close", the agent may
         # deliver the rest and delete the directory at once.
         self.log.close()

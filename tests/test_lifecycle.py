@@ -133,7 +133,8 @@ def test_a_created_run_is_reconnected_from_another_process(stack: StrideUp, tmp_
     env = {"STRIDE_SPOOL_DIR": str(tmp_path / "spool")}
     run_python(CREATE.format(server=stack.nats_url), env=env)
     api = stride.Api(stack.http_url)
-    created = wait_for(lambda: _loaded(api, "default/life/later"))
+    # The first process's fields may arrive over several batches: wait for all of them.
+    created = wait_for(lambda: (r := _loaded(api, "default/life/later")) and r.config and r)
     assert (created.state, created.name, created.config) == ("created", "made-early", {"lr": 0.1})
 
     run = stride.reconnect("later", project="life", settings=stack.settings(tmp_path / "s2"))
