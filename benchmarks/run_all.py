@@ -30,6 +30,7 @@ DEFAULT = {
     "history": ["bench_history.py", "--points", "10000000", "--small", "1000000", "--reps", "10"],
     "scan": ["bench_scan.py", "--points", "2000000", "--max-pages", "100"],
     "runs": ["bench_runs.py", "--runs", "100000", "--reps", "10"],
+    "system": ["bench_system.py"],
 }
 QUICK = {
     "micro": ["bench_micro.py", "--repeat", "3"],
@@ -39,6 +40,7 @@ QUICK = {
     "history": ["bench_history.py", "--points", "1000000", "--small", "100000", "--reps", "3"],
     "scan": ["bench_scan.py", "--points", "200000", "--max-pages", "20"],
     "runs": ["bench_runs.py", "--runs", "2000", "--reps", "3"],
+    "system": ["bench_system.py", "--samples", "200"],
 }
 
 
