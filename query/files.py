@@ -257,9 +257,19 @@ def byte_range(header: str | None, size: int) -> tuple[int, int] | None:
 
 
 async def send_file(request: web.Request, objects: ObjectStore, doc: FileDoc) -> web.StreamResponse:
-    """The bytes of ``doc`` (a range of them, if the request asks), streamed."""
+    """The bytes of ``doc`` (a range of them, if the request asks), streamed.
+
+    ``If-Range`` (RFC 9110): a range is served only if the tag given is this
+    version's; otherwise (another version, or a date: there is no modification
+    time to compare) the whole file is, so a resumed download never joins parts
+    of two versions.
+    """
+    etag = f'"{doc.sha256}"'
+    ranged = request.headers.get("Range")
+    if ranged is not None and request.headers.get("If-Range", etag).strip() != etag:
+        ranged = None
     try:
-        asked = byte_range(request.headers.get("Range"), doc.size)
+        asked = byte_range(ranged, doc.size)
     except RangeNotSatisfiable:
         answer = web.Response(status=416)
         answer.headers["Content-Range"] = f"bytes */{doc.size}"
@@ -273,7 +283,7 @@ async def send_file(request: web.Request, objects: ObjectStore, doc: FileDoc) ->
     response.content_type = doc.mime
     response.content_length = end - start
     response.headers["Accept-Ranges"] = "bytes"
-    response.headers["ETag"] = f'"{doc.sha256}"'
+    response.headers["ETag"] = etag
     response.headers["Content-Disposition"] = _disposition(doc.name)
     if asked is not None:
         response.headers["Content-Range"] = f"bytes {start}-{end - 1}/{doc.size}"

@@ -190,6 +190,12 @@ def test_downloads_honour_range_requests(stack: StrideUp, tmp_path: Path) -> Non
     assert (status, headers["Content-Range"]) == (416, f"bytes */{len(data)}")
     status, _, body = _get(stack.http_url, path, {"Range": "bytes=5-1"})  # invalid: ignored
     assert (status, body) == (200, data)
+    # If-Range: the part only if the version is the one the client has the rest of.
+    same = {"Range": "bytes=10-19", "If-Range": f'"{_sha(data)}"'}
+    assert _get(stack.http_url, path, same)[::2] == (206, data[10:20])
+    for stale in (f'"{_sha(b"another version")}"', "Wed, 21 Oct 2015 07:28:00 GMT"):
+        status, headers, body = _get(stack.http_url, path, {**same, "If-Range": stale})
+        assert (status, body, "Content-Range" in headers) == (200, data, False), stale
 
 
 def test_a_file_gone_before_its_upload_is_reported_not_dropped_silently(
