@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import collections
 import io
+import queue
 import sys
 import threading
 import time
@@ -117,10 +118,17 @@ TryEmit = Callable[[str, str, Mapping[str, Any], float, bool], bool]
 class OutputCapture:
     """Tees ``sys.stdout`` and ``sys.stderr`` into one run's events while installed.
 
-    Printing must never fail or block because of it: a line that cannot be
-    recorded at once waits in a queue for the next write (or the end); an error
-    while recording stops the capture; once uninstalled, a tee left in place
-    (someone else replaced ``sys.stdout`` meanwhile) only passes text through.
+    Printing must never fail, block or deadlock because of it, even from a signal
+    handler that prints in the middle of another print or of ``log()``:
+
+    * a write only appends its text to a queue that is safe to re-enter
+      (:class:`queue.SimpleQueue`), then tries to process the queue;
+    * one caller at a time processes it (a lock taken without waiting): it splits
+      the text into lines, applies the bound, and records each line unless the
+      log is busy (then the line waits for the next write, or the end);
+    * an error while recording stops the capture; once uninstalled, a tee left in
+      place (someone replaced ``sys.stdout`` meanwhile, or after a fork) only
+      passes text through.
     """
 
     def __init__(self, emit: TryEmit, max_bytes: int) -> None:
@@ -128,67 +136,94 @@ class OutputCapture:
         self._left = max_bytes
         self._max = max_bytes
         self._stopped = False
-        self._lock = threading.Lock()
-        self._pending: collections.deque[tuple[str, str, dict[str, str], float]] = (
-            collections.deque()
-        )
+        self._written: queue.SimpleQueue[tuple[str, str, str, float]] = queue.SimpleQueue()
+        self._busy = threading.Lock()  # held by whoever processes the queue
+        self._partial = {"stdout": "", "stderr": ""}
+        self._lines: collections.deque[tuple[str, str, dict[str, str], float]] = collections.deque()
         self._streams: list[_Tee] = []
 
     def install(self) -> None:
         self._streams = [
-            _Tee(sys.stdout, "stdout", "info", self._line),
-            _Tee(sys.stderr, "stderr", "error", self._line),
+            _Tee(sys.stdout, "stdout", "info", self._written_to),
+            _Tee(sys.stderr, "stderr", "error", self._written_to),
         ]
         sys.stdout, sys.stderr = self._streams
 
     def uninstall(self) -> None:
-        """Record what was left without a newline, put the original streams back
-        (unless someone replaced ours meanwhile), and record nothing more."""
-        for tee in self._streams:
-            tee.flush_partial()
-        self._drain(wait=True)
-        with self._lock:
-            self._stopped = True
-            self._pending.clear()
+        """Record what is left (lines without a newline included), put the original
+        streams back (unless someone replaced ours meanwhile), record nothing more."""
+        if self._busy.acquire(timeout=1.0):  # not forever: this thread may hold it
+            try:
+                self._split()
+                for stream, level in (("stdout", "info"), ("stderr", "error")):
+                    rest, self._partial[stream] = self._partial[stream], ""
+                    if rest:
+                        self._keep(stream, level, rest, time.time())
+                self._record(wait=True)
+            finally:
+                self._stopped = True
+                self._lines.clear()
+                self._busy.release()
+        self._stopped = True
         for tee, name in zip(self._streams, ("stdout", "stderr"), strict=True):
             if getattr(sys, name) is tee:
                 setattr(sys, name, tee.original)
         self._streams = []
 
-    def _line(self, stream: str, level: str, line: str) -> None:
-        """Queue ``line`` while the bound allows (the first that does not fit stops
-        the capture, said by one ``warn`` event), then record what is queued."""
+    def _written_to(self, stream: str, level: str, text: str) -> None:
+        if self._stopped:
+            return
+        self._written.put((stream, level, text, time.time()))  # safe to re-enter
+        if not self._busy.acquire(blocking=False):
+            return  # processed by whoever holds it (perhaps the print this one interrupts)
+        try:
+            self._split()
+            self._record(wait=False)
+        finally:
+            self._busy.release()
+
+    def _split(self) -> None:
+        """Move written text into lines to record (the caller holds ``_busy``)."""
+        while True:
+            try:
+                stream, level, text, ts = self._written.get_nowait()
+            except queue.Empty:
+                return
+            lines = (self._partial[stream] + text).split("\n")
+            self._partial[stream] = lines.pop()
+            while len(self._partial[stream]) > MAX_EVENT_BYTES:  # no end yet: in pieces
+                lines.append(self._partial[stream][:MAX_EVENT_BYTES])
+                self._partial[stream] = self._partial[stream][MAX_EVENT_BYTES:]
+            for line in lines:
+                for start in range(0, max(len(line), 1), MAX_EVENT_BYTES):  # long: pieces
+                    self._keep(stream, level, line[start : start + MAX_EVENT_BYTES], ts)
+
+    def _keep(self, stream: str, level: str, line: str, ts: float) -> None:
+        """Queue ``line`` while the bound allows; the first that does not fit stops
+        the capture, said by one ``warn`` event."""
+        if self._stopped:
+            return
         size = len(line.encode("utf-8", "replace"))
         meta = {"stream": stream}
-        with self._lock:
-            if self._stopped:
-                return
-            if size <= self._left:
-                self._left -= size
-                self._pending.append((level, line, meta, time.time()))
-            else:
-                self._stopped = True
-                self._pending.append(("warn", self._stop_message(), meta, time.time()))
-        self._drain()
+        if size <= self._left:
+            self._left -= size
+            self._lines.append((level, line, meta, ts))
+        else:
+            self._stopped = True
+            self._lines.append(("warn", self._stop_message(), meta, ts))
 
-    def _drain(self, *, wait: bool = False) -> None:
-        while True:
-            with self._lock:
-                if not self._pending:
-                    return
-                level, line, meta, ts = self._pending[0]
+    def _record(self, *, wait: bool) -> None:
+        while self._lines:
+            level, line, meta, ts = self._lines[0]
             try:
                 recorded = self._emit(level, line, meta, ts, wait)
             except Exception:  # printing goes on; the capture does not
-                with self._lock:
-                    self._stopped = True
-                    self._pending.clear()
+                self._stopped = True
+                self._lines.clear()
                 return
             if not recorded:
-                return  # the next write, or uninstall, tries again
-            with self._lock:
-                if self._pending and self._pending[0][3] == ts:
-                    self._pending.popleft()
+                return  # the log is busy: the next write, or uninstall, tries again
+            self._lines.popleft()
 
     def _stop_message(self) -> str:
         return (
@@ -198,37 +233,21 @@ class OutputCapture:
 
 
 class _Tee(io.TextIOBase):
-    """A text stream that writes through to ``original`` and hands complete lines on."""
+    """A text stream that writes through to ``original`` and hands the text on."""
 
     def __init__(
-        self, original: TextIO, name: str, level: str, line: Callable[[str, str, str], None]
+        self, original: TextIO, name: str, level: str, written: Callable[[str, str, str], None]
     ) -> None:
         super().__init__()
         self.original = original
         self._name = name
         self._level = level
-        self._line = line
-        self._partial = ""
-        self._lock = threading.Lock()
+        self._written = written
 
     def write(self, text: str) -> int:
-        written = self.original.write(text)
-        with self._lock:
-            lines = (self._partial + text).split("\n")
-            self._partial = lines.pop()
-            while len(self._partial) > MAX_EVENT_BYTES:  # a line with no end yet
-                lines.append(self._partial[:MAX_EVENT_BYTES])
-                self._partial = self._partial[MAX_EVENT_BYTES:]
-        for line in lines:
-            for start in range(0, max(len(line), 1), MAX_EVENT_BYTES):  # long: in pieces
-                self._line(self._name, self._level, line[start : start + MAX_EVENT_BYTES])
-        return written
-
-    def flush_partial(self) -> None:
-        with self._lock:
-            rest, self._partial = self._partial, ""
-        if rest:
-            self._line(self._name, self._level, rest)
+        count = self.original.write(text)
+        self._written(self._name, self._level, text)
+        return count
 
     def flush(self) -> None:
         self.original.flush()

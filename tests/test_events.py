@@ -6,6 +6,7 @@ from __future__ import annotations
 import datetime as dt
 import http.client
 import json
+import re
 import sys
 import time
 from pathlib import Path
@@ -229,15 +230,19 @@ print("after b")              # a's tee, buried, only passes text on
 
 c = stride.init(project="p", mode="offline", settings=settings, capture_output=True, id="ticks")
 ticks = []
-def tick(signum, frame):      # prints while log() may hold the log's lock
+def tick(signum, frame):      # prints while log() holds the log, or print the tee
     ticks.append(1)
-    print("tick", len(ticks))
+    sys.stdout.write(f"tick {{len(ticks)}}\\n")  # one write: a line of its own
+    if len(ticks) % 7 == 0:
+        print("in", "parts")      # several writes, interrupted by the next tick maybe
 signal.signal(signal.SIGALRM, tick)
 signal.setitimer(signal.ITIMER_REAL, 0.002, 0.002)
 deadline = time.monotonic() + 1.0
 i = 0
 while time.monotonic() < deadline:
     c.log({{"x": float(i)}})
+    if i % 50 == 0:
+        print("from the loop", i)
     i += 1
 signal.setitimer(signal.ITIMER_REAL, 0, 0)
 pid = os.fork()
@@ -270,5 +275,4 @@ def test_printing_never_fails_or_hangs_because_of_the_capture(tmp_path: Path) ->
 def _ticks(directory: Path) -> Any:
     for batch in read_log(directory):
         for event in batch.events:
-            if event.message.startswith("tick"):
-                yield event.message
+            yield from re.findall(r"tick \d+", event.message)  # a line another joined
