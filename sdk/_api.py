@@ -25,6 +25,9 @@ import orjson
 
 from . import _api_artifacts
 from ._api_artifacts import ApiArtifact
+from ._api_columns import columns as columns_of
+from ._api_columns import dataframe, pyarrow_ipc
+from ._api_events import list_events
 from ._api_files import ApiFile, list_files, one_file
 from ._config import NestedDict
 from ._rows import rows
@@ -34,7 +37,6 @@ from .api_types import (
     ColumnsPage,
     ErrorBody,
     EventDoc,
-    EventsPage,
     MetricKeys,
     MetricStats,
     ProjectDoc,
@@ -53,7 +55,6 @@ from .errors import (
     UsageError,
 )
 
-_NONFINITE = {"nan": float("nan"), "inf": float("inf"), "-inf": float("-inf")}
 #: The states of a run that has not ended.
 _GOING = ("created", "running")
 
@@ -62,7 +63,6 @@ T = TypeVar("T")
 _RUN = msgspec.json.Decoder(RunDoc)
 _RUNS = msgspec.json.Decoder(RunsPage)
 _KEYS = msgspec.json.Decoder(MetricKeys)
-_EVENTS = msgspec.json.Decoder(EventsPage)
 _COLUMNS = msgspec.json.Decoder(ColumnsPage)
 _STATS = msgspec.json.Decoder(MetricStats)
 _PROJECTS = msgspec.json.Decoder(ProjectsPage)
@@ -568,19 +568,16 @@ class ApiRun:
         severe; ``since``/``until`` (Unix seconds) ``since <= timestamp < until``;
         ``contains`` messages holding that text, in any case.
         """
-        levels = [level] if isinstance(level, str) else level
-        after: str | None = None
-        while True:
-            params: list[tuple[str, Any]] = [
-                ("level", ",".join(levels) if levels else None),
-                *(("min_level", min_level), ("since", since), ("until", until)),
-                *(("q", contains), ("per_page", per_page), ("after", after)),
-            ]
-            page = self._api._get_as(_EVENTS, f"{self._base}/events", params)
-            yield from page.events
-            if page.next is None:
-                return
-            after = page.next
+        return list_events(
+            self._api,
+            self._base,
+            level=level,
+            min_level=min_level,
+            since=since,
+            until=until,
+            contains=contains,
+            per_page=per_page,
+        )
 
     def logged_artifacts(self) -> list[ApiArtifact]:
         """The artifact versions this run logged, in the order it logged them."""
@@ -664,9 +661,9 @@ class ApiRun:
             ("x_axis", None if x_axis == "_step" else x_axis),
         ]
         params += [("keys", k) for k in keys or ()]
-        columns = _columns(self._api._get_as(_COLUMNS, f"{self._base}/history", params))
+        columns = columns_of(self._api._get_as(_COLUMNS, f"{self._base}/history", params))
         if pandas:
-            return _dataframe(columns)
+            return dataframe(columns)
         return list(rows(columns))
 
     def scan_history(
@@ -704,7 +701,7 @@ class ApiRun:
             ]
             params += [("keys", k) for k in keys or ()]
             page = self._api._get_as(_COLUMNS, f"{self._base}/scan", params)
-            yield from rows(_columns(page))
+            yield from rows(columns_of(page))
             cursor = page.next
             if cursor is None:
                 return
@@ -723,7 +720,7 @@ class ApiRun:
         Columns: ``_step`` (int64), ``_runtime``, ``_timestamp`` and one per key
         (float64, null where the key has no value at that step; NaN stays NaN).
         """
-        ipc = _pyarrow_ipc()
+        ipc = pyarrow_ipc()
         params: list[tuple[str, Any]] = [
             ("format", "arrow"), ("min_step", min_step), ("max_step", max_step),
             ("stream", stream),
@@ -740,7 +737,7 @@ class ApiRun:
         stream: str = "default",
     ) -> Any:
         """Every row of the range as one ``pyarrow.Table`` (see :meth:`scan_batches`)."""
-        ipc = _pyarrow_ipc()
+        ipc = pyarrow_ipc()
         params: list[tuple[str, Any]] = [
             ("format", "arrow"), ("min_step", min_step), ("max_step", max_step),
             ("stream", stream),
@@ -758,17 +755,6 @@ class ApiRun:
     ) -> Any:
         """:meth:`to_arrow` as a pandas DataFrame (missing values are NaN)."""
         return self.to_arrow(keys, min_step, max_step, stream).to_pandas()
-
-
-def _pyarrow_ipc() -> Any:
-    try:
-        import pyarrow.ipc
-    except ImportError:
-        raise UsageError(
-            "Arrow scans need pyarrow: pip install pyarrow (or 'stride[server]'), "
-            "or use scan_history() for rows as dicts"
-        ) from None
-    return pyarrow.ipc
 
 
 def _plain(value: Any) -> Any:
@@ -799,28 +785,3 @@ def _keys_param(keys: Sequence[str] | None) -> list[str] | None:
     if isinstance(keys, str):
         return [keys]
     return list(keys)
-
-
-def _columns(page: ColumnsPage) -> dict[str, list[Any]]:
-    """The page's columns with its non-finite values put back (in place)."""
-    columns: dict[str, list[Any]] = page.columns
-    for key, items in page.nonfinite.items():
-        column = columns[key]
-        for row, name in items:
-            column[row] = _NONFINITE[name]
-    return columns
-
-
-def _dataframe(columns: dict[str, list[Any]]) -> Any:
-    try:
-        import pandas as pd
-    except ImportError:
-        raise UsageError(
-            "history(pandas=True) needs pandas: pip install 'stride[pandas]', "
-            "or pass pandas=False for a list of dicts"
-        ) from None
-    frame = pd.DataFrame(columns)
-    for name in frame.columns:
-        if name != "_step" and frame[name].dtype == object:
-            frame[name] = pd.to_numeric(frame[name], errors="coerce")  # None -> NaN
-    return frame

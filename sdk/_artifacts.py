@@ -27,8 +27,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from ._files import check_source, file_name, names_in_directory
-from .errors import UsageError
-from .ids import InvalidIdentifier, Kind, check
+from .errors import UsageError, check_identifier
 
 __all__ = ["Artifact", "check_aliases", "check_ref"]
 
@@ -43,8 +42,8 @@ class Artifact:
         description: str = "",
         metadata: Mapping[str, Any] | None = None,
     ) -> None:
-        self.name = _checked("artifact", name)
-        self.type = _checked("artifact type", type)
+        self.name = check_identifier("artifact", name)
+        self.type = check_identifier("artifact type", type)
         self.description = description
         self.metadata = dict(metadata or {})
         #: name in the artifact -> a local path, or bytes.
@@ -81,13 +80,6 @@ class Artifact:
         return name
 
 
-def _checked(kind: Kind, value: str) -> str:
-    try:
-        return check(kind, value)
-    except InvalidIdentifier as exc:
-        raise UsageError(str(exc)) from None
-
-
 #: Aliases Stride sets itself: ``latest`` follows the version logged last, and
 #: ``v0``, ``v1``... name versions.
 _RESERVED_ALIAS = re.compile(r"latest|v\d+")
@@ -95,7 +87,7 @@ _RESERVED_ALIAS = re.compile(r"latest|v\d+")
 
 def check_aliases(aliases: Iterable[str]) -> list[str]:
     """User aliases, checked: not ``latest`` or ``vN`` (Stride's own)."""
-    checked = [_checked("alias", a) for a in aliases]
+    checked = [check_identifier("alias", a) for a in aliases]
     reserved = [a for a in checked if _RESERVED_ALIAS.fullmatch(a)]
     if reserved:
         raise UsageError(f"alias {reserved[0]!r} is kept by Stride (latest and vN name versions)")
@@ -105,4 +97,4 @@ def check_aliases(aliases: Iterable[str]) -> list[str]:
 def check_ref(ref: str) -> tuple[str, str]:
     """``name:alias`` or ``name:vN`` (``name`` alone means ``name:latest``), checked."""
     name, _, alias = ref.partition(":")
-    return _checked("artifact", name), _checked("alias", alias or "latest")
+    return check_identifier("artifact", name), check_identifier("alias", alias or "latest")

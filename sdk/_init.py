@@ -7,9 +7,9 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from ._names import random_id, random_name
-from ._run import _MODES, Run, check_identifier
+from ._run import _MODES, Run
 from ._settings import Settings
-from .errors import UsageError
+from .errors import UsageError, check_identifier
 
 
 def init(

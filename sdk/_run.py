@@ -20,7 +20,7 @@ from typing import IO, Any, Concatenate, ParamSpec, TypeVar
 
 import orjson
 
-from . import _files, ids
+from . import _files
 from ._artifacts import Artifact, check_aliases, check_ref
 from ._config import NestedDict
 from ._events import Logs, OutputCapture, check_message, event_time
@@ -39,7 +39,7 @@ from ._wal import (
     frame_header,
     row_format,
 )
-from .errors import UsageError
+from .errors import UsageError, check_identifier
 from .wire import MAX_EVENT_BYTES, Event
 
 log = logging.getLogger("stride")
@@ -58,13 +58,6 @@ P = ParamSpec("P")
 T = TypeVar("T")
 _JSON_OPTIONS = orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_NON_STR_KEYS
 _ONE_NUMBER = struct.Struct("<d")
-
-
-def check_identifier(kind: ids.Kind, value: object) -> str:
-    try:
-        return ids.check(kind, value)
-    except ids.InvalidIdentifier as exc:
-        raise UsageError(str(exc)) from None
 
 
 #: Largest JSON text of one run field (config, tags, a summary value...). A batch

@@ -16,8 +16,7 @@ import re
 from array import array
 from collections.abc import Iterable, Mapping
 
-from .errors import UsageError
-from .ids import InvalidIdentifier, check
+from .errors import UsageError, check_identifier
 
 __all__ = ["AGGREGATIONS", "SummaryBuffer"]
 
@@ -69,11 +68,7 @@ def _checked_key(key: object) -> str:
         raise UsageError(f"buffered keys must be non-empty strings, got {key!r}")
     if key.startswith("_"):
         raise UsageError(f"buffered key {key!r} is reserved: names starting with '_' are")
-    try:
-        check("key", key)
-    except InvalidIdentifier as exc:
-        raise UsageError(str(exc)) from None
-    return key
+    return check_identifier("key", key)
 
 
 def _number(key: str, value: object) -> float:

@@ -19,7 +19,6 @@ sample, so the first row comes one interval after the start.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import logging
 import os
 import tempfile
@@ -28,6 +27,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
+
+from ._wal import try_flock
 
 log = logging.getLogger("stride")
 
@@ -93,17 +94,8 @@ class _NodeLock:
 
     def held(self) -> bool:
         if self._file is None:
-            try:
-                f = self._path.open("ab")
-            except OSError:
-                return False
-            try:
-                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except OSError:
-                f.close()
-                return False
-            self._file = f
-        return True
+            self._file = try_flock(self._path)
+        return self._file is not None
 
     def release(self) -> None:
         if self._file is not None:

@@ -147,8 +147,14 @@ def lock_shared(directory: Path) -> IO[bytes]:
 
 def try_lock_exclusive(directory: Path) -> IO[bytes] | None:
     """Take over a log nobody holds (its writer and agent are gone), or ``None``."""
+    return try_flock(directory / "lock")
+
+
+def try_flock(path: Path) -> IO[bytes] | None:
+    """``path`` open and exclusively flocked if no other process holds it, else ``None``
+    (the lock goes when the file is closed, or its process ends)."""
     try:
-        f = open(directory / "lock", "ab")  # noqa: SIM115
+        f = open(path, "ab")  # noqa: SIM115
     except OSError:
         return None
     try:

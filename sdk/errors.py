@@ -16,6 +16,8 @@ The tree::
 
 from __future__ import annotations
 
+from .ids import InvalidIdentifier, Kind, check
+
 __all__ = [
     "ApiError",
     "AuthError",
@@ -24,6 +26,7 @@ __all__ = [
     "ServiceUnavailableError",
     "StrideError",
     "UsageError",
+    "check_identifier",
 ]
 
 
@@ -58,3 +61,12 @@ class AuthError(ApiError):
 
 class ServiceUnavailableError(StrideError):
     retriable = True
+
+
+def check_identifier(kind: Kind, value: object) -> str:
+    """``value`` if it is a valid ``kind`` (:mod:`stride.ids`); a :class:`UsageError`
+    saying which rule it breaks if not."""
+    try:
+        return check(kind, value)
+    except InvalidIdentifier as exc:
+        raise UsageError(str(exc)) from None
