@@ -23,6 +23,7 @@ from stride.store.schema import (
     POINTS_COLUMNS,
     ROLLUP_PARTIALS,
     ROLLUP_STEPS,
+    WRITER_PREFIX,
 )
 from stride.wire import Batch
 
@@ -71,7 +72,8 @@ def build_events(batches: Sequence[Batch]) -> pa.Table | None:
 
 def build_fields(batches: Sequence[Batch]) -> pa.Table:
     """The ``run_fields`` rows: each set field, each set-once field as ``~name`` with
-    the reversed version (first write wins), and ``heartbeat_at`` for every batch."""
+    the reversed version (first write wins), the writer's own ``writers.<writer>``
+    beside a ``state`` it sets, and ``heartbeat_at`` for every batch."""
     f_entity: list[str] = []
     f_project: list[str] = []
     f_run: list[str] = []
@@ -90,6 +92,8 @@ def build_fields(batches: Sequence[Batch]) -> pa.Table:
     for b in batches:
         for name, value in b.set.items():
             field(b, name, value, b.ver)
+        if "state" in b.set:
+            field(b, WRITER_PREFIX + b.writer, b.set["state"], b.ver)
         for name, value in b.set_once.items():
             # Stored beside any last-write-wins value of the same name, which wins.
             field(b, ONCE_PREFIX + name, value, MAX_VER - b.ver)

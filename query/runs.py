@@ -12,7 +12,7 @@ import orjson
 
 from stride.api_types import ProjectDoc, RunDoc
 from stride.store import AsyncStore
-from stride.store.schema import ONCE_PREFIX
+from stride.store.schema import ONCE_PREFIX, WRITER_PREFIX
 
 from .errors import NotFound
 from .search import search_run_ids
@@ -25,7 +25,7 @@ log = logging.getLogger("stride.query")
 _FIELD_TYPES = {
     f.name: f.type
     for f in msgspec.structs.fields(RunDoc)
-    if f.name not in ("entity", "project", "id", "path", "summary", "system_metrics")
+    if f.name not in ("entity", "project", "id", "path", "summary", "system_metrics", "writers")
 }
 
 
@@ -34,6 +34,7 @@ def _fold(
 ) -> RunDoc:
     doc: dict[str, Any] = {}
     summary: dict[str, Any] = {}
+    writers: dict[str, str] = {}
     for field, raw in sorted(fields.items()):  # "~x" sorts after "x": a plain field wins
         if field.startswith(ONCE_PREFIX):
             field = field.removeprefix(ONCE_PREFIX)
@@ -41,10 +42,15 @@ def _fold(
                 continue
         if field.startswith("summary."):
             summary[field.removeprefix("summary.")] = orjson.loads(raw)
+        elif field.startswith(WRITER_PREFIX):
+            writers[field.removeprefix(WRITER_PREFIX)] = str(orjson.loads(raw))
         elif field in _FIELD_TYPES:
             doc[field] = orjson.loads(raw)
         # Any other field was sent by a newer SDK than this service: not part of RunDoc.
     run = _typed(entity, project, run_id, doc, summary)
+    run.writers = writers
+    if "running" in writers.values():  # the run ends with its last writer
+        run.state = "running"
     if run.state == "running" and run.heartbeat_at:
         try:
             beat = datetime.fromisoformat(run.heartbeat_at).timestamp()

@@ -50,6 +50,7 @@ from stride.store.run_search import (
     OBJECT,
     STRING,
     TIME_KEYS,
+    WRITERS_KEY,
     parse_time,
     whole,
 )
@@ -286,13 +287,18 @@ def _resolve(q: _Sql, name: str, entity: str, project: str, crashed_before: floa
 
 def _state(q: _Sql, crashed_before: float) -> str:
     """The run's state as the service reports it: ``created`` until one is written,
-    ``crashed`` for a ``running`` run whose last heartbeat is older than the limit."""
+    ``running`` while any of its writers' last state is (else the last state
+    written), and ``crashed`` for a running run whose last heartbeat is older
+    than the limit."""
     state = f"argMaxIf(str, ver, key = {q.key('state')})"
     beat = f"maxIf(num, key = {q.key('heartbeat_at')})"
+    # Each writer's newest (ver, running?) by its field; any running one keeps the run running.
+    writers = f"maxMapIf([field], [(ver, str = 'running')], key = {q.key(WRITERS_KEY)})"
+    running = f"({state} = 'running' OR arrayExists(w -> w.2, ({writers}).2))"
     return (
         f"multiIf(countIf(key = {q.key('state')}) = 0, 'created', "
-        f"{state} = 'running' AND {beat} > 0 AND {beat} < {q.number(crashed_before)}, "
-        f"'crashed', {state})"
+        f"{running} AND {beat} > 0 AND {beat} < {q.number(crashed_before)}, 'crashed', "
+        f"{running}, 'running', {state})"
     )
 
 

@@ -431,6 +431,9 @@ class ApiRun:
         self.user: str | None = doc.user
         #: The last value of each metric of the ``system`` stream.
         self.system_metrics: dict[str, Any] = doc.system_metrics
+        #: Each writer's (process's) last state, by writer id: the run is ``running``
+        #: while any of them is.
+        self.writers: dict[str, str] = doc.writers
         # What update() compares with: a copy, since the attributes are the user's to edit.
         self._stored = _EDITABLE_COPY.decode(_EDITABLE_COPY_ENC.encode(doc))
 

@@ -104,7 +104,8 @@ def writer_id() -> str:
     host = re.sub(r"[^A-Za-z0-9_.\-]", "_", socket.gethostname())[:48]
     if not host[:1].isalnum() or not host[:1].isascii():
         host = "h" + host  # a writer name starts with a letter or digit (stride.ids)
-    rank = re.sub(r"[^0-9]", "", os.environ.get("RANK", "0"))[:6] or "0"
+    rank = os.environ.get("RANK") or os.environ.get("LOCAL_RANK") or "0"  # global, else node's
+    rank = re.sub(r"[^0-9]", "", rank)[:6] or "0"
     return f"{host}-{os.getpid()}-r{rank}-{random_id(6)}"
 
 

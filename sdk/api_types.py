@@ -73,8 +73,10 @@ class RunDoc(msgspec.Struct, gc=False):
     """A run: its fields folded last-write-wins from everything its writers sent.
 
     ``state`` is ``created``, ``running``, ``finished``, ``failed``,
-    ``cancelled`` or ``crashed``; ``crashed`` is derived by the service: a
-    ``running`` run whose last heartbeat is older than its ``lost_after_s``.
+    ``cancelled`` or ``crashed``. A run written by several processes is
+    ``running`` while any of them is, else in the state written last (by the
+    last writer to end); ``crashed`` is derived by the service: a ``running``
+    run whose last heartbeat is older than its ``lost_after_s``.
     Times are ISO 8601 text with a UTC offset.
     """
 
@@ -97,6 +99,8 @@ class RunDoc(msgspec.Struct, gc=False):
     user: str | None = None
     #: The last value of each metric of stream ``system``.
     system_metrics: dict[str, Any] = {}
+    #: The last state each writer (process) set, by writer id (host, pid, rank, tag).
+    writers: dict[str, str] = {}
 
 
 class RunSearch(msgspec.Struct, forbid_unknown_fields=True):

@@ -39,7 +39,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 import orjson
 import pyarrow as pa
 
-from .schema import FIELDS_COLUMNS, ONCE_PREFIX
+from .schema import FIELDS_COLUMNS, ONCE_PREFIX, WRITER_PREFIX
 
 if TYPE_CHECKING:
     from ._base import Store
@@ -51,6 +51,9 @@ NULL, NUMBER, STRING, OBJECT, ARRAY, BOOL, MARKER_KIND = 1, 2, 3, 4, 5, 6, 9
 MARKER = "\x01"
 #: The field of a metric's summary row: ``METRIC_PREFIX + "summary." + key``.
 METRIC_PREFIX = "@"
+#: The key of every writer's state row (field ``writers.<writer>``, no marker):
+#: one key for all of a run's writers, so a search reads them all at once.
+WRITERS_KEY = "\x02writers"
 #: Fields whose text is an ISO 8601 time: their rows carry the Unix time in ``num``.
 TIME_KEYS = frozenset({"created_at", "heartbeat_at", "finished_at"})
 #: Objects and arrays longer than this as JSON are kept as a hash (:func:`whole`).
@@ -107,7 +110,11 @@ def scalar(value: Any) -> tuple[int, float, str]:
 
 
 def flatten(field: str, value: Any) -> Iterator[SearchRow]:
-    """The rows of one write of ``field`` (its marker first)."""
+    """The rows of one write of ``field`` (its marker first; a writer's state has
+    one row, under :data:`WRITERS_KEY`)."""
+    if field.startswith(WRITER_PREFIX):
+        yield SearchRow(WRITERS_KEY, field, 0, *scalar(value))
+        return
     yield SearchRow(MARKER + field, field, 0, MARKER_KIND, 0.0, "")
     yield from _rows(field, field, value)
 

@@ -567,6 +567,11 @@ BACKFILL_SERIES_STATS = f"""INSERT INTO series_stats
 #: (an explicit run name) beats a first-write-wins one (a generated name).
 ONCE_PREFIX = "~"
 
+#: Each writer's last state, as the field ``writers.<writer>``: ingest writes it
+#: beside every ``state`` a batch sets, so a run written by several processes is
+#: running while any of them is (see :func:`stride.query.runs` and the search).
+WRITER_PREFIX = "writers."
+
 #: ``ver`` for first-write-wins fields: the earliest batch gets the largest version.
 MAX_VER = 2**64 - 1
 

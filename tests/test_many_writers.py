@@ -18,7 +18,7 @@ STEPS = 500
 
 RANK = textwrap.dedent(
     """
-    import os, stride
+    import os, pathlib, sys, time, stride
     rank = int(os.environ["RANK"])
     run = stride.init(project="ranks", id="job-1", config={"world": 4})
     for step in range(500):
@@ -27,15 +27,19 @@ RANK = textwrap.dedent(
         run.log({"shared": float(rank)}, step=rank * 500 + step)
     run.summary[f"rank{rank}_done"] = True
     run.logs.info(f"rank {rank} finished", rank=rank)
+    if rank == 0:  # the last writer to end: waits for the test's word
+        go = pathlib.Path(sys.argv[1])
+        while not go.exists():
+            time.sleep(0.05)
     assert run.finish().complete
     """
 )
 
 
 def test_four_ranks_store_the_union_of_what_they_logged(stack: StrideUp, tmp_path: Path) -> None:
-    procs = [
-        subprocess.Popen(
-            [sys.executable, "-c", RANK],
+    def start(rank: int) -> subprocess.Popen[str]:
+        return subprocess.Popen(
+            [sys.executable, "-c", RANK, str(tmp_path / "go")],
             env={
                 **os.environ,
                 "RANK": str(rank),
@@ -45,30 +49,61 @@ def test_four_ranks_store_the_union_of_what_they_logged(stack: StrideUp, tmp_pat
             stderr=subprocess.PIPE,
             text=True,
         )
-        for rank in range(RANKS)
-    ]
-    for proc in procs:
-        _, err = proc.communicate(timeout=120)
-        assert proc.returncode == 0, err
 
     api = stride.Api(stack.http_url)
-    keys = [f"rank{r}/loss" for r in range(RANKS)]
-    rows = wait_rows(api, "default/ranks/job-1", STEPS, keys=keys)
-    assert [r["_step"] for r in rows] == list(range(STEPS))
-    for r in range(RANKS):
-        assert [row[f"rank{r}/loss"] for row in rows] == [r + s / 1000 for s in range(STEPS)]
-    shared = wait_rows(api, "default/ranks/job-1", RANKS * STEPS, keys=["shared"])
-    assert [row["shared"] for row in shared] == [float(s // STEPS) for s in range(RANKS * STEPS)]
 
-    def done() -> dict[str, object]:
-        return {k: v for k, v in api.run("default/ranks/job-1").summary.items() if "_done" in k}
+    def writer_states() -> list[str]:
+        try:
+            return sorted(api.run("default/ranks/job-1").writers.values())
+        except stride.NotFoundError:
+            return []
 
-    # Every writer's summary key merged, none lost.
-    assert wait_for(lambda: done() if len(done()) == RANKS else None) == {
-        f"rank{r}_done": True for r in range(RANKS)
-    }
-    run = api.run("default/ranks/job-1")
-    assert run.config == {"world": 4}
-    writers = {e.writer for e in run.events()}
-    assert len(writers) == RANKS and all(f"-r{r}-" in " ".join(writers) for r in range(RANKS))
-    assert sorted(e.metadata["rank"] for e in run.events()) == list(range(RANKS))
+    # Rank 0 starts first, so the others' "finished" is the state written last.
+    procs = [start(0)]
+    try:
+        wait_for(lambda: writer_states() == ["running"])
+        procs += [start(rank) for rank in range(1, RANKS)]
+        for proc in procs[1:]:
+            _, err = proc.communicate(timeout=120)
+            assert proc.returncode == 0, err
+
+        keys = [f"rank{r}/loss" for r in range(RANKS)]
+        rows = wait_rows(api, "default/ranks/job-1", STEPS, keys=keys)
+        assert [r["_step"] for r in rows] == list(range(STEPS))
+        for r in range(RANKS):
+            assert [row[f"rank{r}/loss"] for row in rows] == [r + s / 1000 for s in range(STEPS)]
+        shared = wait_rows(api, "default/ranks/job-1", RANKS * STEPS, keys=["shared"])
+        assert [row["shared"] for row in shared] == [
+            float(s // STEPS) for s in range(RANKS * STEPS)
+        ]
+
+        def done() -> dict[str, object]:
+            return {k: v for k, v in api.run("default/ranks/job-1").summary.items() if "_done" in k}
+
+        # Every writer's summary key merged, none lost.
+        assert wait_for(lambda: done() if len(done()) == RANKS else None) == {
+            f"rank{r}_done": True for r in range(RANKS)
+        }
+        run = api.run("default/ranks/job-1")
+        assert run.config == {"world": 4}
+        writers = {e.writer for e in run.events()}
+        assert len(writers) == RANKS and all(f"-r{r}-" in " ".join(writers) for r in range(RANKS))
+        assert sorted(e.metadata["rank"] for e in run.events()) == list(range(RANKS))
+
+        # Three ranks have finished, rank 0 still runs: so does the run, for a reader and
+        # for a search (the state is derived in Python for one, in SQL for the other).
+        assert wait_for(lambda: writer_states() == ["finished"] * 3 + ["running"])
+        assert api.run("default/ranks/job-1").state == "running"
+        assert [r.id for r in api.runs("default/ranks", filters={"state": "running"})] == ["job-1"]
+        assert not list(api.runs("default/ranks", filters={"state": "finished"}))
+
+        (tmp_path / "go").touch()
+        _, err = procs[0].communicate(timeout=120)
+        assert procs[0].returncode == 0, err
+        assert wait_for(lambda: api.run("default/ranks/job-1").state == "finished")
+        assert writer_states() == ["finished"] * RANKS
+        assert [r.id for r in api.runs("default/ranks", filters={"state": "finished"})] == ["job-1"]
+    finally:
+        for proc in procs:
+            proc.kill()
+            proc.communicate()
