@@ -39,6 +39,9 @@ ENV = {
     "STRIDE_LOST_AFTER": "--lost-after",
     "STRIDE_FETCH_MIB": "--fetch-mib",
     "STRIDE_TOKENS": "--tokens",
+    "STRIDE_SMTP_URL": "--smtp-url",
+    "STRIDE_SMTP_FROM": "--smtp-from",
+    "STRIDE_ALERT_EMAIL_TO": "--alert-email-to",
 }
 _FLAG_ENV = {flag: name for name, flag in ENV.items()}
 
@@ -52,6 +55,32 @@ def _option(parser: argparse.ArgumentParser, flag: str, *, default: Any = None, 
     kw["default"] = value if value not in (None, "") else default
     kw["required"] = kw.pop("required", False) and kw["default"] is None
     parser.add_argument(flag, **kw)
+
+
+def _alert_options(parser: argparse.ArgumentParser) -> None:
+    """Where alert emails go (webhooks need nothing here: each alert names its URL)."""
+    _option(
+        parser,
+        "--smtp-url",
+        help="SMTP server for alert emails: smtp://[user:password@]host[:port], "
+        "smtp+starttls://... or smtps://...",
+    )
+    _option(parser, "--smtp-from", default="stride@localhost", help="alert emails' sender")
+    _option(
+        parser,
+        "--alert-email-to",
+        default="",
+        help="comma-separated recipients of alerts that name none",
+    )
+
+
+def _notify_settings(args: argparse.Namespace) -> Any:
+    from stride.ingest.notify import NotifySettings
+
+    recipients = tuple(r.strip() for r in args.alert_email_to.split(",") if r.strip())
+    return NotifySettings(
+        smtp_url=args.smtp_url or None, smtp_from=args.smtp_from, email_to=recipients
+    )
 
 
 def _mebibytes(text: str) -> int:
@@ -118,6 +147,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     _option(up, "--fetch-mib", **_FETCH_MIB)
     _option(up, "--tokens", **_TOKENS)
+    _alert_options(up)
     _option(
         up,
         "--objects",
@@ -155,6 +185,7 @@ def _parser() -> argparse.ArgumentParser:
         "worker after this long (default 60)",
     )
     _option(ingest, "--fetch-mib", **_FETCH_MIB)
+    _alert_options(ingest)
     query = sub.add_parser("query", parents=[common], help="serve the query HTTP API (any number)")
     _service_options(query, http_port=8080)
     _option(query, "--tokens", **_TOKENS)
@@ -270,6 +301,7 @@ def _up(args: argparse.Namespace) -> int:
             duplicate_window_s=args.duplicate_window, fetch_bytes=args.fetch_bytes
         ),
         query=QuerySettings(lost_after_s=args.lost_after, tokens_file=args.tokens),
+        notify=_notify_settings(args),
     )
     _check_access(args.host, args.tokens)
     asyncio.run(serve(settings))
@@ -367,6 +399,7 @@ def _service(args: argparse.Namespace) -> int:
                 ack_wait_s=args.ack_wait,
                 fetch_bytes=args.fetch_bytes,
             ),
+            notify=_notify_settings(args),
         )
         asyncio.run(serve_ingest(ingest))
         return 0

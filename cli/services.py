@@ -26,6 +26,7 @@ from stride.ingest.app import create_ingest_app
 from stride.ingest.artifacts import ArtifactWorker
 from stride.ingest.files import FileWorker
 from stride.ingest.last_step import answer_last_steps
+from stride.ingest.notify import Notifier, NotifySettings
 from stride.ingest.streams import ensure_streams
 from stride.query import QuerySettings, create_app
 from stride.store import AsyncStore, redact
@@ -52,6 +53,8 @@ class IngestServiceSettings:
     #: How long to keep retrying NATS and storage at start-up.
     connect_timeout_s: float = 60.0
     ingest: IngestSettings = dataclasses.field(default_factory=IngestSettings)
+    #: How alert notifications are sent (the SMTP server for emails).
+    notify: NotifySettings = dataclasses.field(default_factory=NotifySettings)
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -127,6 +130,7 @@ async def _run_ingest(
     # processes share the consumer.
     files = FileWorker(nc, store, objects, s) if objects is not None else None
     artifacts = ArtifactWorker(nc, store, objects, s) if objects is not None else None
+    notifier = Notifier(nc, settings.notify)  # one per process; all share the consumer
     if files is None:
         log.warning(
             "ingest: no --objects: saved files wait in NATS until an ingest with an "
@@ -136,7 +140,7 @@ async def _run_ingest(
     async def ready() -> str | None:
         if not nc.is_connected:
             return f"not connected to NATS at {redact(settings.nats_url)}"
-        record_workers = [w for w in (files, artifacts) if w is not None]
+        record_workers = [w for w in (files, artifacts, notifier) if w is not None]
         if not all(w.subscribed for w in [*workers, *record_workers]):
             return "the ingest workers have not subscribed yet"
         try:
@@ -151,6 +155,7 @@ async def _run_ingest(
     )
     last_steps = await answer_last_steps(nc, store)
     tasks = [asyncio.create_task(w.run(), name=f"ingest-{i}") for i, w in enumerate(workers)]
+    tasks.append(asyncio.create_task(notifier.run(), name="notifier"))
     if files is not None and artifacts is not None:
         tasks.append(asyncio.create_task(files.run(), name="files"))
         tasks.append(asyncio.create_task(artifacts.run(), name="artifacts"))
@@ -168,6 +173,7 @@ async def _run_ingest(
         log.info("ingest: stopping; draining for up to %g s", s.drain_timeout_s)
         for worker in workers:
             worker.stop()
+        notifier.stop()
         if files is not None and artifacts is not None:
             files.stop()
             artifacts.stop()

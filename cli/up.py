@@ -22,6 +22,7 @@ from stride.ingest import IngestSettings, IngestWorker
 from stride.ingest.artifacts import ArtifactWorker
 from stride.ingest.files import FileWorker
 from stride.ingest.last_step import answer_last_steps
+from stride.ingest.notify import Notifier, NotifySettings
 from stride.ingest.streams import ensure_streams
 from stride.query import READY, STATUS, QuerySettings, create_app
 from stride.store import AsyncStore, redact
@@ -47,6 +48,8 @@ class UpSettings:
     objects_url: str | None = None
     ingest: IngestSettings = dataclasses.field(default_factory=IngestSettings)
     query: QuerySettings = dataclasses.field(default_factory=QuerySettings)
+    #: How alert notifications are sent (the SMTP server for emails).
+    notify: NotifySettings = dataclasses.field(default_factory=NotifySettings)
 
 
 def _check_port_free(host: str, port: int, what: str, flag: str) -> None:
@@ -125,6 +128,7 @@ async def _run(
     worker = IngestWorker(nc, store, settings.ingest)
     files = FileWorker(nc, store, objects, settings.ingest)
     artifacts = ArtifactWorker(nc, store, objects, settings.ingest)
+    notifier = Notifier(nc, settings.notify)
     app = create_app(settings.query, store=store, objects=objects)
 
     async def status() -> dict[str, Any]:
@@ -132,12 +136,13 @@ async def _run(
             "ingest": worker.stats.as_dict(),
             "lag": await worker.lag(),
             "files": files.stats.as_dict(),
+            "notifications": notifier.stats.as_dict(),
         }
 
     async def ready() -> str | None:
         if not nc.is_connected:
             return f"not connected to NATS at {redact(nats_url)}"
-        if not worker.subscribed or not files.subscribed or not artifacts.subscribed:
+        if not all(w.subscribed for w in (worker, files, artifacts, notifier)):
             return "the ingest workers have not subscribed yet"
         return None
 
@@ -148,17 +153,19 @@ async def _run(
     worker_task = asyncio.create_task(worker.run(), name="ingest")
     files_task = asyncio.create_task(files.run(), name="files")
     artifacts_task = asyncio.create_task(artifacts.run(), name="artifacts")
+    notifier_task = asyncio.create_task(notifier.run(), name="notifier")
     print(f"stride: NATS  {redact(nats_url)}", flush=True)
     print(f"stride: HTTP  http://{settings.host}:{http_port}", flush=True)
     print(f"stride: data  {data_dir}", flush=True)
     try:
-        failure = await wait_for_stop(worker_task, files_task, artifacts_task)
+        failure = await wait_for_stop(worker_task, files_task, artifacts_task, notifier_task)
         print("stride: stopping (draining ingest)...", flush=True)
     finally:  # also when cancelled: the workers stop before NATS and the store close
         worker.stop()
         files.stop()
         artifacts.stop()
-        tasks = [worker_task, files_task, artifacts_task]
+        notifier.stop()
+        tasks = [worker_task, files_task, artifacts_task, notifier_task]
         await finish(tasks, settings.ingest.drain_timeout_s)
         with contextlib.suppress(Exception):
             await last_steps.unsubscribe()

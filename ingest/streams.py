@@ -20,6 +20,26 @@ from stride.wire import (
 
 DURABLE = "stride-ingest"
 
+#: Alert notifications waiting to be delivered (see :mod:`.notify`, which re-exports
+#: these; defined here so that this module stays free of the notifier's imports).
+NOTIFY_STREAM = "STRIDE_NOTIFY"
+NOTIFY_SUBJECT = "stride.notify.v1"
+
+
+def notify_stream_config(replicas: int, duplicate_window_s: float) -> StreamConfig:
+    """The stream of alert notifications: kept 7 days after delivery as a record of
+    what was sent; a notification re-published within the duplicate window (same
+    ``Nats-Msg-Id``) is dropped."""
+    return StreamConfig(
+        name=NOTIFY_STREAM,
+        subjects=[NOTIFY_SUBJECT],
+        retention=RetentionPolicy.LIMITS,
+        storage=StorageType.FILE,
+        num_replicas=replicas,
+        duplicate_window=duplicate_window_s,
+        max_age=7 * 24 * 3600.0,
+    )
+
 
 def stream_configs(replicas: int = 1, duplicate_window_s: float = 600.0) -> list[StreamConfig]:
     return [
@@ -57,6 +77,7 @@ def stream_configs(replicas: int = 1, duplicate_window_s: float = 600.0) -> list
             num_replicas=replicas,
             max_age=30 * 24 * 3600.0,
         ),
+        notify_stream_config(replicas, duplicate_window_s),
     ]
 
 

@@ -36,6 +36,7 @@ from stride.wire import DLQ_SUBJECT, INGEST_SUBJECT, STREAM, Batch, WireError, d
 from ._memory import release_freed_memory
 from ._settings import IngestSettings
 from ._tables import build_ledger
+from .alerts import AlertEvaluator, AlertsHandler
 from .handlers import Handler, check_registry, default_handlers
 from .streams import DURABLE, consumer_config, ensure_streams
 
@@ -109,7 +110,8 @@ class _FetchSize:
 
 class IngestWorker:
     """Consumes batches and stores them through ``handlers`` (by default
-    :func:`~.handlers.default_handlers`: metrics, then run fields)."""
+    :func:`~.handlers.default_handlers`: metrics, events, run fields; then
+    :class:`~.alerts.AlertsHandler`, which evaluates alerts)."""
 
     def __init__(
         self,
@@ -123,7 +125,10 @@ class IngestWorker:
         self._js = nc.jetstream()
         self._store = store
         self._settings = settings
-        self._handlers = list(default_handlers() if handlers is None else handlers)
+        if handlers is None:  # alerts last: they read what the others stored
+            evaluator = AlertEvaluator(self._js, replicas=settings.replicas)
+            handlers = [*default_handlers(), AlertsHandler(evaluator)]
+        self._handlers = list(handlers)
         check_registry(self._handlers)
         self._stopping = asyncio.Event()
         self._backoff_s = 0.0

@@ -18,6 +18,7 @@ from aiohttp import web
 
 from stride.api_types import (
     Access,
+    AlertsPage,
     ArtifactsPage,
     ErrorBody,
     EventsPage,
@@ -39,6 +40,7 @@ from stride.wire import MAX_EVENT_SECONDS
 from . import runs as runs_q
 from ._columns import Columns
 from ._settings import QuerySettings
+from .alerts import run_alerts
 from .artifacts import (
     artifact_file,
     artifact_version,
@@ -142,6 +144,7 @@ def create_app(
     app.router.add_get(f"{base}/runs/{{entity}}/{{project}}/{{run_id}}/export", _export_run)
     app.router.add_get(f"{base}/runs/{{entity}}/{{project}}/{{run_id}}/stream", _stream_rows)
     app.router.add_get(f"{base}/runs/{{entity}}/{{project}}/{{run_id}}/events", _events)
+    app.router.add_get(f"{base}/runs/{{entity}}/{{project}}/{{run_id}}/alerts", _alerts)
     app.router.add_get(f"{base}/runs/{{entity}}/{{project}}/{{run_id}}/files", _list_files)
     app.router.add_get(f"{base}/runs/{{entity}}/{{project}}/{{run_id}}/file", _file)
     app.router.add_patch(f"{base}/runs/{{entity}}/{{project}}/{{run_id}}/file", _update_file)
@@ -582,6 +585,12 @@ async def _events(request: web.Request) -> web.Response:
         limit=_int(request, "per_page", 1000, 1, 10_000) or 1000,
     )
     return _json(EventsPage(events, cursor))
+
+
+async def _alerts(request: web.Request) -> web.Response:
+    """The run's alerts: definition, state, last evaluation, transitions (oldest first)."""
+    entity, project, run_id = await _existing_run(request)
+    return _json(AlertsPage(await run_alerts(request.app[STORE], f"{entity}/{project}/{run_id}")))
 
 
 def _seconds(request: web.Request, name: str) -> float | None:

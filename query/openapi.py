@@ -16,6 +16,7 @@ import msgspec
 
 from stride.api_types import (
     Access,
+    AlertsPage,
     ArtifactDoc,
     ArtifactsPage,
     ErrorBody,
@@ -164,6 +165,10 @@ OPERATIONS: tuple[Operation, ...] = (
          Param("q", {"type": "string"}), Param("after", {"type": "string"}),
          Param("per_page", {"type": "integer", "minimum": 1, "maximum": 10000})),
         answer=EventsPage,
+    ),
+    Operation(
+        "get", _ONE + "/alerts", "A run's alerts: definition, state and every change of state",
+        _RUN, answer=AlertsPage,
     ),
     Operation(
         "get", _ONE + "/files", "A run's saved files by name, each at its latest version",

@@ -34,6 +34,8 @@ from ._rows import rows
 from ._settings import DEFAULT_API
 from .api_types import (
     Access,
+    AlertDoc,
+    AlertsPage,
     ColumnsPage,
     ErrorBody,
     EventDoc,
@@ -62,6 +64,7 @@ T = TypeVar("T")
 # One decoder per answer type, built once.
 _RUN = msgspec.json.Decoder(RunDoc)
 _RUNS = msgspec.json.Decoder(RunsPage)
+_ALERTS = msgspec.json.Decoder(AlertsPage)
 _KEYS = msgspec.json.Decoder(MetricKeys)
 _COLUMNS = msgspec.json.Decoder(ColumnsPage)
 _STATS = msgspec.json.Decoder(MetricStats)
@@ -581,6 +584,11 @@ class ApiRun:
             contains=contains,
             per_page=per_page,
         )
+
+    def alerts(self) -> list[AlertDoc]:
+        """The run's alerts by name: ``definition``, ``state`` (``ok``/``critical``), the
+        last evaluation (``evaluated_at``, ``value``) and ``transitions``, oldest first."""
+        return self._api._get_as(_ALERTS, f"{self._base}/alerts").alerts
 
     def logged_artifacts(self) -> list[ApiArtifact]:
         """The artifact versions this run logged, in the order it logged them."""

@@ -39,6 +39,10 @@ import msgspec
 
 __all__ = [
     "Access",
+    "AlertDefinition",
+    "AlertDoc",
+    "AlertTransition",
+    "AlertsPage",
     "ArtifactDoc",
     "ArtifactFile",
     "ArtifactsPage",
@@ -365,3 +369,86 @@ class ArtifactsPage(msgspec.Struct, gc=False):
 
     artifacts: list[ArtifactDoc]
     next: str | None = None
+
+
+class AlertDefinition(msgspec.Struct, frozen=True, omit_defaults=True, gc=False):
+    """An alert as :meth:`stride.Run.add_alert` defines it (Simvue's ``add_alert``).
+
+    A metric alert (``source="metrics"``) averages ``metric`` over the last
+    ``window`` seconds every ``frequency`` seconds and is ``critical`` while the
+    average breaks ``rule``; an event alert (``source="events"``) is
+    ``critical`` while an event or log line holding ``pattern`` was recorded in
+    the last ``window`` seconds. The first definition of a name in a project is
+    the one used (defining it again attaches that one).
+    """
+
+    source: str
+    frequency: float
+    window: float
+    rule: str | None = None
+    metric: str | None = None
+    stream: str = "default"
+    threshold: float | None = None
+    range_low: float | None = None
+    range_high: float | None = None
+    pattern: str | None = None
+    notification: str = "none"
+    #: The webhook URL, or the email recipients (comma-separated; none: the service's).
+    target: str | None = None
+    description: str | None = None
+
+    def breached(self, value: float) -> bool:
+        """Whether a metric alert's windowed mean ``value`` breaks its rule."""
+        if self.rule == "is above":
+            return value > _number(self.threshold)
+        if self.rule == "is below":
+            return value < _number(self.threshold)
+        low, high = _number(self.range_low), _number(self.range_high)
+        inside = low <= value <= high
+        return inside if self.rule == "is inside range" else not inside
+
+    def summary(self, value: float | None, state: str) -> str:
+        """One sentence on an evaluation: what was measured and the rule."""
+        if self.source == "events":
+            return f"{value or 0:g} event(s) holding {self.pattern!r} in the last {self.window:g} s"
+        bound = (
+            f"{self.threshold:g}"
+            if self.rule in ("is above", "is below")
+            else f"[{self.range_low:g}, {self.range_high:g}]"
+        )
+        verdict = self.rule if state == "critical" else f"no longer {self.rule}"
+        return f"{self.metric} averaged {value:g} over {self.window:g} s: {verdict} {bound}"
+
+
+def _number(value: float | None) -> float:
+    assert value is not None  # checked when the alert was defined
+    return value
+
+
+class AlertTransition(msgspec.Struct, gc=False):
+    """An alert changing state on a run: at the evaluation at ``at`` (ISO 8601)."""
+
+    at: str
+    state: str
+    previous: str
+    #: The windowed mean (metric alerts) or the count of matching events.
+    value: float | None
+
+
+class AlertDoc(msgspec.Struct, gc=False):
+    """An alert attached to a run, its state there and every change of state."""
+
+    name: str
+    definition: AlertDefinition
+    #: ``ok`` until an evaluation finds the rule broken, then ``critical``...
+    state: str = "ok"
+    #: The last evaluation: its time (ISO 8601) and value.
+    evaluated_at: str | None = None
+    value: float | None = None
+    transitions: list[AlertTransition] = []
+
+
+class AlertsPage(msgspec.Struct, gc=False):
+    """The body of ``GET /api/v1/runs/{entity}/{project}/{run_id}/alerts``."""
+
+    alerts: list[AlertDoc]

@@ -214,6 +214,9 @@ FIELDS_COLUMNS = ("entity", "project", "run_id", "field", "value", "ver")
 BATCHES_COLUMNS = ("run", "writer", "seq", "ver", "points")
 KEYS_COLUMNS = ("run", "stream", "key")
 EVENTS_COLUMNS = ("run", "ts", "writer", "seq", "idx", "level", "message", "metadata")
+ALERTS_COLUMNS = ("entity", "project", "name", "definition", "ver")
+ALERT_STATUS_COLUMNS = ("run", "alert", "at", "state", "value", "ver")
+ALERT_TRANSITIONS_COLUMNS = ("run", "alert", "at", "state", "previous", "value")
 FILES_COLUMNS = (
     *("run", "name", "ver", "upload", "writer", "category", "size", "sha256", "mime"),
     *("description", "tags", "metadata", "deleted", "updated"),
@@ -252,6 +255,8 @@ RUN_ROWS = (
     ("run_keys", "run = {path:String}"),
     ("files", "run = {path:String}"),
     ("events", "run = {path:String}"),
+    ("alert_status", "run = {path:String}"),
+    ("alert_transitions", "run = {path:String}"),
 )
 
 
@@ -491,6 +496,51 @@ _TABLES = (
         "run, ts, writer, seq, idx",
         "cityHash64(run)",
         settings=_POINT_READS,
+    ),
+    _Table(
+        # Alert definitions, one per name in a project: the first one wins
+        # (``ver = 2^64-1 - batch ver``, as set-once run fields); readers take
+        # ``argMax(definition, ver)``. A run attaches one by its field ``alerts.<name>``.
+        "alerts",
+        """entity String,
+        project String,
+        name String,
+        definition String,
+        ver UInt64""",
+        "ReplacingMergeTree",
+        "ver",
+        "entity, project, name",
+        "cityHash64(entity, project)",
+    ),
+    _Table(
+        # Each alert's last evaluation on a run (``at``: the evaluation instant,
+        # Unix seconds; ``ver``: the same in ns, so the latest wins).
+        "alert_status",
+        """run String,
+        alert String,
+        at Float64,
+        state LowCardinality(String),
+        value Float64,
+        ver UInt64""",
+        "ReplacingMergeTree",
+        "ver",
+        "run, alert",
+        "cityHash64(run)",
+    ),
+    _Table(
+        # Every change of an alert's state on a run, at its evaluation instant;
+        # evaluated twice (two workers, a redelivery), it is the same row.
+        "alert_transitions",
+        """run String,
+        alert String,
+        at Float64,
+        state LowCardinality(String),
+        previous LowCardinality(String),
+        value Float64""",
+        "ReplacingMergeTree",
+        "",
+        "run, alert, at",
+        "cityHash64(run)",
     ),
 )
 

@@ -15,16 +15,18 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import nats
 import pytest
+from nats.aio.client import Client as NatsClient
 
 import stride
 from stride import Settings
 from stride.cli._nats_server import NatsServer
+from stride.ingest.streams import ensure_streams
 from stride.wire import INGEST_SUBJECT, Batch, decode_batch, encode_batch
 
 STRIDE = [sys.executable, "-m", "stride.cli"]
@@ -160,6 +162,15 @@ def nats_server(tmp_path: Path) -> Iterator[NatsServer]:
     server.start()
     yield server
     server.stop()
+
+
+@pytest.fixture
+async def nc(nats_server: NatsServer) -> AsyncIterator[NatsClient]:
+    """A client of ``nats_server``, its streams created."""
+    client = await nats.connect(nats_server.url)
+    await ensure_streams(client.jetstream())
+    yield client
+    await client.close()
 
 
 @pytest.fixture(scope="module")

@@ -11,22 +11,19 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import time
-from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-import nats
 import numpy as np
 import orjson
 import pyarrow as pa
 import pytest
 from nats.aio.client import Client as NatsClient
 
-from stride.cli._nats_server import NatsServer
 from stride.ingest import Handler, IngestSettings, IngestWorker, default_handlers
 from stride.ingest._tables import build_points
 from stride.ingest.handlers import check_registry
-from stride.ingest.streams import ensure_streams
 from stride.store import AsyncStore, StoreError
 from stride.store.chdb import ChdbStore
 from stride.wire import (
@@ -158,14 +155,6 @@ def chdb(tmp_path: Path) -> Iterator[ChdbStore]:
     store = ChdbStore(tmp_path / "clickhouse")
     yield store
     store.close()  # even when the test failed: chDB opens one directory per process
-
-
-@pytest.fixture
-async def nc(nats_server: NatsServer) -> AsyncIterator[NatsClient]:
-    client = await nats.connect(nats_server.url)
-    await ensure_streams(client.jetstream())
-    yield client
-    await client.close()
 
 
 async def test_every_handler_gets_each_batch_once_and_the_defaults_still_store(
