@@ -19,6 +19,8 @@ import pyarrow as pa
 from stride.store import MAX_VER
 from stride.store.run_search import search_rows
 from stride.store.schema import (
+    FOLDER_FIELD_PREFIX,
+    FOLDER_FIELDS_COLUMNS,
     ONCE_PREFIX,
     POINTS_COLUMNS,
     ROLLUP_PARTIALS,
@@ -91,7 +93,8 @@ def build_fields(batches: Sequence[Batch]) -> pa.Table:
 
     for b in batches:
         for name, value in b.set.items():
-            field(b, name, value, b.ver)
+            if not name.startswith(FOLDER_FIELD_PREFIX):  # the folder's (FoldersHandler)
+                field(b, name, value, b.ver)
         if "state" in b.set:
             field(b, WRITER_PREFIX + b.writer, b.set["state"], b.ver)
         for name, value in b.set_once.items():
@@ -110,6 +113,24 @@ def build_fields(batches: Sequence[Batch]) -> pa.Table:
             "ver": pa.array(f_ver, pa.uint64()),
         }
     )
+
+
+def build_folder_fields(batches: Sequence[Batch]) -> pa.Table | None:
+    """The ``folder_fields`` rows of the folder details the batches set (or ``None``)."""
+    rows: dict[str, list[Any]] = {c: [] for c in FOLDER_FIELDS_COLUMNS}
+    for b in batches:
+        for name, value in b.set.items():
+            if name.startswith(FOLDER_FIELD_PREFIX):
+                detail, _, path = name.removeprefix(FOLDER_FIELD_PREFIX).partition(":")
+                for column, cell in zip(
+                    FOLDER_FIELDS_COLUMNS,
+                    (b.entity, b.project, path, detail, value, b.ver),
+                    strict=True,
+                ):
+                    rows[column].append(cell)
+    if not rows["path"]:
+        return None
+    return pa.table({**rows, "ver": pa.array(rows["ver"], pa.uint64())})
 
 
 def build_ledger(batches: Sequence[Batch]) -> pa.Table:

@@ -36,6 +36,7 @@ from stride.store.run_search import SEARCH_COLUMNS, SEARCH_FROM_PARTIALS, search
 from stride.store.schema import (
     EVENTS_COLUMNS,
     FIELDS_COLUMNS,
+    FOLDER_FIELDS_COLUMNS,
     KEYS_COLUMNS,
     POINTS_COLUMNS,
     ROLLUP_COLUMNS,
@@ -47,10 +48,11 @@ from stride.store.schema import (
 )
 from stride.wire import Batch
 
-from ._tables import Points, build_events, build_fields, build_points
+from ._tables import Points, build_events, build_fields, build_folder_fields, build_points
 
 __all__ = [
     "EventsHandler",
+    "FoldersHandler",
     "Handler",
     "MetricsHandler",
     "RunFieldsHandler",
@@ -164,13 +166,27 @@ class EventsHandler:
         return 0
 
 
+class FoldersHandler:
+    """``folder_fields``: the folder details (``Run.set_folder_details``) a batch sets."""
+
+    name = "folders"
+    parts = frozenset({"set"})
+
+    def prepare(self, batches: Sequence[Batch]) -> pa.Table | None:
+        return build_folder_fields(batches)
+
+    async def write(self, store: AsyncStore, prepared: pa.Table) -> int:
+        await store.insert_arrow("folder_fields", FOLDER_FIELDS_COLUMNS, prepared)
+        return 0
+
+
 def default_handlers() -> list[Handler[Any]]:
-    """A fresh registry of what Stride stores today: metrics, events, then run fields
-    (last: a run whose state says it ended has its data stored).
+    """A fresh registry of what Stride stores today: metrics, events, folders, then run
+    fields (last: a run whose state says it ended has its data stored).
 
     Fresh on every call, because handlers keep per-worker state (known keys).
     """
-    return [MetricsHandler(), EventsHandler(), RunFieldsHandler()]
+    return [MetricsHandler(), EventsHandler(), FoldersHandler(), RunFieldsHandler()]
 
 
 def check_registry(handlers: Sequence[Handler[Any]]) -> None:

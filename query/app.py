@@ -24,6 +24,7 @@ from stride.api_types import (
     EventsPage,
     FilesPage,
     FileUpdate,
+    FoldersPage,
     MetricKeys,
     MetricStats,
     ProjectsPage,
@@ -62,6 +63,7 @@ from .files import (
     send_file,
     update_file,
 )
+from .folders import list_folders
 from .history import TIME_AXIS_COLUMNS, history, history_along, history_over_time
 from .openapi import openapi_document
 from .readahead import ReadAhead
@@ -156,6 +158,7 @@ def create_app(
     app.router.add_get(f"{base}/artifacts/{{entity}}/{{project}}/{{name}}/versions", _versions)
     app.router.add_get(f"{base}/artifacts/{{entity}}/{{project}}/{{name}}/file", _artifact_file)
     app.router.add_get(f"{base}/export/runs/{{entity}}/{{project}}", _export_runs)
+    app.router.add_get(f"{base}/folders/{{entity}}/{{project}}", _folders)
     return app
 
 
@@ -585,6 +588,13 @@ async def _events(request: web.Request) -> web.Response:
         limit=_int(request, "per_page", 1000, 1, 10_000) or 1000,
     )
     return _json(EventsPage(events, cursor))
+
+
+async def _folders(request: web.Request) -> web.Response:
+    """The project's folders (``prefix``: those whose path starts with it), by path."""
+    entity, project, _ = _run_path(request)
+    prefix = _text(request, "prefix") or ""
+    return _json(FoldersPage(await list_folders(request.app[STORE], entity, project, prefix)))
 
 
 async def _alerts(request: web.Request) -> web.Response:

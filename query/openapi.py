@@ -24,6 +24,7 @@ from stride.api_types import (
     FileDoc,
     FilesPage,
     FileUpdate,
+    FoldersPage,
     MetricKeys,
     MetricStats,
     ProjectsPage,
@@ -165,6 +166,10 @@ OPERATIONS: tuple[Operation, ...] = (
          Param("q", {"type": "string"}), Param("after", {"type": "string"}),
          Param("per_page", {"type": "integer", "minimum": 1, "maximum": 10000})),
         answer=EventsPage,
+    ),
+    Operation(
+        "get", "/api/v1/folders/{entity}/{project}", "A project's folders: details and run counts",
+        (_ENTITY, _PROJECT, Param("prefix", {"type": "string"})), answer=FoldersPage,
     ),
     Operation(
         "get", _ONE + "/alerts", "A run's alerts: definition, state and every change of state",

@@ -18,6 +18,7 @@ Querying::
 from ._api import Api, ApiRun, Runs
 from ._api_artifacts import ApiArtifact
 from ._api_files import ApiFile
+from ._api_folders import ApiFolder
 from ._artifacts import Artifact
 from ._config import NestedDict
 from ._init import init, reconnect
@@ -39,6 +40,7 @@ __all__ = [
     "ApiArtifact",
     "ApiError",
     "ApiFile",
+    "ApiFolder",
     "ApiRun",
     "Artifact",
     "AuthError",

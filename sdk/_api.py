@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import http.client
-import math
 import os
 import threading
 import time
@@ -29,6 +28,8 @@ from ._api_columns import columns as columns_of
 from ._api_columns import dataframe, pyarrow_ipc
 from ._api_events import list_events
 from ._api_files import ApiFile, list_files, one_file
+from ._api_folders import ApiFolder, list_folders
+from ._api_params import check_finite, keys_param, plain
 from ._config import NestedDict
 from ._rows import rows
 from ._settings import DEFAULT_API
@@ -145,8 +146,14 @@ class Api:
         """
         entity, project = self._project_path(path)
         asked = dict(filters) if filters else None
-        _check_finite(asked, "filters")
+        check_finite(asked, "filters")
         return Runs(self, entity, project, RunSearch(asked, order, per_page))
+
+    def folders(self, path: str = "", prefix: str | None = None) -> list[ApiFolder]:
+        """The folders of ``entity/project`` (or ``project``), by path: each that holds a
+        run or has details (``Run.set_folder_details``); ``prefix`` keeps those whose
+        path starts with it."""
+        return list_folders(self, *self._project_path(path), prefix)
 
     def _access(self, entity: str) -> Access:
         found = self._access_cache.get(entity)
@@ -226,7 +233,7 @@ class Api:
         only once complete.
         """
         entity, project = self._project_path(path)
-        _check_finite(dict(filters) if filters else None, "filters")
+        check_finite(dict(filters) if filters else None, "filters")
         params = [("format", format)]
         if filters:
             params.append(("filters", orjson.dumps(dict(filters)).decode()))
@@ -486,7 +493,7 @@ class ApiRun:
                 ("name", self.name, before.name),
                 ("notes", self.notes, before.notes),
                 ("tags", list(self.tags), before.tags),
-                ("config", _plain(self.config), before.config),
+                ("config", plain(self.config), before.config),
             )
             if now != then
         }
@@ -515,7 +522,7 @@ class ApiRun:
             api.run("vision/3k9x0a1b").export("run.parquet", format="parquet")
         """
         params: list[tuple[str, Any]] = [("format", format), ("stream", stream)]
-        params += [("keys", k) for k in _keys_param(keys) or ()]
+        params += [("keys", k) for k in keys_param(keys) or ()]
         return self._api._download(f"{self._base}/export", params, Path(dest))
 
     def delete(self, delete_artifacts: bool = False) -> None:
@@ -624,7 +631,7 @@ class ApiRun:
         finite is ``None``.
         """
         params: list[tuple[str, Any]] = [("stream", stream)]
-        params += [("keys", k) for k in _keys_param(keys) or ()]
+        params += [("keys", k) for k in keys_param(keys) or ()]
         page = self._api._get_as(_STATS, f"{self._base}/stats", params)
         return {key: msgspec.structs.asdict(s) for key, s in page.stats.items()}
 
@@ -662,7 +669,7 @@ class ApiRun:
         ``"_timestamp"``: buckets of equal time instead of equal steps. Returns a pandas
         DataFrame, or a list of dicts with ``pandas=False``.
         """
-        keys = _keys_param(keys)
+        keys = keys_param(keys)
         params: list[tuple[str, Any]] = [
             ("samples", samples),
             ("min_step", min_step),
@@ -700,7 +707,7 @@ class ApiRun:
             return
         if format != "rows":
             raise UsageError(f"format must be 'rows' or 'arrow', got {format!r}")
-        keys = _keys_param(keys)
+        keys = keys_param(keys)
         cursor: int | None = None
         while True:
             params: list[tuple[str, Any]] = [
@@ -736,7 +743,7 @@ class ApiRun:
             ("format", "arrow"), ("min_step", min_step), ("max_step", max_step),
             ("stream", stream),
         ]  # fmt: skip
-        params += [("keys", k) for k in _keys_param(keys) or ()]
+        params += [("keys", k) for k in keys_param(keys) or ()]
         with self._api._open(f"{self._base}/stream", params) as response:
             yield from ipc.open_stream(response)
 
@@ -753,7 +760,7 @@ class ApiRun:
             ("format", "arrow"), ("min_step", min_step), ("max_step", max_step),
             ("stream", stream),
         ]  # fmt: skip
-        params += [("keys", k) for k in _keys_param(keys) or ()]
+        params += [("keys", k) for k in keys_param(keys) or ()]
         with self._api._open(f"{self._base}/stream", params) as response:
             return ipc.open_stream(response).read_all()
 
@@ -766,33 +773,3 @@ class ApiRun:
     ) -> Any:
         """:meth:`to_arrow` as a pandas DataFrame (missing values are NaN)."""
         return self.to_arrow(keys, min_step, max_step, stream).to_pandas()
-
-
-def _plain(value: Any) -> Any:
-    """``value`` with nested dicts (NestedDict included) as plain dicts, for JSON."""
-    if isinstance(value, dict):
-        return {k: _plain(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_plain(v) for v in value]
-    return value
-
-
-def _check_finite(value: Any, where: str) -> None:
-    """Refuse NaN and infinities in a filter: JSON has none, and sent as ``null``
-    they would silently mean something else."""
-    if isinstance(value, float) and not math.isfinite(value):
-        raise UsageError(f"{where}: {value!r} is not a number a filter can compare with")
-    if isinstance(value, Mapping):
-        for key, item in value.items():
-            _check_finite(item, f"{where}[{key!r}]")
-    elif isinstance(value, list | tuple):
-        for i, item in enumerate(value):
-            _check_finite(item, f"{where}[{i}]")
-
-
-def _keys_param(keys: Sequence[str] | None) -> list[str] | None:
-    if keys is None:
-        return None
-    if isinstance(keys, str):
-        return [keys]
-    return list(keys)

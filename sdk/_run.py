@@ -9,7 +9,7 @@ import logging
 import os
 import struct
 import sys
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from datetime import UTC, datetime
 from time import time as _now
 from types import TracebackType
@@ -17,7 +17,7 @@ from typing import Any, Concatenate, ParamSpec, TypeVar
 
 import msgspec
 
-from . import _alerts
+from . import _alerts, _folders
 from ._config import NestedDict
 from ._events import Logs, OutputCapture, check_message, event_time
 from ._fields import json_text as _json
@@ -331,6 +331,19 @@ class Run(RunFiles):
             {_alerts.ALERT_FIELD_PREFIX + name: _json(msgspec.to_builtins(definition))}
         )
         return name
+
+    def set_folder_details(
+        self,
+        path: str,
+        metadata: Mapping[str, Any] | None = None,
+        tags: Iterable[str] | None = None,
+        description: str | None = None,
+    ) -> None:
+        """Set a folder's metadata, tags and description (Simvue's); no I/O. A detail
+        left ``None`` stays as it was; each set replaces the one before (the last
+        write wins, from any run). ``path`` is a folder as runs name it
+        (``stride.init(folder=...)``); list folders with ``stride.Api().folders()``."""
+        self._send_fields(_folders.folder_fields(path, metadata, tags, description))
 
     # ---- events and logs ------------------------------------------------------------------------
 

@@ -54,6 +54,8 @@ __all__ = [
     "FileDoc",
     "FileUpdate",
     "FilesPage",
+    "FolderDoc",
+    "FoldersPage",
     "IngestCounters",
     "IngestLag",
     "MetricKeys",
@@ -452,3 +454,20 @@ class AlertsPage(msgspec.Struct, gc=False):
     """The body of ``GET /api/v1/runs/{entity}/{project}/{run_id}/alerts``."""
 
     alerts: list[AlertDoc]
+
+
+class FolderDoc(msgspec.Struct, gc=False):
+    """A folder of a project: the runs whose ``folder`` is ``path`` (``run_count`` of
+    them) and the details set with ``Run.set_folder_details``."""
+
+    path: str
+    run_count: int = 0
+    description: str | None = None
+    tags: list[str] = []
+    metadata: dict[str, Any] = {}
+
+
+class FoldersPage(msgspec.Struct, gc=False):
+    """The body of ``GET /api/v1/folders/{entity}/{project}``."""
+
+    folders: list[FolderDoc]

@@ -215,6 +215,7 @@ BATCHES_COLUMNS = ("run", "writer", "seq", "ver", "points")
 KEYS_COLUMNS = ("run", "stream", "key")
 EVENTS_COLUMNS = ("run", "ts", "writer", "seq", "idx", "level", "message", "metadata")
 ALERTS_COLUMNS = ("entity", "project", "name", "definition", "ver")
+FOLDER_FIELDS_COLUMNS = ("entity", "project", "path", "field", "value", "ver")
 ALERT_STATUS_COLUMNS = ("run", "alert", "at", "state", "value", "ver")
 ALERT_TRANSITIONS_COLUMNS = ("run", "alert", "at", "state", "previous", "value")
 FILES_COLUMNS = (
@@ -498,6 +499,21 @@ _TABLES = (
         settings=_POINT_READS,
     ),
     _Table(
+        # Folders' details (metadata, tags, description: JSON text), last write wins
+        # per detail, as run fields; a folder's runs are those whose ``folder`` is it.
+        "folder_fields",
+        """entity String,
+        project String,
+        path String,
+        field String,
+        value String,
+        ver UInt64""",
+        "ReplacingMergeTree",
+        "ver",
+        "entity, project, path, field",
+        "cityHash64(entity, project)",
+    ),
+    _Table(
         # Alert definitions, one per name in a project: the first one wins
         # (``ver = 2^64-1 - batch ver``, as set-once run fields); readers take
         # ``argMax(definition, ver)``. A run attaches one by its field ``alerts.<name>``.
@@ -621,6 +637,10 @@ ONCE_PREFIX = "~"
 #: beside every ``state`` a batch sets, so a run written by several processes is
 #: running while any of them is (see :func:`stride.query.runs` and the search).
 WRITER_PREFIX = "writers."
+
+#: Run fields that carry a folder's details, ``folder:<detail>:<path>``: stored in
+#: ``folder_fields``, not as fields of the run that sent them.
+FOLDER_FIELD_PREFIX = "folder:"
 
 #: ``ver`` for first-write-wins fields: the earliest batch gets the largest version.
 MAX_VER = 2**64 - 1

@@ -18,7 +18,7 @@ from .conftest import read_log, run_python, wait_for
 
 def test_exported_names_are_the_public_api() -> None:
     expected = {
-        "Api", "ApiArtifact", "ApiError", "ApiFile", "ApiRun", "Artifact", "AuthError",
+        "Api", "ApiArtifact", "ApiError", "ApiFile", "ApiFolder", "ApiRun", "Artifact", "AuthError",
         "BadRequestError", "DeliveryReport", "NestedDict",
         "NotFoundError", "Run", "Runs", "ServiceUnavailableError", "Settings", "StrideError",
         "UsageError", "init", "reconnect",
