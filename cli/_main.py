@@ -75,8 +75,13 @@ def _alert_options(parser: argparse.ArgumentParser) -> None:
 
 
 def _notify_settings(args: argparse.Namespace) -> Any:
-    from stride.ingest.notify import NotifySettings
+    from stride.ingest.notify import NotifySettings, parse_smtp_url
 
+    if args.smtp_url:
+        try:
+            parse_smtp_url(args.smtp_url)
+        except ValueError as exc:
+            raise CliError(f"--smtp-url: {exc}") from None
     recipients = tuple(r.strip() for r in args.alert_email_to.split(",") if r.strip())
     return NotifySettings(
         smtp_url=args.smtp_url or None, smtp_from=args.smtp_from, email_to=recipients

@@ -1,36 +1,53 @@
 """Alerts evaluated by ingest as data arrives (Simvue's ``add_alert``).
 
 A run attaches an alert with the run field ``alerts.<name>`` (the definition as
-JSON, see :class:`~stride.api_types.AlertDefinition`); the first definition of a
-name in a project is stored in ``alerts`` and is the one evaluated.
+JSON, see :class:`~stride.api_types.AlertDefinition`). The first definition of
+a name in a project to *arrive* is the alert, for every run that names it: a
+``create`` on a NATS key-value entry decides, and that definition is stored in
+``alerts``. Definitions that fail the SDK's checks are logged and ignored.
 
 Evaluation is driven by the data, never by a timer polling the database:
 
-* every batch moves its run's *clock* to the batch's time (``ver``, when the
-  writer sealed it);
-* an alert is evaluated at the instants ``k * frequency`` (Unix seconds) that
-  the clock has passed since its last evaluation: a metrics alert takes the
-  mean of the points of ``metric`` whose ``_timestamp`` lies in
-  ``(T - window, T]`` (NaN left out; no point: no evaluation, the state
-  stays), an events alert counts the events and log lines holding
-  ``pattern`` in that window (``critical`` when there is one);
-* every evaluation updates ``alert_status``; every change of state is a row of
+* a run's *clock* is the newest ``_timestamp`` of the points and events its
+  batches bring (capped at ingest's own clock plus a minute, so one writer's
+  clock far ahead cannot skip the alert past real data);
+* an alert is evaluated at the instants ``T = k * frequency`` (Unix seconds)
+  the clock has passed since its last evaluation (on a run's first data, from
+  the instant at or before that data; at most the newest
+  :data:`MAX_INSTANTS` at once): a metrics alert takes the mean of the points
+  of ``metric`` whose ``_timestamp`` lies in ``(T - window, T]`` (NaN left
+  out; no point: no evaluation, the state stays), an events alert counts the
+  events and log lines holding ``pattern`` in that window (``critical`` when
+  there is one);
+* the last evaluation is ``alert_status``; every change of state is a row of
   ``alert_transitions`` and, when the alert says so, a notification
   (:mod:`.notify`).
 
+Evaluations run in a task of their own, after the fetch is acknowledged: an
+alert never holds up ingest. Each fetch hands its runs' data spans to the
+task (merged while it is busy), which evaluates up to 8 alerts at once.
+
 Several ingest workers share the stream, so batches of one run reach several
 of them. Each reads the points from storage (written by whichever worker
-stored them), and evaluations of one alert on one run are serialized through
-a NATS key-value entry holding its last instant and state, updated with
-compare-and-set: a worker that loses the race reads the winner's entry and
-evaluates only what is left. What it writes before the update is idempotent
-(rows keyed by instant, notifications deduplicated by id), so a worker that
-dies in between leaves nothing twice. An alert never holds up ingest: a
-failed evaluation is logged and retried by the run's next batch.
+stored them), and the evaluations of one alert on one run are serialized by
+its key-value entry, updated with compare-and-set. The entry holds the last
+instant and state and, as an outbox, the changes of state that instant made:
+a worker writes the entry first, then the transitions and notifications, then
+marks the outbox flushed. A worker that loses the race computes nothing from
+stale data; one that finds an outbox not flushed (its writer died) flushes it
+again, which stores the same rows and publishes notifications JetStream drops
+as duplicates (by id, within its duplicate window).
+
+What is not seen: a point that arrives after its instant was evaluated (a
+writer lagging behind the others) does not change that evaluation; data whose
+processing was lost with an ingest process (after its fetch was acknowledged,
+before evaluation) is evaluated when the run's next data arrives, not before.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import dataclasses
 import hashlib
 import logging
@@ -46,38 +63,45 @@ from nats.js import JetStreamContext
 from nats.js.errors import BucketNotFoundError, KeyNotFoundError, KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
 
+from stride._alerts import check_definition
 from stride.api_types import AlertDefinition
-from stride.store import MAX_VER, AsyncStore
+from stride.errors import UsageError
+from stride.store import AsyncStore
 from stride.store.alerts import ALERT_FIELD_PREFIX, attached_alerts
-from stride.store.schema import (
-    ALERT_STATUS_COLUMNS,
-    ALERT_TRANSITIONS_COLUMNS,
-    ALERTS_COLUMNS,
-)
+from stride.store.schema import ALERT_STATUS_COLUMNS, ALERT_TRANSITIONS_COLUMNS, ALERTS_COLUMNS
 from stride.wire import Batch
 
 from .notify import Notification, publish_notification
 
 log = logging.getLogger("stride.ingest")
 
-__all__ = ["ALERTS_BUCKET", "AlertEvaluator", "AlertsHandler"]
+__all__ = ["ALERTS_BUCKET", "MAX_INSTANTS", "AlertEvaluator", "AlertsHandler"]
 
-#: The NATS key-value bucket of each alert's last evaluation on each run.
+#: The NATS key-value bucket of alert definitions and evaluations.
 ALERTS_BUCKET = "stride_alerts"
-#: At most this many instants are evaluated at once (a run's backlog synced
-#: days later): the newest; the older ones are skipped, and the log says so.
+#: At most this many instants are evaluated at once (a backlog synced days
+#: later): the newest; the older ones are skipped, and the log says so.
 MAX_INSTANTS = 1000
+#: A run's clock is never ahead of ingest's own by more than this.
+_AHEAD_S = 60.0
 #: How long a worker trusts what it knows of a run's alerts before reading them
 #: again (another worker may have stored a new one meanwhile).
 _KNOWN_FOR_S = 10.0
+_PARALLEL = 8
 _DEFINITION = msgspec.json.Decoder(AlertDefinition)
 
 
 class _Entry(msgspec.Struct):
-    """An alert's last evaluation on a run, as the key-value entry holds it."""
+    """An alert's last evaluation on a run, as its key-value entry holds it."""
 
-    index: int  # the instant, as a multiple of the frequency
-    state: str
+    index: int  # the last instant evaluated, as a multiple of the frequency
+    state: str  # after it
+    at: float | None = None  # the last instant that had data, its value
+    value: float | None = None
+    #: The outbox: (at, state, previous, value) of the changes the last update
+    #: made, and whether they are stored and sent.
+    changes: list[tuple[float, str, str, float]] = []
+    flushed: bool = True
 
 
 _ENTRY = msgspec.json.Decoder(_Entry)
@@ -85,52 +109,60 @@ _ENTRY = msgspec.json.Decoder(_Entry)
 
 @dataclasses.dataclass
 class Prepared:
-    """What one fetch brings: definitions to store, alerts attached, run clocks."""
+    """What one fetch brings: definitions and the span of data of each run."""
 
-    definitions: pa.Table | None
-    #: run path -> {alert name: definition JSON} attached by this fetch.
-    attached: dict[str, dict[str, str]]
-    #: run path -> the newest batch time (Unix seconds) in the fetch.
-    clocks: dict[str, float]
+    #: (entity, project, name) -> (definition JSON, the batch's ver)
+    definitions: dict[tuple[str, str, str], tuple[str, int]]
+    #: run path -> (oldest, newest) ``_timestamp`` of its points and events.
+    spans: dict[str, tuple[float, float]]
+    #: run path -> names of the alerts this fetch attached.
+    attached: dict[str, set[str]]
 
 
 class AlertsHandler:
-    """Stores alert definitions, then evaluates the alerts of the fetch's runs
-    (registered after the handlers that store points and events)."""
+    """Registers the fetch's alert definitions, then hands its runs' data spans to
+    the :class:`AlertEvaluator` (registered after the handlers that store points
+    and events)."""
 
     name = "alerts"
-    parts = frozenset({"set", "ver"})
+    parts = frozenset({"set", "metrics", "events"})
 
     def __init__(self, evaluator: AlertEvaluator) -> None:
         self._evaluator = evaluator
 
     def prepare(self, batches: Sequence[Batch]) -> Prepared:
-        rows: dict[str, list[Any]] = {c: [] for c in ALERTS_COLUMNS}
-        attached: dict[str, dict[str, str]] = {}
-        clocks: dict[str, float] = {}
+        definitions: dict[tuple[str, str, str], tuple[str, int]] = {}
+        spans: dict[str, tuple[float, float]] = {}
+        attached: dict[str, set[str]] = {}
         for b in batches:
             path = f"{b.entity}/{b.project}/{b.run_id}"
-            clocks[path] = max(clocks.get(path, 0.0), b.ver / 1e9)
             for field, value in b.set.items():
                 if field.startswith(ALERT_FIELD_PREFIX):
                     name = field.removeprefix(ALERT_FIELD_PREFIX)
-                    attached.setdefault(path, {})[name] = value
-                    for column, cell in zip(
-                        ALERTS_COLUMNS,
-                        (b.entity, b.project, name, value, MAX_VER - b.ver),
-                        strict=True,
-                    ):
-                        rows[column].append(cell)
-        definitions = None
-        if rows["name"]:
-            definitions = pa.table({**rows, "ver": pa.array(rows["ver"], pa.uint64())})
-        return Prepared(definitions, attached, clocks)
+                    attached.setdefault(path, set()).add(name)
+                    key = (b.entity, b.project, name)
+                    if key not in definitions or b.ver < definitions[key][1]:
+                        definitions[key] = (value, b.ver)
+            times = [np.frombuffer(m.timestamps) for m in b.metrics if m.timestamps]
+            times.append(np.array([e.timestamp for e in b.events], dtype=np.float64))
+            stamps = np.concatenate(times)
+            stamps = stamps[np.isfinite(stamps)]
+            if stamps.size:
+                lo, hi = float(stamps.min()), float(stamps.max())
+                if path in spans:
+                    lo, hi = min(lo, spans[path][0]), max(hi, spans[path][1])
+                spans[path] = (lo, hi)
+        return Prepared(definitions, spans, attached)
 
     async def write(self, store: AsyncStore, prepared: Prepared) -> int:
-        if prepared.definitions is not None:
-            await store.insert_arrow("alerts", ALERTS_COLUMNS, prepared.definitions)
-        await self._evaluator.advance(store, prepared.attached, prepared.clocks)
+        if prepared.definitions:
+            await self._evaluator.define(store, prepared.definitions)
+        self._evaluator.submit(prepared.spans, prepared.attached)
         return 0
+
+    async def close(self) -> None:
+        """Stop the evaluations (the worker calls it when it stops)."""
+        await self._evaluator.close()
 
 
 @dataclasses.dataclass
@@ -140,150 +172,234 @@ class _Known:
 
 
 class AlertEvaluator:
-    """Evaluates alerts for runs whose clocks a fetch moved (one per ingest process
-    or worker; any number share the key-value bucket)."""
+    """Evaluates the alerts of the runs whose data arrived, in a task of its own (one
+    per ingest worker; any number share the key-value bucket)."""
 
-    def __init__(self, js: JetStreamContext, *, replicas: int = 1) -> None:
+    def __init__(self, js: JetStreamContext, store: AsyncStore, *, replicas: int = 1) -> None:
         self._js = js
+        self._store = store
         self._replicas = replicas
         self._kv: KeyValue | None = None
         self._known: dict[str, _Known] = {}
+        self._pending: dict[str, tuple[float, float]] = {}
+        self._attached: set[str] = set()  # runs whose alerts a fetch just named
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
         self.evaluations = 0
         self.transitions = 0
 
-    async def advance(
-        self, store: AsyncStore, attached: dict[str, dict[str, str]], clocks: dict[str, float]
-    ) -> None:
-        try:
-            runs = await self._alerts_of(store, attached, list(clocks))
-        except Exception:
-            log.exception(
-                "alerts: cannot read the alerts of %d run(s); next batch retries", len(clocks)
-            )
-            return
-        for path, alerts in runs.items():
-            for name, definition in alerts.items():
-                try:
-                    await self._evaluate(store, path, name, definition, clocks[path])
-                except Exception:
-                    log.exception(
-                        "alerts: evaluating %r on %s failed; next batch retries", name, path
-                    )
+    # ---- definitions (in the fetch's write: before it is acknowledged) --------------------------
 
-    # ---- which alerts a run has ----------------------------------------------------------------
+    async def define(
+        self, store: AsyncStore, definitions: dict[tuple[str, str, str], tuple[str, int]]
+    ) -> None:
+        """Make each definition its project's alert unless one arrived before it, and
+        store the alert that won."""
+        kv = await self._bucket()
+        rows: dict[str, list[Any]] = {c: [] for c in ALERTS_COLUMNS}
+        for (entity, project, name), (text, _) in definitions.items():
+            try:
+                definition = check_definition(name, _DEFINITION.decode(text))
+            except (msgspec.DecodeError, UsageError) as exc:
+                log.warning("alerts: %s/%s: alert %r ignored: %s", entity, project, name, exc)
+                continue
+            key = "def." + _digest(f"{entity}/{project}\0{name}")
+            try:
+                await kv.create(key, msgspec.json.encode(definition))
+            except KeyWrongLastSequenceError:  # defined before: that one is the alert
+                entry = await kv.get(key)
+                definition = _DEFINITION.decode(entry.value or b"")
+            for column, cell in zip(
+                ALERTS_COLUMNS,
+                (entity, project, name, msgspec.json.encode(definition).decode(), 0),
+                strict=True,
+            ):
+                rows[column].append(cell)
+        if rows["name"]:
+            table = pa.table({**rows, "ver": pa.array(rows["ver"], pa.uint64())})
+            await store.insert_arrow("alerts", ALERTS_COLUMNS, table)
+
+    # ---- the evaluation task --------------------------------------------------------------------
+
+    def submit(self, spans: dict[str, tuple[float, float]], attached: dict[str, set[str]]) -> None:
+        """Queue the runs' new data for evaluation (merged with what already waits)."""
+        ceiling = time.time() + _AHEAD_S
+        for path, (lo, hi) in spans.items():
+            lo, hi = min(lo, ceiling), min(hi, ceiling)
+            if path in self._pending:
+                lo, hi = min(lo, self._pending[path][0]), max(hi, self._pending[path][1])
+            self._pending[path] = (lo, hi)
+        self._attached |= attached.keys()
+        if self._pending:
+            self._wake.set()
+            if self._task is None:
+                self._task = asyncio.create_task(self._loop(), name="alerts")
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    async def _loop(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            pending, self._pending = self._pending, {}
+            attached, self._attached = self._attached, set()
+            try:
+                await self._round(pending, attached)
+            except Exception:
+                log.exception(
+                    "alerts: %d run(s) not evaluated; their next data retries", len(pending)
+                )
+
+    async def _round(self, pending: dict[str, tuple[float, float]], attached: set[str]) -> None:
+        runs = await self._alerts_of(list(pending), attached)
+        limit = asyncio.Semaphore(_PARALLEL)
+        status: list[tuple[str, str, _Entry]] = []
+
+        async def one(path: str, name: str, definition: AlertDefinition) -> None:
+            async with limit:
+                try:
+                    entry = await self._evaluate(path, name, definition, *pending[path])
+                except Exception:
+                    log.exception("alerts: %r on %s failed; its next data retries", name, path)
+                    return
+                if entry is not None and entry.at is not None:
+                    status.append((path, name, entry))
+
+        await asyncio.gather(
+            *(one(p, n, d) for p, alerts in runs.items() for n, d in alerts.items())
+        )
+        if status:  # one insert per round, not one per alert
+            table = pa.table(
+                {
+                    "run": [path for path, _, _ in status],
+                    "alert": [name for _, name, _ in status],
+                    "at": [e.at for _, _, e in status],
+                    "state": [e.state for _, _, e in status],
+                    "value": [math.nan if e.value is None else e.value for _, _, e in status],
+                    "ver": pa.array([round((e.at or 0) * 1e9) for _, _, e in status], pa.uint64()),
+                }
+            )
+            await self._store.insert_arrow("alert_status", ALERT_STATUS_COLUMNS, table)
 
     async def _alerts_of(
-        self, store: AsyncStore, attached: dict[str, dict[str, str]], paths: list[str]
+        self, paths: list[str], attached: set[str]
     ) -> dict[str, dict[str, AlertDefinition]]:
         now = time.monotonic()
-        stale = [p for p in paths if p in attached or self._known.get(p, _NEVER).until < now]
+        never = _Known({}, -math.inf)
+        stale = [p for p in paths if p in attached or self._known.get(p, never).until < now]
         if stale:
-            found = {
-                path: {n: _DEFINITION.decode(d) for n, d in alerts.items()}
-                for path, alerts in (await attached_alerts(store, stale)).items()
-            }
+            found = await attached_alerts(self._store, stale)
             for path in stale:
-                mine = {n: _DEFINITION.decode(d) for n, d in attached.get(path, {}).items()}
-                # The project's first definition wins over this fetch's own.
-                self._known[path] = _Known({**mine, **found.get(path, {})}, now + _KNOWN_FOR_S)
+                alerts: dict[str, AlertDefinition] = {}
+                for name, text in found.get(path, {}).items():
+                    with contextlib.suppress(msgspec.DecodeError):
+                        alerts[name] = _DEFINITION.decode(text)
+                self._known[path] = _Known(alerts, now + _KNOWN_FOR_S)
             if len(self._known) > 100_000:  # runs long gone: forget them
                 self._known = {p: k for p, k in self._known.items() if k.until >= now}
         return {p: self._known[p].alerts for p in paths if self._known[p].alerts}
 
-    # ---- one alert on one run ------------------------------------------------------------------
+    # ---- one alert on one run -------------------------------------------------------------------
 
     async def _evaluate(
-        self, store: AsyncStore, run: str, name: str, d: AlertDefinition, clock: float
-    ) -> None:
+        self, run: str, name: str, d: AlertDefinition, lo: float, hi: float
+    ) -> _Entry | None:
+        """Evaluate the instants up to ``hi``; return the entry written (``None``: none)."""
         kv = await self._bucket()
-        key = hashlib.sha1(f"{run}\0{name}".encode()).hexdigest()
+        key = "run." + _digest(f"{run}\0{name}")
         for _ in range(8):  # another worker updated the entry: read it again
             try:
-                entry = await kv.get(key)
-                last: _Entry | None = _ENTRY.decode(entry.value or b"")
-                revision: int | None = entry.revision
+                found = await kv.get(key)
+                last: _Entry | None = _ENTRY.decode(found.value or b"")
+                revision: int | None = found.revision
             except KeyNotFoundError:
                 last, revision = None, None
-            newest = math.floor(clock / d.frequency)
-            first = newest if last is None else last.index + 1
-            if first > newest:
-                return
-            if newest - first >= MAX_INSTANTS:
-                log.info(
-                    "alerts: %r on %s: %d instants behind; evaluating the newest %d",
-                    name, run, newest - first + 1, MAX_INSTANTS,
-                )  # fmt: skip
-                first = newest - MAX_INSTANTS + 1
-            instants = np.arange(first, newest + 1, dtype=np.float64) * d.frequency
-            values = await _measure(store, run, d, instants)
-            state = await self._record(
-                store, run, name, d, last.state if last else "ok", instants, values
-            )
-            value = _Entry(newest, state)
             try:
+                if last is not None and not last.flushed:  # its writer died: finish its work
+                    await self._flush(run, name, d, last)
+                    last.flushed = True
+                    revision = await kv.update(key, msgspec.json.encode(last), last=revision)
+                newest = math.floor(hi / d.frequency)
+                first = math.floor(lo / d.frequency) if last is None else last.index + 1
+                if first > newest:
+                    return None
+                if newest - first >= MAX_INSTANTS:
+                    log.info(
+                        "alerts: %r on %s: %d instants to evaluate; the newest %d only",
+                        name, run, newest - first + 1, MAX_INSTANTS,
+                    )  # fmt: skip
+                    first = newest - MAX_INSTANTS + 1
+                instants = np.arange(first, newest + 1, dtype=np.float64) * d.frequency
+                values = await _measure(self._store, run, d, instants)
+                entry = self._next(last, newest, d, instants, values)
                 if revision is None:
-                    await kv.create(key, msgspec.json.encode(value))
+                    revision = await kv.create(key, msgspec.json.encode(entry))
                 else:
-                    await kv.update(key, msgspec.json.encode(value), last=revision)
+                    revision = await kv.update(key, msgspec.json.encode(entry), last=revision)
             except KeyWrongLastSequenceError:
                 continue
-            return
-        log.warning("alerts: %r on %s: the entry kept changing; next batch retries", name, run)
+            if not entry.flushed:
+                await self._flush(run, name, d, entry)
+                entry.flushed = True
+                with contextlib.suppress(KeyWrongLastSequenceError):  # a later one flushed it
+                    await kv.update(key, msgspec.json.encode(entry), last=revision)
+            return entry
+        log.warning("alerts: %r on %s: its entry kept changing; its next data retries", name, run)
+        return None
 
-    async def _record(
+    def _next(
         self,
-        store: AsyncStore,
-        run: str,
-        name: str,
+        last: _Entry | None,
+        newest: int,
         d: AlertDefinition,
-        state: str,
         instants: np.ndarray,
         values: list[float | None],
-    ) -> str:
-        """Store the evaluations (the last as the status, each change of state as a
-        transition), send the notifications; return the state after the last."""
-        changes: dict[str, list[Any]] = {c: [] for c in ALERT_TRANSITIONS_COLUMNS}
-        status: tuple[float, str, float] | None = None
+    ) -> _Entry:
+        """The entry after evaluating ``values`` at ``instants``, from ``last``."""
+        state = last.state if last else "ok"
+        entry = _Entry(newest, state, last.at if last else None, last.value if last else None)
         for at, value in zip(instants.tolist(), values, strict=True):
             if value is None:
                 continue  # no data in the window: no evaluation, the state stays
-            new = "critical" if _critical(d, value) else "ok"
-            if new != state:
-                for column, cell in zip(
-                    ALERT_TRANSITIONS_COLUMNS, (run, name, at, new, state, value), strict=True
-                ):
-                    changes[column].append(cell)
-            state, status = new, (at, new, value)
+            new = "critical" if (value > 0 if d.source == "events" else d.breached(value)) else "ok"
+            if new != entry.state:
+                entry.changes.append((at, new, entry.state, value))
+            entry.state, entry.at, entry.value = new, at, value
             self.evaluations += 1
-        if status is None:
-            return state
-        if changes["at"]:
-            await store.insert_arrow(
-                "alert_transitions", ALERT_TRANSITIONS_COLUMNS, pa.table(changes)
+        entry.flushed = not entry.changes
+        return entry
+
+    async def _flush(self, run: str, name: str, d: AlertDefinition, entry: _Entry) -> None:
+        """Store the entry's changes of state and send their notifications (again:
+        both are idempotent)."""
+        if not entry.changes:
+            return
+        at, state, previous, value = (list(c) for c in zip(*entry.changes, strict=True))
+        n = len(at)
+        cells = ([run] * n, [name] * n, at, state, previous, value)
+        table = pa.table(dict(zip(ALERT_TRANSITIONS_COLUMNS, cells, strict=True)))
+        await self._store.insert_arrow("alert_transitions", ALERT_TRANSITIONS_COLUMNS, table)
+        self.transitions += n
+        if d.notification == "none":
+            return
+        for when, new, before, measured in entry.changes:
+            notice = Notification(
+                alert=name,
+                run=run,
+                state=new,
+                previous=before,
+                at=when,
+                value=measured,
+                channel=d.notification,
+                target=d.target,
+                summary=d.summary(measured, new),
+                description=d.description,
             )
-            self.transitions += len(changes["at"])
-        at, new, value = status
-        row: dict[str, Any] = {"run": [run], "alert": [name], "at": [at], "state": [new]}
-        row |= {"value": [value], "ver": pa.array([round(at * 1e9)], pa.uint64())}
-        await store.insert_arrow("alert_status", ALERT_STATUS_COLUMNS, pa.table(row))
-        if d.notification != "none":
-            for at, new, previous, value in zip(
-                changes["at"], changes["state"], changes["previous"], changes["value"], strict=True
-            ):
-                notice = Notification(
-                    alert=name,
-                    run=run,
-                    state=new,
-                    previous=previous,
-                    at=at,
-                    value=value,
-                    channel=d.notification,
-                    target=d.target,
-                    summary=d.summary(value, new),
-                    description=d.description,
-                )
-                await publish_notification(self._js, notice)
-        return state
+            await publish_notification(self._js, notice)
 
     async def _bucket(self) -> KeyValue:
         if self._kv is None:
@@ -296,19 +412,17 @@ class AlertEvaluator:
         return self._kv
 
 
-_NEVER = _Known({}, -math.inf)
-
-
-def _critical(d: AlertDefinition, value: float) -> bool:
-    return value > 0 if d.source == "events" else d.breached(value)
+def _digest(text: str) -> str:
+    """A key-value key for any text (keys allow only a few characters)."""
+    return hashlib.sha1(text.encode()).hexdigest()
 
 
 async def _measure(
     store: AsyncStore, run: str, d: AlertDefinition, instants: np.ndarray
 ) -> list[float | None]:
     """Per instant ``T``: the mean of the metric over ``(T - window, T]`` (metrics
-    alerts), or the count of events holding the pattern (events alerts); ``None``
-    where a metrics window holds no point."""
+    alerts; ``None`` where the window holds no point, or only +inf and -inf), or
+    the count of events holding the pattern (events alerts)."""
     lo, hi = float(instants[0]) - d.window, float(instants[-1])
     if d.source == "events":
         table = await store.query_arrow(
@@ -322,23 +436,38 @@ async def _measure(
             },
         )
         times = np.sort(table.column("t").to_numpy())
-        starts = np.searchsorted(times, instants - d.window, side="right")
-        ends = np.searchsorted(times, instants, side="right")
-        return [float(n) for n in ends - starts]
+        counts = _window_sums(times, np.ones_like(times), instants, d.window)
+        return [float(n) for n in counts]
     table = await store.query_arrow(
         "SELECT argMax(timestamp, ver) AS t, argMax(value, ver) AS v FROM points "
         "WHERE run = {run:String} AND stream = {stream:String} AND key = {key:String} "
         "AND timestamp > {lo:Float64} AND timestamp <= {hi:Float64} GROUP BY step",
         {"run": run, "stream": d.stream, "key": d.metric or "", "lo": lo, "hi": hi},
     )
-    times = table.column("t").to_numpy()
-    values = table.column("v").to_numpy()
+    times, values = table.column("t").to_numpy(), table.column("v").to_numpy()
     keep = ~np.isnan(values) & ~np.isnan(times)
     order = np.argsort(times[keep], kind="stable")
     times, values = times[keep][order], values[keep][order]
-    starts = np.searchsorted(times, instants - d.window, side="right")
+    finite = np.isfinite(values)
+    count = _window_sums(times, np.ones_like(values), instants, d.window)
+    total = _window_sums(times, np.where(finite, values, 0.0), instants, d.window)
+    above = _window_sums(times, (values == np.inf).astype(np.float64), instants, d.window)
+    below = _window_sums(times, (values == -np.inf).astype(np.float64), instants, d.window)
+    means: list[float | None] = []
+    for n, s, up, down in zip(*(c.tolist() for c in (count, total, above, below)), strict=True):
+        if n == 0 or (up and down):
+            means.append(None)
+        else:
+            means.append(math.inf if up else -math.inf if down else s / n)
+    return means
+
+
+def _window_sums(
+    times: np.ndarray, weights: np.ndarray, instants: np.ndarray, window: float
+) -> np.ndarray:
+    """Per instant ``T``, the sum of ``weights`` whose (sorted) ``times`` lie in
+    ``(T - window, T]``: cumulative sums, not a pass per instant."""
+    sums = np.concatenate(([0.0], np.cumsum(weights)))
+    starts = np.searchsorted(times, instants - window, side="right")
     ends = np.searchsorted(times, instants, side="right")
-    return [
-        float(values[s:e].mean()) if e > s else None
-        for s, e in zip(starts.tolist(), ends.tolist(), strict=True)
-    ]
+    return sums[ends] - sums[starts]

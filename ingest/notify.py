@@ -75,6 +75,7 @@ __all__ = [
     "NotifyStats",
     "notification_id",
     "notify_stream_config",
+    "parse_smtp_url",
     "publish_notification",
 ]
 
@@ -148,6 +149,8 @@ class NotifySettings:
     max_backoff_s: float = 60.0
     #: JetStream hands a message to another notifier if not acked within this.
     ack_wait_s: float = 60.0
+    #: On stop, deliveries in hand get this long (well inside the services' drain).
+    stop_wait_s: float = 5.0
 
 
 @dataclasses.dataclass
@@ -179,18 +182,23 @@ class _Smtp:
     password: str | None
 
 
-def _parse_smtp_url(url: str) -> _Smtp:
+def parse_smtp_url(url: str) -> _Smtp:
+    """The SMTP server ``url`` names, or ``ValueError`` (its password left out)."""
     parts = urlsplit(url)
     scheme = parts.scheme.lower()
-    if scheme not in _SMTP_PORTS or not parts.hostname:
+    try:
+        port = parts.port
+    except ValueError:
+        port = -1
+    if scheme not in _SMTP_PORTS or not parts.hostname or port == -1:
         raise ValueError(
-            f"SMTP URL {url!r}: expected smtp://, smtp+starttls:// or smtps:// "
-            "[user:password@]host[:port]"
+            "the SMTP URL (not repeated here: it may hold a password) is not "
+            "smtp://, smtp+starttls:// or smtps:// [user:password@]host[:port]"
         )
     tls = {"smtps": "implicit", "smtp+starttls": "required"}.get(scheme, "opportunistic")
     return _Smtp(
         host=parts.hostname,
-        port=parts.port or _SMTP_PORTS[scheme],
+        port=port or _SMTP_PORTS[scheme],
         tls=tls,
         user=unquote(parts.username) if parts.username else None,
         password=unquote(parts.password) if parts.password is not None else None,
@@ -263,7 +271,7 @@ class Notifier:
         self._js = nc.jetstream()
         self._settings = settings
         # A malformed URL fails here, at start-up, not at the first alert.
-        self._smtp = _parse_smtp_url(settings.smtp_url) if settings.smtp_url else None
+        self._smtp = parse_smtp_url(settings.smtp_url) if settings.smtp_url else None
         self._tls: ssl.SSLContext | None = None
         self._http: aiohttp.ClientSession | None = None
         self._stopping = asyncio.Event()
@@ -302,20 +310,22 @@ class Notifier:
                     self._inflight.add(task)
                     task.add_done_callback(self._inflight.discard)
         finally:
-            # Deliveries in hand finish (each is bounded by its timeouts); one still
-            # running after the bound is cut short, and JetStream redelivers it.
-            if self._inflight:
-                bound = max(s.webhook_timeout_s, 3 * s.smtp_timeout_s)
-                await asyncio.wait(self._inflight, timeout=bound)
+            # Deliveries in hand get ``stop_wait_s`` to finish; those still running are
+            # cut short, and JetStream redelivers them (an email whose send already
+            # began in its thread may then go twice: its Message-ID is the same).
+            try:
+                if self._inflight:
+                    await asyncio.wait(self._inflight, timeout=s.stop_wait_s)
+            finally:  # also when run() itself is cancelled meanwhile
                 left = list(self._inflight)
                 for task in left:
                     task.cancel()
                 await asyncio.gather(*left, return_exceptions=True)
-            if sub is not None:
-                with contextlib.suppress(Exception):
-                    await sub.unsubscribe()
-            await self._http.close()
-            self.subscribed = False
+                if sub is not None:
+                    with contextlib.suppress(Exception):
+                        await sub.unsubscribe()
+                await self._http.close()
+                self.subscribed = False
 
     async def _pause(self, seconds: float) -> None:
         with contextlib.suppress(TimeoutError):

@@ -126,7 +126,7 @@ class IngestWorker:
         self._store = store
         self._settings = settings
         if handlers is None:  # alerts last: they read what the others stored
-            evaluator = AlertEvaluator(self._js, replicas=settings.replicas)
+            evaluator = AlertEvaluator(self._js, store, replicas=settings.replicas)
             handlers = [*default_handlers(), AlertsHandler(evaluator)]
         self._handlers = list(handlers)
         check_registry(self._handlers)
@@ -195,6 +195,10 @@ class IngestWorker:
             if writing is not None:
                 await writing  # the batch in hand is written and acked before stopping
             await sub.unsubscribe()
+            for handler in self._handlers:  # a handler with work of its own stops it
+                close = getattr(handler, "close", None)
+                if close is not None:
+                    await close()
 
     async def _linger(
         self, sub: JetStreamContext.PullSubscription, msgs: list[Msg], wanted: int

@@ -16,13 +16,15 @@ import msgspec
 from .api_types import AlertDefinition
 from .errors import UsageError
 
-__all__ = ["ALERT_FIELD_PREFIX", "RULES", "define_alert"]
+__all__ = ["ALERT_FIELD_PREFIX", "MIN_FREQUENCY_S", "RULES", "check_definition", "define_alert"]
 
 #: The run field that attaches an alert: ``alerts.<name>``, the definition as JSON.
 ALERT_FIELD_PREFIX = "alerts."
 RULES = ("is above", "is below", "is outside range", "is inside range")
 SOURCES = ("metrics", "events")
 NOTIFICATIONS = ("none", "webhook", "email")
+#: The shortest ``frequency``: instants are multiples of it in Unix seconds.
+MIN_FREQUENCY_S = 0.001
 _MAX_NAME = 128
 _MAX_PATTERN = 1024
 _EMAIL = re.compile(r"[^@\s,]+@[^@\s,]+")
@@ -54,6 +56,8 @@ def define_alert(
     _one_of("source", source, SOURCES)
     _one_of("notification", notification, NOTIFICATIONS)
     frequency = _positive("frequency", frequency)
+    if frequency < MIN_FREQUENCY_S:
+        raise UsageError(f"frequency must be at least {MIN_FREQUENCY_S} s, got {frequency!r}")
     window = frequency if window is None else _positive("window", window)
     fields: dict[str, Any] = {"source": source, "frequency": frequency, "window": window}
     if source == "metrics":
@@ -83,7 +87,7 @@ def define_alert(
             )
         fields["target"] = webhook
     elif notification == "email" and email:
-        recipients = [email] if isinstance(email, str) else list(email)
+        recipients = email.split(",") if isinstance(email, str) else list(email)
         bad = [r for r in recipients if not _EMAIL.fullmatch(str(r).strip())]
         if bad:
             raise UsageError(f"not an email address: {bad[0]!r}")
@@ -91,6 +95,28 @@ def define_alert(
     if description is not None:
         fields["description"] = str(description)
     return msgspec.convert(fields, AlertDefinition)
+
+
+def check_definition(name: str, d: AlertDefinition) -> AlertDefinition:
+    """``d`` as :func:`define_alert` would have made it, or :class:`UsageError`: for
+    definitions read off the wire, which any writer could have sent."""
+    return define_alert(
+        name,
+        source=d.source,
+        frequency=d.frequency,
+        window=d.window,
+        rule=d.rule,
+        metric=d.metric,
+        stream=d.stream,
+        threshold=d.threshold,
+        range_low=d.range_low,
+        range_high=d.range_high,
+        pattern=d.pattern,
+        notification=d.notification,
+        webhook=d.target if d.notification == "webhook" else None,
+        email=d.target if d.notification == "email" else None,
+        description=d.description,
+    )
 
 
 def _one_of(what: str, value: Any, allowed: tuple[str, ...]) -> None:

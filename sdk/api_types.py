@@ -380,8 +380,8 @@ class AlertDefinition(msgspec.Struct, frozen=True, omit_defaults=True, gc=False)
     ``window`` seconds every ``frequency`` seconds and is ``critical`` while the
     average breaks ``rule``; an event alert (``source="events"``) is
     ``critical`` while an event or log line holding ``pattern`` was recorded in
-    the last ``window`` seconds. The first definition of a name in a project is
-    the one used (defining it again attaches that one).
+    the last ``window`` seconds. The first definition of a name in a project to
+    reach ingest is the one used (defining it again attaches that one).
     """
 
     source: str

@@ -5,11 +5,13 @@ webhook and email; correct when two ingest workers share the stream."""
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
+import hashlib
 import http.server
 import json
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +26,7 @@ from stride import UsageError
 from stride._alerts import define_alert
 from stride.api_types import AlertDoc
 from stride.ingest import IngestSettings, IngestWorker
+from stride.ingest.alerts import ALERTS_BUCKET
 from stride.query.alerts import run_alerts
 from stride.store import AsyncStore
 from stride.store.chdb import ChdbStore
@@ -260,9 +263,11 @@ def test_alert_definitions_are_checked_when_added(tmp_path: Path) -> None:
 # ---- two ingest workers share the stream ---------------------------------------------------------
 
 
-def _batch(seq: int, start: float, value: float, fields: dict[str, str]) -> Batch:
+def _batch(
+    seq: int, start: float, value: float, fields: dict[str, str], *, run: str = "r", ver: int = 0
+) -> Batch:
     """Five points of ``loss`` 0.1 s apart from ``start`` (Unix seconds), sealed at
-    the last one's time."""
+    the last one's time (or at ``ver``, as a run synced later is)."""
     times = np.round(start + np.arange(5) * 0.1, 6)
     steps = np.arange(seq * 5, seq * 5 + 5, dtype=np.int64)
     block = MetricBlock(
@@ -274,58 +279,153 @@ def _batch(seq: int, start: float, value: float, fields: dict[str, str]) -> Batc
         values=[np.full(5, value).tobytes()],
     )
     return Batch(
-        v=1, entity="e", project="p", run_id="r", writer="w", seq=seq,
-        ver=round(times[-1] * 1e9), set=fields, metrics=[block],
+        v=1, entity="e", project="p", run_id=run, writer="w", seq=seq,
+        ver=ver or round(times[-1] * 1e9), set=fields, metrics=[block],
     )  # fmt: skip
 
 
-async def test_two_workers_sharing_the_stream_record_each_transition_once(
-    nc: NatsClient, tmp_path: Path
-) -> None:
-    chdb = ChdbStore(tmp_path / "clickhouse")
-    store = AsyncStore(chdb)
-    settings = IngestSettings(fetch_batch=2, fetch_linger_s=0.0)
-    workers = [IngestWorker(nc, store, settings) for _ in range(2)]
-    tasks = [asyncio.create_task(w.run()) for w in workers]
-    js = nc.jetstream()
+def _definition(frequency: float = 1.0, threshold: float = 1.0) -> dict[str, str]:
+    """The run field that attaches the alert ``high``: loss above ``threshold``."""
+    definition = define_alert(
+        "high", source="metrics", frequency=frequency, window=1.0, rule="is above",
+        metric="loss", stream="default", threshold=threshold, range_low=None,
+        range_high=None, pattern=None, notification="none", webhook=None, email=None,
+        description=None,
+    )  # fmt: skip
+    return {"alerts.high": msgspec.json.encode(definition).decode()}
 
-    async def send(batch: Batch) -> None:
-        msg_id = message_id(batch.path, batch.writer, batch.seq)
-        await js.publish(INGEST_SUBJECT, encode_batch(batch), headers={"Nats-Msg-Id": msg_id})
 
-    async def until(what: Any) -> list[AlertDoc]:
+class Ingest:
+    """``workers`` ingest workers in this process sharing the stream, into one chDB."""
+
+    def __init__(self, nc: NatsClient, store: AsyncStore, workers: int) -> None:
+        settings = IngestSettings(fetch_batch=2, fetch_linger_s=0.0)
+        self.nc, self.store = nc, store
+        self.workers = [IngestWorker(nc, store, settings) for _ in range(workers)]
+        self.tasks = [asyncio.create_task(w.run()) for w in self.workers]
+
+    async def send(self, *batches: Batch) -> None:
+        js = self.nc.jetstream()
+        for b in batches:
+            msg_id = message_id(b.path, b.writer, b.seq)
+            await js.publish(INGEST_SUBJECT, encode_batch(b), headers={"Nats-Msg-Id": msg_id})
+
+    async def until(self, what: Any, run: str = "e/p/r") -> list[AlertDoc]:
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
-            alerts = await run_alerts(store, "e/p/r")
+            alerts = await run_alerts(self.store, run)
             if what(alerts):
                 return alerts
             await asyncio.sleep(0.05)
-        raise AssertionError(f"not within 30 s: {await run_alerts(store, 'e/p/r')}")
+        raise AssertionError(f"not within 30 s: {await run_alerts(self.store, run)}")
 
-    try:
-        definition = define_alert(
-            "high", source="metrics", frequency=1.0, window=1.0, rule="is above",
-            metric="loss", stream="default", threshold=1.0, range_low=None, range_high=None,
-            pattern=None, notification="none", webhook=None, email=None, description=None,
-        )  # fmt: skip
-        field = {"alerts.high": msgspec.json.encode(definition).decode()}
-        # Batches of 0.5 s from t = 1000: loss 10 until 1005.5, then 0.
-        await send(_batch(0, 1000.0, 10.0, field))
-        await until(lambda a: a and a[0].evaluated_at is not None)
-        for seq in range(1, 20):
-            start = 1000.0 + seq * 0.5
-            await send(_batch(seq, start, 10.0 if start < 1005.5 else 0.0, {}))
-        [alert] = await until(lambda a: a and a[0].evaluated_at == "1970-01-01T00:16:49+00:00")
-    finally:
-        for w in workers:
+    async def stop(self) -> None:
+        for w in self.workers:
             w.stop()
-        await asyncio.wait_for(asyncio.gather(*tasks), 30)
-        chdb.close()
-    assert all(w.stats.batches_applied > 0 for w in workers), "both workers took batches"
+        await asyncio.wait_for(asyncio.gather(*self.tasks), 30)
+
+
+@pytest.fixture
+async def chdb_store(tmp_path: Path) -> AsyncIterator[AsyncStore]:
+    chdb = ChdbStore(tmp_path / "clickhouse")
+    yield AsyncStore(chdb)
+    chdb.close()
+
+
+def _seconds(at: float) -> str:
+    return dt.datetime.fromtimestamp(at, dt.UTC).isoformat()
+
+
+async def test_two_workers_sharing_the_stream_record_each_transition_once(
+    nc: NatsClient, chdb_store: AsyncStore
+) -> None:
+    ingest = Ingest(nc, chdb_store, workers=2)
+    try:
+        # Batches of 0.5 s from t = 1000: loss 10 until 1005.5, then 0.
+        await ingest.send(_batch(0, 1000.0, 10.0, _definition()))
+        await ingest.until(lambda a: a and a[0].evaluated_at is not None)
+        await ingest.send(
+            *(_batch(i, 1000 + i / 2, 10.0 if i < 11 else 0.0, {}) for i in range(1, 20))
+        )
+        [alert] = await ingest.until(lambda a: a and a[0].evaluated_at == _seconds(1009))
+    finally:
+        await ingest.stop()
+    assert all(w.stats.batches_applied > 0 for w in ingest.workers), "both workers took batches"
     assert transitions(alert) == [("ok", "critical"), ("critical", "ok")]
     # Critical from the first instant (1000); ok at the first instant whose window
     # (T-1, T] holds only zeros for sure (1007) or, if the zeros of 1005.5-1006.0
     # were all stored before T=1006 was evaluated, 1006.
-    assert alert.transitions[0].at == "1970-01-01T00:16:40+00:00"
-    assert alert.transitions[1].at in ("1970-01-01T00:16:46+00:00", "1970-01-01T00:16:47+00:00")
+    assert alert.transitions[0].at == _seconds(1000)
+    assert alert.transitions[1].at in (_seconds(1006), _seconds(1007))
     assert alert.transitions[0].value == 10.0 and alert.transitions[1].value == 0.0
+
+
+async def test_a_run_synced_later_is_evaluated_on_its_points_times(
+    nc: NatsClient, chdb_store: AsyncStore
+) -> None:
+    """Offline or after an outage, batches are sealed when sent: the points' own
+    times drive the evaluation, not when they arrive."""
+    ingest = Ingest(nc, chdb_store, workers=1)
+    now = time.time_ns()
+    try:
+        batches = [
+            _batch(i, 1000 + i / 2, 10.0 if i < 6 else 0.0, {}, ver=now + i) for i in range(10)
+        ]
+        batches[0].set.update(_definition())
+        await ingest.send(*batches)
+        [alert] = await ingest.until(lambda a: a and a[0].evaluated_at == _seconds(1004))
+    finally:
+        await ingest.stop()
+    assert transitions(alert) == [("ok", "critical"), ("critical", "ok")]
+    assert [t.at for t in alert.transitions] == [_seconds(1000), _seconds(1004)]
+
+
+async def test_the_first_definition_to_arrive_is_the_alert(
+    nc: NatsClient, chdb_store: AsyncStore
+) -> None:
+    """A later definition of the same name, even one sealed earlier (a writer whose
+    clock is behind), attaches the first one."""
+    ingest = Ingest(nc, chdb_store, workers=1)
+    try:
+        await ingest.send(_batch(0, 2000.0, 10.0, _definition(frequency=1.0), run="first"))
+        await ingest.until(lambda a: a and a[0].evaluated_at is not None, run="e/p/first")
+        late = _batch(0, 1000.0, 10.0, _definition(frequency=60.0, threshold=50.0), run="second")
+        await ingest.send(
+            late, *(_batch(i, 1000 + i / 2, 10.0, {}, run="second") for i in (1, 2, 3))
+        )
+        [alert] = await ingest.until(
+            lambda a: a and a[0].evaluated_at == _seconds(1001), "e/p/second"
+        )
+        [first] = await run_alerts(chdb_store, "e/p/first")
+    finally:
+        await ingest.stop()
+    assert alert.definition.frequency == 1.0 and alert.definition.threshold == 1.0
+    assert first.definition == alert.definition
+    assert transitions(alert) == [("ok", "critical")]
+
+
+async def test_a_change_whose_worker_died_before_storing_it_is_stored_by_the_next(
+    nc: NatsClient, chdb_store: AsyncStore
+) -> None:
+    """A worker that updated the key-value entry and died before writing its changes
+    (its outbox) leaves them to the next evaluation of that alert."""
+    ingest = Ingest(nc, chdb_store, workers=1)
+    try:
+        await ingest.send(_batch(0, 1000.0, 10.0, _definition()))
+        [alert] = await ingest.until(lambda a: a and a[0].evaluated_at is not None)
+        assert transitions(alert) == [("ok", "critical")]
+        # As left by a worker that died: the entry says critical -> ok at 1001, not stored.
+        kv = await nc.jetstream().key_value(ALERTS_BUCKET)
+        key = "run." + hashlib.sha1(b"e/p/r\0high").hexdigest()
+        entry = msgspec.json.decode((await kv.get(key)).value or b"")
+        entry |= {"index": 1001, "state": "ok", "at": 1001.0, "value": 0.0}
+        entry |= {"changes": [[1001.0, "ok", "critical", 0.0]], "flushed": False}
+        await kv.put(key, msgspec.json.encode(entry))
+        await ingest.send(_batch(1, 1002.0, 0.0, {}))
+        [alert] = await ingest.until(lambda a: a and a[0].evaluated_at == _seconds(1002))
+        stored = msgspec.json.decode((await kv.get(key)).value or b"")
+    finally:
+        await ingest.stop()
+    assert transitions(alert) == [("ok", "critical"), ("critical", "ok")]
+    assert alert.transitions[1].at == _seconds(1001)
+    assert stored["flushed"] is True and stored["state"] == "ok"

@@ -261,7 +261,7 @@ def test_a_registry_with_a_clash_or_an_unknown_part_is_refused() -> None:
 def test_default_handlers_are_fresh_per_call() -> None:
     """Handlers keep per-worker state (known keys): two workers must not share it."""
     first, second = default_handlers(), default_handlers()
-    assert [h.name for h in first] == ["metrics", "events", "run_fields"]
+    assert [h.name for h in first] == ["metrics", "events", "folders", "run_fields"]
     assert all(a is not b for a, b in zip(first, second, strict=True))
 
 
