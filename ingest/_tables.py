@@ -19,6 +19,7 @@ import pyarrow as pa
 from stride.store import MAX_VER
 from stride.store.run_search import search_rows
 from stride.store.schema import (
+    FOLDER_DETAILS,
     FOLDER_FIELD_PREFIX,
     FOLDER_FIELDS_COLUMNS,
     ONCE_PREFIX,
@@ -122,6 +123,8 @@ def build_folder_fields(batches: Sequence[Batch]) -> pa.Table | None:
         for name, value in b.set.items():
             if name.startswith(FOLDER_FIELD_PREFIX):
                 detail, _, path = name.removeprefix(FOLDER_FIELD_PREFIX).partition(":")
+                if detail not in FOLDER_DETAILS or not path:
+                    continue  # not one this service knows: a newer SDK's, or a bad writer's
                 for column, cell in zip(
                     FOLDER_FIELDS_COLUMNS,
                     (b.entity, b.project, path, detail, value, b.ver),

@@ -135,14 +135,19 @@ class MetricsHandler:
 class RunFieldsHandler:
     """``run_fields``: set fields (last write wins), set-once fields as ``~name``
     (first write wins) and every batch's ``heartbeat_at``; then the same fields
-    flattened into ``run_search`` (so a run a search finds can be read)."""
+    flattened into ``run_search`` (so a run a search finds can be read), with each
+    writer's newest batch time (its beat: is that writer alive?)."""
 
     name = "run_fields"
     parts = frozenset({"set", "set_once", "ver"})
 
     def prepare(self, batches: Sequence[Batch]) -> tuple[pa.Table, pa.Table]:
         fields = build_fields(batches)
-        return fields, search_rows(fields)
+        beats: dict[tuple[str, str, str, str], int] = {}  # each writer's newest batch
+        for b in batches:
+            where = (b.entity, b.project, b.run_id, b.writer)
+            beats[where] = max(beats.get(where, 0), b.ver)
+        return fields, search_rows(fields, beats)
 
     async def write(self, store: AsyncStore, prepared: tuple[pa.Table, pa.Table]) -> int:
         fields, search = prepared

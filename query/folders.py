@@ -9,14 +9,16 @@ import orjson
 
 from stride.api_types import FolderDoc
 from stride.store import AsyncStore
+from stride.store.schema import FOLDER_DETAILS
 
 __all__ = ["list_folders"]
 
-#: Each run's current folder (from ``run_search``: its rows of key ``folder``, the
-#: newest one a string) counted per folder; beside it, every folder detail set.
+#: Each run's current folder (from ``run_search``: the newest of its rows of key
+#: ``folder`` and ``pos`` 0, if a string) counted per folder; beside it, every
+#: folder detail set.
 _FOLDERS = (
     "SELECT folder AS path, count() AS runs, '' AS field, '' AS value FROM ("
-    "  SELECT run_id, argMax(if(kind = 3, str, ''), ver) AS folder FROM run_search "
+    "  SELECT run_id, argMaxIf(if(kind = 3, str, ''), ver, pos = 0) AS folder FROM run_search "
     "  WHERE entity = {e:String} AND project = {p:String} AND key = 'folder' GROUP BY run_id"
     ") WHERE folder != '' AND startsWith(folder, {prefix:String}) GROUP BY folder "
     "UNION ALL "
@@ -34,9 +36,9 @@ async def list_folders(
     folders: dict[str, dict[str, Any]] = {}
     for row in rows.to_pylist():
         folder = folders.setdefault(row["path"], {"path": row["path"], "run_count": 0})
-        if row["field"]:
+        if row["field"] in FOLDER_DETAILS:  # only these: a FolderDoc has no other
             folder[row["field"]] = orjson.loads(row["value"])
-        else:
+        elif not row["field"]:
             folder["run_count"] = int(row["runs"])
     return [FolderDoc(**_typed(folders[path])) for path in sorted(folders)]
 

@@ -12,6 +12,7 @@ import orjson
 
 from stride.api_types import ProjectDoc, RunDoc
 from stride.store import AsyncStore
+from stride.store.run_search import WRITER_BEAT_KEY, writer_pos
 from stride.store.schema import ONCE_PREFIX, WRITER_PREFIX
 
 from .errors import NotFound
@@ -30,8 +31,15 @@ _FIELD_TYPES = {
 
 
 def _fold(
-    entity: str, project: str, run_id: str, fields: dict[str, str], lost_after_s: float
+    entity: str,
+    project: str,
+    run_id: str,
+    fields: dict[str, str],
+    lost_after_s: float,
+    beats: dict[int, float] | None = None,
 ) -> RunDoc:
+    """The run document of its fields; ``beats``: each writer's newest batch time
+    (Unix seconds), by :func:`~stride.store.run_search.writer_pos`."""
     doc: dict[str, Any] = {}
     summary: dict[str, Any] = {}
     writers: dict[str, str] = {}
@@ -49,16 +57,32 @@ def _fold(
         # Any other field was sent by a newer SDK than this service: not part of RunDoc.
     run = _typed(entity, project, run_id, doc, summary)
     run.writers = writers
-    if "running" in writers.values():  # the run ends with its last writer
-        run.state = "running"
-    if run.state == "running" and run.heartbeat_at:
+    cutoff = time.time() - lost_after_s
+    if writers and run.state != "created":
+        _derive_state(run, beats or {}, cutoff)
+    elif run.state == "running" and run.heartbeat_at:  # a run from before writers were kept
         try:
             beat = datetime.fromisoformat(run.heartbeat_at).timestamp()
         except ValueError:
             beat = None  # not written by ingest: no evidence either way
-        if beat is not None and time.time() - beat > lost_after_s:
+        if beat is not None and beat < cutoff:
             run.state = "crashed"
     return run
+
+
+def _derive_state(run: RunDoc, beats: dict[int, float], cutoff: float) -> None:
+    """The state of a run several writers may write (as ``search._state``): running
+    while a writer that last said ``running`` sent a batch since ``cutoff``; else
+    ``crashed`` if the writer that sent the newest batch last said ``running``
+    (it died unseen); else the state written last."""
+    says = {writer_pos(w): state for w, state in run.writers.items()}
+    if any(s == "running" and beats.get(pos, 0.0) >= cutoff for pos, s in says.items()):
+        run.state = "running"
+        run.finished_at = run.exit_code = None  # another writer's, which ended first
+    elif beats:
+        newest = max(sorted(beats), key=beats.__getitem__)  # the first on a tie, as SQL
+        if says.get(newest) == "running":
+            run.state = "crashed"
 
 
 def _typed(
@@ -132,9 +156,11 @@ async def run_exists(store: AsyncStore, entity: str, project: str, run_id: str) 
 
 #: One query for a page of run documents: their fields (``field``, ``value``) and,
 #: for each metric of streams ``default`` (the summary) and ``system`` (the
-#: system metrics), its aggregates (``stream``, ``key``...) from ``series_stats``.
-#: One query, not two: ClickHouse runs the two halves in parallel (50 documents
-#: of 100k runs: 23 -> 18 ms on two cores).
+#: system metrics), its aggregates (``stream``, ``key``...) from ``series_stats``;
+#: and each writer's newest batch time (field ``WRITER_BEAT_KEY``, the writer's
+#: number as ``value``, the time as ``last``) from ``run_search``. One query, not
+#: several: ClickHouse runs the parts in parallel (50 documents of 100k runs: 23 ->
+#: 18 ms on two cores with the first two).
 _DOCUMENTS = (
     "SELECT run_id, field, argMax(value, ver) AS value, '' AS stream, '' AS key, "
     "nan AS last, nan AS min, nan AS max, toInt64(0) AS last_step FROM run_fields "
@@ -145,7 +171,14 @@ _DOCUMENTS = (
     "toString(stream) AS stream, toString(key) AS key, "
     "argMaxMerge(lv) AS last, min(vmin) AS min, max(vmax) AS max, max(smax) AS last_step "
     "FROM series_stats WHERE run IN {paths:Array(String)} AND stream IN ('default', 'system') "
-    "GROUP BY run, stream, key"
+    "GROUP BY run, stream, key "
+    "UNION ALL "
+    "SELECT run_id, {beat:String} AS field, toString(pos) AS value, '' AS stream, '' AS key, "
+    "beat AS last, nan AS min, nan AS max, toInt64(0) AS last_step FROM ("
+    # A subquery: in this SELECT, `key` would name the alias '' instead of the column.
+    "  SELECT run_id, pos, max(num) AS beat FROM run_search "
+    "  WHERE entity = {e:String} AND project = {p:String} AND run_id IN {ids:Array(String)} "
+    "  AND key = {beat:String} GROUP BY run_id, pos)"
 )
 
 
@@ -157,16 +190,22 @@ async def _fetch(
     ids = sorted(run_ids)
     paths = [f"{entity}/{project}/{run_id}" for run_id in ids]
     rows = await store.query_arrow(
-        _DOCUMENTS, {"e": entity, "p": project, "ids": ids, "paths": paths}
+        _DOCUMENTS,
+        {"e": entity, "p": project, "ids": ids, "paths": paths, "beat": WRITER_BEAT_KEY},
     )
     fields: dict[str, dict[str, str]] = {}
     metrics: dict[str, list[dict[str, Any]]] = {}
+    beats: dict[str, dict[int, float]] = {}
     for row in rows.to_pylist():
         if row["key"]:
             metrics.setdefault(str(row["run_id"]), []).append(row)
+        elif row["field"] == WRITER_BEAT_KEY:
+            beats.setdefault(str(row["run_id"]), {})[int(row["value"])] = float(row["last"])
         else:
             fields.setdefault(str(row["run_id"]), {})[str(row["field"])] = str(row["value"])
-    runs = [_fold(entity, project, rid, f, lost_after_s) for rid, f in fields.items()]
+    runs = [
+        _fold(entity, project, rid, f, lost_after_s, beats.get(rid)) for rid, f in fields.items()
+    ]
     for run in runs:
         found = metrics.get(run.id, [])
         _add_metric_summaries(run, [m for m in found if m["stream"] == "default"])

@@ -50,7 +50,8 @@ from stride.store.run_search import (
     OBJECT,
     STRING,
     TIME_KEYS,
-    WRITERS_KEY,
+    WRITER_BEAT_KEY,
+    WRITER_STATE_KEY,
     parse_time,
     whole,
 )
@@ -286,19 +287,29 @@ def _resolve(q: _Sql, name: str, entity: str, project: str, crashed_before: floa
 
 
 def _state(q: _Sql, crashed_before: float) -> str:
-    """The run's state as the service reports it: ``created`` until one is written,
-    ``running`` while any of its writers' last state is (else the last state
-    written), and ``crashed`` for a running run whose last heartbeat is older
-    than the limit."""
+    """The run's state as the service reports it (the rule of :func:`.runs._fold`):
+    ``created`` until one is written; ``running`` while a writer whose last state
+    is ``running`` has sent a batch within the limit; else, when the writer that
+    sent the newest batch last said ``running``, it died unseen: ``crashed``;
+    else the state written last. Runs written before writers were tracked:
+    ``crashed`` when ``running`` and the last heartbeat is older than the limit."""
     state = f"argMaxIf(str, ver, key = {q.key('state')})"
     beat = f"maxIf(num, key = {q.key('heartbeat_at')})"
-    # Each writer's newest (ver, running?) by its field; any running one keeps the run running.
-    writers = f"maxMapIf([field], [(ver, str = 'running')], key = {q.key(WRITERS_KEY)})"
-    running = f"({state} = 'running' OR arrayExists(w -> w.2, ({writers}).2))"
+    cutoff = q.number(crashed_before)
+    # Per writer (by pos): its newest (ver, says running?), and its newest batch time.
+    says = f"maxMapIf([pos], [(ver, str = 'running')], key = {q.key(WRITER_STATE_KEY)})"
+    beats = f"maxMapIf([pos], [num], key = {q.key(WRITER_BEAT_KEY)})"
+    beat_of = f"({beats}).2[indexOf(({beats}).1, w)]"
+    alive = f"arrayExists((w, s) -> s.2 AND {beat_of} >= {cutoff}, ({says}).1, ({says}).2)"
+    newest = f"({beats}).1[indexOf(({beats}).2, arrayMax(({beats}).2))]"
+    died = f"({says}).2[indexOf(({says}).1, {newest})].2"
+    tracked = f"notEmpty(({says}).1)"
     return (
         f"multiIf(countIf(key = {q.key('state')}) = 0, 'created', "
-        f"{running} AND {beat} > 0 AND {beat} < {q.number(crashed_before)}, 'crashed', "
-        f"{running}, 'running', {state})"
+        f"{alive}, 'running', "
+        f"{tracked} AND {died}, 'crashed', "
+        f"NOT {tracked} AND {state} = 'running' AND {beat} > 0 AND {beat} < {cutoff}, "
+        f"'crashed', {state})"
     )
 
 

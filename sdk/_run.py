@@ -163,7 +163,7 @@ class Run(RunFiles):
         if notes is not None:
             init_fields["notes"] = _json(notes, "notes")
         if folder is not None:
-            init_fields["folder"] = _json(folder, "folder")
+            init_fields["folder"] = _json(_folders.check_folder(folder), "folder")
         name_field = {"name": _json(name, "name")}
         self._transport, self._slot = open_run(self, settings, offline=mode == "offline")
         self._wal = self._transport.log

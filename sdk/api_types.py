@@ -79,10 +79,11 @@ class RunDoc(msgspec.Struct, gc=False):
     """A run: its fields folded last-write-wins from everything its writers sent.
 
     ``state`` is ``created``, ``running``, ``finished``, ``failed``,
-    ``cancelled`` or ``crashed``. A run written by several processes is
-    ``running`` while any of them is, else in the state written last (by the
-    last writer to end); ``crashed`` is derived by the service: a ``running``
-    run whose last heartbeat is older than its ``lost_after_s``.
+    ``cancelled`` or ``crashed``. It is ``running`` while a writer (process)
+    whose last state is ``running`` has sent a batch within the service's
+    ``lost_after_s``; once none has, ``crashed`` if the writer that sent the
+    newest batch last said ``running`` (it died unseen), else the state
+    written last.
     Times are ISO 8601 text with a UTC offset.
     """
 

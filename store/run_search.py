@@ -32,7 +32,8 @@ from __future__ import annotations
 
 import hashlib
 import math
-from collections.abc import Iterable, Iterator
+import zlib
+from collections.abc import Iterable, Iterator, Mapping
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, NamedTuple
 
@@ -51,9 +52,14 @@ NULL, NUMBER, STRING, OBJECT, ARRAY, BOOL, MARKER_KIND = 1, 2, 3, 4, 5, 6, 9
 MARKER = "\x01"
 #: The field of a metric's summary row: ``METRIC_PREFIX + "summary." + key``.
 METRIC_PREFIX = "@"
-#: The key of every writer's state row (field ``writers.<writer>``, no marker):
-#: one key for all of a run's writers, so a search reads them all at once.
-WRITERS_KEY = "\x02writers"
+#: Each writer's state and last batch time (its *beat*), for the run's state: rows
+#: of these keys, field :data:`WRITERS_FIELD`, ``pos`` the writer's
+#: :func:`writer_pos`, no marker; one key for all of a run's writers, so a
+#: search reads them all at once, and numbers in ``pos`` (not writer names in
+#: ``field``) keep the ``LowCardinality`` column small.
+WRITER_STATE_KEY = "\x02wstate"
+WRITER_BEAT_KEY = "\x02wbeat"
+WRITERS_FIELD = "\x02writers"
 #: Fields whose text is an ISO 8601 time: their rows carry the Unix time in ``num``.
 TIME_KEYS = frozenset({"created_at", "heartbeat_at", "finished_at"})
 #: Objects and arrays longer than this as JSON are kept as a hash (:func:`whole`).
@@ -111,9 +117,10 @@ def scalar(value: Any) -> tuple[int, float, str]:
 
 def flatten(field: str, value: Any) -> Iterator[SearchRow]:
     """The rows of one write of ``field`` (its marker first; a writer's state has
-    one row, under :data:`WRITERS_KEY`)."""
+    one row, under :data:`WRITER_STATE_KEY`)."""
     if field.startswith(WRITER_PREFIX):
-        yield SearchRow(WRITERS_KEY, field, 0, *scalar(value))
+        pos = writer_pos(field.removeprefix(WRITER_PREFIX))
+        yield SearchRow(WRITER_STATE_KEY, WRITERS_FIELD, pos, *scalar(value))
         return
     yield SearchRow(MARKER + field, field, 0, MARKER_KIND, 0.0, "")
     yield from _rows(field, field, value)
@@ -184,9 +191,18 @@ class SearchRows:
         )
 
 
-def search_rows(fields: pa.Table) -> pa.Table:
+def writer_pos(writer: str) -> int:
+    """The number that stands for a writer in its run's rows (CRC-32 of its id)."""
+    return zlib.crc32(writer.encode())
+
+
+def search_rows(
+    fields: pa.Table, beats: Mapping[tuple[str, str, str, str], int] | None = None
+) -> pa.Table:
     """The ``run_search`` rows of the ``run_fields`` rows ``fields``: each field's
-    newest write in them flattened (an older one could never be current)."""
+    newest write in them flattened (an older one could never be current); and a
+    row per ``(entity, project, run_id, writer)`` of ``beats``, its newest batch
+    version."""
     newest: dict[tuple[str, str, str, str], tuple[int, str]] = {}
     columns = (fields.column(n).to_pylist() for n in FIELDS_COLUMNS)
     for entity, project, run_id, field, value, ver in zip(*columns, strict=True):
@@ -196,6 +212,9 @@ def search_rows(fields: pa.Table) -> pa.Table:
     rows = SearchRows()
     for (entity, project, run_id, field), (ver, value) in newest.items():
         rows.add(entity, project, run_id, field, value, ver)
+    for (entity, project, run_id, writer), ver in (beats or {}).items():
+        beat = SearchRow(WRITER_BEAT_KEY, WRITERS_FIELD, writer_pos(writer), NUMBER, ver / 1e9, "")
+        rows.extend(entity, project, run_id, ver, [beat])
     return rows.table()
 
 

@@ -641,6 +641,8 @@ WRITER_PREFIX = "writers."
 #: Run fields that carry a folder's details, ``folder:<detail>:<path>``: stored in
 #: ``folder_fields``, not as fields of the run that sent them.
 FOLDER_FIELD_PREFIX = "folder:"
+#: The details a folder has.
+FOLDER_DETAILS = frozenset({"metadata", "tags", "description"})
 
 #: ``ver`` for first-write-wins fields: the earliest batch gets the largest version.
 MAX_VER = 2**64 - 1

@@ -54,7 +54,10 @@ def test_folders_are_listed_with_their_details_and_runs(stack: StrideUp, tmp_pat
 def test_folder_details_are_stored_for_the_folder_not_the_run() -> None:
     batch = Batch(
         v=1, entity="e", project="p", run_id="r", writer="w", seq=0, ver=7,
-        set={"folder:description:/a:b": '"d"', "folder:tags:/x": '["t"]', "name": '"n"'},
+        set={
+            "folder:description:/a:b": '"d"', "folder:tags:/x": '["t"]', "name": '"n"',
+            "folder:colour:/x": '"red"', "folder:tags:": "[]",  # not a detail; no path
+        },
     )  # fmt: skip
     assert build_fields([batch]).column("field").to_pylist() == ["name", "heartbeat_at"]
     folders = build_folder_fields([batch])
@@ -79,3 +82,6 @@ def test_folder_details_are_checked_when_set(tmp_path: Path) -> None:
         ]:
             with pytest.raises(UsageError, match=message):
                 run.set_folder_details(path, **kw)
+    for folder in (["/x", "/y"], "", "/a\x00"):
+        with pytest.raises(UsageError, match="folder"):
+            stride.init(project="p", folder=folder, mode="offline", settings=offline)

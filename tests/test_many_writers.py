@@ -7,11 +7,15 @@ import os
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
-import stride
+import pytest
 
-from .conftest import StrideUp, wait_for, wait_rows
+import stride
+from stride.wire import Batch
+
+from .conftest import StrideUp, publish, wait_for, wait_rows
 
 RANKS = 4
 STEPS = 500
@@ -107,3 +111,62 @@ def test_four_ranks_store_the_union_of_what_they_logged(stack: StrideUp, tmp_pat
         for proc in procs:
             proc.kill()
             proc.communicate()
+
+
+def _beat(run: str, writer: str, seq: int, ago_s: float, **fields: str) -> Batch:
+    """A batch of ``writer`` sealed ``ago_s`` seconds ago, setting ``fields`` (JSON)."""
+    created = {"created_at": '"2026-01-01T00:00:00+00:00"'} if seq == 0 else {}
+    return Batch(
+        v=1, entity="default", project="writers", run_id=run, writer=writer, seq=seq,
+        ver=time.time_ns() - round(ago_s * 1e9), set=fields, set_once=created,
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("batches", "state"),
+    [
+        pytest.param(  # a node lost an hour ago, the job resumed on another and finished
+            [("lost", 0, 3600, "running"), ("resumed", 0, 20, "running"),
+             ("resumed", 1, 10, "finished")],
+            "finished", id="resumed-after-a-lost-node",
+        ),
+        pytest.param(  # rank 0 finished; rank 1 kept going, then went silent
+            [("rank0", 0, 3600, "running"), ("rank1", 0, 3500, "running"),
+             ("rank0", 1, 3000, "finished"), ("rank1", 1, 2000, None)],
+            "crashed", id="the-last-writer-died-unseen",
+        ),
+        pytest.param(  # one writer lost, another still sending
+            [("lost", 0, 3600, "running"), ("alive", 0, 5, "running")],
+            "running", id="one-writer-alive",
+        ),
+    ],
+)  # fmt: skip
+def test_the_state_follows_the_writers_that_are_alive(
+    stack: StrideUp, batches: list[tuple[str, int, float, str | None]], state: str
+) -> None:
+    """Writers are alive while they send batches (within ``--lost-after``): the run is
+    running while one that said so is; once none is, the writer that sent last
+    decides (``crashed`` if it died saying ``running``). Reader and search agree."""
+    run = f"w-{state}"
+    publish(
+        stack,
+        [
+            _beat(run, writer, seq, ago, **({"state": f'"{says}"'} if says else {}))
+            for writer, seq, ago, says in batches
+        ],
+    )
+    api = stride.Api(stack.http_url)
+    expected = {w: s for w, _, _, s in batches if s}
+    doc = wait_for(lambda: (d := state_doc(api, run)) and d.writers == expected and d)
+    assert doc.state == state
+    found = [r.id for r in api.runs("default/writers", filters={"state": state})]
+    assert run in found
+    if state == "running":
+        assert doc.finished_at is None and doc.exit_code is None
+
+
+def state_doc(api: stride.Api, run: str) -> stride.ApiRun | None:
+    try:
+        return api.run(f"default/writers/{run}")
+    except stride.NotFoundError:
+        return None

@@ -509,8 +509,10 @@ def test_api_types_exports_every_body_and_nothing_else() -> None:
     import stride.api_types as api_types
 
     assert set(api_types.__all__) == {
-        "Access", "ArtifactDoc", "ArtifactFile", "ArtifactsPage", "ColumnsPage", "ErrorBody",
+        "Access", "AlertDefinition", "AlertDoc", "AlertTransition", "AlertsPage",
+        "ArtifactDoc", "ArtifactFile", "ArtifactsPage", "ColumnsPage", "ErrorBody",
         "EventDoc", "EventsPage", "FileCounters", "FileDoc", "FileUpdate", "FilesPage",
+        "FolderDoc", "FoldersPage",
         "IngestCounters", "IngestLag", "MetricKeys", "MetricStats", "NonFinite", "ProjectDoc",
         "ProjectsPage", "RunDoc", "RunSearch", "RunUpdate", "RunsPage", "SeriesStats", "Status",
     }  # fmt: skip
