@@ -58,9 +58,9 @@ def _fold(
     run = _typed(entity, project, run_id, doc, summary)
     run.writers = writers
     cutoff = time.time() - lost_after_s
-    if writers and run.state != "created":
+    if len(writers) > 1 and run.state != "created":
         _derive_state(run, beats or {}, cutoff)
-    elif run.state == "running" and run.heartbeat_at:  # a run from before writers were kept
+    elif run.state == "running" and run.heartbeat_at:  # one writer (or from before they were kept)
         try:
             beat = datetime.fromisoformat(run.heartbeat_at).timestamp()
         except ValueError:
@@ -71,7 +71,7 @@ def _fold(
 
 
 def _derive_state(run: RunDoc, beats: dict[int, float], cutoff: float) -> None:
-    """The state of a run several writers may write (as ``search._state``): running
+    """The state of a run several writers wrote (as ``search._state``): running
     while a writer that last said ``running`` sent a batch since ``cutoff``; else
     ``crashed`` if the writer that sent the newest batch last said ``running``
     (it died unseen); else the state written last."""

@@ -288,29 +288,42 @@ def _resolve(q: _Sql, name: str, entity: str, project: str, crashed_before: floa
 
 def _state(q: _Sql, crashed_before: float) -> str:
     """The run's state as the service reports it (the rule of :func:`.runs._fold`):
-    ``created`` until one is written; ``running`` while a writer whose last state
-    is ``running`` has sent a batch within the limit; else, when the writer that
-    sent the newest batch last said ``running``, it died unseen: ``crashed``;
-    else the state written last. Runs written before writers were tracked:
-    ``crashed`` when ``running`` and the last heartbeat is older than the limit."""
+    ``created`` until one is written. A run one writer set states for (or one from
+    before writers were kept): ``crashed`` when ``running`` and its last batch is
+    older than the limit, else the state written. Several writers: ``running``
+    while one whose last state is ``running`` has sent a batch within the limit;
+    else ``crashed`` if the writer that sent the newest batch last said
+    ``running`` (it died unseen); else the state written last."""
     state = f"argMaxIf(str, ver, key = {q.key('state')})"
     beat = f"maxIf(num, key = {q.key('heartbeat_at')})"
     cutoff = q.number(crashed_before)
-    # Per writer (by pos): its newest (ver, says running?), and its newest batch time.
-    says = f"maxMapIf([pos], [(ver, str = 'running')], key = {q.key(WRITER_STATE_KEY)})"
-    beats = f"maxMapIf([pos], [num], key = {q.key(WRITER_BEAT_KEY)})"
-    beat_of = f"({beats}).2[indexOf(({beats}).1, w)]"
-    alive = f"arrayExists((w, s) -> s.2 AND {beat_of} >= {cutoff}, ({says}).1, ({says}).2)"
+    says_key, beat_key = q.key(WRITER_STATE_KEY), q.key(WRITER_BEAT_KEY)
+    single = f"minIf(pos, key = {says_key}) = maxIf(pos, key = {says_key})"
+    # Several writers (rare): per writer (pos), its newest ver * 2 + (says running),
+    # and its newest batch time. Arrays gathered cheaply, folded only for those runs
+    # (multiIf evaluates a branch only where it is taken).
+    says = _by_writer(f"groupArrayIf((pos, ver * 2 + (str = 'running')), key = {says_key})")
+    beats = _by_writer(f"groupArrayIf((pos, num), key = {beat_key})")
+    running = f"arrayFilter((w, v) -> v % 2 = 1, ({says}).1, ({says}).2)"
+    fresh = f"arrayFilter((w, t) -> t >= {cutoff}, ({beats}).1, ({beats}).2)"
     newest = f"({beats}).1[indexOf(({beats}).2, arrayMax(({beats}).2))]"
-    died = f"({says}).2[indexOf(({says}).1, {newest})].2"
-    tracked = f"notEmpty(({says}).1)"
     return (
         f"multiIf(countIf(key = {q.key('state')}) = 0, 'created', "
-        f"{alive}, 'running', "
-        f"{tracked} AND {died}, 'crashed', "
-        f"NOT {tracked} AND {state} = 'running' AND {beat} > 0 AND {beat} < {cutoff}, "
-        f"'crashed', {state})"
+        f"{single}, if({state} = 'running' AND {beat} > 0 AND {beat} < {cutoff}, "
+        f"'crashed', {state}), "
+        f"hasAny({running}, {fresh}), 'running', "
+        f"has({running}, {newest}), 'crashed', {state})"
     )
+
+
+def _newest_by_writer(pairs: str) -> str:
+    """``(writers, values)``: the largest value per writer of an array of pairs."""
+    return f"arrayReduce('maxMap', arrayMap(x -> [x.1], {pairs}), arrayMap(x -> [x.2], {pairs}))"
+
+
+def _by_writer(pairs: str) -> str:
+    """``(writers, values)``: the largest value per writer of an array of pairs."""
+    return f"arrayReduce('maxMap', arrayMap(x -> [x.1], {pairs}), arrayMap(x -> [x.2], {pairs}))"
 
 
 # ---- filters ------------------------------------------------------------------------------------
