@@ -665,10 +665,14 @@ def test_single_server_ddl_is_what_the_embedded_store_runs(chdb_store: ChdbStore
     )
     engines = dict(zip(*(tables.column(c).to_pylist() for c in ("name", "engine")), strict=True))
     assert engines == {
+        "alert_status": "ReplacingMergeTree",
+        "alert_transitions": "ReplacingMergeTree",
+        "alerts": "ReplacingMergeTree",
         "artifact_events": "ReplacingMergeTree",
         "batches": "ReplacingMergeTree",
         "events": "ReplacingMergeTree",
         "files": "ReplacingMergeTree",
+        "folder_fields": "ReplacingMergeTree",
         "points": "ReplacingMergeTree",
         "points_rollup": "AggregatingMergeTree",
         "points_rollup_wide": "AggregatingMergeTree",
@@ -703,10 +707,17 @@ def test_cluster_ddl_replicates_shards_by_run_and_parses(chdb_store: ChdbStore) 
             f"Distributed(main, metrics, {table}_local, cityHash64(entity, project, run_id))"
             in by_name[f"metrics.{table}"]
         )
+    for table in ("alerts", "folder_fields"):  # a project's alerts and folders on one shard
+        assert (
+            f"Distributed(main, metrics, {table}_local, cityHash64(entity, project))"
+            in by_name[f"metrics.{table}"]
+        )
+    for table in ("alert_status", "alert_transitions"):  # with the run's points
+        assert f"{table}_local, cityHash64(run))" in by_name[f"metrics.{table}"]
     # Ingest writes the rollup; a view from older versions is dropped everywhere.
     assert formatted[-1] == "DROP VIEW IF EXISTS metrics.points_rollup_mv ON CLUSTER main"
     # Every table has its replicated local table and a Distributed one in front.
-    assert len(statements) == 1 + 2 * 11 + 1
+    assert len(statements) == 1 + 2 * 15 + 1
 
 
 async def test_history_while_points_arrive_has_no_row_without_values(
