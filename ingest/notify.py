@@ -51,7 +51,6 @@ from collections.abc import Awaitable
 from datetime import UTC, datetime
 from email.message import EmailMessage
 from email.utils import formatdate
-from urllib.parse import unquote, urlsplit
 
 import aiohttp
 import msgspec
@@ -61,6 +60,7 @@ from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js import JetStreamContext
 from nats.js.api import ConsumerConfig
 
+from ._smtp import parse_smtp_url, send
 from .streams import NOTIFY_STREAM, NOTIFY_SUBJECT, notify_stream_config
 
 log = logging.getLogger("stride.ingest")
@@ -86,7 +86,6 @@ _PARALLEL = 8
 _FETCH_TIMEOUT_S = 0.25
 #: After a fetch or subscribe failed (NATS away, stream not created yet).
 _RETRY_S = 1.0
-_SMTP_PORTS = {"smtp": 25, "smtp+starttls": 587, "smtps": 465}
 
 
 class Notification(msgspec.Struct, frozen=True):
@@ -171,38 +170,6 @@ class _Failed(Exception):
     def __init__(self, message: str, *, retriable: bool = True) -> None:
         super().__init__(message)
         self.retriable = retriable
-
-
-@dataclasses.dataclass(frozen=True)
-class _Smtp:
-    host: str
-    port: int
-    tls: str  # "implicit", "required" or "opportunistic"
-    user: str | None
-    password: str | None
-
-
-def parse_smtp_url(url: str) -> _Smtp:
-    """The SMTP server ``url`` names, or ``ValueError`` (its password left out)."""
-    parts = urlsplit(url)
-    scheme = parts.scheme.lower()
-    try:
-        port = parts.port
-    except ValueError:
-        port = -1
-    if scheme not in _SMTP_PORTS or not parts.hostname or port == -1:
-        raise ValueError(
-            "the SMTP URL (not repeated here: it may hold a password) is not "
-            "smtp://, smtp+starttls:// or smtps:// [user:password@]host[:port]"
-        )
-    tls = {"smtps": "implicit", "smtp+starttls": "required"}.get(scheme, "opportunistic")
-    return _Smtp(
-        host=parts.hostname,
-        port=port or _SMTP_PORTS[scheme],
-        tls=tls,
-        user=unquote(parts.username) if parts.username else None,
-        password=unquote(parts.password) if parts.password is not None else None,
-    )
 
 
 def _iso(at: float) -> str:
@@ -455,7 +422,7 @@ class Notifier:
             self._tls = ssl.create_default_context()
         message = _email(n, s.smtp_from, recipients)
         try:
-            refused = await asyncio.to_thread(_send, server, self._tls, s.smtp_timeout_s, message)
+            refused = await asyncio.to_thread(send, server, self._tls, s.smtp_timeout_s, message)
         except (smtplib.SMTPException, OSError) as exc:
             raise _Failed(
                 f"email to {', '.join(recipients)} via {server.host}:{server.port}: "
@@ -463,27 +430,6 @@ class Notifier:
             ) from exc
         if refused:  # some accepted: sending again would repeat it to them
             log.warning("notify: alert %r: recipients refused: %s", n.alert, refused)
-
-
-def _send(
-    server: _Smtp, tls: ssl.SSLContext, timeout: float, message: EmailMessage
-) -> dict[str, tuple[int, bytes]]:
-    """Send ``message`` (blocking; run in a thread); return the recipients refused."""
-    smtp: smtplib.SMTP
-    if server.tls == "implicit":
-        smtp = smtplib.SMTP_SSL(server.host, server.port, timeout=timeout, context=tls)
-    else:
-        smtp = smtplib.SMTP(server.host, server.port, timeout=timeout)
-    with smtp:
-        smtp.ehlo()
-        if server.tls == "required" or (
-            server.tls == "opportunistic" and smtp.has_extn("starttls")
-        ):
-            smtp.starttls(context=tls)
-            smtp.ehlo()
-        if server.user is not None:
-            smtp.login(server.user, server.password or "")
-        return smtp.send_message(message)
 
 
 async def _settle(reply: Awaitable[None]) -> None:
