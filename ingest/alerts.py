@@ -12,9 +12,12 @@ Evaluation is driven by the data, never by a timer polling the database:
   batches bring (capped at ingest's own clock plus a minute, so one writer's
   clock far ahead cannot skip the alert past real data);
 * an alert is evaluated at the instants ``T = k * frequency`` (Unix seconds)
-  the clock has passed since its last evaluation (on a run's first data, from
-  the instant at or before that data; at most the newest
-  :data:`MAX_INSTANTS` at once): a metrics alert takes the mean of the points
+  the clock has passed by :data:`GRACE_S` since its last evaluation (so that
+  batches of the same moment other workers are still storing are in), from
+  the instant at or before the run's first data, at most the newest
+  :data:`MAX_INSTANTS` at once; when a writer ends the run (its last batch
+  sets ``finished``, ``failed``, ``cancelled`` or ``crashed``), up to the
+  instant after its last data, without waiting: a metrics alert takes the mean of the points
   of ``metric`` whose ``_timestamp`` lies in ``(T - window, T]`` (NaN left
   out; no point: no evaluation, the state stays), an events alert counts the
   events and log lines holding ``pattern`` in that window (``critical`` when
@@ -38,10 +41,12 @@ stale data; one that finds an outbox not flushed (its writer died) flushes it
 again, which stores the same rows and publishes notifications JetStream drops
 as duplicates (by id, within its duplicate window).
 
-What is not seen: a point that arrives after its instant was evaluated (a
-writer lagging behind the others) does not change that evaluation; data whose
-processing was lost with an ingest process (after its fetch was acknowledged,
-before evaluation) is evaluated when the run's next data arrives, not before.
+What is not seen: a point that arrives more than :data:`GRACE_S` after its
+instant was evaluated (a writer lagging behind the others, a spool synced
+later in pieces) does not change that evaluation; work lost with an ingest
+process (after its fetch was acknowledged, before evaluation; a stop gets one
+last round of at most a few seconds), or changes whose storing failed after
+the entry was updated, wait for the run's next data.
 """
 
 from __future__ import annotations
@@ -84,10 +89,18 @@ ALERTS_BUCKET = "stride_alerts"
 MAX_INSTANTS = 1000
 #: A run's clock is never ahead of ingest's own by more than this.
 _AHEAD_S = 60.0
+#: Instants are evaluated this long after the clock passes them, so that batches
+#: of the same moment that other workers are still storing are in (a run's
+#: end is evaluated at once: nothing more is coming).
+GRACE_S = 2.0
+#: The states that end a writer: its last batch, after which the run's final
+#: stretch is evaluated without waiting for more data.
+_ENDED = frozenset({'"finished"', '"failed"', '"cancelled"', '"crashed"'})
 #: How long a worker trusts what it knows of a run's alerts before reading them
 #: again (another worker may have stored a new one meanwhile).
 _KNOWN_FOR_S = 10.0
 _PARALLEL = 8
+_LAST_ROUND_S = 5.0
 _DEFINITION = msgspec.json.Decoder(AlertDefinition)
 
 
@@ -107,14 +120,26 @@ class _Entry(msgspec.Struct):
 _ENTRY = msgspec.json.Decoder(_Entry)
 
 
+@dataclasses.dataclass(frozen=True)
+class Span:
+    """The times of a run's new data, and whether a writer ended it (``final``)."""
+
+    lo: float
+    hi: float
+    final: bool = False
+
+    def __or__(self, other: Span) -> Span:
+        return Span(min(self.lo, other.lo), max(self.hi, other.hi), self.final or other.final)
+
+
 @dataclasses.dataclass
 class Prepared:
     """What one fetch brings: definitions and the span of data of each run."""
 
     #: (entity, project, name) -> (definition JSON, the batch's ver)
     definitions: dict[tuple[str, str, str], tuple[str, int]]
-    #: run path -> (oldest, newest) ``_timestamp`` of its points and events.
-    spans: dict[str, tuple[float, float]]
+    #: run path -> the span of ``_timestamp`` of its points and events.
+    spans: dict[str, Span]
     #: run path -> names of the alerts this fetch attached.
     attached: dict[str, set[str]]
 
@@ -132,7 +157,7 @@ class AlertsHandler:
 
     def prepare(self, batches: Sequence[Batch]) -> Prepared:
         definitions: dict[tuple[str, str, str], tuple[str, int]] = {}
-        spans: dict[str, tuple[float, float]] = {}
+        spans: dict[str, Span] = {}
         attached: dict[str, set[str]] = {}
         for b in batches:
             path = f"{b.entity}/{b.project}/{b.run_id}"
@@ -147,11 +172,13 @@ class AlertsHandler:
             times.append(np.array([e.timestamp for e in b.events], dtype=np.float64))
             stamps = np.concatenate(times)
             stamps = stamps[np.isfinite(stamps)]
+            span = None
             if stamps.size:
-                lo, hi = float(stamps.min()), float(stamps.max())
-                if path in spans:
-                    lo, hi = min(lo, spans[path][0]), max(hi, spans[path][1])
-                spans[path] = (lo, hi)
+                span = Span(float(stamps.min()), float(stamps.max()))
+            if b.set.get("state") in _ENDED:  # a writer's last batch: often no data in it
+                span = (span or Span(b.ver / 1e9, b.ver / 1e9)) | Span(math.inf, 0.0, True)
+            if span is not None:
+                spans[path] = spans[path] | span if path in spans else span
         return Prepared(definitions, spans, attached)
 
     async def write(self, store: AsyncStore, prepared: Prepared) -> int:
@@ -181,7 +208,7 @@ class AlertEvaluator:
         self._replicas = replicas
         self._kv: KeyValue | None = None
         self._known: dict[str, _Known] = {}
-        self._pending: dict[str, tuple[float, float]] = {}
+        self._pending: dict[str, Span] = {}
         self._attached: set[str] = set()  # runs whose alerts a fetch just named
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -208,7 +235,13 @@ class AlertEvaluator:
                 await kv.create(key, msgspec.json.encode(definition))
             except KeyWrongLastSequenceError:  # defined before: that one is the alert
                 entry = await kv.get(key)
-                definition = _DEFINITION.decode(entry.value or b"")
+                try:
+                    definition = _DEFINITION.decode(entry.value or b"")
+                except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+                    log.warning(
+                        "alerts: %s/%s: stored alert %r unreadable: %s", entity, project, name, exc
+                    )
+                    continue
             for column, cell in zip(
                 ALERTS_COLUMNS,
                 (entity, project, name, msgspec.json.encode(definition).decode(), 0),
@@ -221,14 +254,12 @@ class AlertEvaluator:
 
     # ---- the evaluation task --------------------------------------------------------------------
 
-    def submit(self, spans: dict[str, tuple[float, float]], attached: dict[str, set[str]]) -> None:
+    def submit(self, spans: dict[str, Span], attached: dict[str, set[str]]) -> None:
         """Queue the runs' new data for evaluation (merged with what already waits)."""
         ceiling = time.time() + _AHEAD_S
-        for path, (lo, hi) in spans.items():
-            lo, hi = min(lo, ceiling), min(hi, ceiling)
-            if path in self._pending:
-                lo, hi = min(lo, self._pending[path][0]), max(hi, self._pending[path][1])
-            self._pending[path] = (lo, hi)
+        for path, span in spans.items():
+            span = Span(min(span.lo, ceiling), min(span.hi, ceiling), span.final)
+            self._pending[path] = self._pending[path] | span if path in self._pending else span
         self._attached |= attached.keys()
         if self._pending:
             self._wake.set()
@@ -236,10 +267,15 @@ class AlertEvaluator:
                 self._task = asyncio.create_task(self._loop(), name="alerts")
 
     async def close(self) -> None:
+        """Stop the task; what waits gets one last round, of at most a few seconds."""
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
+        pending, self._pending = self._pending, {}
+        if pending:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._round(pending, self._attached), _LAST_ROUND_S)
 
     async def _loop(self) -> None:
         while True:
@@ -254,7 +290,7 @@ class AlertEvaluator:
                     "alerts: %d run(s) not evaluated; their next data retries", len(pending)
                 )
 
-    async def _round(self, pending: dict[str, tuple[float, float]], attached: set[str]) -> None:
+    async def _round(self, pending: dict[str, Span], attached: set[str]) -> None:
         runs = await self._alerts_of(list(pending), attached)
         limit = asyncio.Semaphore(_PARALLEL)
         status: list[tuple[str, str, _Entry]] = []
@@ -262,7 +298,7 @@ class AlertEvaluator:
         async def one(path: str, name: str, definition: AlertDefinition) -> None:
             async with limit:
                 try:
-                    entry = await self._evaluate(path, name, definition, *pending[path])
+                    entry = await self._evaluate(path, name, definition, pending[path])
                 except Exception:
                     log.exception("alerts: %r on %s failed; its next data retries", name, path)
                     return
@@ -305,27 +341,36 @@ class AlertEvaluator:
 
     # ---- one alert on one run -------------------------------------------------------------------
 
-    async def _evaluate(
-        self, run: str, name: str, d: AlertDefinition, lo: float, hi: float
-    ) -> _Entry | None:
-        """Evaluate the instants up to ``hi``; return the entry written (``None``: none)."""
+    async def _evaluate(self, run: str, name: str, d: AlertDefinition, span: Span) -> _Entry | None:
+        """Evaluate the instants the span's data passed (all of them when final);
+        return the entry written (``None``: none)."""
         kv = await self._bucket()
         key = "run." + _digest(f"{run}\0{name}")
         for _ in range(8):  # another worker updated the entry: read it again
+            last: _Entry | None = None
+            revision: int | None = None
             try:
                 found = await kv.get(key)
-                last: _Entry | None = _ENTRY.decode(found.value or b"")
-                revision: int | None = found.revision
+                revision = found.revision
+                last = _ENTRY.decode(found.value or b"")
             except KeyNotFoundError:
-                last, revision = None, None
+                pass
+            except (msgspec.DecodeError, msgspec.ValidationError):  # start the entry again
+                log.warning("alerts: %r on %s: unreadable entry replaced", name, run)
             try:
                 if last is not None and not last.flushed:  # its writer died: finish its work
                     await self._flush(run, name, d, last)
                     last.flushed = True
                     revision = await kv.update(key, msgspec.json.encode(last), last=revision)
-                newest = math.floor(hi / d.frequency)
-                first = math.floor(lo / d.frequency) if last is None else last.index + 1
+                f = d.frequency
+                newest = (
+                    math.ceil(span.hi / f) if span.final else math.floor((span.hi - GRACE_S) / f)
+                )
+                lo = max(span.lo, span.hi - (MAX_INSTANTS + 1) * f)  # bounded, even for -1e308
+                first = math.floor(lo / f) if last is None else last.index + 1
                 if first > newest:
+                    if last is None:  # the run's first data, not due yet: start from it
+                        await kv.create(key, msgspec.json.encode(_Entry(first - 1, "ok")))
                     return None
                 if newest - first >= MAX_INSTANTS:
                     log.info(
@@ -448,17 +493,12 @@ async def _measure(
     keep = ~np.isnan(values) & ~np.isnan(times)
     order = np.argsort(times[keep], kind="stable")
     times, values = times[keep][order], values[keep][order]
-    finite = np.isfinite(values)
     count = _window_sums(times, np.ones_like(values), instants, d.window)
-    total = _window_sums(times, np.where(finite, values, 0.0), instants, d.window)
-    above = _window_sums(times, (values == np.inf).astype(np.float64), instants, d.window)
-    below = _window_sums(times, (values == -np.inf).astype(np.float64), instants, d.window)
+    total = _window_sums(times, values, instants, d.window)
     means: list[float | None] = []
-    for n, s, up, down in zip(*(c.tolist() for c in (count, total, above, below)), strict=True):
-        if n == 0 or (up and down):
-            means.append(None)
-        else:
-            means.append(math.inf if up else -math.inf if down else s / n)
+    for n, s in zip(count.tolist(), total.tolist(), strict=True):
+        mean = s / n if n else math.nan
+        means.append(None if math.isnan(mean) else mean)  # empty, or +inf with -inf
     return means
 
 
@@ -466,8 +506,11 @@ def _window_sums(
     times: np.ndarray, weights: np.ndarray, instants: np.ndarray, window: float
 ) -> np.ndarray:
     """Per instant ``T``, the sum of ``weights`` whose (sorted) ``times`` lie in
-    ``(T - window, T]``: cumulative sums, not a pass per instant."""
-    sums = np.concatenate(([0.0], np.cumsum(weights)))
+    ``(T - window, T]``. Each window is summed on its own (not as differences of
+    one running sum, which a huge value would spoil for every later window)."""
     starts = np.searchsorted(times, instants - window, side="right")
     ends = np.searchsorted(times, instants, side="right")
-    return sums[ends] - sums[starts]
+    padded = np.append(weights, 0.0)  # reduceat needs every index inside the array
+    with np.errstate(over="ignore", invalid="ignore"):  # inf and NaN are answers here
+        sums = np.add.reduceat(padded, np.column_stack((starts, ends)).ravel())[::2]
+    return np.where(ends > starts, sums, 0.0)

@@ -194,7 +194,8 @@ class IngestWorker:
         finally:
             if writing is not None:
                 await writing  # the batch in hand is written and acked before stopping
-            await sub.unsubscribe()
+            with contextlib.suppress(Exception):
+                await sub.unsubscribe()
             for handler in self._handlers:  # a handler with work of its own stops it
                 close = getattr(handler, "close", None)
                 if close is not None:

@@ -38,22 +38,30 @@ async def run_alerts(store: AsyncStore, run: str) -> list[AlertDoc]:
         name: AlertDoc(name=name, definition=_DEFINITION.decode(text))
         for name, text in sorted(defined.items())
     }
+    evaluated: dict[str, float] = {}
     for row in status.to_pylist():
         doc = docs.get(row["alert"])
         if doc is not None:
             doc.state, doc.evaluated_at = row["state"], _iso(row["at"])
             doc.value = _finite(row["value"])
+            evaluated[doc.name] = row["at"]
     for row in reversed(changes.to_pylist()):  # oldest first
         doc = docs.get(row["alert"])
-        if doc is not None:
-            doc.transitions.append(
-                AlertTransition(
-                    at=_iso(row["at"]),
-                    state=row["state"],
-                    previous=row["previous"],
-                    value=_finite(row["value"]),
-                )
+        if doc is None:
+            continue
+        doc.transitions.append(
+            AlertTransition(
+                at=_iso(row["at"]),
+                state=row["state"],
+                previous=row["previous"],
+                value=_finite(row["value"]),
             )
+        )
+        # A change is stored before the status of its round: never show an older state.
+        if row["at"] > evaluated.get(doc.name, -math.inf):
+            doc.state, doc.evaluated_at = row["state"], _iso(row["at"])
+            doc.value = _finite(row["value"])
+            evaluated[doc.name] = row["at"]
     return list(docs.values())
 
 

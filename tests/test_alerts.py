@@ -9,6 +9,7 @@ import datetime as dt
 import hashlib
 import http.server
 import json
+import math
 import threading
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -26,7 +27,7 @@ from stride import UsageError
 from stride._alerts import define_alert
 from stride.api_types import AlertDoc
 from stride.ingest import IngestSettings, IngestWorker
-from stride.ingest.alerts import ALERTS_BUCKET
+from stride.ingest.alerts import ALERTS_BUCKET, _window_sums
 from stride.query.alerts import run_alerts
 from stride.store import AsyncStore
 from stride.store.chdb import ChdbStore
@@ -284,6 +285,10 @@ def _batch(
     )  # fmt: skip
 
 
+#: The field of a writer's last batch: the run's end.
+ENDED = {"state": '"finished"'}
+
+
 def _definition(frequency: float = 1.0, threshold: float = 1.0) -> dict[str, str]:
     """The run field that attaches the alert ``high``: loss above ``threshold``."""
     definition = define_alert(
@@ -341,13 +346,15 @@ async def test_two_workers_sharing_the_stream_record_each_transition_once(
 ) -> None:
     ingest = Ingest(nc, chdb_store, workers=2)
     try:
-        # Batches of 0.5 s from t = 1000: loss 10 until 1005.5, then 0.
+        # Batches of 0.5 s from t = 1000: loss 10 until 1005.5, then 0; the last ends
+        # the run (so its last stretch is evaluated without waiting for more data).
         await ingest.send(_batch(0, 1000.0, 10.0, _definition()))
-        await ingest.until(lambda a: a and a[0].evaluated_at is not None)
+        await ingest.until(lambda a: len(a) == 1)
         await ingest.send(
-            *(_batch(i, 1000 + i / 2, 10.0 if i < 11 else 0.0, {}) for i in range(1, 20))
+            *(_batch(i, 1000 + i / 2, 10.0 if i < 11 else 0.0, {}) for i in range(1, 19)),
+            _batch(19, 1009.5, 0.0, ENDED),
         )
-        [alert] = await ingest.until(lambda a: a and a[0].evaluated_at == _seconds(1009))
+        [alert] = await ingest.until(lambda a: a and a[0].evaluated_at == _seconds(1010))
     finally:
         await ingest.stop()
     assert all(w.stats.batches_applied > 0 for w in ingest.workers), "both workers took batches"
@@ -372,8 +379,9 @@ async def test_a_run_synced_later_is_evaluated_on_its_points_times(
             _batch(i, 1000 + i / 2, 10.0 if i < 6 else 0.0, {}, ver=now + i) for i in range(10)
         ]
         batches[0].set.update(_definition())
+        batches[-1].set.update(ENDED)
         await ingest.send(*batches)
-        [alert] = await ingest.until(lambda a: a and a[0].evaluated_at == _seconds(1004))
+        [alert] = await ingest.until(lambda a: a and a[0].evaluated_at == _seconds(1005))
     finally:
         await ingest.stop()
     assert transitions(alert) == [("ok", "critical"), ("critical", "ok")]
@@ -388,13 +396,12 @@ async def test_the_first_definition_to_arrive_is_the_alert(
     ingest = Ingest(nc, chdb_store, workers=1)
     try:
         await ingest.send(_batch(0, 2000.0, 10.0, _definition(frequency=1.0), run="first"))
-        await ingest.until(lambda a: a and a[0].evaluated_at is not None, run="e/p/first")
+        await ingest.until(lambda a: len(a) == 1, run="e/p/first")
         late = _batch(0, 1000.0, 10.0, _definition(frequency=60.0, threshold=50.0), run="second")
-        await ingest.send(
-            late, *(_batch(i, 1000 + i / 2, 10.0, {}, run="second") for i in (1, 2, 3))
-        )
+        more = [_batch(i, 1000 + i / 2, 10.0, {}, run="second") for i in (1, 2)]
+        await ingest.send(late, *more, _batch(3, 1001.5, 10.0, ENDED, run="second"))
         [alert] = await ingest.until(
-            lambda a: a and a[0].evaluated_at == _seconds(1001), "e/p/second"
+            lambda a: a and a[0].evaluated_at == _seconds(1002), "e/p/second"
         )
         [first] = await run_alerts(chdb_store, "e/p/first")
     finally:
@@ -411,8 +418,8 @@ async def test_a_change_whose_worker_died_before_storing_it_is_stored_by_the_nex
     (its outbox) leaves them to the next evaluation of that alert."""
     ingest = Ingest(nc, chdb_store, workers=1)
     try:
-        await ingest.send(_batch(0, 1000.0, 10.0, _definition()))
-        [alert] = await ingest.until(lambda a: a and a[0].evaluated_at is not None)
+        await ingest.send(_batch(0, 1000.0, 10.0, _definition() | ENDED))
+        [alert] = await ingest.until(lambda a: a and a[0].evaluated_at == _seconds(1001))
         assert transitions(alert) == [("ok", "critical")]
         # As left by a worker that died: the entry says critical -> ok at 1001, not stored.
         kv = await nc.jetstream().key_value(ALERTS_BUCKET)
@@ -421,11 +428,22 @@ async def test_a_change_whose_worker_died_before_storing_it_is_stored_by_the_nex
         entry |= {"index": 1001, "state": "ok", "at": 1001.0, "value": 0.0}
         entry |= {"changes": [[1001.0, "ok", "critical", 0.0]], "flushed": False}
         await kv.put(key, msgspec.json.encode(entry))
-        await ingest.send(_batch(1, 1002.0, 0.0, {}))
-        [alert] = await ingest.until(lambda a: a and a[0].evaluated_at == _seconds(1002))
+        await ingest.send(_batch(1, 1002.0, 0.0, ENDED))
+        [alert] = await ingest.until(lambda a: a and a[0].evaluated_at == _seconds(1003))
         stored = msgspec.json.decode((await kv.get(key)).value or b"")
     finally:
         await ingest.stop()
     assert transitions(alert) == [("ok", "critical"), ("critical", "ok")]
     assert alert.transitions[1].at == _seconds(1001)
     assert stored["flushed"] is True and stored["state"] == "ok"
+
+
+def test_window_sums_survive_huge_values_before_them() -> None:
+    """Each window is summed on its own: a huge value (an exploding loss) spoils only
+    the windows that hold it, not every later one (a running sum's inf - inf)."""
+    times = np.array([1.0, 2.0, 3.0, 4.0, 5.0])
+    values = np.array([1e308, 1e308, 0.001, 0.001, 0.001])
+    sums = _window_sums(times, values, np.array([2.0, 5.0, 9.0]), 2.0)
+    assert sums[0] == math.inf  # (0, 2]: overflows, as its mean would
+    assert sums[1] == pytest.approx(0.002)  # (3, 5]
+    assert sums[2] == 0.0  # (7, 9]: empty
