@@ -116,6 +116,8 @@ class _Sql:
     def __init__(self) -> None:
         self.params: dict[str, Any] = {}
         self.keys: set[str] = set()
+        #: Keys read only for runs several writers wrote (see :meth:`rows`).
+        self.writer_keys: set[str] = set()
         self._names: dict[tuple[str, str], str] = {}
 
     def param(self, value: Any, kind: str) -> str:
@@ -138,6 +140,25 @@ class _Sql:
     def key(self, key: str) -> str:
         self.keys.add(key)
         return self.text(key)
+
+    def writer_key(self, key: str) -> str:
+        self.writer_keys.add(key)
+        return self.text(key)
+
+    def rows(self, entity: str, project: str) -> str:
+        """The WHERE condition of the rows the query reads: its keys, and the
+        per-writer keys of only the runs that have several writers (one writer,
+        the common case, needs none of them, and gathering them costs)."""
+        project_rows = f"entity = {self.text(entity)} AND project = {self.text(project)}"
+        keys = f"key IN {self.param(sorted(self.keys), 'Array(String)')}"
+        if not self.writer_keys:
+            return f"{project_rows} AND {keys}"
+        several = (
+            f"SELECT run_id FROM run_search WHERE {project_rows} "
+            f"AND key = {self.text(WRITER_STATE_KEY)} GROUP BY run_id HAVING min(pos) != max(pos)"
+        )
+        writer_keys = f"key IN {self.param(sorted(self.writer_keys), 'Array(String)')}"
+        return f"{project_rows} AND ({keys} OR ({writer_keys} AND run_id IN ({several})))"
 
 
 # ---- what a field name refers to ----------------------------------------------------------------
@@ -297,11 +318,9 @@ def _state(q: _Sql, crashed_before: float) -> str:
     state = f"argMaxIf(str, ver, key = {q.key('state')})"
     beat = f"maxIf(num, key = {q.key('heartbeat_at')})"
     cutoff = q.number(crashed_before)
-    says_key, beat_key = q.key(WRITER_STATE_KEY), q.key(WRITER_BEAT_KEY)
-    single = f"minIf(pos, key = {says_key}) = maxIf(pos, key = {says_key})"
-    # Several writers (rare): per writer (pos), its newest ver * 2 + (says running),
-    # and its newest batch time. Arrays gathered cheaply, folded only for those runs
-    # (multiIf evaluates a branch only where it is taken).
+    # Per-writer rows are read only for runs with several writers (Sql.rows): per
+    # writer (pos), its newest ver * 2 + (says running), and its newest batch time.
+    says_key, beat_key = q.writer_key(WRITER_STATE_KEY), q.writer_key(WRITER_BEAT_KEY)
     says = _by_writer(f"groupArrayIf((pos, ver * 2 + (str = 'running')), key = {says_key})")
     beats = _by_writer(f"groupArrayIf((pos, num), key = {beat_key})")
     running = f"arrayFilter((w, v) -> v % 2 = 1, ({says}).1, ({says}).2)"
@@ -309,16 +328,11 @@ def _state(q: _Sql, crashed_before: float) -> str:
     newest = f"({beats}).1[indexOf(({beats}).2, arrayMax(({beats}).2))]"
     return (
         f"multiIf(countIf(key = {q.key('state')}) = 0, 'created', "
-        f"{single}, if({state} = 'running' AND {beat} > 0 AND {beat} < {cutoff}, "
-        f"'crashed', {state}), "
+        f"countIf(key = {says_key}) = 0, "
+        f"if({state} = 'running' AND {beat} > 0 AND {beat} < {cutoff}, 'crashed', {state}), "
         f"hasAny({running}, {fresh}), 'running', "
         f"has({running}, {newest}), 'crashed', {state})"
     )
-
-
-def _newest_by_writer(pairs: str) -> str:
-    """``(writers, values)``: the largest value per writer of an array of pairs."""
-    return f"arrayReduce('maxMap', arrayMap(x -> [x.1], {pairs}), arrayMap(x -> [x.2], {pairs}))"
 
 
 def _by_writer(pairs: str) -> str:
@@ -561,9 +575,7 @@ async def search_run_ids(
     direction = "DESC" if descending else "ASC"
     sql = (
         f"SELECT run_id, toUInt8({value.kind}) AS kind_, toFloat64({value.num}) AS num_, "
-        f"toString({value.str}) AS str_ FROM run_search "
-        f"WHERE entity = {q.text(entity)} AND project = {q.text(project)} "
-        f"AND key IN {q.param(sorted(q.keys), 'Array(String)')} "
+        f"toString({value.str}) AS str_ FROM run_search WHERE {q.rows(entity, project)} "
         f"GROUP BY run_id HAVING {having} ORDER BY "
         + ", ".join(f"{c} {direction}" for c in ("kind_", "num_", "str_", "run_id"))
         + f" LIMIT {q.param(per_page, 'UInt32')}"
@@ -590,9 +602,7 @@ async def count_runs(
     having = _matching(q, _Compiler(q, entity, project, time.time() - lost_after_s), filters)
     sql = (
         f"SELECT count() AS n FROM (SELECT run_id FROM run_search "
-        f"WHERE entity = {q.text(entity)} AND project = {q.text(project)} "
-        f"AND key IN {q.param(sorted(q.keys), 'Array(String)')} "
-        f"GROUP BY run_id HAVING {having})"
+        f"WHERE {q.rows(entity, project)} GROUP BY run_id HAVING {having})"
     )
     return int((await _query(store, sql, q)).column("n")[0].as_py())
 
