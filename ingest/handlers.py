@@ -26,13 +26,21 @@ handler, not editing the loop::
 
 from __future__ import annotations
 
+import dataclasses
+import time
 from collections.abc import Sequence
 from typing import Any, Protocol, TypeVar
 
 import pyarrow as pa
 
 from stride.store import AsyncStore
-from stride.store.run_search import SEARCH_COLUMNS, SEARCH_FROM_PARTIALS, search_rows
+from stride.store.run_search import (
+    SEARCH_COLUMNS,
+    SEARCH_FROM_PARTIALS,
+    runs_with_several_writers,
+    search_rows,
+    several_writers_rows,
+)
 from stride.store.schema import (
     EVENTS_COLUMNS,
     FIELDS_COLUMNS,
@@ -61,6 +69,10 @@ __all__ = [
 ]
 
 T = TypeVar("T")
+
+#: Runs a handler remembers as already marked before it forgets them all (and marks
+#: again, harmlessly, any that still get states).
+_MAX_REMEMBERED = 100_000
 
 
 class Handler(Protocol[T]):
@@ -136,24 +148,52 @@ class RunFieldsHandler:
     """``run_fields``: set fields (last write wins), set-once fields as ``~name``
     (first write wins) and every batch's ``heartbeat_at``; then the same fields
     flattened into ``run_search`` (so a run a search finds can be read), with each
-    writer's newest batch time (its beat: is that writer alive?)."""
+    writer's newest batch time (its beat: is that writer alive?).
+
+    After writing a state, it looks whether another writer set one for the same
+    run, and if so marks the run as written by several
+    (:data:`~stride.store.run_search.SEVERAL_WRITERS_KEY`). Each worker looks
+    after its own insert, so of two writers' first states stored at once by two
+    workers, the later look sees both; and looks again at every state change (a
+    writer's end too), so a look that missed a row not yet visible is made good.
+    """
 
     name = "run_fields"
     parts = frozenset({"set", "set_once", "ver"})
 
-    def prepare(self, batches: Sequence[Batch]) -> tuple[pa.Table, pa.Table]:
+    def __init__(self) -> None:
+        self._several: set[tuple[str, str, str]] = set()  # runs marked (a cache, bounded)
+
+    def prepare(self, batches: Sequence[Batch]) -> RunFields:
         fields = build_fields(batches)
         beats: dict[tuple[str, str, str, str], int] = {}  # each writer's newest batch
         for b in batches:
             where = (b.entity, b.project, b.run_id, b.writer)
             beats[where] = max(beats.get(where, 0), b.ver)
-        return fields, search_rows(fields, beats)
+        states = {(b.entity, b.project, b.run_id) for b in batches if "state" in b.set}
+        return RunFields(fields, search_rows(fields, beats), states)
 
-    async def write(self, store: AsyncStore, prepared: tuple[pa.Table, pa.Table]) -> int:
-        fields, search = prepared
-        await store.insert_arrow("run_fields", FIELDS_COLUMNS, fields)
-        await store.insert_arrow("run_search", SEARCH_COLUMNS, search)
+    async def write(self, store: AsyncStore, prepared: RunFields) -> int:
+        await store.insert_arrow("run_fields", FIELDS_COLUMNS, prepared.fields)
+        await store.insert_arrow("run_search", SEARCH_COLUMNS, prepared.search)
+        several = await runs_with_several_writers(store, prepared.states - self._several)
+        if several:
+            marks = several_writers_rows(sorted(several), time.time_ns())
+            await store.insert_arrow("run_search", SEARCH_COLUMNS, marks)
+            if len(self._several) > _MAX_REMEMBERED:
+                self._several.clear()
+            self._several |= several
         return 0
+
+
+@dataclasses.dataclass(frozen=True)
+class RunFields:
+    """What :class:`RunFieldsHandler` writes for a fetch."""
+
+    fields: pa.Table
+    search: pa.Table
+    #: (entity, project, run id) of the runs whose state a batch set.
+    states: set[tuple[str, str, str]]
 
 
 class EventsHandler:

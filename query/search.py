@@ -48,6 +48,7 @@ from stride.store.run_search import (
     NULL,
     NUMBER,
     OBJECT,
+    SEVERAL_WRITERS_KEY,
     STRING,
     TIME_KEYS,
     WRITER_BEAT_KEY,
@@ -116,8 +117,8 @@ class _Sql:
     def __init__(self) -> None:
         self.params: dict[str, Any] = {}
         self.keys: set[str] = set()
-        #: Keys read only for runs several writers wrote (see :meth:`rows`).
-        self.writer_keys: set[str] = set()
+        #: Scalar subqueries the query names, computed once before it (``WITH``).
+        self.scalars: dict[str, str] = {}
         self._names: dict[tuple[str, str], str] = {}
 
     def param(self, value: Any, kind: str) -> str:
@@ -141,24 +142,21 @@ class _Sql:
         self.keys.add(key)
         return self.text(key)
 
-    def writer_key(self, key: str) -> str:
-        self.writer_keys.add(key)
-        return self.text(key)
+    def scalar(self, name: str, subquery: str) -> str:
+        self.scalars[name] = subquery
+        return name
+
+    def select(self) -> str:
+        """``SELECT``, after the ``WITH`` clause of the scalar subqueries named."""
+        names = ", ".join(f"({sql}) AS {name}" for name, sql in self.scalars.items())
+        return f"WITH {names} SELECT" if names else "SELECT"
 
     def rows(self, entity: str, project: str) -> str:
-        """The WHERE condition of the rows the query reads: its keys, and the
-        per-writer keys of only the runs that have several writers (one writer,
-        the common case, needs none of them, and gathering them costs)."""
-        project_rows = f"entity = {self.text(entity)} AND project = {self.text(project)}"
-        keys = f"key IN {self.param(sorted(self.keys), 'Array(String)')}"
-        if not self.writer_keys:
-            return f"{project_rows} AND {keys}"
-        several = (
-            f"SELECT run_id FROM run_search WHERE {project_rows} "
-            f"AND key = {self.text(WRITER_STATE_KEY)} GROUP BY run_id HAVING min(pos) != max(pos)"
+        """The WHERE condition of the rows the query reads: the project's, of its keys."""
+        return (
+            f"entity = {self.text(entity)} AND project = {self.text(project)} "
+            f"AND key IN {self.param(sorted(self.keys), 'Array(String)')}"
         )
-        writer_keys = f"key IN {self.param(sorted(self.writer_keys), 'Array(String)')}"
-        return f"{project_rows} AND ({keys} OR ({writer_keys} AND run_id IN ({several})))"
 
 
 # ---- what a field name refers to ----------------------------------------------------------------
@@ -284,7 +282,7 @@ def _resolve(q: _Sql, name: str, entity: str, project: str, crashed_before: floa
     if name == "id":
         return _Scalar(_Cols(str(STRING), "0", "run_id"))
     if name == "state":
-        return _Scalar(_Cols(str(STRING), "0", _state(q, crashed_before)))
+        return _Scalar(_Cols(str(STRING), "0", _state(q, entity, project, crashed_before)))
     if name == "config" or (name.startswith("config.") and len(name) > len("config.")):
         tiers = [(_Source(name, "config", shared=False),)]
         if name.endswith(".value") and name.count(".") > 1:  # W&B's config.<key>.value
@@ -307,37 +305,48 @@ def _resolve(q: _Sql, name: str, entity: str, project: str, crashed_before: floa
     raise BadRequest(f"unknown field {name!r}; fields are {_FIELDS_HELP}")
 
 
-def _state(q: _Sql, crashed_before: float) -> str:
+def _state(q: _Sql, entity: str, project: str, crashed_before: float) -> str:
     """The run's state as the service reports it (the rule of :func:`.runs._fold`):
-    ``created`` until one is written. A run one writer set states for (or one from
-    before writers were kept): ``crashed`` when ``running`` and its last batch is
-    older than the limit, else the state written. Several writers: ``running``
+    ``created`` until one is written. A run of one writer (one ingest has not
+    marked as several writers'): ``crashed`` when ``running`` and its last batch
+    is older than the limit, else the state written. Several writers: ``running``
     while one whose last state is ``running`` has sent a batch within the limit;
     else ``crashed`` if the writer that sent the newest batch last said
-    ``running`` (it died unseen); else the state written last."""
+    ``running`` (it died unseen); else the state written last.
+
+    The writers of the marked runs are folded apart, once, in a scalar subquery
+    the main query looks runs up in: read and gathered per run in the main
+    aggregation, they cost every run (most have one writer) a third more."""
     state = f"argMaxIf(str, ver, key = {q.key('state')})"
     beat = f"maxIf(num, key = {q.key('heartbeat_at')})"
+    project_rows = f"entity = {q.text(entity)} AND project = {q.text(project)}"
+    marked_key = q.text(SEVERAL_WRITERS_KEY)
+    marked = f"SELECT run_id FROM run_search WHERE {project_rows} AND key = {marked_key}"
+    says_key, beat_key = q.text(WRITER_STATE_KEY), q.text(WRITER_BEAT_KEY)
     cutoff = q.number(crashed_before)
-    # Per-writer rows are read only for runs with several writers (Sql.rows): per
-    # writer (pos), its newest ver * 2 + (says running), and its newest batch time.
-    says_key, beat_key = q.writer_key(WRITER_STATE_KEY), q.writer_key(WRITER_BEAT_KEY)
-    says = _by_writer(f"groupArrayIf((pos, ver * 2 + (str = 'running')), key = {says_key})")
-    beats = _by_writer(f"groupArrayIf((pos, num), key = {beat_key})")
-    running = f"arrayFilter((w, v) -> v % 2 = 1, ({says}).1, ({says}).2)"
-    fresh = f"arrayFilter((w, t) -> t >= {cutoff}, ({beats}).1, ({beats}).2)"
-    newest = f"({beats}).1[indexOf(({beats}).2, arrayMax(({beats}).2))]"
+    # Per writer (pos): does its newest state say running (on a tie of versions,
+    # running wins), and its newest batch time.
+    writers = (
+        f"SELECT run_id, pos, argMaxIf(str = 'running', (ver, str = 'running'), key = {says_key}) "
+        f"AS says, maxIf(num, key = {beat_key}) AS beat FROM run_search WHERE {project_rows} "
+        f"AND key IN ({says_key}, {beat_key}) AND run_id IN ({marked}) GROUP BY run_id, pos"
+    )
+    # Per run: running if a writer that says running is alive; else crashed if the
+    # newest-beat writer (the lowest pos on a tie) says running; else the last state.
+    runs = (
+        f"SELECT run_id, multiIf(countIf(says AND beat >= {cutoff}) > 0, 'running', "
+        f"argMax(says, (beat, 4294967295 - pos)), 'crashed', 'last') AS state "
+        f"FROM ({writers}) GROUP BY run_id"
+    )
+    several = q.scalar(
+        "several_writers", f"SELECT (groupArray(run_id), groupArray(state)) FROM ({runs})"
+    )
+    found = f"transform(run_id, {several}.1, {several}.2, '')"
+    one_writer = f"if({state} = 'running' AND {beat} > 0 AND {beat} < {cutoff}, 'crashed', {state})"
     return (
         f"multiIf(countIf(key = {q.key('state')}) = 0, 'created', "
-        f"countIf(key = {says_key}) = 0, "
-        f"if({state} = 'running' AND {beat} > 0 AND {beat} < {cutoff}, 'crashed', {state}), "
-        f"hasAny({running}, {fresh}), 'running', "
-        f"has({running}, {newest}), 'crashed', {state})"
+        f"{found} = '', {one_writer}, {found} = 'last', {state}, {found})"
     )
-
-
-def _by_writer(pairs: str) -> str:
-    """``(writers, values)``: the largest value per writer of an array of pairs."""
-    return f"arrayReduce('maxMap', arrayMap(x -> [x.1], {pairs}), arrayMap(x -> [x.2], {pairs}))"
 
 
 # ---- filters ------------------------------------------------------------------------------------
@@ -574,7 +583,7 @@ async def search_run_ids(
         having += f" AND (kind_, num_, str_, run_id) {cmp} ({position})"
     direction = "DESC" if descending else "ASC"
     sql = (
-        f"SELECT run_id, toUInt8({value.kind}) AS kind_, toFloat64({value.num}) AS num_, "
+        f"{q.select()} run_id, toUInt8({value.kind}) AS kind_, toFloat64({value.num}) AS num_, "
         f"toString({value.str}) AS str_ FROM run_search WHERE {q.rows(entity, project)} "
         f"GROUP BY run_id HAVING {having} ORDER BY "
         + ", ".join(f"{c} {direction}" for c in ("kind_", "num_", "str_", "run_id"))
@@ -601,7 +610,7 @@ async def count_runs(
     q = _Sql()
     having = _matching(q, _Compiler(q, entity, project, time.time() - lost_after_s), filters)
     sql = (
-        f"SELECT count() AS n FROM (SELECT run_id FROM run_search "
+        f"SELECT count() AS n FROM ({q.select()} run_id FROM run_search "
         f"WHERE {q.rows(entity, project)} GROUP BY run_id HAVING {having})"
     )
     return int((await _query(store, sql, q)).column("n")[0].as_py())

@@ -33,7 +33,7 @@ from __future__ import annotations
 import hashlib
 import math
 import zlib
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Collection, Iterable, Iterator, Mapping
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, NamedTuple
 
@@ -43,6 +43,7 @@ import pyarrow as pa
 from .schema import FIELDS_COLUMNS, ONCE_PREFIX, WRITER_PREFIX
 
 if TYPE_CHECKING:
+    from . import AsyncStore
     from ._base import Store
 
 #: Row kinds, numbered in MongoDB's sort order (null < numbers < strings <
@@ -60,6 +61,11 @@ METRIC_PREFIX = "@"
 WRITER_STATE_KEY = "\x02wstate"
 WRITER_BEAT_KEY = "\x02wbeat"
 WRITERS_FIELD = "\x02writers"
+#: A row of this key (field :data:`WRITERS_FIELD`, ``pos`` 0) marks a run that
+#: several writers set states for; ingest writes it when it sees the second
+#: (:func:`runs_with_several_writers`). A search folds the per-writer rows of
+#: only the marked runs: one writer, the common case, needs none of them.
+SEVERAL_WRITERS_KEY = "\x02several"
 #: Fields whose text is an ISO 8601 time: their rows carry the Unix time in ``num``.
 TIME_KEYS = frozenset({"created_at", "heartbeat_at", "finished_at"})
 #: Objects and arrays longer than this as JSON are kept as a hash (:func:`whole`).
@@ -194,6 +200,32 @@ class SearchRows:
 def writer_pos(writer: str) -> int:
     """The number that stands for a writer in its run's rows (CRC-32 of its id)."""
     return zlib.crc32(writer.encode())
+
+
+def several_writers_rows(runs: Iterable[tuple[str, str, str]], ver: int) -> pa.Table:
+    """The rows that mark ``runs`` (entity, project, run id) as written by several writers."""
+    rows = SearchRows()
+    mark = SearchRow(SEVERAL_WRITERS_KEY, WRITERS_FIELD, 0, NUMBER, 1.0, "")
+    for entity, project, run_id in runs:
+        rows.extend(entity, project, run_id, ver, [mark])
+    return rows.table()
+
+
+async def runs_with_several_writers(
+    store: AsyncStore, runs: Collection[tuple[str, str, str]]
+) -> set[tuple[str, str, str]]:
+    """Those of ``runs`` (entity, project, run id) that several writers set states
+    for, as their :data:`WRITER_STATE_KEY` rows stored so far show."""
+    if not runs:
+        return set()
+    found = await store.query_arrow(
+        "SELECT entity, project, run_id FROM run_search "
+        "WHERE key = {key:String} AND run_id IN {ids:Array(String)} "
+        "GROUP BY entity, project, run_id HAVING min(pos) != max(pos)",
+        {"key": WRITER_STATE_KEY, "ids": sorted({run_id for _, _, run_id in runs})},
+    )
+    rows = zip(*(found.column(n).to_pylist() for n in ("entity", "project", "run_id")), strict=True)
+    return {run for run in rows if run in runs}  # the ids alone may match other projects'
 
 
 def search_rows(

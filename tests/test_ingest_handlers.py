@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import numpy as np
 import orjson
 import pyarrow as pa
@@ -23,9 +24,10 @@ from nats.aio.client import Client as NatsClient
 
 from stride.ingest import Handler, IngestSettings, IngestWorker, default_handlers
 from stride.ingest._tables import build_points
-from stride.ingest.handlers import check_registry
+from stride.ingest.handlers import RunFieldsHandler, check_registry
 from stride.store import AsyncStore, StoreError
 from stride.store.chdb import ChdbStore
+from stride.store.run_search import SEVERAL_WRITERS_KEY
 from stride.wire import (
     DLQ_STREAM,
     INGEST_SUBJECT,
@@ -453,3 +455,63 @@ async def test_a_write_slower_than_the_ack_wait_is_not_handed_to_another_worker(
     await asyncio.wait_for(slow_task, 30)
     assert sorted(seen.written) == [("ent/proj/kept-alive", "w1", s) for s in range(3)]
     assert other_seen.written == []
+
+
+class FirstLookMisses(AsyncStore):
+    """The store seam: the first query returns no rows, as a ClickHouse replica
+    behind on another worker's insert would (no such replica here to lag)."""
+
+    def __init__(self, store: ChdbStore) -> None:
+        super().__init__(store)
+        self.missed = False
+
+    async def query_arrow(self, sql: str, params: Any = None) -> pa.Table:
+        found = await super().query_arrow(sql, params)
+        if not self.missed:
+            self.missed = True
+            return found.slice(0, 0)
+        return found
+
+
+def several_writers_marks(chdb: ChdbStore) -> list[tuple[Any, ...]]:
+    return rows_of(
+        chdb.query_arrow(
+            "SELECT entity, project, run_id FROM run_search WHERE key = {k:String} ORDER BY run_id",
+            {"k": SEVERAL_WRITERS_KEY},
+        )
+    )
+
+
+def state_of(run_id: str, writer: str, state: str | None) -> Batch:
+    fields = {} if state is None else {"state": state}
+    return msgspec.structs.replace(batch(run_id, 0, range(1), **fields), writer=writer)
+
+
+async def test_a_run_is_marked_as_several_writers_by_whichever_worker_sees_the_second(
+    chdb: ChdbStore,
+) -> None:
+    """Two workers each store one writer's states: the one that stores the second
+    writer's marks the run (search folds per-writer rows only for marked runs);
+    a run one writer sets states for again and again is never marked."""
+    store = AsyncStore(chdb)
+    first, second = RunFieldsHandler(), RunFieldsHandler()
+    await first.write(store, first.prepare([state_of("alone", "w1", "running")]))
+    await first.write(store, first.prepare([state_of("alone", "w1", "finished")]))
+    await first.write(store, first.prepare([state_of("ranks", "w1", "running")]))
+    await second.write(store, second.prepare([state_of("ranks", "w2", None)]))  # no state yet
+    assert several_writers_marks(chdb) == []
+    await second.write(store, second.prepare([state_of("ranks", "w2", "running")]))
+    assert several_writers_marks(chdb) == [("ent", "proj", "ranks")]
+
+
+async def test_a_look_that_missed_the_other_writer_is_made_good_at_the_next_state(
+    chdb: ChdbStore,
+) -> None:
+    store = AsyncStore(chdb)
+    first, second = RunFieldsHandler(), RunFieldsHandler()
+    await first.write(store, first.prepare([state_of("ranks", "w1", "running")]))
+    lagging = FirstLookMisses(chdb)
+    await second.write(lagging, second.prepare([state_of("ranks", "w2", "running")]))
+    assert lagging.missed and several_writers_marks(chdb) == []
+    await first.write(store, first.prepare([state_of("ranks", "w1", "finished")]))
+    assert several_writers_marks(chdb) == [("ent", "proj", "ranks")]
