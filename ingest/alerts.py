@@ -41,12 +41,18 @@ stale data; one that finds an outbox not flushed (its writer died) flushes it
 again, which stores the same rows and publishes notifications JetStream drops
 as duplicates (by id, within its duplicate window).
 
+A run's end (a writer's last batch) is kept in the bucket too (``due.*``),
+written before its fetch is acknowledged and deleted once evaluated: every
+worker looks for ends left there when it starts and every
+:data:`_SWEEP_S`, so an end whose worker died, or whose evaluation failed, is
+evaluated though the run sends nothing more.
+
 What is not seen: a point that arrives more than :data:`GRACE_S` after its
 instant was evaluated (a writer lagging behind the others, a spool synced
-later in pieces) does not change that evaluation; work lost with an ingest
-process (after its fetch was acknowledged, before evaluation; a stop gets one
-last round of at most a few seconds), or changes whose storing failed after
-the entry was updated, wait for the run's next data.
+later in pieces) does not change that evaluation; other work lost with an
+ingest process (after its fetch was acknowledged, before evaluation; a stop
+gets one last round of at most a few seconds), or changes whose storing failed
+after the entry was updated, wait for the run's next data or its end.
 """
 
 from __future__ import annotations
@@ -101,6 +107,11 @@ _ENDED = frozenset({'"finished"', '"failed"', '"cancelled"', '"crashed"'})
 _KNOWN_FOR_S = 10.0
 _PARALLEL = 8
 _LAST_ROUND_S = 5.0
+#: A run's end, kept in the bucket (``due.<run digest>``) from the fetch that
+#: brought it until its alerts are evaluated: work an ingest process dies with is
+#: found and done by a live one (every worker looks this often).
+_DUE_PREFIX = "due."
+_SWEEP_S = 30.0
 _DEFINITION = msgspec.json.Decoder(AlertDefinition)
 
 
@@ -118,6 +129,17 @@ class _Entry(msgspec.Struct):
 
 
 _ENTRY = msgspec.json.Decoder(_Entry)
+
+
+class _Due(msgspec.Struct):
+    """A run's end waiting for its evaluation: the span of its last fetch."""
+
+    run: str
+    lo: float
+    hi: float
+
+
+_DUE = msgspec.json.Decoder(_Due)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -184,8 +206,14 @@ class AlertsHandler:
     async def write(self, store: AsyncStore, prepared: Prepared) -> int:
         if prepared.definitions:
             await self._evaluator.define(store, prepared.definitions)
+        await self._evaluator.keep_due({p: s for p, s in prepared.spans.items() if s.final})
         self._evaluator.submit(prepared.spans, prepared.attached)
         return 0
+
+    def start(self) -> None:
+        """Start the evaluations (the worker calls it when it starts): runs' ends
+        left by a worker that died are evaluated without waiting for new data."""
+        self._evaluator.start()
 
     async def close(self) -> None:
         """Stop the evaluations (the worker calls it when it stops)."""
@@ -263,8 +291,41 @@ class AlertEvaluator:
         self._attached |= attached.keys()
         if self._pending:
             self._wake.set()
-            if self._task is None:
-                self._task = asyncio.create_task(self._loop(), name="alerts")
+            self.start()
+
+    def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.create_task(self._loop(), name="alerts")
+
+    async def keep_due(self, ends: dict[str, Span]) -> None:
+        """Keep the runs' ends in the bucket until they are evaluated (in the fetch's
+        write, before it is acknowledged)."""
+        if ends:
+            kv = await self._bucket()
+            for path, span in ends.items():
+                await kv.put(
+                    _DUE_PREFIX + _digest(path), msgspec.json.encode(_Due(path, span.lo, span.hi))
+                )
+
+    async def _due(self) -> dict[str, Span]:
+        """The runs' ends kept in the bucket (by any worker) and not yet evaluated."""
+        kv = await self._bucket()
+        found: dict[str, Span] = {}
+        watcher = await kv.watch(_DUE_PREFIX + ">", ignore_deletes=True)
+        try:
+            async for entry in watcher:
+                if entry is None:  # the end of what is stored
+                    break
+                try:
+                    due = _DUE.decode(entry.value or b"")
+                except (msgspec.DecodeError, msgspec.ValidationError):
+                    log.warning("alerts: unreadable %s dropped", entry.key)
+                    await kv.delete(entry.key)
+                    continue
+                found[due.run] = Span(due.lo, due.hi, True)
+        finally:
+            await watcher.stop()  # type: ignore[no-untyped-call]
+        return found
 
     async def close(self) -> None:
         """Stop the task; what waits gets one last round, of at most a few seconds."""
@@ -278,11 +339,21 @@ class AlertEvaluator:
                 await asyncio.wait_for(self._round(pending, self._attached), _LAST_ROUND_S)
 
     async def _loop(self) -> None:
+        sweep_at = 0.0  # look for runs' ends left by a dead worker at once, then every _SWEEP_S
         while True:
-            await self._wake.wait()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), max(0.0, sweep_at - time.monotonic()))
             self._wake.clear()
+            if time.monotonic() >= sweep_at:
+                sweep_at = time.monotonic() + _SWEEP_S
+                try:
+                    self.submit(await self._due(), {})
+                except Exception:
+                    log.exception("alerts: could not read the runs' ends waiting; tries again")
             pending, self._pending = self._pending, {}
             attached, self._attached = self._attached, set()
+            if not pending:
+                continue
             try:
                 await self._round(pending, attached)
             except Exception:
@@ -294,6 +365,7 @@ class AlertEvaluator:
         runs = await self._alerts_of(list(pending), attached)
         limit = asyncio.Semaphore(_PARALLEL)
         status: list[tuple[str, str, _Entry]] = []
+        failed: set[str] = set()
 
         async def one(path: str, name: str, definition: AlertDefinition) -> None:
             async with limit:
@@ -301,6 +373,7 @@ class AlertEvaluator:
                     entry = await self._evaluate(path, name, definition, pending[path])
                 except Exception:
                     log.exception("alerts: %r on %s failed; its next data retries", name, path)
+                    failed.add(path)
                     return
                 if entry is not None and entry.at is not None:
                     status.append((path, name, entry))
@@ -320,6 +393,11 @@ class AlertEvaluator:
                 }
             )
             await self._store.insert_arrow("alert_status", ALERT_STATUS_COLUMNS, table)
+        ended = [p for p, span in pending.items() if span.final and p not in failed]
+        if ended:  # done: no longer due (a failed one is tried again at the next sweep)
+            kv = await self._bucket()
+            for path in ended:
+                await kv.delete(_DUE_PREFIX + _digest(path))
 
     async def _alerts_of(
         self, paths: list[str], attached: set[str]

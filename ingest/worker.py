@@ -150,6 +150,10 @@ class IngestWorker:
         """Consume until :meth:`stop` is called."""
         sub = await self._subscribe()
         self.subscribed = True
+        for handler in self._handlers:  # a handler with work of its own starts it
+            start = getattr(handler, "start", None)
+            if start is not None:
+                start()
         # Two stages: while one fetch is written (chDB releases the GIL), the next is
         # fetched, decoded and turned into Arrow tables.
         writing: asyncio.Task[None] | None = None

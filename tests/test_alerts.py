@@ -21,13 +21,14 @@ import numpy as np
 import pytest
 from aiosmtpd.controller import Controller
 from nats.aio.client import Client as NatsClient
+from nats.js.errors import KeyNotFoundError
 
 import stride
 from stride import UsageError
 from stride._alerts import define_alert
 from stride.api_types import AlertDoc
-from stride.ingest import IngestSettings, IngestWorker
-from stride.ingest.alerts import ALERTS_BUCKET, _window_sums
+from stride.ingest import IngestSettings, IngestWorker, default_handlers
+from stride.ingest.alerts import ALERTS_BUCKET, AlertEvaluator, AlertsHandler, _window_sums
 from stride.query.alerts import run_alerts
 from stride.store import AsyncStore
 from stride.store.chdb import ChdbStore
@@ -436,6 +437,40 @@ async def test_a_change_whose_worker_died_before_storing_it_is_stored_by_the_nex
     assert transitions(alert) == [("ok", "critical"), ("critical", "ok")]
     assert alert.transitions[1].at == _seconds(1001)
     assert stored["flushed"] is True and stored["state"] == "ok"
+
+
+async def test_a_runs_end_left_by_a_worker_that_died_is_evaluated_by_the_next(
+    nc: NatsClient, chdb_store: AsyncStore
+) -> None:
+    """A worker that stored a run's last batch (its fetch acknowledged) and died
+    before evaluating it leaves the run's end in the key-value bucket: the next
+    worker to start evaluates it, though the run sends nothing more."""
+    ingest = Ingest(nc, chdb_store, workers=1)
+    try:
+        await ingest.send(_batch(0, 1000.0, 10.0, _definition()))
+        await ingest.until(lambda a: len(a) == 1)  # defined; 1000 not due yet (2 s grace)
+    finally:
+        await ingest.stop()
+    # What the dying worker did with the run's last batch: stored it, kept its end.
+    last = _batch(1, 1001.0, 0.0, ENDED)  # loss 0 over 1001.0-1001.4
+    for handler in default_handlers():
+        prepared = handler.prepare([last])
+        if prepared is not None:
+            await handler.write(chdb_store, prepared)
+    evaluator = AlertEvaluator(nc.jetstream(), chdb_store)
+    await evaluator.keep_due(AlertsHandler(evaluator).prepare([last]).spans)
+    assert (await run_alerts(chdb_store, "e/p/r"))[0].evaluated_at is None
+
+    ingest = Ingest(nc, chdb_store, workers=1)
+    try:
+        [alert] = await ingest.until(lambda a: a and a[0].evaluated_at == _seconds(1002))
+    finally:
+        await ingest.stop()
+    assert transitions(alert) == [("ok", "critical"), ("critical", "ok")]
+    assert [t.at for t in alert.transitions] == [_seconds(1000), _seconds(1002)]
+    kv = await nc.jetstream().key_value(ALERTS_BUCKET)
+    with pytest.raises(KeyNotFoundError):  # evaluated: no longer due
+        await kv.get("due." + hashlib.sha1(b"e/p/r").hexdigest())
 
 
 def test_window_sums_survive_huge_values_before_them() -> None:
