@@ -41,9 +41,9 @@ stale data; one that finds an outbox not flushed (its writer died) flushes it
 again, which stores the same rows and publishes notifications JetStream drops
 as duplicates (by id, within its duplicate window).
 
-A run's end (a writer's last batch) is kept in the bucket too (``due.*``),
-written before its fetch is acknowledged and deleted once evaluated: every
-worker looks for ends left there when it starts and every
+The end of a run with alerts (a writer's last batch) is kept in the bucket
+too (``due.*``), written before its fetch is acknowledged and deleted once
+evaluated: every worker looks for ends left there when it starts and every
 :data:`_SWEEP_S`, so an end whose worker died, or whose evaluation failed, is
 evaluated though the run sends nothing more.
 
@@ -300,6 +300,9 @@ class AlertEvaluator:
     async def keep_due(self, ends: dict[str, Span]) -> None:
         """Keep the runs' ends in the bucket until they are evaluated (in the fetch's
         write, before it is acknowledged)."""
+        if ends:  # only runs with alerts (this fetch's fields and definitions are stored)
+            with_alerts = await attached_alerts(self._store, list(ends))
+            ends = {path: span for path, span in ends.items() if with_alerts.get(path)}
         if ends:
             kv = await self._bucket()
             for path, span in ends.items():

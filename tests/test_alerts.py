@@ -458,7 +458,17 @@ async def test_a_runs_end_left_by_a_worker_that_died_is_evaluated_by_the_next(
         if prepared is not None:
             await handler.write(chdb_store, prepared)
     evaluator = AlertEvaluator(nc.jetstream(), chdb_store)
-    await evaluator.keep_due(AlertsHandler(evaluator).prepare([last]).spans)
+    plain = _batch(0, 1000.0, 10.0, ENDED, run="plain")  # a run without alerts: nothing due
+    for handler in default_handlers():
+        prepared = handler.prepare([plain])
+        if prepared is not None:
+            await handler.write(chdb_store, prepared)
+    await evaluator.keep_due(AlertsHandler(evaluator).prepare([last, plain]).spans)
+    kv = await nc.jetstream().key_value(ALERTS_BUCKET)
+    due = {run: "due." + hashlib.sha1(run.encode()).hexdigest() for run in ("e/p/r", "e/p/plain")}
+    assert (await kv.get(due["e/p/r"])).value
+    with pytest.raises(KeyNotFoundError):
+        await kv.get(due["e/p/plain"])
     assert (await run_alerts(chdb_store, "e/p/r"))[0].evaluated_at is None
 
     ingest = Ingest(nc, chdb_store, workers=1)
@@ -468,9 +478,8 @@ async def test_a_runs_end_left_by_a_worker_that_died_is_evaluated_by_the_next(
         await ingest.stop()
     assert transitions(alert) == [("ok", "critical"), ("critical", "ok")]
     assert [t.at for t in alert.transitions] == [_seconds(1000), _seconds(1002)]
-    kv = await nc.jetstream().key_value(ALERTS_BUCKET)
     with pytest.raises(KeyNotFoundError):  # evaluated: no longer due
-        await kv.get("due." + hashlib.sha1(b"e/p/r").hexdigest())
+        await kv.get(due["e/p/r"])
 
 
 def test_window_sums_survive_huge_values_before_them() -> None:
