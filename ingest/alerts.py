@@ -71,7 +71,12 @@ import msgspec
 import numpy as np
 import pyarrow as pa
 from nats.js import JetStreamContext
-from nats.js.errors import BucketNotFoundError, KeyNotFoundError, KeyWrongLastSequenceError
+from nats.js.errors import (
+    APIError,
+    BucketNotFoundError,
+    KeyNotFoundError,
+    KeyWrongLastSequenceError,
+)
 from nats.js.kv import KeyValue
 
 from stride._alerts import check_definition
@@ -112,6 +117,8 @@ _LAST_ROUND_S = 5.0
 #: found and done by a live one (every worker looks this often).
 _DUE_PREFIX = "due."
 _SWEEP_S = 30.0
+#: JetStream's error codes for a write whose expected last revision is not the key's.
+_WRONG_LAST_REVISION = (10071, 10164)
 _DEFINITION = msgspec.json.Decoder(AlertDefinition)
 
 
@@ -237,6 +244,9 @@ class AlertEvaluator:
         self._kv: KeyValue | None = None
         self._known: dict[str, _Known] = {}
         self._pending: dict[str, Span] = {}
+        #: run path -> revision of the newest ``due.*`` entry of its end this worker
+        #: kept or found (deleted only at that revision: a newer end stays due).
+        self._due_revision: dict[str, int] = {}
         self._attached: set[str] = set()  # runs whose alerts a fetch just named
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -306,9 +316,11 @@ class AlertEvaluator:
         if ends:
             kv = await self._bucket()
             for path, span in ends.items():
-                await kv.put(
-                    _DUE_PREFIX + _digest(path), msgspec.json.encode(_Due(path, span.lo, span.hi))
-                )
+                due = msgspec.json.encode(_Due(path, span.lo, span.hi))
+                self._note_due(path, await kv.put(_DUE_PREFIX + _digest(path), due))
+
+    def _note_due(self, path: str, revision: int) -> None:
+        self._due_revision[path] = max(revision, self._due_revision.get(path, 0))
 
     async def _due(self) -> dict[str, Span]:
         """The runs' ends kept in the bucket (by any worker) and not yet evaluated."""
@@ -326,6 +338,7 @@ class AlertEvaluator:
                     await kv.delete(entry.key)
                     continue
                 found[due.run] = Span(due.lo, due.hi, True)
+                self._note_due(due.run, entry.revision or 0)
         finally:
             await watcher.stop()  # type: ignore[no-untyped-call]
         return found
@@ -365,6 +378,11 @@ class AlertEvaluator:
                 )
 
     async def _round(self, pending: dict[str, Span], attached: set[str]) -> None:
+        due = {
+            p: self._due_revision[p]
+            for p, s in pending.items()
+            if s.final and p in self._due_revision
+        }
         runs = await self._alerts_of(list(pending), attached)
         limit = asyncio.Semaphore(_PARALLEL)
         status: list[tuple[str, str, _Entry]] = []
@@ -396,11 +414,18 @@ class AlertEvaluator:
                 }
             )
             await self._store.insert_arrow("alert_status", ALERT_STATUS_COLUMNS, table)
-        ended = [p for p, span in pending.items() if span.final and p not in failed]
-        if ended:  # done: no longer due (a failed one is tried again at the next sweep)
+        done = {p: revision for p, revision in due.items() if p not in failed}
+        if done:  # no longer due (a failed one is tried again at the next sweep)
             kv = await self._bucket()
-            for path in ended:
-                await kv.delete(_DUE_PREFIX + _digest(path))
+            for path, revision in done.items():
+                try:
+                    await kv.delete(_DUE_PREFIX + _digest(path), last=revision)
+                except APIError as exc:
+                    if exc.err_code not in _WRONG_LAST_REVISION:
+                        raise
+                    # A newer end was kept meanwhile: it stays due.
+                if self._due_revision.get(path) == revision:
+                    del self._due_revision[path]
 
     async def _alerts_of(
         self, paths: list[str], attached: set[str]

@@ -482,6 +482,37 @@ async def test_a_runs_end_left_by_a_worker_that_died_is_evaluated_by_the_next(
         await kv.get(due["e/p/r"])
 
 
+async def test_an_end_kept_again_meanwhile_stays_due(
+    nc: NatsClient, chdb_store: AsyncStore
+) -> None:
+    """Evaluating a run's end deletes its ``due`` entry only at the revision it
+    evaluated: a newer end another worker kept meanwhile stays, for its own
+    evaluation (and the next sweep, should that worker die)."""
+    ingest = Ingest(nc, chdb_store, workers=1)
+    try:
+        for run in ("r", "a"):
+            await ingest.send(_batch(0, 1000.0, 10.0, _definition(), run=run))
+            await ingest.until(lambda alerts: len(alerts) == 1, run=f"e/p/{run}")
+    finally:
+        await ingest.stop()
+    evaluator = AlertEvaluator(nc.jetstream(), chdb_store)
+    ends = AlertsHandler(evaluator).prepare(
+        [_batch(1, 1001.0, 0.0, ENDED, run="r"), _batch(1, 1001.0, 0.0, ENDED, run="a")]
+    )
+    await evaluator.keep_due(ends.spans)
+    kv = await nc.jetstream().key_value(ALERTS_BUCKET)
+    due = {run: "due." + hashlib.sha1(run.encode()).hexdigest() for run in ("e/p/r", "e/p/a")}
+    newer = b'{"run": "e/p/r", "lo": 1001.0, "hi": 1003.0}'  # another worker's, later
+    await kv.put(due["e/p/r"], newer)
+    # Queued, then evaluated in the last round of close() (the task never ran, so no
+    # sweep saw the newer end).
+    evaluator.submit(ends.spans, {})
+    await evaluator.close()
+    with pytest.raises(KeyNotFoundError):
+        await kv.get(due["e/p/a"])
+    assert (await kv.get(due["e/p/r"])).value == newer
+
+
 def test_window_sums_survive_huge_values_before_them() -> None:
     """Each window is summed on its own: a huge value (an exploding loss) spoils only
     the windows that hold it, not every later one (a running sum's inf - inf)."""
