@@ -91,7 +91,8 @@ def _batch(run: dict[str, Any], ver: int) -> Batch:
         timestamps=(ver / 1e9 + steps).astype("<f8").tobytes(),
         values=[np.array(v, "<f8").tobytes() for v in run["metrics"].values()],
     )
-    fields = {"config": run["config"], "tags": run["tags"], "state": run["state"]}
+    state = run.get("first_writer_state", run["state"])
+    fields = {"config": run["config"], "tags": run["tags"], "state": state}
     fields.update({f"summary.{k}": v for k, v in run["summary"].items()})
     return Batch(
         v=WIRE_VERSION, entity="default", project=PROJECT, run_id=run["id"], writer="w",
@@ -102,11 +103,21 @@ def _batch(run: dict[str, Any], ver: int) -> Batch:
     )  # fmt: skip
 
 
+def _second_writer(run: dict[str, Any], ver: int) -> Batch:
+    """A second writer of ``run``, alive and running (so the run is running)."""
+    return Batch(
+        v=WIRE_VERSION, entity="default", project=PROJECT, run_id=run["id"], writer="w2",
+        seq=0, ver=ver, set={"state": '"running"'},
+    )  # fmt: skip
+
+
 async def _load(store: AsyncStore, runs: list[dict[str, Any]], fetch: int) -> None:
     handlers = [MetricsHandler(), RunFieldsHandler()]
     ver = time.time_ns()  # heartbeats now: running runs stay running
     for start in range(0, len(runs), fetch):
-        batches = [_batch(r, ver) for r in runs[start : start + fetch]]
+        chunk = runs[start : start + fetch]
+        batches = [_batch(r, ver) for r in chunk]
+        batches += [_second_writer(r, ver) for r in chunk if "first_writer_state" in r]
         for handler in handlers:
             prepared = handler.prepare(batches)
             if prepared is not None:
@@ -183,6 +194,10 @@ def main() -> None:
     ap.add_argument("--reps", type=int, default=20)
     ap.add_argument("--fetch", type=int, default=2000, help="runs per ingest write")
     ap.add_argument(
+        "--several-writers", type=float, default=0.0, metavar="SHARE",
+        help="the share of runs a second writer (alive, running) also writes",
+    )  # fmt: skip
+    ap.add_argument(
         "--data-dir", type=Path, default=None,
         help="keep the loaded runs here, and reuse them if already there (same --runs)",
     )  # fmt: skip
@@ -192,6 +207,8 @@ def main() -> None:
     rng = random.Random(7)
     t0_ns = time.time_ns() - args.runs * 10**6
     runs = [_run(i, rng, t0_ns) for i in range(args.runs)]
+    for run in random.Random(11).sample(runs, round(args.several_writers * len(runs))):
+        run["first_writer_state"], run["state"] = run["state"], "running"
     with ExitStack() as stack:
         if args.data_dir is None:
             tmp = Path(tempfile.mkdtemp(prefix="stride-bench-runs-"))
@@ -212,7 +229,8 @@ def main() -> None:
             f"loaded {args.runs} runs (50 config fields, 10 set summary values, 10 metrics "
             f"of 3 steps each) through ingest's handlers in {loaded_s:.1f} s"
             f"{' (earlier: reused)' if reuse else ''}; run_search: "
-            f"{parts['rows']} rows in {parts['n']} active parts\n"
+            f"{parts['rows']} rows in {parts['n']} active parts; "
+            f"{sum('first_writer_state' in r for r in runs)} runs with a second writer\n"
         )
 
         def search(spec: dict[str, Any], order: str) -> list[str]:
