@@ -476,7 +476,7 @@ class AlertEvaluator:
                 first = math.floor(lo / f) if last is None else last.index + 1
                 if first > newest:
                     if last is None:  # the run's first data, not due yet: start from it
-                        await kv.create(key, msgspec.json.encode(_Entry(first - 1, "ok")))
+                        await _write_entry(kv, key, _Entry(first - 1, "ok"), revision)
                     return None
                 if newest - first >= MAX_INSTANTS:
                     log.info(
@@ -487,10 +487,7 @@ class AlertEvaluator:
                 instants = np.arange(first, newest + 1, dtype=np.float64) * d.frequency
                 values = await _measure(self._store, run, d, instants)
                 entry = self._next(last, newest, d, instants, values)
-                if revision is None:
-                    revision = await kv.create(key, msgspec.json.encode(entry))
-                else:
-                    revision = await kv.update(key, msgspec.json.encode(entry), last=revision)
+                revision = await _write_entry(kv, key, entry, revision)
             except KeyWrongLastSequenceError:
                 continue
             if not entry.flushed:
@@ -561,6 +558,15 @@ class AlertEvaluator:
                     bucket=ALERTS_BUCKET, history=1, replicas=self._replicas
                 )
         return self._kv
+
+
+async def _write_entry(kv: KeyValue, key: str, entry: _Entry, revision: int | None) -> int:
+    """Write ``entry`` if the key is still at ``revision`` (``None``: absent); its new
+    revision. :class:`KeyWrongLastSequenceError` if another worker wrote first."""
+    value = msgspec.json.encode(entry)
+    if revision is None:
+        return await kv.create(key, value)
+    return await kv.update(key, value, last=revision)
 
 
 def _digest(text: str) -> str:

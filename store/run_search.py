@@ -218,14 +218,20 @@ async def runs_with_several_writers(
     for, as their :data:`WRITER_STATE_KEY` rows stored so far show."""
     if not runs:
         return set()
-    found = await store.query_arrow(
+    found = await store.query_arrow(  # entity and project first: the table's sort key
         "SELECT entity, project, run_id FROM run_search "
-        "WHERE key = {key:String} AND run_id IN {ids:Array(String)} "
+        "WHERE entity IN {e:Array(String)} AND project IN {p:Array(String)} "
+        "AND key = {key:String} AND run_id IN {ids:Array(String)} "
         "GROUP BY entity, project, run_id HAVING min(pos) != max(pos)",
-        {"key": WRITER_STATE_KEY, "ids": sorted({run_id for _, _, run_id in runs})},
+        {
+            "e": sorted({entity for entity, _, _ in runs}),
+            "p": sorted({project for _, project, _ in runs}),
+            "key": WRITER_STATE_KEY,
+            "ids": sorted({run_id for _, _, run_id in runs}),
+        },
     )
     rows = zip(*(found.column(n).to_pylist() for n in ("entity", "project", "run_id")), strict=True)
-    return {run for run in rows if run in runs}  # the ids alone may match other projects'
+    return {run for run in rows if run in runs}  # the lists' product may name other runs
 
 
 def search_rows(

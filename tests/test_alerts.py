@@ -513,6 +513,27 @@ async def test_an_end_kept_again_meanwhile_stays_due(
     assert (await kv.get(due["e/p/r"])).value == newer
 
 
+async def test_an_unreadable_entry_is_started_again_from_the_runs_first_data(
+    nc: NatsClient, chdb_store: AsyncStore
+) -> None:
+    """An entry no worker can read (damaged, or from an incompatible version) is
+    replaced, even when the run's first data is not due for evaluation yet."""
+    kv = await nc.jetstream().create_key_value(bucket=ALERTS_BUCKET, history=1)
+    key = "run." + hashlib.sha1(b"e/p/r\0high").hexdigest()
+    await kv.put(key, b"not an entry")
+    ingest = Ingest(nc, chdb_store, workers=1)
+    try:
+        await ingest.send(_batch(0, time.time(), 10.0, _definition()))  # due in 2 s
+        deadline = time.monotonic() + 30
+        while (await kv.get(key)).value == b"not an entry":
+            assert time.monotonic() < deadline, "the unreadable entry was never replaced"
+            await asyncio.sleep(0.05)
+    finally:
+        await ingest.stop()
+    entry = msgspec.json.decode((await kv.get(key)).value or b"")
+    assert entry["state"] == "ok" and entry["flushed"] is True
+
+
 def test_window_sums_survive_huge_values_before_them() -> None:
     """Each window is summed on its own: a huge value (an exploding loss) spoils only
     the windows that hold it, not every later one (a running sum's inf - inf)."""
