@@ -44,6 +44,12 @@ from chdb import session as chdb_session  # noqa: E402 (after the allocator opti
 __all__ = ["ChdbStore"]
 
 
+#: Results come back in this process's memory: compressing them (ClickHouse's
+#: Arrow output defaults to lz4) only costs CPU on both sides. Without it, a
+#: scan chunk of 262k points reads in ~15-25% less CPU (measured in-process).
+_IN_PROCESS_SETTINGS = {"output_format_arrow_compression_method": "'none'"}
+
+
 class ChdbStore:
     concurrency = 1
 
@@ -62,7 +68,7 @@ class ChdbStore:
         except Exception as exc:
             raise StoreError(f"cannot open the ClickHouse data directory {path}: {exc}") from exc
         try:
-            for name, value in SESSION_SETTINGS.items():
+            for name, value in (SESSION_SETTINGS | _IN_PROCESS_SETTINGS).items():
                 self.command(f"SET {name} = {value}")
             create_schema(self, config.database)
             self.command(f"USE {config.database}")
@@ -86,9 +92,10 @@ class ChdbStore:
         self._run(f"INSERT INTO {table} ({', '.join(columns)}) {sql}", None, "CSV", data)
 
     def query_arrow(self, sql: str, params: Params | None = None) -> pa.Table:
-        result = self._run(sql, params, "ArrowTable", None)
-        assert isinstance(result, pa.Table)
-        return result
+        data = self._run(sql, params, "Arrow", None)
+        if not data:  # no rows: chDB writes nothing, not even a schema
+            return pa.table({})
+        return pa.ipc.open_file(pa.py_buffer(data)).read_all()
 
     def command(self, sql: str, params: Params | None = None) -> None:
         self._run(sql, params, "CSV", None)
@@ -104,12 +111,19 @@ class ChdbStore:
             self._session.close()
 
     def _run(self, sql: str, params: Params | None, fmt: str, data: pa.Table | None) -> Any:
+        """The result of ``sql``; for ``fmt="Arrow"``, its bytes.
+
+        Arrow results are copied out while the lock is held: the result's memory is
+        chDB's, and neither the next query nor the result's release may change it
+        under a table read from it (chDB's own "ArrowTable" reads it in place)."""
         with self._lock:
             try:
                 if params:
                     text = {name: _literal(value) for name, value in params.items()}
-                    return self._session.query(sql, fmt, params=text)
-                return self._session.query(sql, fmt)
+                    result = self._session.query(sql, fmt, params=text)
+                else:
+                    result = self._session.query(sql, fmt)
+                return result.bytes() if fmt == "Arrow" else result
             except Exception as exc:
                 raise StoreError(f"{exc}".strip() or exc.__class__.__name__) from exc
 
