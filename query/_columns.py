@@ -14,7 +14,8 @@ infinity, so real non-finite values are listed in ``nonfinite`` as
 from __future__ import annotations
 
 import dataclasses
-from typing import cast
+import itertools
+from typing import Any, cast
 
 import msgspec
 import numpy as np
@@ -24,6 +25,8 @@ import pyarrow as pa
 from stride.api_types import ColumnsPage, NonFinite
 
 _NUMPY = orjson.OPT_SERIALIZE_NUMPY
+#: The time columns every row of history and scan carries, beside ``_step``.
+TIME_COLUMNS = ("_runtime", "_timestamp")
 
 
 @dataclasses.dataclass
@@ -94,55 +97,95 @@ def _name(value: float) -> NonFinite:
     return "inf" if value > 0 else "-inf"
 
 
-#: How a multi-key read names each row's key: its position in the sorted ``keys``
-#: parameter. A number is much cheaper to move and to group than the name.
-KEY_INDEX = "toUInt32(indexOf({keys:Array(String)}, key) - 1) AS key_index"
+def one_key_rows(table: pa.Table, key: str) -> Columns:
+    """Rows ``(step, value, _runtime, _timestamp)`` of one key, in step order."""
+    values = {key: table.column("value").to_numpy()}
+    values |= {name: table.column(name).to_numpy() for name in TIME_COLUMNS}
+    every = np.ones(table.num_rows, bool)
+    return Columns(table.column("step").to_numpy(), values, dict.fromkeys(values, every))
 
 
-def pivot(table: pa.Table, keys: list[str], extra: tuple[str, ...] = ()) -> Columns:
-    """Long rows ``(key_index, step, value, *extra)`` → one row per step, a column per key.
+def key_codes(column: pa.ChunkedArray[Any], keys: list[str]) -> np.ndarray:
+    """Each row's key (a string or dictionary column) as its position in ``sorted(keys)``.
 
-    ``key_index`` is :data:`KEY_INDEX` (a position in ``sorted(keys)``); with one
-    key, the rows are that key's in step order and need no ``key_index``.
-
-    ``extra`` columns (``_runtime``, ``_timestamp``) take the value of the step's
-    first row in ``table`` (the keys of one step are logged together). Every row
-    of ``table`` must be of one of ``keys``.
+    Reads ask for keys as a dictionary (see :data:`AS_DICTIONARY`): moving a small
+    index per row is much cheaper than the name, or than computing a position in SQL.
     """
+    position = {k: i for i, k in enumerate(sorted(keys))}
+    parts = [np.empty(0, np.int64)]
+    for chunk in column.chunks:
+        if not pa.types.is_dictionary(chunk.type):  # a backend that ignored the setting
+            chunk = chunk.dictionary_encode()
+        assert isinstance(chunk, pa.DictionaryArray)
+        # ClickHouse's dictionaries can hold entries no row uses (its default, ""): -1.
+        lookup = np.array(
+            [position.get(str(k), -1) for k in chunk.dictionary.to_pylist()], np.int64
+        )
+        parts.append(lookup[chunk.indices.to_numpy()] if len(lookup) else parts[0])
+    return np.concatenate(parts)
+
+
+#: Appended to a read of ``key``: LowCardinality columns come back as Arrow
+#: dictionaries (ClickHouse's default writes every row's string).
+AS_DICTIONARY = " SETTINGS output_format_arrow_low_cardinality_as_dictionary = 1"
+
+
+def pivot(table: pa.Table, keys: list[str]) -> Columns:
+    """Long rows ``(key, step, value)``, ordered by key then step → one row per
+    step, a column per key. Every row of ``table`` must be of one of ``keys``."""
     if table.num_rows == 0:
         return Columns.empty()
     steps_all = table.column("step").to_numpy()
-    if len(keys) == 1:  # one key, already unique and sorted by step: no pivot
-        every = np.ones(len(steps_all), bool)
-        only = {keys[0]: table.column("value").to_numpy()}
-        only |= {name: table.column(name).to_numpy() for name in extra}
-        return Columns(steps_all, only, dict.fromkeys(only, every))
-    key_index = {k: i for i, k in enumerate(sorted(keys))}
-    codes = table.column("key_index").to_numpy()
-    values_all = table.column("value").to_numpy()
+    codes = key_codes(table.column("key"), keys)
     dense = _dense(codes, steps_all)
     if dense is not None:
-        return _pivot_dense(table, keys, extra, key_index, *dense)
+        return _pivot_dense(table, keys, *dense)
 
-    steps, first = np.unique(steps_all, return_index=True)
+    steps = np.unique(steps_all)
+    values_all = table.column("value").to_numpy()
     values: dict[str, np.ndarray] = {}
     present: dict[str, np.ndarray] = {}
+    position = {k: i for i, k in enumerate(sorted(keys))}
     for key in keys:
+        code = position[key]
         col = np.full(len(steps), np.nan)
         has = np.zeros(len(steps), bool)
-        code = key_index.get(key)
-        if code is not None:
-            mask = codes == code
-            rows = np.searchsorted(steps, steps_all[mask])
-            col[rows] = values_all[mask]
-            has[rows] = True
+        mask = codes == code
+        rows = np.searchsorted(steps, steps_all[mask])
+        col[rows] = values_all[mask]
+        has[rows] = True
         values[key] = col
         present[key] = has
-    every = np.ones(len(steps), bool)  # each step has a row of some key
-    for name in extra:
-        values[name] = table.column(name).to_numpy()[first]
-        present[name] = every
     return Columns(steps, values, present)
+
+
+def add_times(cols: Columns, table: pa.Table, keys: list[str], missing: np.ndarray) -> None:
+    """Fill ``_runtime`` and ``_timestamp`` of the rows still ``missing`` (updated in
+    place) from ``table``: rows ``(key, step, _runtime, _timestamp)`` ordered by key
+    then step. A step takes the times of its first key in that order; steps that
+    ``cols`` does not have are ignored. ``keys``: those ``table`` may hold."""
+    for name in TIME_COLUMNS:
+        if name not in cols.values:
+            cols.values[name] = np.full(len(cols), np.nan)
+    if table.num_rows == 0:
+        return
+    steps_all = table.column("step").to_numpy()
+    times = {name: table.column(name).to_numpy() for name in TIME_COLUMNS}
+    if len(steps_all) == len(cols) and missing.all() and np.array_equal(steps_all, cols.steps):
+        for name in TIME_COLUMNS:  # one key at every step: the common case
+            cols.values[name] = times[name].copy()
+        missing[:] = False
+        return
+    codes = key_codes(table.column("key"), keys)
+    starts = np.concatenate(([0], np.flatnonzero(np.diff(codes)) + 1, [len(codes)]))
+    last = len(cols) - 1
+    for begin, end in itertools.pairwise(starts.tolist()):
+        steps = steps_all[begin:end]
+        rows = np.searchsorted(cols.steps, steps).clip(max=last)
+        take = (cols.steps[rows] == steps) & missing[rows]
+        for name in TIME_COLUMNS:
+            cols.values[name][rows[take]] = times[name][begin:end][take]
+        missing[rows[take]] = False
 
 
 def _dense(codes: np.ndarray, steps: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
@@ -161,12 +204,7 @@ def _dense(codes: np.ndarray, steps: np.ndarray) -> tuple[np.ndarray, np.ndarray
 
 
 def _pivot_dense(
-    table: pa.Table,
-    keys: list[str],
-    extra: tuple[str, ...],
-    key_index: dict[str, int],
-    block_codes: np.ndarray,
-    grid: np.ndarray,
+    table: pa.Table, keys: list[str], block_codes: np.ndarray, grid: np.ndarray
 ) -> Columns:
     """:func:`pivot` without searching: each key's block already lines up with the steps."""
     rows = grid.shape[1]
@@ -175,16 +213,13 @@ def _pivot_dense(
     values: dict[str, np.ndarray] = {}
     present: dict[str, np.ndarray] = {}
     every = np.ones(rows, bool)
+    position = {k: i for i, k in enumerate(sorted(keys))}
     for key in keys:
-        block = block_of.get(key_index.get(key, -1))
+        block = block_of.get(position[key])
         if block is None:
             values[key] = np.full(rows, np.nan)
             present[key] = np.zeros(rows, bool)
         else:
             values[key] = values_all[block]
             present[key] = every
-    for name in extra:  # the first row of each step is in the first block
-        # Copies, not views: a view would keep the whole long column alive.
-        values[name] = table.column(name).to_numpy()[:rows].copy()
-        present[name] = every
     return Columns(grid[0].copy(), values, present)

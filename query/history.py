@@ -36,10 +36,12 @@ import pyarrow as pa
 from stride.store import AsyncStore
 from stride.store.schema import ROLLUP_MERGE, ROLLUP_STEPS, WIDE_STEPS, rollup_aggregates
 
-from ._columns import KEY_INDEX, Columns, pivot
+from ._columns import Columns
+from ._points import read_rows
 
 _INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
-_SERIES = "run = {run:String} AND stream = {stream:String} AND key IN {keys:Array(String)}"
+_RUN_STREAM = "run = {run:String} AND stream = {stream:String}"
+_SERIES = f"{_RUN_STREAM} AND key IN {{keys:Array(String)}}"
 _RANGE = "step BETWEEN {lo:Int64} AND {hi:Int64}"
 _EDGES = f"{_RANGE} AND (step < {{in_lo:Int64}} OR step > {{in_hi:Int64}})"
 _INTERIOR = "bucket BETWEEN {b_lo:Int64} AND {b_hi:Int64}"
@@ -245,12 +247,10 @@ def _set_range(params: dict[str, Any], lo: int, hi: int) -> bool:
 async def _every_point(
     store: AsyncStore, params: dict[str, Any], keys: list[str], envelope: bool, where: str = "1"
 ) -> Columns:
-    table = await store.query_arrow(
-        f"SELECT {KEY_INDEX}, step, value, time AS _runtime, timestamp AS _timestamp "
-        f"FROM points FINAL WHERE {_SERIES} AND {_RANGE} AND {where} ORDER BY key, step",
-        params,
+    # At most ``samples`` points: one query costs less than two smaller ones.
+    cols = await read_rows(
+        store, f"{_RUN_STREAM} AND {_RANGE} AND {where}", params, keys, one_read=True
     )
-    cols = pivot(table, keys, ("_runtime", "_timestamp"))
     if envelope:  # each point is its own bucket: min = max = value
         for key in keys:
             for name in (f"min({key})", f"max({key})"):

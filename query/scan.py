@@ -26,17 +26,15 @@ import pyarrow as pa
 from stride.store import AsyncStore, ParamValue
 from stride.store.schema import ROLLUP_STEPS
 
-from ._columns import KEY_INDEX, Columns, pivot
+from ._columns import Columns, one_key_rows
+from ._points import read_rows
 
 _INT64_MAX = 2**63 - 1
-#: Every row carries its run time and wall-clock time, as W&B's scan rows do
-#: (from the first of the row's keys; the keys of one step are logged together).
-_TIMES = ("_runtime", "_timestamp")
-_COLUMNS = f"{KEY_INDEX}, step, value, time AS _runtime, timestamp AS _timestamp"
 #: One key: its name is known, and leaving the column out reads ~10% faster.
 _ONE_KEY_COLUMNS = "step, value, time AS _runtime, timestamp AS _timestamp"
 _ONE_KEY = "run = {run:String} AND stream = {stream:String} AND key = {key:String}"
-_KEYS = "run = {run:String} AND stream = {stream:String} AND key IN {keys:Array(String)}"
+_RUN_STREAM = "run = {run:String} AND stream = {stream:String}"
+_KEYS = f"{_RUN_STREAM} AND key IN {{keys:Array(String)}}"
 
 
 async def scan_page(
@@ -76,19 +74,16 @@ async def scan_page(
             return Columns.empty(), None
         full = table.num_rows >= page_size
         bound = int(table.column("step")[-1].as_py()) if full else hi
+        cols = one_key_rows(table, keys[0])
     else:
         params["keys"] = sorted(keys)
         found = await _page_bound(store, params, keys, page_size, lo, hi, require_all)
         if found is None:
             return Columns.empty(), None
         bound = found
-        table = await store.query_arrow(
-            f"SELECT {_COLUMNS} FROM points FINAL WHERE {_KEYS} "
-            "AND step BETWEEN {lo:Int64} AND {bound:Int64} ORDER BY key, step",
-            {**params, "bound": bound},
-        )
+        where = f"{_RUN_STREAM} AND step BETWEEN {{lo:Int64}} AND {{bound:Int64}}"
+        cols = await read_rows(store, where, {**params, "bound": bound}, keys)
     more = bound < hi
-    cols = pivot(table, keys, _TIMES)
     if require_all and len(cols):
         cols = cols.take(np.flatnonzero(np.logical_and.reduce([cols.present[k] for k in keys])))
     if len(cols) > page_size:  # the union of several keys' steps can exceed one key's page

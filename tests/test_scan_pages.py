@@ -16,7 +16,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from stride.query._columns import Columns, pivot
+from stride.query._columns import TIME_COLUMNS, Columns, add_times, pivot
 from stride.query.readahead import Chunk, Fetch, ReadAhead
 
 SCAN = ("e/p/r", "default", ("a",), False)
@@ -139,17 +139,43 @@ async def test_close_stops_the_reads_in_flight() -> None:
 
 
 def _reference_pivot(rows: list[tuple[str, int, float, float]], keys: list[str]) -> dict:
-    """Plain Python: one row per step, each key's value there, the time of the step's
+    """Plain Python: one row per step, each key's value there, the times of the step's
     first row in key order."""
     out: dict[int, dict[str, float]] = {}
     for key, step, value, time in sorted(rows, key=lambda r: (r[0], r[1])):
-        row = out.setdefault(step, {"_runtime": time})
+        row = out.setdefault(step, {"_runtime": time, "_timestamp": time + 1e9})
         row[key] = value
     return {step: out[step] for step in sorted(out)}
 
 
+def _long_table(rows: list[tuple[str, int, float, float]], as_dictionary: bool) -> pa.Table:
+    """``rows`` as the store answers them (ORDER BY key, step), in two record
+    batches; keys as strings, or as dictionaries that differ between the batches."""
+    rows = sorted(rows, key=lambda r: (r[0], r[1]))
+    batches = []
+    for i, part in enumerate((rows[: len(rows) // 3], rows[len(rows) // 3 :])):
+        names = [r[0] for r in part]
+        key: pa.Array = pa.array(names, pa.string())
+        if as_dictionary:  # each batch its own dictionary, the second in reverse order
+            words = sorted(set(names), reverse=i == 1)
+            indices = pa.array([words.index(n) for n in names], pa.int32())
+            key = pa.DictionaryArray.from_arrays(indices, pa.array(words, pa.string()))
+        batches.append(pa.record_batch({
+            "key": key,
+            "step": pa.array([r[1] for r in part], pa.int64()),
+            "value": pa.array([r[2] for r in part], pa.float64()),
+            "_runtime": pa.array([r[3] for r in part], pa.float64()),
+            "_timestamp": pa.array([r[3] + 1e9 for r in part], pa.float64()),
+        }))  # fmt: skip
+    return pa.Table.from_batches(batches)
+
+
+@pytest.mark.parametrize("as_dictionary", [True, False])
+@pytest.mark.parametrize("one_read", [True, False])
 @pytest.mark.parametrize("dense", [True, False])
-def test_pivot_matches_a_plain_python_pivot(dense: bool) -> None:
+def test_pivot_matches_a_plain_python_pivot(
+    dense: bool, one_read: bool, as_dictionary: bool
+) -> None:
     rng = np.random.default_rng(7)
     keys = ["b", "a", "c", "never"]
     rows = []
@@ -158,27 +184,44 @@ def test_pivot_matches_a_plain_python_pivot(dense: bool) -> None:
         for step in steps:
             value = float(rng.normal()) if rng.random() > 0.05 else math.nan
             rows.append((key, int(step), value, float(step) * 0.1 + ord(key[0])))
-    rows.sort(key=lambda r: (r[0], r[1]))  # as the store answers: ORDER BY key, step
-    names = sorted(keys)
-    table = pa.table({
-        "key_index": pa.array([names.index(r[0]) for r in rows], pa.uint32()),
-        "step": pa.array([r[1] for r in rows], pa.int64()),
-        "value": pa.array([r[2] for r in rows], pa.float64()),
-        "_runtime": pa.array([r[3] for r in rows], pa.float64()),
-    })  # fmt: skip
-    cols = pivot(table, keys, ("_runtime",))
-    # The steps and times own their memory: a view would keep the whole long column
-    # alive in the scan's read-ahead while counting only the view.
+    table = _long_table(rows, as_dictionary)
+    cols = pivot(table, keys)
+    missing = np.ones(len(cols), bool)
+    if one_read:  # values and times in one read, as history reads a few points
+        add_times(cols, table, keys, missing)
+    else:  # as a scan reads them: the first key's times, then the others' for the rest
+        names = sorted(keys)
+        for time_keys in (names[:1], names[1:]):
+            add_times(cols, _long_table([r for r in rows if r[0] in time_keys], as_dictionary),
+                      time_keys, missing)  # fmt: skip
+    assert not missing.any()
+    # The columns keep the order asked; the steps and times own their memory (a view
+    # would keep the whole long column alive in the scan's read-ahead, counting only it).
+    assert list(cols.values)[:4] == keys
     assert cols.steps.base is None and cols.values["_runtime"].base is None
     want = _reference_pivot(rows, keys)
     assert cols.steps.tolist() == list(want)
     for i, step in enumerate(cols.steps.tolist()):
-        for key in [*keys, "_runtime"]:
+        for key in keys:
             has = key in want[step]
             assert bool(cols.present[key][i]) == has
             if has:
                 got, expected = cols.values[key][i], want[step][key]
                 assert got == expected or (math.isnan(got) and math.isnan(expected))
+        for name in TIME_COLUMNS:
+            assert cols.values[name][i] == want[step][name]
+
+
+def test_times_of_steps_the_values_lack_are_ignored_and_steps_without_any_stay_missing() -> None:
+    """Values and times come from two reads: a point written between them (its step
+    not among the values) adds no row, and a step the times read lacks keeps none."""
+    table = _long_table([("a", 1, 0.5, 10.0), ("a", 2, 0.6, 20.0)], as_dictionary=True)
+    cols = pivot(table, ["a"])
+    missing = np.ones(len(cols), bool)
+    times = _long_table([("a", 2, 0.6, 20.0), ("a", 3, 0.7, 30.0)], as_dictionary=True)
+    add_times(cols, times, ["a"], missing)
+    assert cols.steps.tolist() == [1, 2] and missing.tolist() == [True, False]
+    assert cols.values["_runtime"][1] == 20.0 and math.isnan(cols.values["_runtime"][0])
 
 
 async def test_the_same_scan_twice_at_once_keeps_one_entry_and_counts_it_once() -> None:
