@@ -107,6 +107,14 @@ _FETCH_MIB: dict[str, Any] = {
     "fetches: larger is faster, smaller uses less memory (default 8)",
 }
 
+_ACK_WAIT: dict[str, Any] = {
+    "type": float,
+    "default": 60.0,  # IngestSettings.ack_wait_s
+    "metavar": "SECONDS",
+    "help": "a batch a worker took but did not acknowledge (it died) goes to another "
+    "worker, or the restarted one, after this long (default 60)",
+}
+
 
 _TOKENS: dict[str, Any] = {
     "type": Path,
@@ -151,6 +159,7 @@ def _parser() -> argparse.ArgumentParser:
         help="a running run silent this long is reported crashed (default 300)",
     )
     _option(up, "--fetch-mib", **_FETCH_MIB)
+    _option(up, "--ack-wait", **_ACK_WAIT)
     _option(up, "--tokens", **_TOKENS)
     _alert_options(up)
     _option(
@@ -180,15 +189,7 @@ def _parser() -> argparse.ArgumentParser:
         metavar="SECONDS",
         help="JetStream drops re-sent batches within this window (default 600)",
     )
-    _option(
-        ingest,
-        "--ack-wait",
-        type=float,
-        default=60.0,
-        metavar="SECONDS",
-        help="a batch a worker took but did not acknowledge (it died) goes to another "
-        "worker after this long (default 60)",
-    )
+    _option(ingest, "--ack-wait", **_ACK_WAIT)
     _option(ingest, "--fetch-mib", **_FETCH_MIB)
     _alert_options(ingest)
     query = sub.add_parser("query", parents=[common], help="serve the query HTTP API (any number)")
@@ -303,7 +304,9 @@ def _up(args: argparse.Namespace) -> int:
         nats_url=args.nats_url,
         objects_url=args.objects,
         ingest=IngestSettings(
-            duplicate_window_s=args.duplicate_window, fetch_bytes=args.fetch_bytes
+            duplicate_window_s=args.duplicate_window,
+            fetch_bytes=args.fetch_bytes,
+            ack_wait_s=args.ack_wait,
         ),
         query=QuerySettings(lost_after_s=args.lost_after, tokens_file=args.tokens),
         notify=_notify_settings(args),

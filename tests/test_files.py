@@ -546,7 +546,10 @@ def test_ingest_killed_while_copying_a_file_stores_it_on_restart(
     data = os.urandom(40 * MIB)
     (tmp_path / "big.bin").write_bytes(data)
     key = blob_key(_sha(data))
-    with stride_up(tmp_path / "data", *objects.args()) as up:
+    # The run's own batch may have been fetched by the killed ingest too: it comes
+    # back after the metrics consumer's ack wait, shortened here from 60 s.
+    ack_wait = ("--ack-wait", "5")
+    with stride_up(tmp_path / "data", *ack_wait, *objects.args()) as up:
         port = up.nats_url.rsplit(":", 1)[1]
         settings = up.settings(tmp_path / "spool")
         with stride.init(project="files", id="ingest-killed", settings=settings) as run:
@@ -555,7 +558,7 @@ def test_ingest_killed_while_copying_a_file_stores_it_on_restart(
         time.sleep(0.05)  # the record is in NATS: ingest is copying the chunks now
         up.kill()
     assert objects.read(key) in (None, data)  # never a part
-    with stride_up(tmp_path / "data", "--nats-port", port, *objects.args()) as up:
+    with stride_up(tmp_path / "data", "--nats-port", port, *ack_wait, *objects.args()) as up:
         api = stride.Api(up.http_url)
         # The record is redelivered once its ack wait (10 s) passes.
         (f,) = _wait_files(wait_run(api, "default/files/ingest-killed"), 1, timeout=60)
