@@ -114,12 +114,17 @@ Predicate = Callable[[_Cols], str]
 class _Sql:
     """Parameters and the keys a query reads, collected while compiling it."""
 
-    def __init__(self) -> None:
+    def __init__(self, several_writers: list[str] | None = None) -> None:
         self.params: dict[str, Any] = {}
         self.keys: set[str] = set()
         #: Scalar subqueries the query names, computed once before it (``WITH``).
         self.scalars: dict[str, str] = {}
         self._names: dict[tuple[str, str], str] = {}
+        #: The runs ingest marked as written by several writers, once looked up
+        #: (``None``: not yet). A query that reads ``state`` needs them: see
+        #: :func:`_compiled`.
+        self.several_writers = several_writers
+        self.reads_state = False
 
     def param(self, value: Any, kind: str) -> str:
         """The placeholder of ``value`` as a ``kind`` (one per distinct value)."""
@@ -314,22 +319,29 @@ def _state(q: _Sql, entity: str, project: str, crashed_before: float) -> str:
     else ``crashed`` if the writer that sent the newest batch last said
     ``running`` (it died unseen); else the state written last.
 
-    The writers of the marked runs are folded apart, once, in a scalar subquery
-    the main query looks runs up in: read and gathered per run in the main
-    aggregation, they cost every run (most have one writer) a third more."""
+    The writers of the marked runs (``q.several_writers``, looked up before)
+    are folded apart, once, in a scalar subquery the main query looks runs up
+    in: read and gathered per run in the main aggregation, they would cost every
+    run (most have one writer) a third more. Named as a parameter, they are
+    found through the table's order (key, run) rather than by reading every
+    run's writer rows; when none is marked, there is nothing to fold."""
+    q.reads_state = True
     state = f"argMaxIf(str, ver, key = {q.key('state')})"
     beat = f"maxIf(num, key = {q.key('heartbeat_at')})"
-    project_rows = f"entity = {q.text(entity)} AND project = {q.text(project)}"
-    marked_key = q.text(SEVERAL_WRITERS_KEY)
-    marked = f"SELECT run_id FROM run_search WHERE {project_rows} AND key = {marked_key}"
-    says_key, beat_key = q.text(WRITER_STATE_KEY), q.text(WRITER_BEAT_KEY)
     cutoff = q.number(crashed_before)
+    one_writer = f"if({state} = 'running' AND {beat} > 0 AND {beat} < {cutoff}, 'crashed', {state})"
+    created = f"countIf(key = {q.key('state')}) = 0, 'created'"
+    if not q.several_writers:
+        return f"multiIf({created}, {one_writer})"
+    project_rows = f"entity = {q.text(entity)} AND project = {q.text(project)}"
+    marked = q.param(q.several_writers, "Array(String)")
+    says_key, beat_key = q.text(WRITER_STATE_KEY), q.text(WRITER_BEAT_KEY)
     # Per writer (pos): does its newest state say running (on a tie of versions,
     # running wins), and its newest batch time.
     writers = (
         f"SELECT run_id, pos, argMaxIf(str = 'running', (ver, str = 'running'), key = {says_key}) "
         f"AS says, maxIf(num, key = {beat_key}) AS beat FROM run_search WHERE {project_rows} "
-        f"AND key IN ({says_key}, {beat_key}) AND run_id IN ({marked}) GROUP BY run_id, pos"
+        f"AND key IN ({says_key}, {beat_key}) AND run_id IN {marked} GROUP BY run_id, pos"
     )
     # Per run: running if a writer that says running is alive; else crashed if the
     # newest-beat writer (the lowest pos on a tie) says running; else the last state.
@@ -342,11 +354,31 @@ def _state(q: _Sql, entity: str, project: str, crashed_before: float) -> str:
         "several_writers", f"SELECT (groupArray(run_id), groupArray(state)) FROM ({runs})"
     )
     found = f"transform(run_id, {several}.1, {several}.2, '')"
-    one_writer = f"if({state} = 'running' AND {beat} > 0 AND {beat} < {cutoff}, 'crashed', {state})"
-    return (
-        f"multiIf(countIf(key = {q.key('state')}) = 0, 'created', "
-        f"{found} = '', {one_writer}, {found} = 'last', {state}, {found})"
+    return f"multiIf({created}, {found} = '', {one_writer}, {found} = 'last', {state}, {found})"
+
+
+async def _several_writers(store: AsyncStore, entity: str, project: str) -> list[str]:
+    """The runs of ``entity/project`` ingest marked as written by several writers."""
+    found = await store.query_arrow(
+        "SELECT DISTINCT run_id FROM run_search WHERE entity = {e:String} "
+        "AND project = {p:String} AND key = {k:String}",
+        {"e": entity, "p": project, "k": SEVERAL_WRITERS_KEY},
     )
+    return [str(r) for r in found.column("run_id").to_pylist()]
+
+
+async def _compiled(
+    store: AsyncStore, entity: str, project: str, compile: Callable[[_Sql], str]
+) -> tuple[str, _Sql]:
+    """The SQL ``compile`` makes, and its parameters. A query that reads ``state``
+    is made again once the runs with several writers are known (one small read
+    through the table's order); others are made once."""
+    q = _Sql()
+    sql = compile(q)
+    if q.reads_state:
+        q = _Sql(await _several_writers(store, entity, project))
+        sql = compile(q)
+    return sql, q
 
 
 # ---- filters ------------------------------------------------------------------------------------
@@ -571,31 +603,38 @@ async def search_run_ids(
 
     Raises :class:`BadRequest` naming the part of the filter that is wrong.
     """
-    q = _Sql()
-    compiler = _Compiler(q, entity, project, time.time() - lost_after_s)
-    having = _matching(q, compiler, filters)
+    crashed_before = time.time() - lost_after_s
     name, descending = _order(order)
-    value = compiler.ref(name).value(q)
-    if after:
-        kind, num, text, run_id = _cursor(after)
-        cmp = "<" if descending else ">"
-        position = f"{q.param(kind, 'UInt8')}, {q.number(num)}, {q.text(text)}, {q.text(run_id)}"
-        having += f" AND (kind_, num_, str_, run_id) {cmp} ({position})"
-    direction = "DESC" if descending else "ASC"
-    sql = (
-        f"{q.select()} run_id, toUInt8({value.kind}) AS kind_, toFloat64({value.num}) AS num_, "
-        f"toString({value.str}) AS str_ FROM run_search WHERE {q.rows(entity, project)} "
-        f"GROUP BY run_id HAVING {having} ORDER BY "
-        + ", ".join(f"{c} {direction}" for c in ("kind_", "num_", "str_", "run_id"))
-        + f" LIMIT {q.param(per_page, 'UInt32')}"
-    )
+    cursor = _cursor(after) if after else None
+
+    def compile(q: _Sql) -> str:
+        compiler = _Compiler(q, entity, project, crashed_before)
+        having = _matching(q, compiler, filters)
+        value = compiler.ref(name).value(q)
+        if cursor is not None:
+            kind, num, text, run_id = cursor
+            cmp = "<" if descending else ">"
+            position = (
+                f"{q.param(kind, 'UInt8')}, {q.number(num)}, {q.text(text)}, {q.text(run_id)}"
+            )
+            having += f" AND (kind_, num_, str_, run_id) {cmp} ({position})"
+        direction = "DESC" if descending else "ASC"
+        return (
+            f"{q.select()} run_id, toUInt8({value.kind}) AS kind_, "
+            f"toFloat64({value.num}) AS num_, toString({value.str}) AS str_ FROM run_search "
+            f"WHERE {q.rows(entity, project)} GROUP BY run_id HAVING {having} ORDER BY "
+            + ", ".join(f"{c} {direction}" for c in ("kind_", "num_", "str_", "run_id"))
+            + f" LIMIT {q.param(per_page, 'UInt32')}"
+        )
+
+    sql, q = await _compiled(store, entity, project, compile)
     rows = (await _query(store, sql, q)).to_pylist()
     ids = [str(r["run_id"]) for r in rows]
     if len(rows) < per_page:
         return ids, None
     last = rows[-1]
-    cursor = [int(last["kind_"]), float(last["num_"]), str(last["str_"]), ids[-1]]
-    return ids, orjson.dumps(cursor).decode()
+    following = [int(last["kind_"]), float(last["num_"]), str(last["str_"]), ids[-1]]
+    return ids, orjson.dumps(following).decode()
 
 
 async def count_runs(
@@ -607,12 +646,16 @@ async def count_runs(
     lost_after_s: float,
 ) -> int:
     """How many of ``entity/project``'s runs match ``filters`` (W&B's ``len(runs)``)."""
-    q = _Sql()
-    having = _matching(q, _Compiler(q, entity, project, time.time() - lost_after_s), filters)
-    sql = (
-        f"SELECT count() AS n FROM ({q.select()} run_id FROM run_search "
-        f"WHERE {q.rows(entity, project)} GROUP BY run_id HAVING {having})"
-    )
+    crashed_before = time.time() - lost_after_s
+
+    def compile(q: _Sql) -> str:
+        having = _matching(q, _Compiler(q, entity, project, crashed_before), filters)
+        return (
+            f"SELECT count() AS n FROM ({q.select()} run_id FROM run_search "
+            f"WHERE {q.rows(entity, project)} GROUP BY run_id HAVING {having})"
+        )
+
+    sql, q = await _compiled(store, entity, project, compile)
     return int((await _query(store, sql, q)).column("n")[0].as_py())
 
 
