@@ -33,10 +33,10 @@ async def read_rows(
     ``one_read``: read values and times together, in one query; cheaper for a
     few points, where a query's fixed cost outweighs the bytes (one key always is).
     """
+    times_sql = "time AS _runtime, timestamp AS _timestamp"
     missing: np.ndarray
     if one_read or len(keys) == 1:
-        table = await store.query_arrow(_read(where, "keys", "value, time AS _runtime, "
-                                              "timestamp AS _timestamp"), params)  # fmt: skip
+        table = await store.query_arrow(_read(where, "keys", f"value, {times_sql}"), params)
         cols = pivot(table, keys)
         missing = np.ones(len(cols), bool)
         add_times(cols, table, keys, missing)
@@ -47,11 +47,12 @@ async def read_rows(
         for time_keys in (names[:1], names[1:]):
             if not missing.any():
                 break
-            sql = _read(where, "time_keys", "time AS _runtime, timestamp AS _timestamp")
+            sql = _read(where, "time_keys", times_sql)
             times = await store.query_arrow(sql, {**params, "time_keys": time_keys})
             add_times(cols, times, time_keys, missing)
-    for name in TIME_COLUMNS:  # a step none of whose points was read again: no times
-        cols.present[name] = ~missing
+    if len(cols):
+        for name in TIME_COLUMNS:  # a step none of whose points was read again: no times
+            cols.present[name] = ~missing
     return cols
 
 
