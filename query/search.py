@@ -114,15 +114,15 @@ Predicate = Callable[[_Cols], str]
 class _Sql:
     """Parameters and the keys a query reads, collected while compiling it."""
 
-    def __init__(self, several_writers: list[str] | None = None) -> None:
+    def __init__(self, several_writers: bool = False) -> None:
         self.params: dict[str, Any] = {}
         self.keys: set[str] = set()
         #: Scalar subqueries the query names, computed once before it (``WITH``).
         self.scalars: dict[str, str] = {}
         self._names: dict[tuple[str, str], str] = {}
-        #: The runs ingest marked as written by several writers, once looked up
-        #: (``None``: not yet). A query that reads ``state`` needs them: see
-        #: :func:`_compiled`.
+        #: Whether ingest marked any of the project's runs as written by several
+        #: writers (looked up only for a query that reads ``state``: see
+        #: :func:`_compiled`). Without any, a state needs no fold of writers.
         self.several_writers = several_writers
         self.reads_state = False
 
@@ -319,12 +319,11 @@ def _state(q: _Sql, entity: str, project: str, crashed_before: float) -> str:
     else ``crashed`` if the writer that sent the newest batch last said
     ``running`` (it died unseen); else the state written last.
 
-    The writers of the marked runs (``q.several_writers``, looked up before)
-    are folded apart, once, in a scalar subquery the main query looks runs up
-    in: read and gathered per run in the main aggregation, they would cost every
-    run (most have one writer) a third more. Named as a parameter, they are
-    found through the table's order (key, run) rather than by reading every
-    run's writer rows; when none is marked, there is nothing to fold."""
+    The writers of the marked runs are folded apart, once, in a scalar subquery
+    the main query looks runs up in: read and gathered per run in the main
+    aggregation, they would cost every run (most have one writer) a third more.
+    When the project has no marked run (``q.several_writers``, looked up
+    before), there is nothing to fold."""
     q.reads_state = True
     state = f"argMaxIf(str, ver, key = {q.key('state')})"
     beat = f"maxIf(num, key = {q.key('heartbeat_at')})"
@@ -334,14 +333,15 @@ def _state(q: _Sql, entity: str, project: str, crashed_before: float) -> str:
     if not q.several_writers:
         return f"multiIf({created}, {one_writer})"
     project_rows = f"entity = {q.text(entity)} AND project = {q.text(project)}"
-    marked = q.param(q.several_writers, "Array(String)")
+    marked_key = q.text(SEVERAL_WRITERS_KEY)
+    marked = f"SELECT run_id FROM run_search WHERE {project_rows} AND key = {marked_key}"
     says_key, beat_key = q.text(WRITER_STATE_KEY), q.text(WRITER_BEAT_KEY)
     # Per writer (pos): does its newest state say running (on a tie of versions,
     # running wins), and its newest batch time.
     writers = (
         f"SELECT run_id, pos, argMaxIf(str = 'running', (ver, str = 'running'), key = {says_key}) "
         f"AS says, maxIf(num, key = {beat_key}) AS beat FROM run_search WHERE {project_rows} "
-        f"AND key IN ({says_key}, {beat_key}) AND run_id IN {marked} GROUP BY run_id, pos"
+        f"AND key IN ({says_key}, {beat_key}) AND run_id IN ({marked}) GROUP BY run_id, pos"
     )
     # Per run: running if a writer that says running is alive; else crashed if the
     # newest-beat writer (the lowest pos on a tie) says running; else the last state.
@@ -357,26 +357,27 @@ def _state(q: _Sql, entity: str, project: str, crashed_before: float) -> str:
     return f"multiIf({created}, {found} = '', {one_writer}, {found} = 'last', {state}, {found})"
 
 
-async def _several_writers(store: AsyncStore, entity: str, project: str) -> list[str]:
-    """The runs of ``entity/project`` ingest marked as written by several writers."""
+async def _any_several_writers(store: AsyncStore, entity: str, project: str) -> bool:
+    """Whether ingest marked any run of ``entity/project`` as written by several
+    writers (one row, found through the table's order)."""
     found = await store.query_arrow(
-        "SELECT DISTINCT run_id FROM run_search WHERE entity = {e:String} "
-        "AND project = {p:String} AND key = {k:String}",
+        "SELECT 1 AS marked FROM run_search WHERE entity = {e:String} "
+        "AND project = {p:String} AND key = {k:String} LIMIT 1",
         {"e": entity, "p": project, "k": SEVERAL_WRITERS_KEY},
     )
-    return [str(r) for r in found.column("run_id").to_pylist()]
+    return found.num_rows > 0
 
 
 async def _compiled(
     store: AsyncStore, entity: str, project: str, compile: Callable[[_Sql], str]
 ) -> tuple[str, _Sql]:
     """The SQL ``compile`` makes, and its parameters. A query that reads ``state``
-    is made again once the runs with several writers are known (one small read
-    through the table's order); others are made once."""
+    is made again, with the fold of writers' states, if the project has runs
+    with several writers (one small read); others are made once."""
     q = _Sql()
     sql = compile(q)
-    if q.reads_state:
-        q = _Sql(await _several_writers(store, entity, project))
+    if q.reads_state and await _any_several_writers(store, entity, project):
+        q = _Sql(several_writers=True)
         sql = compile(q)
     return sql, q
 
