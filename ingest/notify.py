@@ -31,7 +31,14 @@ Exactly once in effect, as far as a webhook or a mail server allows:
   ``Idempotency-Key`` and mails as their ``Message-ID`` so receivers can tell.
 
 Up to ``_PARALLEL`` messages are delivered at once by each notifier, so one
-slow webhook does not hold back the others. Failures are a private exception
+slow webhook does not hold back the others. Notifications of the same alert on
+the same run are the exception: a notifier delivers those in the order they
+were published (a ``critical`` waits for the ``ok`` before it), which matters
+when ingest catches up on a backlog and both are in hand at once. A delivery
+that fails is retried after its backoff, so it may then arrive after a later
+notification of its alert; each carries its evaluation instant (``at``). Two
+notifiers each holding one of such a pair do not know of each other: with
+several notifiers, order holds per notifier. Failures are a private exception
 with a ``retriable`` flag: a webhook with no URL or an unknown channel can never
 succeed and is given up at its first attempt; everything else (HTTP status,
 connection errors, timeouts, SMTP errors, missing recipients or server) is
@@ -243,6 +250,8 @@ class Notifier:
         self._http: aiohttp.ClientSession | None = None
         self._stopping = asyncio.Event()
         self._inflight: set[asyncio.Task[None]] = set()
+        # The last delivery started per (alert, run): the next one of the pair waits for it.
+        self._latest: dict[tuple[str, str], asyncio.Task[None]] = {}
         self.subscribed = False  # ready: the durable consumer exists and is read
         self.stats = NotifyStats()
 
@@ -273,9 +282,7 @@ class Notifier:
                     sub = await self._subscribe()
                     continue
                 for msg in msgs:
-                    task = asyncio.create_task(self._handle(msg))
-                    self._inflight.add(task)
-                    task.add_done_callback(self._inflight.discard)
+                    self._start(msg)
         finally:
             # Deliveries in hand get ``stop_wait_s`` to finish; those still running are
             # cut short, and JetStream redelivers them (an email whose send already
@@ -320,18 +327,39 @@ class Notifier:
             return sub
         return None
 
-    async def _handle(self, msg: Msg) -> None:
-        s = self._settings
+    def _start(self, msg: Msg) -> None:
+        """Deliver ``msg`` in a task of its own, after the one before it of its alert."""
         try:
-            n = _decoder.decode(msg.data)
+            n: Notification | None = _decoder.decode(msg.data)
         except msgspec.DecodeError as exc:
             log.error("notify: message %s cannot be decoded (%s); dropped", _seq(msg), exc)
+            n = None
+        key = (n.alert, n.run) if n is not None else None
+        before = self._latest.get(key) if key is not None else None
+        task = asyncio.create_task(self._handle(msg, n, before))
+        self._inflight.add(task)
+        task.add_done_callback(self._inflight.discard)
+        if key is not None:
+            self._latest[key] = task
+            task.add_done_callback(lambda done: self._forget(key, done))
+
+    def _forget(self, key: tuple[str, str], done: asyncio.Task[None]) -> None:
+        if self._latest.get(key) is done:
+            del self._latest[key]
+
+    async def _handle(
+        self, msg: Msg, n: Notification | None, before: asyncio.Task[None] | None
+    ) -> None:
+        s = self._settings
+        if n is None:
             self.stats.given_up += 1
             await _settle(msg.term())
             return
         attempt = msg.metadata.num_delivered
         alive = asyncio.create_task(self._keep_alive(msg))
         try:
+            if before is not None:
+                await asyncio.wait([before])  # however it ended: ours goes next
             await self._deliver(n)
         except Exception as exc:
             self.stats.failed_attempts += 1

@@ -75,11 +75,19 @@ class Hook:
         self.headers: list[dict[str, str]] = []
         self.statuses: list[int] = []
         self.always: int | None = None
+        #: Seconds to hold the answer to the next request of an alert (a slow receiver).
+        self.delays: dict[str, float] = {}
+        #: ("in" | "out", alert) per request arriving and being answered, in time order.
+        self.events: list[tuple[str, str]] = []
 
     async def receive(self, request: web.Request) -> web.Response:
-        self.bodies.append(await request.json())
+        body = await request.json()
+        self.bodies.append(body)
         self.headers.append(dict(request.headers))
+        self.events.append(("in", body["alert"]))
+        await asyncio.sleep(self.delays.pop(body["alert"], 0.0))
         status = self.always or (self.statuses.pop(0) if self.statuses else 200)
+        self.events.append(("out", body["alert"]))
         return web.Response(status=status, text="boom" if status >= 300 else "ok")
 
 
@@ -286,6 +294,28 @@ async def test_two_notifiers_sharing_the_consumer_deliver_each_notification_once
         await asyncio.sleep(0.2)
     assert sorted(b["alert"] for b in hook.bodies) == sorted(f"a{i}" for i in range(count))
     assert sum(n.stats.failed_attempts for n in notifiers) == 0
+
+
+async def test_notifications_of_one_alert_arrive_in_order_others_meanwhile(
+    nc: NatsClient, hook: Hook
+) -> None:
+    """Ingest catching up publishes an alert's `critical` and `ok` together: the `ok`
+    must not reach the receiver while the `critical` is still being delivered."""
+    js = nc.jetstream()
+    first = note(target=hook.url, alert="oom", state="critical", previous="ok")
+    then = note(target=hook.url, alert="oom", state="ok", previous="critical", at=first.at + 1)
+    other = note(target=hook.url, alert="disk")
+    for n in (first, then, other):
+        await publish_notification(js, n)
+    hook.delays = {"oom": 0.5}  # the receiver is slow to answer the first `oom`
+    async with running(nc, FAST) as [notifier]:
+        await until(lambda: notifier.stats.sent == 3)
+        await settled(nc)
+    assert [b["state"] for b in hook.bodies if b["alert"] == "oom"] == ["critical", "ok"]
+    oom = [event for event in hook.events if event[1] == "oom"]
+    assert oom == [("in", "oom"), ("out", "oom"), ("in", "oom"), ("out", "oom")]
+    # Another alert is not held back by the slow one.
+    assert hook.events.index(("out", "disk")) < hook.events.index(("out", "oom"))
 
 
 async def test_the_stream_is_created_with_the_others(nc: NatsClient) -> None:
