@@ -18,7 +18,7 @@ import dataclasses
 import logging
 import re
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -108,6 +108,34 @@ class _FetchSize:
             self._mean = size if not self._mean else 0.7 * self._mean + 0.3 * size
 
 
+class _Carry:
+    """Messages fetched beyond what one job should hold, kept alive until the next."""
+
+    def __init__(self, keep_alive: Callable[[list[Msg]], Coroutine[Any, Any, None]]) -> None:
+        self._keep_alive = keep_alive
+        self._msgs: list[Msg] = []
+        self._alive: asyncio.Task[None] | None = None
+
+    def keep_past(self, msgs: list[Msg], limit: int) -> list[Msg]:
+        """The first of ``msgs`` up to ``limit`` bytes (at least one); keeps the rest."""
+        held = 0
+        for i, msg in enumerate(msgs):
+            held += len(msg.data)
+            if held > limit and i > 0:
+                self._msgs = msgs[i:]
+                self._alive = asyncio.create_task(self._keep_alive(self._msgs))
+                return msgs[:i]
+        return msgs
+
+    def take(self) -> list[Msg]:
+        """What was kept (their job keeps them alive from now on)."""
+        msgs, self._msgs = self._msgs, []
+        if self._alive is not None:
+            self._alive.cancel()
+            self._alive = None
+        return msgs
+
+
 class IngestWorker:
     """Consumes batches and stores them through ``handlers`` (by default
     :func:`~.handlers.default_handlers`: metrics, events, run fields; then
@@ -157,12 +185,15 @@ class IngestWorker:
         # Two stages: while one fetch is written (chDB releases the GIL), the next is
         # fetched, decoded and turned into Arrow tables.
         writing: asyncio.Task[None] | None = None
+        carry = _Carry(self._keep_alive)  # fetched past fetch_bytes: the next job's start
         trimmed_at = 0  # stats.writes when memory was last given back
         try:
             while not self._stopping.is_set():
                 wanted = self._fetch_size.next()
+                msgs = carry.take()
                 try:
-                    msgs = await sub.fetch(wanted, timeout=self._settings.fetch_timeout_s)
+                    if not msgs:
+                        msgs = await sub.fetch(wanted, timeout=self._settings.fetch_timeout_s)
                 except (TimeoutError, NatsTimeoutError):
                     # Idle: nothing to fetch and nothing being written. Give back
                     # what the last burst freed (see ._memory), once per burst.
@@ -178,8 +209,12 @@ class IngestWorker:
                     continue
                 if not msgs:  # nats-py can return an empty fetch
                     continue
-                if len(msgs) < wanted:
+                if len(msgs) < wanted and _bytes(msgs) < self._settings.fetch_bytes:
                     msgs += await self._linger(sub, msgs, wanted)
+                # A fetch can bring more than asked (nats-py hands over every message
+                # that arrived late for an earlier one): the excess waits its turn, so
+                # no more than about fetch_bytes is prepared at once.
+                msgs = carry.keep_past(msgs, self._settings.fetch_bytes)
                 try:
                     job = await self._prepare(msgs)
                 except Exception:
@@ -195,7 +230,11 @@ class IngestWorker:
                 if writing is not None:
                     await writing
                 writing = asyncio.create_task(self._commit_safely(job, alive))
+                # Only the task holds the fetch now: once written, it is freed even if
+                # no other fetch follows (a burst's last one held here stayed resident).
+                del msgs, job, held
         finally:
+            carry.take()  # not acked: JetStream hands them out again
             if writing is not None:
                 await writing  # the batch in hand is written and acked before stopping
             with contextlib.suppress(Exception):
@@ -290,6 +329,10 @@ class IngestWorker:
             if not batches:
                 return _Job(decoded, [], None)
             prepared = self._prepare_all(batches)
+        # Each payload is decoded, and its batch is what is written from here on (or
+        # prepared again): the payload would only hold the fetch's bytes twice.
+        for msg, _ in decoded:
+            msg.data = b""
         return _Job(decoded, prepared, build_ledger(batches))
 
     async def _preparable(self, decoded: list[tuple[Msg, Batch]]) -> list[tuple[Msg, Batch]]:

@@ -312,6 +312,42 @@ def test_fetches_shrink_for_large_batches_and_grow_for_small_ones() -> None:
     assert size.next() == 128  # tiny batches: as many as allowed
 
 
+async def test_a_fetch_larger_than_fetch_bytes_is_split_and_the_rest_kept_alive() -> None:
+    """nats-py's fetch hands over every message that came late for an earlier one, so
+    a fetch can hold several times ``fetch_bytes``: the excess waits for the next
+    job (kept alive meanwhile, so JetStream does not hand it out again)."""
+    from types import SimpleNamespace
+
+    from stride.ingest.worker import _Carry
+
+    alive: list[list[Any]] = []
+    stopped = asyncio.Event()
+
+    async def keep_alive(msgs: list[Any]) -> None:
+        alive.append(msgs)
+        try:
+            await asyncio.Event().wait()
+        finally:
+            stopped.set()
+
+    def msg(size: int) -> Any:
+        return SimpleNamespace(data=b"x" * size)
+
+    carry = _Carry(keep_alive)
+    fetched = [msg(10) for _ in range(5)]
+    assert carry.keep_past(fetched, limit=25) == fetched[:2]
+    await asyncio.sleep(0)
+    assert alive == [fetched[2:]]  # the kept ones are kept alive...
+    assert carry.take() == fetched[2:]
+    await asyncio.wait_for(stopped.wait(), 1.0)  # ...until taken (their job takes over)
+    assert carry.take() == []
+    big = [msg(100), msg(10)]
+    assert carry.keep_past(big, limit=25) == big[:1]  # one message, however large
+    assert carry.take() == big[1:]
+    small = [msg(10), msg(10)]
+    assert carry.keep_past(small, limit=25) == small and carry.take() == []
+
+
 async def test_batches_that_trickle_in_are_written_together(
     nc: NatsClient, chdb: ChdbStore
 ) -> None:

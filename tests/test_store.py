@@ -220,6 +220,30 @@ def _batch(run_id: str, seq: int, ver: int, steps: list[int], **keys: list[float
     )
 
 
+def test_a_fetch_of_many_keys_and_batches_is_stored_exactly(store: Store) -> None:
+    """Ingest sends run, stream, key and version as dictionaries with the narrowest
+    indices that fit: 300 keys and 200 batch versions need 16-bit ones, which must
+    reach the database as the right names and versions."""
+    run_id = f"wide-{store.concurrency}"
+    keys = {f"k{j:03d}": [float(j)] for j in range(300)}
+    fetch = [_batch(run_id, i, 1_000 + i, [i], **keys) for i in range(200)]
+    built = build_points(fetch)
+    assert built is not None
+    assert built.table.column("key").type.index_type == pa.int16()
+    assert built.table.column("ver").type.index_type == pa.int16()
+    assert built.table.column("run").type.index_type == pa.int8()
+    store.insert_arrow("points", POINTS_COLUMNS, built.table)
+    rows = store.query_arrow(
+        "SELECT key, step, ver, value FROM points WHERE run = {run:String} ORDER BY step, key",
+        {"run": f"e/rollup/{run_id}"},
+    ).to_pylist()
+    assert rows == [
+        {"key": f"k{j:03d}", "step": i, "ver": 1_000 + i, "value": float(j)}
+        for i in range(200)
+        for j in range(300)
+    ]
+
+
 def test_ingests_rollup_equals_the_rollup_of_the_raw_points(store: Store) -> None:
     """Ingest folds each fetch into rollup partials: merged, they must say exactly what
     aggregating the stored points says, with NaN, negative steps, out-of-order steps,
