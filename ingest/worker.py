@@ -74,6 +74,20 @@ class _Job:
     ledger: pa.Table | None
 
 
+def _delivered_late(sub: JetStreamContext.PullSubscription) -> list[Msg]:
+    """Messages JetStream sent for a fetch that had already returned: nats-py queues
+    them for the next fetch (they are the worker's until acked or ``ack_wait``).
+    Read from nats-py's queue, a private attribute: if a version lacks it, they
+    come back after ``ack_wait`` as before."""
+    queue = getattr(getattr(sub, "_sub", None), "_pending_queue", None)
+    late: list[Msg] = []
+    while queue is not None and not queue.empty():
+        msg = queue.get_nowait()
+        if isinstance(msg, Msg) and msg.reply:  # not a status message
+            late.append(msg)
+    return late
+
+
 def _bytes(msgs: Sequence[Msg]) -> int:
     return sum(len(m.data) for m in msgs)
 
@@ -234,11 +248,16 @@ class IngestWorker:
                 # no other fetch follows (a burst's last one held here stayed resident).
                 del msgs, job, held
         finally:
-            carry.take()  # not acked: JetStream hands them out again
+            kept = carry.take()
             if writing is not None:
                 await writing  # the batch in hand is written and acked before stopping
             with contextlib.suppress(Exception):
                 await sub.unsubscribe()
+            # Messages fetched but not written, handed back at once: a worker started
+            # next (or another one) takes them now, not after ack_wait.
+            for msg in kept + _delivered_late(sub):
+                with contextlib.suppress(Exception):
+                    await msg.nak()
             for handler in self._handlers:  # a handler with work of its own stops it
                 close = getattr(handler, "close", None)
                 if close is not None:

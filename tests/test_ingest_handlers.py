@@ -58,12 +58,14 @@ class Seen:
             "ENGINE = MergeTree ORDER BY tuple()"
         )
         self.written: list[Ident] = []
+        self.writes: list[int] = []  # batches per write
 
     def prepare(self, batches: Sequence[Batch]) -> list[Ident]:
         return [(b.path, b.writer, b.seq) for b in batches]
 
     async def write(self, store: AsyncStore, prepared: list[Ident]) -> int:
         self.written += prepared
+        self.writes.append(len(prepared))
         run, writer, seq = zip(*prepared, strict=True)
         rows = pa.table({"run": run, "writer": writer, "seq": pa.array(seq, pa.uint64())})
         await store.insert_arrow(SEEN, ("run", "writer", "seq"), rows)
@@ -346,6 +348,40 @@ async def test_a_fetch_larger_than_fetch_bytes_is_split_and_the_rest_kept_alive(
     assert carry.take() == big[1:]
     small = [msg(10), msg(10)]
     assert carry.keep_past(small, limit=25) == small and carry.take() == []
+
+
+async def test_a_fetch_beyond_fetch_bytes_is_written_in_parts_and_a_stop_loses_nothing(
+    nc: NatsClient, chdb: ChdbStore
+) -> None:
+    """After a small batch the worker asks for many at once; large ones then come
+    back as one fetch far over ``fetch_bytes``: it is written a part at a time (at
+    most two of these batches to a write). Stopped in the middle, the worker hands
+    back what it kept for later (and any message JetStream sent for a fetch that
+    had already returned): a worker started next takes it at once, not after
+    ``ack_wait`` (60 s), and every batch is stored once."""
+    settings = dataclasses.replace(SETTINGS, fetch_bytes=4096)
+    seen = Seen(chdb)
+    store = AsyncStore(chdb)
+    small = batch("small", 0, range(1))
+    large = [batch("large", seq, range(seq * 200, seq * 200 + 200)) for seq in range(40)]
+    assert len(encode_batch(large[0])) > 4096 // 2  # at most two to a part
+    for b in [small, *large]:  # all waiting before the worker starts
+        await publish(nc, b)
+    first = IngestWorker(nc, store, settings, handlers=[*default_handlers(), seen])
+    task = asyncio.create_task(first.run())
+    # Its first fetch is one message (the small one); sized by it, the next asks for ~10.
+    await until(lambda: first.stats.batches_applied >= 3, "the first parts written")
+    first.stop()
+    await asyncio.wait_for(task, 30)
+    applied = first.stats.batches_applied
+    assert applied < 41  # stopped in the middle
+    second = IngestWorker(nc, store, settings, handlers=[*default_handlers(), seen])
+    task = asyncio.create_task(second.run())
+    await until(lambda: second.stats.batches_applied == 41 - applied, "the rest applied")
+    second.stop()
+    await asyncio.wait_for(task, 30)
+    assert sorted(seen.written) == sorted(ident(b) for b in [small, *large])
+    assert seen.writes[0] == 1 and max(seen.writes) <= 2  # the small one, then parts
 
 
 async def test_batches_that_trickle_in_are_written_together(
