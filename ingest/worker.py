@@ -223,7 +223,7 @@ class IngestWorker:
                     continue
                 if not msgs:  # nats-py can return an empty fetch
                     continue
-                if len(msgs) < wanted and _bytes(msgs) < self._settings.fetch_bytes:
+                if len(msgs) < wanted:  # (_linger stops at fetch_bytes)
                     msgs += await self._linger(sub, msgs, wanted)
                 # A fetch can bring more than asked (nats-py hands over every message
                 # that arrived late for an earlier one): the excess waits its turn, so

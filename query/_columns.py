@@ -105,13 +105,18 @@ def one_key_rows(table: pa.Table, key: str) -> Columns:
     return Columns(table.column("step").to_numpy(), values, dict.fromkeys(values, every))
 
 
+def _positions(keys: list[str]) -> dict[str, int]:
+    """Each key's position in ``sorted(keys)``: the code :func:`key_codes` gives it."""
+    return {k: i for i, k in enumerate(sorted(keys))}
+
+
 def key_codes(column: pa.ChunkedArray[Any], keys: list[str]) -> np.ndarray:
     """Each row's key (a string or dictionary column) as its position in ``sorted(keys)``.
 
     Reads ask for keys as a dictionary (see :data:`AS_DICTIONARY`): moving a small
     index per row is much cheaper than the name, or than computing a position in SQL.
     """
-    position = {k: i for i, k in enumerate(sorted(keys))}
+    position = _positions(keys)
     parts = [np.empty(0, np.int64)]
     for chunk in column.chunks:
         if not pa.types.is_dictionary(chunk.type):  # a backend that ignored the setting
@@ -145,7 +150,7 @@ def pivot(table: pa.Table, keys: list[str]) -> Columns:
     values_all = table.column("value").to_numpy()
     values: dict[str, np.ndarray] = {}
     present: dict[str, np.ndarray] = {}
-    position = {k: i for i, k in enumerate(sorted(keys))}
+    position = _positions(keys)
     for key in keys:
         code = position[key]
         col = np.full(len(steps), np.nan)
@@ -213,7 +218,7 @@ def _pivot_dense(
     values: dict[str, np.ndarray] = {}
     present: dict[str, np.ndarray] = {}
     every = np.ones(rows, bool)
-    position = {k: i for i, k in enumerate(sorted(keys))}
+    position = _positions(keys)
     for key in keys:
         block = block_of.get(position[key])
         if block is None:

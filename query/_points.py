@@ -16,7 +16,10 @@ from stride.store import AsyncStore, ParamValue
 
 from ._columns import AS_DICTIONARY, TIME_COLUMNS, Columns, add_times, pivot
 
-__all__ = ["read_rows"]
+__all__ = ["RUN_STREAM", "read_rows"]
+
+#: The points of one run's stream, in SQL with parameters ``run`` and ``stream``.
+RUN_STREAM = "run = {run:String} AND stream = {stream:String}"
 
 
 async def read_rows(

@@ -37,11 +37,10 @@ from stride.store import AsyncStore
 from stride.store.schema import ROLLUP_MERGE, ROLLUP_STEPS, WIDE_STEPS, rollup_aggregates
 
 from ._columns import Columns
-from ._points import read_rows
+from ._points import RUN_STREAM, read_rows
 
 _INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
-_RUN_STREAM = "run = {run:String} AND stream = {stream:String}"
-_SERIES = f"{_RUN_STREAM} AND key IN {{keys:Array(String)}}"
+_SERIES = f"{RUN_STREAM} AND key IN {{keys:Array(String)}}"
 _RANGE = "step BETWEEN {lo:Int64} AND {hi:Int64}"
 _EDGES = f"{_RANGE} AND (step < {{in_lo:Int64}} OR step > {{in_hi:Int64}})"
 _INTERIOR = "bucket BETWEEN {b_lo:Int64} AND {b_hi:Int64}"
@@ -249,7 +248,7 @@ async def _every_point(
 ) -> Columns:
     # At most ``samples`` points: one query costs less than two smaller ones.
     cols = await read_rows(
-        store, f"{_RUN_STREAM} AND {_RANGE} AND {where}", params, keys, one_read=True
+        store, f"{RUN_STREAM} AND {_RANGE} AND {where}", params, keys, one_read=True
     )
     if envelope:  # each point is its own bucket: min = max = value
         for key in keys:

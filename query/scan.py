@@ -27,14 +27,13 @@ from stride.store import AsyncStore, ParamValue
 from stride.store.schema import ROLLUP_STEPS
 
 from ._columns import Columns, one_key_rows
-from ._points import read_rows
+from ._points import RUN_STREAM, read_rows
 
 _INT64_MAX = 2**63 - 1
 #: One key: its name is known, and leaving the column out reads ~10% faster.
 _ONE_KEY_COLUMNS = "step, value, time AS _runtime, timestamp AS _timestamp"
-_ONE_KEY = "run = {run:String} AND stream = {stream:String} AND key = {key:String}"
-_RUN_STREAM = "run = {run:String} AND stream = {stream:String}"
-_KEYS = f"{_RUN_STREAM} AND key IN {{keys:Array(String)}}"
+_ONE_KEY = f"{RUN_STREAM} AND key = {{key:String}}"
+_KEYS = f"{RUN_STREAM} AND key IN {{keys:Array(String)}}"
 
 
 async def scan_page(
@@ -81,7 +80,7 @@ async def scan_page(
         if found is None:
             return Columns.empty(), None
         bound = found
-        where = f"{_RUN_STREAM} AND step BETWEEN {{lo:Int64}} AND {{bound:Int64}}"
+        where = f"{RUN_STREAM} AND step BETWEEN {{lo:Int64}} AND {{bound:Int64}}"
         cols = await read_rows(store, where, {**params, "bound": bound}, keys)
     more = bound < hi
     if require_all and len(cols):
