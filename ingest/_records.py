@@ -21,7 +21,7 @@ from stride.store.objects import ObjectStore
 from stride.wire import DLQ_SUBJECT, FILES_STREAM
 
 from ._settings import IngestSettings
-from .streams import ensure_streams
+from .streams import ensure_streams, pull_durable
 from .worker import MAX_BACKOFF_S, MIN_BACKOFF_S
 
 log = logging.getLogger("stride.ingest")
@@ -72,16 +72,12 @@ class RecordWorker:
             filter_subject=self.subject,
         )
         try:
-            return await self._js.pull_subscribe(
-                self.subject, durable=self.durable, stream=FILES_STREAM, config=config
-            )
+            return await pull_durable(self._js, self.subject, FILES_STREAM, config)
         except NotFoundError:  # the stream is gone (deleted by hand): make it again
             await ensure_streams(
                 self._js, replicas=s.replicas, duplicate_window_s=s.duplicate_window_s
             )
-            return await self._js.pull_subscribe(
-                self.subject, durable=self.durable, stream=FILES_STREAM, config=config
-            )
+            return await pull_durable(self._js, self.subject, FILES_STREAM, config)
 
     async def run(self) -> None:
         s = self._settings

@@ -68,7 +68,7 @@ from nats.js import JetStreamContext
 from nats.js.api import ConsumerConfig
 
 from ._smtp import parse_smtp_url, send
-from .streams import NOTIFY_STREAM, NOTIFY_SUBJECT, notify_stream_config
+from .streams import NOTIFY_STREAM, NOTIFY_SUBJECT, notify_stream_config, pull_durable
 
 log = logging.getLogger("stride.ingest")
 
@@ -316,9 +316,7 @@ class Notifier:
         )
         while not self._stopping.is_set():
             try:
-                sub = await self._js.pull_subscribe(
-                    NOTIFY_SUBJECT, durable=NOTIFY_DURABLE, stream=NOTIFY_STREAM, config=config
-                )
+                sub = await pull_durable(self._js, NOTIFY_SUBJECT, NOTIFY_STREAM, config)
             except Exception as exc:
                 log.error("notify: cannot read %s (%s); retrying", NOTIFY_STREAM, exc)
                 await self._pause(_RETRY_S)

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
+import logging
+
 from nats.js import JetStreamContext
 from nats.js.api import ConsumerConfig, RetentionPolicy, StorageType, StreamConfig
 from nats.js.errors import BadRequestError, NotFoundError
@@ -17,6 +20,8 @@ from stride.wire import (
     STREAM,
     chunk_subject,
 )
+
+log = logging.getLogger("stride.ingest")
 
 DURABLE = "stride-ingest"
 
@@ -113,3 +118,44 @@ async def ensure_streams(
                     continue
         else:
             raise RuntimeError(f"could not create or update the JetStream stream {config.name}")
+
+
+async def pull_durable(
+    js: JetStreamContext, subject: str, stream: str, config: ConsumerConfig
+) -> JetStreamContext.PullSubscription:
+    """A pull subscription on the durable consumer ``config`` names: made with
+    ``config`` if new, and brought to it first if it exists with other settings.
+
+    nats-py's ``pull_subscribe`` binds an existing durable consumer as it is, so
+    a changed ``--ack-wait`` would otherwise apply only once the consumer was
+    deleted by hand. The settings compared are those ``config`` sets; JetStream
+    lets all of them change on a live consumer. Processes started with
+    different settings each bring the consumer to theirs: the last one wins.
+    """
+    durable = config.durable_name
+    assert durable is not None, "a durable consumer needs its name"
+    try:
+        info = await js.consumer_info(stream, durable)
+    except NotFoundError:
+        info = None
+    changed = [] if info is None else _differences(info.config, config)
+    if changed:
+        await js.add_consumer(stream, config)
+        log.info(
+            "the JetStream consumer %s of %s had other settings; now %s",
+            durable,
+            stream,
+            ", ".join(f"{name} {getattr(config, name)} (was {was})" for name, was in changed),
+        )
+    return await js.pull_subscribe(subject, durable=durable, stream=stream, config=config)
+
+
+def _differences(current: ConsumerConfig, wanted: ConsumerConfig) -> list[tuple[str, object]]:
+    """The settings ``wanted`` sets that ``current`` has otherwise, with their current values."""
+    return [
+        (field.name, getattr(current, field.name))
+        for field in dataclasses.fields(wanted)
+        if field.name not in ("name", "durable_name")
+        and getattr(wanted, field.name) is not None
+        and getattr(current, field.name) != getattr(wanted, field.name)
+    ]

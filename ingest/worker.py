@@ -38,7 +38,7 @@ from ._settings import IngestSettings
 from ._tables import build_ledger
 from .alerts import AlertEvaluator, AlertsHandler
 from .handlers import Handler, check_registry, default_handlers
-from .streams import DURABLE, consumer_config, ensure_streams
+from .streams import DURABLE, consumer_config, ensure_streams, pull_durable
 
 log = logging.getLogger("stride.ingest")
 
@@ -181,12 +181,8 @@ class IngestWorker:
     async def _subscribe(self) -> JetStreamContext.PullSubscription:
         s = self._settings
         await ensure_streams(self._js, replicas=s.replicas, duplicate_window_s=s.duplicate_window_s)
-        return await self._js.pull_subscribe(
-            INGEST_SUBJECT,
-            durable=DURABLE,
-            stream=STREAM,
-            config=consumer_config(self._settings.ack_wait_s),
-        )
+        config = consumer_config(self._settings.ack_wait_s)
+        return await pull_durable(self._js, INGEST_SUBJECT, STREAM, config)
 
     async def run(self) -> None:
         """Consume until :meth:`stop` is called."""
