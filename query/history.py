@@ -64,30 +64,11 @@ async def history(
     max_step: int | None,
     envelope: bool,
 ) -> Columns:
-    params: dict[str, Any] = {"run": run, "stream": stream, "keys": sorted(keys)}
-    edges = _set_range(
-        params,
-        _INT64_MIN if min_step is None else min_step,
-        _INT64_MAX if max_step is None else max_step,
-    )
-    edge_stats = (
-        f" UNION ALL SELECT step, step, 1 FROM points WHERE {_SERIES} AND {_EDGES}" if edges else ""
-    )
-    beside = (
-        f" UNION ALL SELECT smin, smax, n FROM points_rollup WHERE {_SERIES} AND {_BESIDE_WIDE}"
-        if params["r_lo"] >= params["b_lo"] or params["r_hi"] <= params["b_hi"]
-        else ""
-    )
-    stats = await store.query_arrow(
-        "SELECT min(smin) AS lo, max(smax) AS hi, sum(n) AS n FROM ("
-        f"SELECT smin, smax, n FROM points_rollup_wide "
-        f"WHERE {_SERIES} AND {_WIDE_INTERIOR}{beside}{edge_stats})",
-        params,
-    )
-    n = stats.column("n")[0].as_py()
-    if not n:
+    params, edges = _range(run, stream, keys, min_step, max_step)
+    extent = await _extent(store, params, edges)
+    if extent is None:
         return Columns.empty()
-    lo, hi = stats.column("lo")[0].as_py(), stats.column("hi")[0].as_py()
+    lo, hi, n = extent
     if n <= samples:  # within the steps counted: points written since cannot add rows
         return await _every_point(store, {**params, "lo": lo, "hi": hi}, keys, envelope)
 
@@ -98,7 +79,7 @@ async def history(
     if width < ROLLUP_STEPS:
         series = _by_key(await _raw_buckets(store, params, width), keys, edge=False)
     elif width >= _WIDE_SPAN * WIDE_STEPS:
-        series = await _wide_buckets(store, params, keys, width, edges or bool(beside))
+        series = await _wide_buckets(store, params, keys, width, edges or _beside_wide(params))
     else:
         series = await _rollup_buckets(store, params, keys, width, edges)
     return _sampled(series, keys, samples, hi, envelope)
@@ -127,14 +108,26 @@ async def history_over_time(
     neighbouring buckets merge in pairs until the rows fit in ``samples``.
 
     Bucket ``floor((t - t0) / ((t1 - t0) / (samples - 1)))``, with ``t0``/``t1`` the
-    axis's least and greatest value over the range. Points whose time is NaN or
-    infinite are left out. This reads every point in the range once (no rollup is
-    kept by time): ~20M points per second here.
+    least and greatest time placed on the axis. Where the answer is sampled finely
+    (under a rollup bucket, 256 steps, of steps per sample on average), every
+    point is placed by its own time; points whose time is NaN or infinite are left
+    out. Over longer ranges, the same rollup rows as step history are placed
+    instead (of 256 steps, or 4,096 where a sample spans 8 of those), each by the
+    time of its first point, and the raw points of the range's cut buckets each by
+    its own: the answer then costs about what step history does, not a read of
+    every point. A rollup row whose first point has no finite time is left out.
     """
     column = TIME_AXIS_COLUMNS[axis]
-    params: dict[str, Any] = {"run": run, "stream": stream, "keys": sorted(keys)}
-    params["lo"] = _INT64_MIN if min_step is None else min_step
-    params["hi"] = _INT64_MAX if max_step is None else max_step
+    params, edges = _range(run, stream, keys, min_step, max_step)
+    extent = await _extent(store, params, edges)
+    if extent is None:
+        return Columns.empty()
+    lo, hi, n = extent
+    width = math.ceil((hi - lo + 1) / max(1, samples - 1))
+    if n > samples and width >= ROLLUP_STEPS:
+        wide = width >= _WIDE_SPAN * WIDE_STEPS
+        series = await _rows_over_time(store, params, keys, column, samples, wide, edges)
+        return _sampled(series, keys, samples, hi, envelope)
     # A point whose time is not finite has no place on the axis: left out.
     where = f"{_SERIES} AND {_RANGE} AND isFinite({column})"
     stats = await store.query_arrow(
@@ -160,6 +153,88 @@ async def history_over_time(
         params,
     )
     return _sampled(_by_key(table, keys, edge=False), keys, samples, hi, envelope)
+
+
+#: A raw point as a one-point rollup row (the columns of :data:`ROLLUP_MERGE`).
+_POINT_AS_ROW = (
+    "toUInt64(1) AS n, step AS smin, step AS smax, if(isNaN(value), inf, value) AS vmin, "
+    "if(isNaN(value), -inf, value) AS vmax, value AS fv, time AS ft, timestamp AS fs, "
+    "value AS lv, time AS lt, timestamp AS ls"
+)
+#: Where each time axis's value of a rollup row's first point is.
+_FIRST_TIME = {"time": "ft", "timestamp": "fs"}
+
+
+async def _rows_over_time(
+    store: AsyncStore,
+    params: dict[str, Any],
+    keys: list[str],
+    column: str,
+    samples: int,
+    wide: bool,
+    edges: bool,
+) -> dict[str, Series]:
+    """Time buckets of rollup rows (wide ones with ``wide``, and the rollup rows
+    beside them) and of the raw points in the range's cut buckets: each row in the
+    bucket of its first point's time, each point in its own."""
+
+    def rows(table: str, where: str) -> str:
+        return (
+            f"SELECT key, {ROLLUP_MERGE} FROM {table} WHERE {_SERIES} AND {where} "
+            "GROUP BY key, bucket"
+        )
+
+    if wide:
+        parts = [rows("points_rollup_wide", _WIDE_INTERIOR)]
+        if _beside_wide(params):
+            parts.append(rows("points_rollup", _BESIDE_WIDE))
+    else:
+        parts = [rows("points_rollup", _INTERIOR)]
+    if edges:
+        parts.append(f"SELECT key, {_POINT_AS_ROW} FROM points FINAL WHERE {_SERIES} AND {_EDGES}")
+    table = await store.query_arrow(" UNION ALL ".join(parts), params)
+    cols = {name: table.column(name).to_numpy() for name in _ROW_FIELDS}
+    at = cols[_FIRST_TIME[column]]
+    placed = np.isfinite(at)
+    if not placed.any():
+        return {key: {name: col[:0] for name, col in (cols | _EMPTY_SB).items()} for key in keys}
+    t0, t1 = float(at[placed].min()), float(at[placed].max())
+    if t1 == t0:
+        bucket = np.zeros(len(at), np.int64)
+    else:  # as the SQL of the point-by-point path computes it (halves: no overflow)
+        with np.errstate(invalid="ignore"):
+            bucket = np.floor((at / 2 - t0 / 2) / ((t1 / 2 - t0 / 2) / (samples - 1)))
+        bucket = np.where(placed, bucket, 0).astype(np.int64)
+    key_of = np.array(table.column("key").to_pylist(), dtype=object)
+    return {key: _fold(cols, bucket, placed & (key_of == key)) for key in keys}
+
+
+#: The columns of a row over time, and the empty bucket columns of a key without rows.
+_ROW_FIELDS = ("n", "smin", "smax", "vmin", "vmax", "fv", "ft", "fs", "lv", "lt", "ls")
+_EMPTY_SB = {"sb": np.zeros(0, np.int64), "edge": np.zeros(0, bool)}
+
+
+def _fold(cols: dict[str, np.ndarray], bucket: np.ndarray, mine: np.ndarray) -> Series:
+    """One key's rows folded per time bucket: its first row's first point, its last
+    row's last point, the count and the envelope. A key's rows hold disjoint steps,
+    so by ``smin`` within a bucket the first row is first and the last is last."""
+    sb = bucket[mine]
+    order = np.lexsort((cols["smin"][mine], sb))
+    sb = sb[order]
+    got = {name: col[mine][order] for name, col in cols.items()}
+    if not len(sb):
+        return {name: col[:0] for name, col in (got | _EMPTY_SB).items()}
+    starts = np.flatnonzero(np.r_[True, sb[1:] != sb[:-1]])
+    ends = np.r_[starts[1:], len(sb)] - 1
+    return {
+        "sb": sb[starts],
+        "edge": np.zeros(len(starts), bool),
+        "n": np.add.reduceat(got["n"], starts),
+        "vmin": np.minimum.reduceat(got["vmin"], starts),
+        "vmax": np.maximum.reduceat(got["vmax"], starts),
+        **{name: got[name][starts] for name in ("smin", "fv", "ft", "fs")},
+        **{name: got[name][ends] for name in ("smax", "lv", "lt", "ls")},
+    }
 
 
 def _sampled(
@@ -213,6 +288,50 @@ async def history_along(
         column[rows], present[rows] = values[mask], True
         along.values[key], along.present[key] = column, present
     return along
+
+
+def _range(
+    run: str, stream: str, keys: list[str], min_step: int | None, max_step: int | None
+) -> tuple[dict[str, Any], bool]:
+    """The parameters of a history's reads, and whether its range cuts rollup buckets."""
+    params: dict[str, Any] = {"run": run, "stream": stream, "keys": sorted(keys)}
+    edges = _set_range(
+        params,
+        _INT64_MIN if min_step is None else min_step,
+        _INT64_MAX if max_step is None else max_step,
+    )
+    return params, edges
+
+
+async def _extent(
+    store: AsyncStore, params: dict[str, Any], edges: bool
+) -> tuple[int, int, int] | None:
+    """The first and last step and the point count in the range (``None``: no
+    points), from the rollups (the wide level where it covers whole buckets) and
+    the raw edges."""
+    edge_stats = (
+        f" UNION ALL SELECT step, step, 1 FROM points WHERE {_SERIES} AND {_EDGES}" if edges else ""
+    )
+    beside = (
+        f" UNION ALL SELECT smin, smax, n FROM points_rollup WHERE {_SERIES} AND {_BESIDE_WIDE}"
+        if _beside_wide(params)
+        else ""
+    )
+    stats = await store.query_arrow(
+        "SELECT min(smin) AS lo, max(smax) AS hi, sum(n) AS n FROM ("
+        f"SELECT smin, smax, n FROM points_rollup_wide "
+        f"WHERE {_SERIES} AND {_WIDE_INTERIOR}{beside}{edge_stats})",
+        params,
+    )
+    n = stats.column("n")[0].as_py()
+    if not n:
+        return None
+    return stats.column("lo")[0].as_py(), stats.column("hi")[0].as_py(), n
+
+
+def _beside_wide(params: dict[str, Any]) -> bool:
+    """Whether the range has whole rollup buckets outside its whole wide ones."""
+    return bool(params["r_lo"] >= params["b_lo"] or params["r_hi"] <= params["b_hi"])
 
 
 def _set_range(params: dict[str, Any], lo: int, hi: int) -> bool:

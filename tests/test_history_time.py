@@ -13,32 +13,67 @@ import stride
 
 from .conftest import StrideUp, wait_rows
 
+#: Steps per rollup row, and per wide rollup row (``stride.store.schema``).
+ROLLUP, WIDE = 256, 4096
+
+
+def _units(steps: list[int], lo: int | None, hi: int | None, width: int) -> list[list[int]]:
+    """How the service places ``steps`` (sorted) on the time axis: one by one where
+    the sampling is fine (under ``ROLLUP`` steps per sample); else in the rollup
+    rows of whole buckets of the range (wide ones once a sample spans 8 of them, and
+    the rollup rows beside them), and the points of the cut buckets one by one."""
+    if width < ROLLUP:
+        return [[s] for s in steps]
+    sizes = (WIDE, ROLLUP) if width >= 8 * WIDE else (ROLLUP,)
+
+    def whole(size: int, b: int) -> bool:
+        return (lo is None or b * size >= lo) and (hi is None or (b + 1) * size - 1 <= hi)
+
+    groups: dict[tuple[int, int], list[int]] = {}
+    for s in steps:
+        size = next((z for z in sizes if whole(z, s // z)), 0)
+        groups.setdefault((size, s // size) if size else (0, s), []).append(s)
+    return list(groups.values())
+
 
 def _time_sampled(
-    points: dict[str, dict[int, tuple[float, float]]], samples: int
+    points: dict[str, dict[int, tuple[float, float]]],
+    samples: int,
+    lo: int | None = None,
+    hi: int | None = None,
 ) -> tuple[list[int], dict[str, set[int]], dict[str, dict[int, tuple[float, float]]]]:
     """History along a time axis, computed here: ``points`` is key -> step -> (axis
-    value, metric value) within the range. Returns the row steps, the steps where
-    each key has a value, and each key's (min, max) per kept step (the envelope)."""
-    every = [(step, t) for series in points.values() for step, (t, _) in series.items()]
-    hi = max(step for step, _ in every)
-    t0, t1 = min(t for _, t in every), max(t for _, t in every)
+    value, metric value) within the step range ``lo``..``hi``. Returns the row
+    steps, the steps where each key has a value, and each key's (min, max) per
+    kept step (the envelope). Each unit (a point, or a rollup row: see
+    :func:`_units`) is placed by the time of its first point."""
+    last = max(step for series in points.values() for step in series)
+    first = min(step for series in points.values() for step in series)
+    width = math.ceil((last - first + 1) / max(1, samples - 1))
+    units = {
+        key: [(u[0], series[u[0]][0], u) for u in _units(sorted(series), lo, hi, width)]
+        for key, series in points.items()
+    }
+    placed = {key: [u for u in us if math.isfinite(u[1])] for key, us in units.items()}
+    times = [t for us in placed.values() for _, t, _ in us]
+    t0, t1 = min(times), max(times)
     k = samples - 1
 
     def bucket(t: float) -> int:
-        return 0 if t1 == t0 else math.floor((t - t0) / ((t1 - t0) / k))
+        return 0 if t1 == t0 else math.floor((t / 2 - t0 / 2) / ((t1 / 2 - t0 / 2) / k))
 
     for shift in range(64):
         groups: dict[str, dict[int, list[int]]] = {}
-        for key, series in points.items():
-            for step, (t, _) in series.items():
-                groups.setdefault(key, {}).setdefault(bucket(t) >> shift, []).append(step)
+        for key, us in placed.items():
+            for _first, t, members in us:
+                groups.setdefault(key, {}).setdefault(bucket(t) >> shift, []).extend(members)
         kept = {key: {min(s): s for s in g.values()} for key, g in groups.items()}
-        rows = sorted(set().union(*kept.values(), {hi}))
+        rows = sorted(set().union(*kept.values(), {last}))
         if len(rows) <= samples:
             break
     has = {
-        key: set(firsts) | ({hi} if hi in points[key] else set()) for key, firsts in kept.items()
+        key: set(firsts) | ({last} if last in points[key] else set())
+        for key, firsts in kept.items()
     }
     envelope = {
         key: {first: (min(v), max(v)) for first, members in firsts.items()
@@ -71,14 +106,15 @@ def test_history_along_time_samples_equal_spans_of_time(stack: StrideUp, spool: 
             (40, None, None),
             (300, None, None),
             (25, 500, 2500),
-            (3, None, None),
+            (3, None, None),  # 256-step rollup rows placed by their first point's time
+            (6, 300, 2900),  # and the points of the buckets the range cuts, each by its own
         ]:
             points = {
                 key: {s: (p[which], p[2]) for s, p in series.items()
                       if (lo is None or s >= lo) and (hi is None or s <= hi)}
                 for key, series in logged.items()
             }  # fmt: skip
-            steps, has, envelope = _time_sampled(points, samples)
+            steps, has, envelope = _time_sampled(points, samples, lo, hi)
             got = api.run(run.path).history(
                 samples=samples, keys=["v", "w"], x_axis=axis, min_step=lo, max_step=hi,
                 envelope=True, pandas=False,
@@ -100,6 +136,41 @@ def test_history_along_time_samples_equal_spans_of_time(stack: StrideUp, spool: 
                 after = len(got) - before
                 assert abs(before / max(1, after) - 2.0) < 0.5, (before, after)
             assert got[-1]["_step"] == (hi if hi is not None else ends["v"])
+
+
+def test_history_along_time_over_wide_rollup_rows_matches_the_same_placing(
+    stack: StrideUp, spool: Path
+) -> None:
+    """100,000 steps sampled coarsely: 4,096-step rows (and the 256-step rows and
+    points beside them when a range cuts them) placed by the time of their first
+    point, including rows whose time runs backwards (steps 20,000-24,999, logged
+    with times 10 s earlier) and a pause. Checked against the same placing here;
+    the envelope holds the spikes of the rows beside the wide ones."""
+    logged: dict[int, tuple[float, float]] = {}
+    with stride.init(project="timeaxis", id="wide", settings=stack.settings(spool)) as run:
+        for step in range(100_000):
+            t = step * 0.001 - (10.0 if 20_000 <= step < 25_000 else 0.0)
+            t += 50.0 if step >= 60_000 else 0.0
+            # Spikes in the 256-step rows beside the wide ones when the range is cut.
+            v = {2000: 5.0, 98_500: -5.0}.get(step, math.cos(step / 300))
+            run.log({"v": v}, step=step, time=t)
+            logged[step] = (t, v)
+    api = stride.Api(stack.http_url)
+    wait_rows(api, run.path, 100_000, keys=["v"])
+    for samples, lo, hi in [(3, None, None), (4, None, None), (3, 1000, 99_000), (4, 1000, 99_000)]:
+        points = {"v": {s: p for s, p in logged.items() if (lo or 0) <= s <= (hi or 10**9)}}
+        steps, has, envelope = _time_sampled(points, samples, lo, hi)
+        got = api.run(run.path).history(
+            samples=samples, x_axis="_runtime", min_step=lo, max_step=hi, envelope=True,
+            pandas=False,
+        )  # fmt: skip
+        assert [r["_step"] for r in got] == steps, (samples, lo, hi)
+        for row in got:
+            assert row["_step"] in has["v"]
+            assert row["_runtime"] == logged[row["_step"]][0]
+            assert row["v"] == logged[row["_step"]][1]
+            if row["_step"] in envelope["v"]:
+                assert (row["min(v)"], row["max(v)"]) == envelope["v"][row["_step"]]
 
 
 def test_history_along_time_leaves_out_points_without_a_finite_time(
