@@ -10,8 +10,8 @@ after a warm-up call:
 * ``ApiRun.history(...)`` on an already fetched run (the history request only);
 * a raw ``GET .../history?samples=1000`` on a kept-alive connection (server
   time plus transfer, no client-side decoding);
-* ``ApiRun.history(samples=1000, x_axis="_runtime")``: sampled by time, which
-  reads every point (no target; fewer reps).
+* ``ApiRun.history(samples=1000, x_axis="_runtime")``: sampled by time (from
+  the rollup rows over long ranges; no target of its own; fewer reps).
 
 Reports median/p90/min in ms, rows returned, and checks the first and last
 step are present. Target: <= 50 ms on 10M points. Also times ``ApiRun.stats()``
