@@ -199,7 +199,7 @@ def main() -> None:
             for i in range(loop_n):
                 with w.lock:
                     pos = w.pos
-                    if pos + size > w.end:
+                    if pos + size > w.segment_bytes:
                         pos = w.reserve(size)
                     pack(w.mm, pos, header, i, 0.5, 1.0, *data.values())
                     w.commit(pos + size)
