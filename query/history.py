@@ -115,7 +115,11 @@ async def history_over_time(
     instead (of 256 steps, or 4,096 where a sample spans 8 of those), each by the
     time of its first point, and the raw points of the range's cut buckets each by
     its own: the answer then costs about what step history does, not a read of
-    every point. A rollup row whose first point has no finite time is left out.
+    every point. A rollup row whose first or last point has no finite time is
+    read point by point instead (more than :data:`_MAX_REREAD` such rows: the
+    whole range is); points without a finite time inside a row still count in its
+    envelope. As in step history, re-logged points count twice in deciding whether
+    a range holds more points than ``samples``.
     """
     column = TIME_AXIS_COLUMNS[axis]
     params, edges = _range(run, stream, keys, min_step, max_step)
@@ -126,8 +130,9 @@ async def history_over_time(
     width = math.ceil((hi - lo + 1) / max(1, samples - 1))
     if n > samples and width >= ROLLUP_STEPS:
         wide = width >= _WIDE_SPAN * WIDE_STEPS
-        series = await _rows_over_time(store, params, keys, column, samples, wide, edges)
-        return _sampled(series, keys, samples, hi, envelope)
+        rows = await _rows_over_time(store, params, column, wide, edges)
+        if rows is not None:  # else too many rows with a time that is not finite: below
+            return _sampled_over_time(rows, keys, column, samples, envelope)
     # A point whose time is not finite has no place on the axis: left out.
     where = f"{_SERIES} AND {_RANGE} AND isFinite({column})"
     stats = await store.query_arrow(
@@ -161,22 +166,25 @@ _POINT_AS_ROW = (
     "if(isNaN(value), -inf, value) AS vmax, value AS fv, time AS ft, timestamp AS fs, "
     "value AS lv, time AS lt, timestamp AS ls"
 )
-#: Where each time axis's value of a rollup row's first point is.
-_FIRST_TIME = {"time": "ft", "timestamp": "fs"}
+#: Each time axis's value at a rollup row's first and last point.
+_TIME_AT = {"time": ("ft", "lt"), "timestamp": ("fs", "ls")}
+#: Rollup rows read again point by point, at most, when an end point's time is not
+#: finite; with more, the whole range is read point by point.
+_MAX_REREAD = 64
+#: The columns of a row over time.
+_ROW_FIELDS = ("n", "smin", "smax", "vmin", "vmax", "fv", "ft", "fs", "lv", "lt", "ls")
+#: Rows to place on the time axis: each one's key, and the columns of :data:`_ROW_FIELDS`.
+_Rows = tuple[np.ndarray, dict[str, np.ndarray]]
 
 
 async def _rows_over_time(
-    store: AsyncStore,
-    params: dict[str, Any],
-    keys: list[str],
-    column: str,
-    samples: int,
-    wide: bool,
-    edges: bool,
-) -> dict[str, Series]:
-    """Time buckets of rollup rows (wide ones with ``wide``, and the rollup rows
-    beside them) and of the raw points in the range's cut buckets: each row in the
-    bucket of its first point's time, each point in its own."""
+    store: AsyncStore, params: dict[str, Any], column: str, wide: bool, edges: bool
+) -> _Rows | None:
+    """The rows to place on the time axis: rollup rows (wide ones with ``wide``,
+    and the rollup rows beside them) and the raw points of the range's cut
+    buckets. A row whose first or last point has no finite time is read again
+    point by point (its points with a finite time each become a row); ``None``
+    if there are more than :data:`_MAX_REREAD` of them."""
 
     def rows(table: str, where: str) -> str:
         return (
@@ -192,25 +200,63 @@ async def _rows_over_time(
         parts = [rows("points_rollup", _INTERIOR)]
     if edges:
         parts.append(f"SELECT key, {_POINT_AS_ROW} FROM points FINAL WHERE {_SERIES} AND {_EDGES}")
-    table = await store.query_arrow(" UNION ALL ".join(parts), params)
-    cols = {name: table.column(name).to_numpy() for name in _ROW_FIELDS}
-    at = cols[_FIRST_TIME[column]]
-    placed = np.isfinite(at)
-    if not placed.any():
-        return {key: {name: col[:0] for name, col in (cols | _EMPTY_SB).items()} for key in keys}
-    t0, t1 = float(at[placed].min()), float(at[placed].max())
+    found = _row_columns(await store.query_arrow(" UNION ALL ".join(parts), params))
+    first, last = (found[1][name] for name in _TIME_AT[column])
+    placed = np.isfinite(first) & np.isfinite(last)
+    # A single point without a finite time has no place; a row of several is read again.
+    again = np.flatnonzero(~placed & (found[1]["smin"] != found[1]["smax"]))
+    if len(again) > _MAX_REREAD:
+        return None
+    kept = _take(found, np.flatnonzero(placed))
+    if not len(again):
+        return kept
+    ranges, more = [], dict(params)
+    for i, row in enumerate(again):
+        more.update({f"k{i}": str(found[0][row]), f"a{i}": int(found[1]["smin"][row])})
+        more[f"b{i}"] = int(found[1]["smax"][row])
+        ranges.append(f"(key = {{k{i}:String}} AND step BETWEEN {{a{i}:Int64}} AND {{b{i}:Int64}})")
+    points = await store.query_arrow(
+        f"SELECT key, {_POINT_AS_ROW} FROM points FINAL WHERE {RUN_STREAM} "
+        f"AND ({' OR '.join(ranges)}) AND isFinite({column})",
+        more,
+    )
+    reread = _row_columns(points)
+    return (
+        np.concatenate([kept[0], reread[0]]),
+        {name: np.concatenate([kept[1][name], reread[1][name]]) for name in _ROW_FIELDS},
+    )
+
+
+def _row_columns(table: pa.Table) -> _Rows:
+    names = np.array(table.column("key").to_pylist(), dtype=object)
+    return names, {name: table.column(name).to_numpy() for name in _ROW_FIELDS}
+
+
+def _take(rows: _Rows, which: np.ndarray) -> _Rows:
+    return rows[0][which], {name: col[which] for name, col in rows[1].items()}
+
+
+def _sampled_over_time(
+    rows: _Rows, keys: list[str], column: str, samples: int, envelope: bool
+) -> Columns:
+    """``rows`` in buckets of equal time, each by its first point's time, sampled;
+    the answer ends at the last step placed."""
+    names, cols = rows
+    if not len(names):
+        return Columns.empty()
+    at = cols[_TIME_AT[column][0]]
+    t0, t1 = float(at.min()), float(at.max())
     if t1 == t0:
         bucket = np.zeros(len(at), np.int64)
     else:  # as the SQL of the point-by-point path computes it (halves: no overflow)
-        with np.errstate(invalid="ignore"):
+        with np.errstate(invalid="ignore", divide="ignore"):
             bucket = np.floor((at / 2 - t0 / 2) / ((t1 / 2 - t0 / 2) / (samples - 1)))
-        bucket = np.where(placed, bucket, 0).astype(np.int64)
-    key_of = np.array(table.column("key").to_pylist(), dtype=object)
-    return {key: _fold(cols, bucket, placed & (key_of == key)) for key in keys}
+            bucket = np.nan_to_num(bucket, nan=0.0, posinf=0.0, neginf=0.0).astype(np.int64)
+    series = {key: _fold(cols, bucket, names == key) for key in keys}
+    return _sampled(series, keys, samples, int(cols["smax"].max()), envelope)
 
 
-#: The columns of a row over time, and the empty bucket columns of a key without rows.
-_ROW_FIELDS = ("n", "smin", "smax", "vmin", "vmax", "fv", "ft", "fs", "lv", "lt", "ls")
+#: The bucket columns of a key without rows.
 _EMPTY_SB = {"sb": np.zeros(0, np.int64), "edge": np.zeros(0, bool)}
 
 

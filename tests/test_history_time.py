@@ -13,12 +13,13 @@ import stride
 
 from .conftest import StrideUp, wait_rows
 
-#: Steps per rollup row, and per wide rollup row (``stride.store.schema``).
-ROLLUP, WIDE = 256, 4096
+#: Steps per rollup row, and per wide rollup row (``stride.store.schema``); rows
+#: read again point by point at most (``stride.query.history._MAX_REREAD``).
+ROLLUP, WIDE, MAX_REREAD = 256, 4096, 64
 
 
-def _units(steps: list[int], lo: int | None, hi: int | None, width: int) -> list[list[int]]:
-    """How the service places ``steps`` (sorted) on the time axis: one by one where
+def _rows(steps: list[int], lo: int | None, hi: int | None, width: int) -> list[list[int]]:
+    """How the service groups ``steps`` (sorted) on the time axis: one by one where
     the sampling is fine (under ``ROLLUP`` steps per sample); else in the rollup
     rows of whole buckets of the range (wide ones once a sample spans 8 of them, and
     the rollup rows beside them), and the points of the cut buckets one by one."""
@@ -36,6 +37,32 @@ def _units(steps: list[int], lo: int | None, hi: int | None, width: int) -> list
     return list(groups.values())
 
 
+def _units(
+    points: dict[str, dict[int, tuple[float, float]]],
+    lo: int | None,
+    hi: int | None,
+    width: int,
+) -> dict[str, list[list[int]]]:
+    """What the service places on the time axis, per key: rows (see :func:`_rows`)
+    whose first and last points have a finite time, each placed by its first
+    point; the points with a finite time of the other rows, each by its own
+    (and every point so, once more than ``MAX_REREAD`` rows would be read again)."""
+    finite = {key: [s for s in sorted(series) if math.isfinite(series[s][0])]
+              for key, series in points.items()}  # fmt: skip
+    units: dict[str, list[list[int]]] = {key: [] for key in points}
+    again = 0
+    for key, series in points.items():
+        for row in _rows(sorted(series), lo, hi, width):
+            if math.isfinite(series[row[0]][0]) and math.isfinite(series[row[-1]][0]):
+                units[key].append(row)
+            elif len(row) > 1:
+                again += 1
+                units[key] += [[s] for s in row if math.isfinite(series[s][0])]
+    if again > MAX_REREAD:
+        return {key: [[s] for s in steps] for key, steps in finite.items()}
+    return units
+
+
 def _time_sampled(
     points: dict[str, dict[int, tuple[float, float]]],
     samples: int,
@@ -46,16 +73,19 @@ def _time_sampled(
     value, metric value) within the step range ``lo``..``hi``. Returns the row
     steps, the steps where each key has a value, and each key's (min, max) per
     kept step (the envelope). Each unit (a point, or a rollup row: see
-    :func:`_units`) is placed by the time of its first point."""
-    last = max(step for series in points.values() for step in series)
+    :func:`_units`) is placed by the time of its first point; the answer ends at
+    the last step placed."""
     first = min(step for series in points.values() for step in series)
-    width = math.ceil((last - first + 1) / max(1, samples - 1))
-    units = {
-        key: [(u[0], series[u[0]][0], u) for u in _units(sorted(series), lo, hi, width)]
-        for key, series in points.items()
+    end = max(step for series in points.values() for step in series)
+    width = math.ceil((end - first + 1) / max(1, samples - 1))
+    placed = {
+        key: [(points[key][u[0]][0], u) for u in us]
+        for key, us in _units(points, lo, hi, width).items()
     }
-    placed = {key: [u for u in us if math.isfinite(u[1])] for key, us in units.items()}
-    times = [t for us in placed.values() for _, t, _ in us]
+    if not any(placed.values()):
+        return [], {}, {}
+    last = max(u[-1] for us in placed.values() for _, u in us)
+    times = [t for us in placed.values() for t, _ in us]
     t0, t1 = min(times), max(times)
     k = samples - 1
 
@@ -65,14 +95,14 @@ def _time_sampled(
     for shift in range(64):
         groups: dict[str, dict[int, list[int]]] = {}
         for key, us in placed.items():
-            for _first, t, members in us:
+            for t, members in us:
                 groups.setdefault(key, {}).setdefault(bucket(t) >> shift, []).extend(members)
         kept = {key: {min(s): s for s in g.values()} for key, g in groups.items()}
         rows = sorted(set().union(*kept.values(), {last}))
         if len(rows) <= samples:
             break
     has = {
-        key: set(firsts) | ({last} if last in points[key] else set())
+        key: set(firsts) | ({last} if any(u[-1] == last for _, u in placed[key]) else set())
         for key, firsts in kept.items()
     }
     envelope = {
@@ -201,6 +231,56 @@ def test_history_along_time_leaves_out_points_without_a_finite_time(
     spread = api.run(far.path).history(samples=20, x_axis="_runtime", pandas=False)
     assert spread[0]["_step"] == 0 and spread[-1]["_step"] == 299
     assert len(spread) <= 20
+
+
+def test_history_along_time_over_rollup_rows_leaves_out_times_that_are_not_finite(
+    stack: StrideUp, spool: Path
+) -> None:
+    """Coarse samplings (256-step rows placed by their first point's time) with
+    times that are NaN or infinite: a row whose first or last point has one is
+    placed point by point, without that point; a point inside a row only counts
+    in its envelope; the answer ends at the last point placed, never on a row
+    without values. With every time NaN the answer is empty, whatever ``samples``;
+    with more rows to read again than the service reads so, every point is placed
+    by its own time."""
+    # Rows 512-767 (both ends), 1024-1279 (last), 2816-3071 (first, and the last point).
+    odd = {512: math.nan, 767: -math.inf, 1000: math.inf, 1279: math.nan, 2816: math.nan}
+    odd[2999] = math.nan
+    cases: dict[str, tuple[int, dict[int, float]]] = {
+        "some": (3000, odd),
+        "all": (3000, {s: math.nan for s in range(3000)}),
+        # 71 rows to read again: every point placed by its own time, so the rows of
+        # 0-2047 that a bucket's edge cuts (samples=20) are not placed whole.
+        "many": (20_000, {s: math.nan for s in range(2048, 20_000, ROLLUP)}),
+    }
+    api = stride.Api(stack.http_url)
+    for name, (count, times) in cases.items():
+        logged: dict[int, tuple[float, float]] = {}
+        with stride.init(project="timeaxis", id=name, settings=stack.settings(spool)) as run:
+            for step in range(count):
+                spike = 9.0 if step in (1000, 1279) else 0.0  # an inner point, a row's last
+                t, v = times.get(step, step * 0.01), math.sin(step / 50) + spike
+                run.log({"v": v}, step=step, time=t)
+                logged[step] = (t, v)
+        wait_rows(api, run.path, count)
+        for samples, lo, hi in [
+            (3, None, None),
+            (4, 10, count - 10),
+            (5, None, None),
+            (20, None, None),
+        ]:
+            points = {"v": {s: p for s, p in logged.items() if (lo or 0) <= s <= (hi or count)}}
+            steps, has, envelope = _time_sampled(points, samples, lo, hi)
+            got = api.run(run.path).history(
+                samples=samples, x_axis="_runtime", min_step=lo, max_step=hi, envelope=True,
+                pandas=False,
+            )  # fmt: skip
+            assert [r["_step"] for r in got] == steps, (name, samples, lo, hi)
+            for row in got:
+                assert math.isfinite(row["_runtime"]) and row["_step"] in has["v"]
+                assert (row["min(v)"], row["max(v)"]) == envelope["v"][row["_step"]]
+        if name == "all":
+            assert steps == []
 
 
 @pytest.mark.parametrize("x_axis", ["_step", "_runtime"])
