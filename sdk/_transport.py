@@ -115,6 +115,18 @@ _BOOT = (
 )
 
 
+class _Helper(subprocess.Popen[bytes]):
+    """The delivery helper's process. This process never waits for it: it may
+    outlive us, delivering what is left. So, unlike a plain ``Popen``, dropping
+    it while it runs (at the latest when the interpreter exits) is not reported
+    as a leak (``ResourceWarning: subprocess N is still running``); one that has
+    exited is reaped, as ``Popen`` does."""
+
+    def __del__(self) -> None:
+        with contextlib.suppress(Exception):  # at exit, modules may be half torn down
+            self.poll()
+
+
 class Transport:
     def __init__(self, settings: Settings, *, offline: bool) -> None:
         self.settings = settings
@@ -141,7 +153,7 @@ class Transport:
             self._system = SamplerThread(settings.system_interval_s, self._log_system)
             self._system.start()
         self._requests = 0  # the id of the last request sent to the agent
-        self._helper: subprocess.Popen[bytes] | None = None
+        self._helper: _Helper | None = None
         self.helper_log: Path | None = None
         self._thread: threading.Thread | None = None
         self.closed = False
@@ -210,7 +222,7 @@ class Transport:
         args["log"] = str(self.helper_log)
         try:
             with open(self.helper_log, "ab") as stderr:
-                self._helper = subprocess.Popen(
+                self._helper = _Helper(
                     [sys.executable, "-I", "-c", _BOOT],
                     env={**os.environ, "STRIDE_AGENT": json.dumps(args)},
                     pass_fds=(theirs.fileno(),),
@@ -367,7 +379,7 @@ _Key = tuple[str, Path, bool, str]
 _transports: dict[_Key, Transport] = {}
 _registry_lock = threading.RLock()  # close() runs with it held, and may be re-entered
 _hooks_installed = False
-_helpers: list[subprocess.Popen[bytes]] = []
+_helpers: list[_Helper] = []
 
 
 def open_run(run: Run, settings: Settings, *, offline: bool) -> tuple[Transport, int]:
