@@ -201,10 +201,11 @@ async def _rows_over_time(
     if edges:
         parts.append(f"SELECT key, {_POINT_AS_ROW} FROM points FINAL WHERE {_SERIES} AND {_EDGES}")
     found = _row_columns(await store.query_arrow(" UNION ALL ".join(parts), params))
-    first, last = (found[1][name] for name in _TIME_AT[column])
+    names, cols = found
+    first, last = (cols[name] for name in _TIME_AT[column])
     placed = np.isfinite(first) & np.isfinite(last)
     # A single point without a finite time has no place; a row of several is read again.
-    again = np.flatnonzero(~placed & (found[1]["smin"] != found[1]["smax"]))
+    again = np.flatnonzero(~placed & (cols["smin"] != cols["smax"]))
     if len(again) > _MAX_REREAD:
         return None
     kept = _take(found, np.flatnonzero(placed))
@@ -212,8 +213,8 @@ async def _rows_over_time(
         return kept
     ranges, more = [], dict(params)
     for i, row in enumerate(again):
-        more.update({f"k{i}": str(found[0][row]), f"a{i}": int(found[1]["smin"][row])})
-        more[f"b{i}"] = int(found[1]["smax"][row])
+        more.update({f"k{i}": str(names[row]), f"a{i}": int(cols["smin"][row])})
+        more[f"b{i}"] = int(cols["smax"][row])
         ranges.append(f"(key = {{k{i}:String}} AND step BETWEEN {{a{i}:Int64}} AND {{b{i}:Int64}})")
     points = await store.query_arrow(
         f"SELECT key, {_POINT_AS_ROW} FROM points FINAL WHERE {RUN_STREAM} "
