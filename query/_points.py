@@ -16,10 +16,12 @@ from stride.store import AsyncStore, ParamValue
 
 from ._columns import AS_DICTIONARY, TIME_COLUMNS, Columns, add_times, pivot
 
-__all__ = ["RUN_STREAM", "read_rows"]
+__all__ = ["RUN_KEYS", "RUN_STREAM", "read_rows"]
 
 #: The points of one run's stream, in SQL with parameters ``run`` and ``stream``.
 RUN_STREAM = "run = {run:String} AND stream = {stream:String}"
+#: The same, of the keys in the parameter ``keys`` (an array).
+RUN_KEYS = f"{RUN_STREAM} AND key IN {{keys:Array(String)}}"
 
 
 async def read_rows(

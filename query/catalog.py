@@ -15,6 +15,7 @@ import time
 from stride.store import AsyncStore
 
 from . import runs as runs_q
+from ._points import RUN_STREAM
 
 _MAX_ENTRIES = 10_000
 
@@ -54,8 +55,7 @@ class Catalog:
             if fresh and (wanted is None or set(wanted) <= set(keys)):
                 return keys
         rows = await self._store.query_arrow(
-            "SELECT DISTINCT key FROM run_keys "
-            "WHERE run = {run:String} AND stream = {stream:String} ORDER BY key",
+            f"SELECT DISTINCT key FROM run_keys WHERE {RUN_STREAM} ORDER BY key",
             {"run": run, "stream": stream},
         )
         keys = [str(k) for k in rows.column("key").to_pylist()]

@@ -37,10 +37,9 @@ from stride.store import AsyncStore
 from stride.store.schema import ROLLUP_MERGE, ROLLUP_STEPS, WIDE_STEPS, rollup_aggregates
 
 from ._columns import Columns
-from ._points import RUN_STREAM, read_rows
+from ._points import RUN_KEYS, RUN_STREAM, read_rows
 
 _INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
-_SERIES = f"{RUN_STREAM} AND key IN {{keys:Array(String)}}"
 _RANGE = "step BETWEEN {lo:Int64} AND {hi:Int64}"
 _EDGES = f"{_RANGE} AND (step < {{in_lo:Int64}} OR step > {{in_hi:Int64}})"
 _INTERIOR = "bucket BETWEEN {b_lo:Int64} AND {b_hi:Int64}"
@@ -134,7 +133,7 @@ async def history_over_time(
         if rows is not None:  # else too many rows with a time that is not finite: below
             return _sampled_over_time(rows, keys, column, samples, envelope)
     # A point whose time is not finite has no place on the axis: left out.
-    where = f"{_SERIES} AND {_RANGE} AND isFinite({column})"
+    where = f"{RUN_KEYS} AND {_RANGE} AND isFinite({column})"
     stats = await store.query_arrow(
         f"SELECT count() AS n, max(step) AS hi, min({column}) AS t0, max({column}) AS t1 "
         f"FROM points FINAL WHERE {where}",
@@ -188,7 +187,7 @@ async def _rows_over_time(
 
     def rows(table: str, where: str) -> str:
         return (
-            f"SELECT key, {ROLLUP_MERGE} FROM {table} WHERE {_SERIES} AND {where} "
+            f"SELECT key, {ROLLUP_MERGE} FROM {table} WHERE {RUN_KEYS} AND {where} "
             "GROUP BY key, bucket"
         )
 
@@ -199,7 +198,7 @@ async def _rows_over_time(
     else:
         parts = [rows("points_rollup", _INTERIOR)]
     if edges:
-        parts.append(f"SELECT key, {_POINT_AS_ROW} FROM points FINAL WHERE {_SERIES} AND {_EDGES}")
+        parts.append(f"SELECT key, {_POINT_AS_ROW} FROM points FINAL WHERE {RUN_KEYS} AND {_EDGES}")
     found = _row_columns(await store.query_arrow(" UNION ALL ".join(parts), params))
     names, cols = found
     first, last = (cols[name] for name in _TIME_AT[column])
@@ -357,17 +356,19 @@ async def _extent(
     points), from the rollups (the wide level where it covers whole buckets) and
     the raw edges."""
     edge_stats = (
-        f" UNION ALL SELECT step, step, 1 FROM points WHERE {_SERIES} AND {_EDGES}" if edges else ""
+        f" UNION ALL SELECT step, step, 1 FROM points WHERE {RUN_KEYS} AND {_EDGES}"
+        if edges
+        else ""
     )
     beside = (
-        f" UNION ALL SELECT smin, smax, n FROM points_rollup WHERE {_SERIES} AND {_BESIDE_WIDE}"
+        f" UNION ALL SELECT smin, smax, n FROM points_rollup WHERE {RUN_KEYS} AND {_BESIDE_WIDE}"
         if _beside_wide(params)
         else ""
     )
     stats = await store.query_arrow(
         "SELECT min(smin) AS lo, max(smax) AS hi, sum(n) AS n FROM ("
         f"SELECT smin, smax, n FROM points_rollup_wide "
-        f"WHERE {_SERIES} AND {_WIDE_INTERIOR}{beside}{edge_stats})",
+        f"WHERE {RUN_KEYS} AND {_WIDE_INTERIOR}{beside}{edge_stats})",
         params,
     )
     n = stats.column("n")[0].as_py()
@@ -426,7 +427,7 @@ async def _every_point(
 async def _raw_buckets(store: AsyncStore, params: dict[str, Any], width: int) -> pa.Table:
     return await store.query_arrow(
         f"SELECT key, intDiv(step - {{origin:Int64}}, {width}) AS sb, {rollup_aggregates()} "
-        f"FROM points WHERE {_SERIES} AND {_RANGE} GROUP BY key, sb",
+        f"FROM points WHERE {RUN_KEYS} AND {_RANGE} GROUP BY key, sb",
         params,
     )
 
@@ -437,7 +438,7 @@ async def _rollup_buckets(
     span = math.ceil(width / ROLLUP_STEPS)  # rollup buckets per sample bucket
     interior = await store.query_arrow(
         f"SELECT key, intDiv(bucket - {{origin_bucket:Int64}}, {span}) AS sb, {ROLLUP_MERGE} "
-        f"FROM points_rollup WHERE {_SERIES} AND {_INTERIOR} GROUP BY key, sb",
+        f"FROM points_rollup WHERE {RUN_KEYS} AND {_INTERIOR} GROUP BY key, sb",
         params,
     )
     series = _by_key(interior, keys, edge=False)
@@ -445,7 +446,7 @@ async def _rollup_buckets(
         return series
     edge_rows = await store.query_arrow(
         f"SELECT key, if(step < {{in_lo:Int64}}, -1, {_INT64_MAX}) AS sb, {rollup_aggregates()} "
-        f"FROM points WHERE {_SERIES} AND {_EDGES} GROUP BY key, sb",
+        f"FROM points WHERE {RUN_KEYS} AND {_EDGES} GROUP BY key, sb",
         params,
     )
     return _concat(series, _by_key(edge_rows, keys, edge=True))
@@ -459,7 +460,7 @@ async def _wide_buckets(
     span = math.ceil(width / WIDE_STEPS)
     interior = await store.query_arrow(
         f"SELECT key, intDiv(bucket - {{origin_wide:Int64}}, {span}) AS sb, {ROLLUP_MERGE} "
-        f"FROM points_rollup_wide WHERE {_SERIES} AND {_WIDE_INTERIOR} GROUP BY key, sb",
+        f"FROM points_rollup_wide WHERE {RUN_KEYS} AND {_WIDE_INTERIOR} GROUP BY key, sb",
         params,
     )
     series = _by_key(interior, keys, edge=False)
@@ -468,9 +469,9 @@ async def _wide_buckets(
     below = "{r_lo:Int64}"
     edge_rows = await store.query_arrow(
         f"SELECT key, if(bucket <= {below}, -1, {_INT64_MAX}) AS sb, {ROLLUP_MERGE} "
-        f"FROM points_rollup WHERE {_SERIES} AND {_BESIDE_WIDE} GROUP BY key, sb "
+        f"FROM points_rollup WHERE {RUN_KEYS} AND {_BESIDE_WIDE} GROUP BY key, sb "
         f"UNION ALL SELECT key, if(step < {{in_lo:Int64}}, -1, {_INT64_MAX}) AS sb, "
-        f"{rollup_aggregates()} FROM points WHERE {_SERIES} AND {_EDGES} GROUP BY key, sb",
+        f"{rollup_aggregates()} FROM points WHERE {RUN_KEYS} AND {_EDGES} GROUP BY key, sb",
         params,
     )
     return _concat(series, _by_key(edge_rows, keys, edge=True))

@@ -27,13 +27,12 @@ from stride.store import AsyncStore, ParamValue
 from stride.store.schema import ROLLUP_STEPS
 
 from ._columns import Columns, one_key_rows
-from ._points import RUN_STREAM, read_rows
+from ._points import RUN_KEYS, RUN_STREAM, read_rows
 
 _INT64_MAX = 2**63 - 1
 #: One key: its name is known, and leaving the column out reads ~10% faster.
 _ONE_KEY_COLUMNS = "step, value, time AS _runtime, timestamp AS _timestamp"
 _ONE_KEY = f"{RUN_STREAM} AND key = {{key:String}}"
-_KEYS = f"{RUN_STREAM} AND key IN {{keys:Array(String)}}"
 
 
 async def scan_page(
@@ -112,7 +111,7 @@ async def _page_bound(
 
     async def counts_in_window() -> pa.Table:
         return await store.query_arrow(
-            f"SELECT key, bucket, sum(n) AS n FROM points_rollup WHERE {_KEYS} "
+            f"SELECT key, bucket, sum(n) AS n FROM points_rollup WHERE {RUN_KEYS} "
             "AND bucket BETWEEN {b_lo:Int64} AND {b_hi:Int64} "
             "GROUP BY key, bucket ORDER BY key, bucket",
             {**params, **window},
@@ -121,7 +120,7 @@ async def _page_bound(
     counts = await counts_in_window()
     if counts.num_rows == 0:  # a gap in the steps: jump to the next bucket with data
         nxt = await store.query_arrow(
-            f"SELECT min(bucket) AS b, count() AS c FROM points_rollup WHERE {_KEYS} "
+            f"SELECT min(bucket) AS b, count() AS c FROM points_rollup WHERE {RUN_KEYS} "
             "AND bucket > {b_hi:Int64}",
             {**params, **window},
         )
@@ -135,7 +134,7 @@ async def _page_bound(
         # A required key has no points in the window: no row can have them all.
         # Skip the window, unless the key has no points left at all.
         rest = await store.query_arrow(
-            f"SELECT uniqExact(key) AS k FROM points_rollup WHERE {_KEYS} "
+            f"SELECT uniqExact(key) AS k FROM points_rollup WHERE {RUN_KEYS} "
             "AND bucket >= {b_lo:Int64}",
             {**params, **window},
         )

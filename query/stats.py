@@ -10,6 +10,8 @@ from stride.api_types import SeriesStats
 from stride.store import AsyncStore
 from stride.store.schema import SERIES_STATS_MERGE
 
+from ._points import RUN_KEYS
+
 __all__ = ["series_stats"]
 
 
@@ -18,8 +20,7 @@ async def series_stats(
 ) -> dict[str, SeriesStats]:
     """The stats of ``keys`` of ``run`` in ``stream`` (keys without points are left out)."""
     rows = await store.query_arrow(
-        f"SELECT key, {SERIES_STATS_MERGE} FROM series_stats "
-        "WHERE run = {run:String} AND stream = {stream:String} AND key IN {keys:Array(String)} "
+        f"SELECT key, {SERIES_STATS_MERGE} FROM series_stats WHERE {RUN_KEYS} "
         "GROUP BY key ORDER BY key",
         {"run": run, "stream": stream, "keys": sorted(keys)},
     )
