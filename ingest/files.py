@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime as dt
 import functools
 import hashlib
 import logging
@@ -47,7 +48,7 @@ from nats.js.errors import NotFoundError
 
 from stride.store import AsyncStore, StoreError
 from stride.store.objects import ObjectNotFoundError, ObjectStore
-from stride.store.schema import FILES_COLUMNS, blob_key
+from stride.store.schema import FILES_COLUMNS, UPLOADS_PREFIX, blob_key
 from stride.wire import (
     CHUNK_HEADER,
     FILE_SUBJECT,
@@ -83,6 +84,11 @@ _REORDER = 16
 #: without a new one (the writer stopped: its record, if it comes, copies the file).
 _FOLLOW_POLL_S = 0.05
 _FOLLOW_IDLE_S = 30.0
+#: What interrupted writes leave in the object store (an early copy a killed worker
+#: never moved, a local put's temporary file) is deleted once unwritten this long:
+#: a live early copy is written to or claimed within minutes (``_FOLLOW_IDLE_S``,
+#: ``KEEP_S``). Each file worker sweeps when it starts, then this often.
+LEFTOVER_AGE = dt.timedelta(hours=1)
 
 
 class FileStats:
@@ -123,11 +129,25 @@ class FileWorker(RecordWorker):
 
     async def run(self) -> None:
         hints = await self._nc.subscribe(UPLOAD_SUBJECT, queue=FILES_DURABLE, cb=self.early.hinted)
+        sweeping = asyncio.create_task(self._sweep_leftovers())
         try:
             await super().run()
         finally:
+            sweeping.cancel()
             with contextlib.suppress(Exception):
                 await hints.unsubscribe()
+
+    async def _sweep_leftovers(self) -> None:
+        """Now and every :data:`LEFTOVER_AGE`: delete what killed workers left."""
+        while True:
+            try:
+                swept = await self._blocking(self._objects.sweep, UPLOADS_PREFIX, LEFTOVER_AGE)
+            except Exception as exc:
+                log.warning("files: could not sweep the object store (%s); trying again later", exc)
+            else:
+                if swept:
+                    log.info("files: deleted %d leftovers of interrupted writes", swept)
+            await asyncio.sleep(LEFTOVER_AGE.total_seconds())
 
     async def _closing(self) -> None:
         await self.early.close()

@@ -191,6 +191,25 @@ class LocalObjects:
             raise ValueError(f"expires={expires}: give a positive duration")
         return self._path(key).as_uri()
 
+    def sweep(self, abandoned: str, older_than: dt.timedelta) -> int:
+        cutoff = dt.datetime.now(dt.UTC).timestamp() - older_than.total_seconds()
+        under = self.root / validate_key(abandoned.rstrip("/"))
+        deleted = 0
+        for directory, _, files in os.walk(self.root):
+            for name in files:
+                path = Path(directory, name)
+                if not (name.endswith(TMP_SUFFIX) or path.is_relative_to(under)):
+                    continue
+                try:
+                    if path.stat().st_mtime < cutoff:
+                        path.unlink()
+                        deleted += 1
+                except FileNotFoundError:  # finished, or swept by another worker, meanwhile
+                    continue
+                except OSError as exc:
+                    raise self._os_error(exc, path) from exc
+        return deleted
+
     def close(self) -> None:
         pass
 

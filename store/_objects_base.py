@@ -141,6 +141,15 @@ class ObjectStore(Protocol):
         """
         ...
 
+    def sweep(self, abandoned: str, older_than: dt.timedelta) -> int:
+        """Delete what interrupted writes left, not written to for ``older_than``:
+        the objects under the key prefix ``abandoned`` (copies their writer meant
+        to move or delete, such as a killed file worker's early copies) and, in a
+        local directory, the temporary files of puts that never finished. Returns
+        how many were deleted. Nothing a reader can name is touched otherwise.
+        """
+        ...
+
     def close(self) -> None:
         """Release connections. The store cannot be used afterwards."""
         ...

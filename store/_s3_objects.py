@@ -242,6 +242,22 @@ class S3Objects:
         with self._call(key):
             return self._client.presigned_get_object(self.settings.bucket, key, expires=expires)
 
+    def sweep(self, abandoned: str, older_than: dt.timedelta) -> int:
+        """Objects under ``abandoned`` older than ``older_than``. Parts of multipart
+        uploads that never completed are not listed here: a bucket lifecycle rule
+        (``AbortIncompleteMultipartUpload``) expires them (``deploy/README.md``)."""
+        cutoff = dt.datetime.now(dt.UTC) - older_than
+        deleted = 0
+        with self._call(None):
+            found = self._client.list_objects(
+                self.settings.bucket, prefix=abandoned, recursive=True
+            )
+            for item in found:
+                if item.object_name and item.last_modified and item.last_modified < cutoff:
+                    self.delete(item.object_name)
+                    deleted += 1
+        return deleted
+
     def close(self) -> None:
         self._http.clear()
 

@@ -236,10 +236,15 @@ def blob_key(sha256: str) -> str:
     return f"blobs/sha256/{sha256[:2]}/{sha256}"
 
 
+#: The keys of early copies (:func:`upload_key`): one older than a moment was left
+#: by a killed worker, and the file workers' sweep deletes it.
+UPLOADS_PREFIX = "uploads/"
+
+
 def upload_key(upload: str) -> str:
     """Where ingest copies a large file while its chunks arrive, before its record
     says which blob it is (see ``stride.ingest._early``); never listed."""
-    return f"uploads/{upload}"
+    return f"{UPLOADS_PREFIX}{upload}"
 
 
 #: Where a run's rows are, for deleting it: (table, condition). Its fields first, so

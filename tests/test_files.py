@@ -643,3 +643,23 @@ def test_an_unavailable_object_store_is_retried_and_shows_nothing_partial(
         (f,) = _wait_files(stored, 1, timeout=60)
         assert f.read() == data
         assert _status(api)["files"] == 1
+
+
+def test_a_starting_file_worker_deletes_what_interrupted_writes_left(tmp_path: Path) -> None:
+    """An early copy a killed worker never moved, and a local put's temporary file,
+    both two hours old, are gone soon after ``stride up`` starts; a stored file as
+    old, and a leftover younger than an hour (maybe still being written), stay."""
+    data = tmp_path / "data"
+    root = data / "objects"
+    leftovers = [root / "uploads" / "u-killed", root / "blobs" / "ab" / ".0123.stride-tmp"]
+    young = root / "uploads" / "u-live"
+    stored = root / "blobs" / "ab" / "abcdef"
+    two_hours_ago = time.time() - 7200
+    for path in (*leftovers, young, stored):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"x")
+        if path is not young:
+            os.utime(path, (two_hours_ago, two_hours_ago))
+    with stride_up(data):
+        wait_for(lambda: not any(p.exists() for p in leftovers), timeout=30)
+        assert young.exists() and stored.exists()

@@ -343,6 +343,29 @@ LocalObjects(Path({str(root)!r})).put("runs/a/big.bin", chunks())
         objects.get(f"runs/a/{leftovers[0].name}")
     objects.put("runs/a/big.bin", b"whole")
     assert objects.get("runs/a/big.bin").read() == b"whole"
+    # A sweep takes the temporary file once it is old enough, and nothing else.
+    assert objects.sweep("uploads/", dt.timedelta(hours=1)) == 0  # just written: it stays
+    os.utime(leftovers[0], (time.time() - 7200, time.time() - 7200))
+    os.utime(root / "runs" / "a" / "big.bin", (time.time() - 7200, time.time() - 7200))
+    assert objects.sweep("uploads/", dt.timedelta(hours=1)) == 1
+    assert [p.name for p in (root / "runs" / "a").iterdir()] == ["big.bin"]
+    assert objects.get("runs/a/big.bin").read() == b"whole"
+
+
+def test_a_sweep_deletes_abandoned_objects_and_nothing_else(objects: ObjectStore) -> None:
+    """Objects under the abandoned prefix (a killed worker's early copies) go once
+    unwritten for long enough; younger ones and every other key stay."""
+    objects.put("uploads/old", b"copy a killed worker left")
+    objects.put("runs/r/kept.bin", b"a stored file, as old")
+    objects.put("uploadsx/not-under-the-prefix", b"kept")
+    time.sleep(2.2)  # S3 times have whole seconds
+    objects.put("uploads/new", b"a copy still being made")
+    assert objects.sweep("uploads/", dt.timedelta(seconds=1)) == 1
+    with pytest.raises(ObjectNotFoundError):
+        objects.head("uploads/old")
+    for key in ("uploads/new", "runs/r/kept.bin", "uploadsx/not-under-the-prefix"):
+        assert objects.head(key).size > 0
+    assert objects.sweep("uploads/", dt.timedelta(hours=1)) == 0
 
 
 def test_local_keys_that_are_prefixes_of_each_other_are_refused(tmp_path: Path) -> None:
