@@ -172,8 +172,8 @@ _TIME_AT = {"time": ("ft", "lt"), "timestamp": ("fs", "ls")}
 _MAX_REREAD = 64
 #: The columns of a row over time.
 _ROW_FIELDS = ("n", "smin", "smax", "vmin", "vmax", "fv", "ft", "fs", "lv", "lt", "ls")
-#: Rows to place on the time axis: each one's key, and the columns of :data:`_ROW_FIELDS`.
-_Rows = tuple[np.ndarray, dict[str, np.ndarray]]
+#: Rows to place on the time axis: their ``key`` and the columns of :data:`_ROW_FIELDS`.
+_Rows = dict[str, np.ndarray]
 
 
 async def _rows_over_time(
@@ -200,20 +200,19 @@ async def _rows_over_time(
     if edges:
         parts.append(f"SELECT key, {_POINT_AS_ROW} FROM points FINAL WHERE {RUN_KEYS} AND {_EDGES}")
     found = _row_columns(await store.query_arrow(" UNION ALL ".join(parts), params))
-    names, cols = found
-    first, last = (cols[name] for name in _TIME_AT[column])
+    first, last = (found[name] for name in _TIME_AT[column])
     placed = np.isfinite(first) & np.isfinite(last)
     # A single point without a finite time has no place; a row of several is read again.
-    again = np.flatnonzero(~placed & (cols["smin"] != cols["smax"]))
+    again = np.flatnonzero(~placed & (found["smin"] != found["smax"]))
     if len(again) > _MAX_REREAD:
         return None
-    kept = _take(found, np.flatnonzero(placed))
+    kept = {name: col[placed] for name, col in found.items()}
     if not len(again):
         return kept
     ranges, more = [], dict(params)
     for i, row in enumerate(again):
-        more.update({f"k{i}": str(names[row]), f"a{i}": int(cols["smin"][row])})
-        more[f"b{i}"] = int(cols["smax"][row])
+        more.update({f"k{i}": str(found["key"][row]), f"a{i}": int(found["smin"][row])})
+        more[f"b{i}"] = int(found["smax"][row])
         ranges.append(f"(key = {{k{i}:String}} AND step BETWEEN {{a{i}:Int64}} AND {{b{i}:Int64}})")
     points = await store.query_arrow(
         f"SELECT key, {_POINT_AS_ROW} FROM points FINAL WHERE {RUN_STREAM} "
@@ -221,19 +220,12 @@ async def _rows_over_time(
         more,
     )
     reread = _row_columns(points)
-    return (
-        np.concatenate([kept[0], reread[0]]),
-        {name: np.concatenate([kept[1][name], reread[1][name]]) for name in _ROW_FIELDS},
-    )
+    return {name: np.concatenate([col, reread[name]]) for name, col in kept.items()}
 
 
 def _row_columns(table: pa.Table) -> _Rows:
     names = np.array(table.column("key").to_pylist(), dtype=object)
-    return names, {name: table.column(name).to_numpy() for name in _ROW_FIELDS}
-
-
-def _take(rows: _Rows, which: np.ndarray) -> _Rows:
-    return rows[0][which], {name: col[which] for name, col in rows[1].items()}
+    return {"key": names} | {name: table.column(name).to_numpy() for name in _ROW_FIELDS}
 
 
 def _sampled_over_time(
@@ -241,10 +233,9 @@ def _sampled_over_time(
 ) -> Columns:
     """``rows`` in buckets of equal time, each by its first point's time, sampled;
     the answer ends at the last step placed."""
-    names, cols = rows
-    if not len(names):
+    if not len(rows["key"]):
         return Columns.empty()
-    at = cols[_TIME_AT[column][0]]
+    at = rows[_TIME_AT[column][0]]
     t0, t1 = float(at.min()), float(at.max())
     if t1 == t0:
         bucket = np.zeros(len(at), np.int64)
@@ -252,8 +243,8 @@ def _sampled_over_time(
         with np.errstate(invalid="ignore", divide="ignore"):
             bucket = np.floor((at / 2 - t0 / 2) / ((t1 / 2 - t0 / 2) / (samples - 1)))
             bucket = np.nan_to_num(bucket, nan=0.0, posinf=0.0, neginf=0.0).astype(np.int64)
-    series = {key: _fold(cols, bucket, names == key) for key in keys}
-    return _sampled(series, keys, samples, int(cols["smax"].max()), envelope)
+    series = {key: _fold(rows, bucket, rows["key"] == key) for key in keys}
+    return _sampled(series, keys, samples, int(rows["smax"].max()), envelope)
 
 
 #: The bucket columns of a key without rows.
@@ -267,7 +258,7 @@ def _fold(cols: dict[str, np.ndarray], bucket: np.ndarray, mine: np.ndarray) -> 
     sb = bucket[mine]
     order = np.lexsort((cols["smin"][mine], sb))
     sb = sb[order]
-    got = {name: col[mine][order] for name, col in cols.items()}
+    got = {name: cols[name][mine][order] for name in _ROW_FIELDS}
     if not len(sb):
         return {name: col[:0] for name, col in (got | _EMPTY_SB).items()}
     starts = np.flatnonzero(np.r_[True, sb[1:] != sb[:-1]])
