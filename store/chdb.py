@@ -14,7 +14,11 @@ caches (:data:`~._url.EMBEDDED_DEFAULTS`) the store
   (:func:`_release_startup_code`): importing chDB runs the registration code
   of every function, format and engine, which then stays resident though it
   never runs again. With it, 159 MiB of the library was resident in
-  ``stride up`` after 10M points, against ~250 MiB without.
+  ``stride up`` after 10M points, against ~250 MiB without. Right after
+  ``pip install`` the library's pages are still dirty in the page cache, and the
+  kernel reclaims none of those: the library file is flushed first (once, a
+  no-op when it is already on disk): started straight after ``make``, ``stride
+  up`` was at 466 MiB at rest after 10M points without it, 375 MiB with it.
 """
 
 from __future__ import annotations
@@ -149,13 +153,31 @@ def _release_startup_code() -> None:
         maps = Path("/proc/self/maps").read_text().splitlines()
     except (OSError, AttributeError):
         return
+    flushed: set[str] = set()
     for line in maps:
         fields = line.split()
         if len(fields) < 6 or "w" in fields[1] or not fields[5].endswith(".so"):
             continue
         if Path(fields[5]).name.startswith("_chdb"):
+            if fields[5] not in flushed:
+                flushed.add(fields[5])
+                _flush(fields[5])
             start, end = (int(edge, 16) for edge in fields[0].split("-"))
             libc.madvise(start, end - start, _MADV_PAGEOUT)
+
+
+def _flush(path: str) -> None:
+    """Write the file's dirty pages to disk (the kernel pages out only clean ones)."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fdatasync(fd)
+    except OSError:
+        pass  # a file system that cannot: the pages stay until the kernel writes them
+    finally:
+        os.close(fd)
 
 
 _ESCAPED = str.maketrans({"\\": "\\\\", "\n": "\\n", "\t": "\\t", "\r": "\\r"})

@@ -9,13 +9,16 @@ open while this one runs (their stores are module fixtures).
 
 from __future__ import annotations
 
+import ctypes
+import mmap
+import os
 from pathlib import Path
 
 import pytest
 from chdb import session as chdb_session
 
 from stride.ingest._memory import _TRIM, release_freed_memory
-from stride.store.chdb import ChdbStore, _release_startup_code
+from stride.store.chdb import _MADV_PAGEOUT, ChdbStore, _flush, _release_startup_code
 
 
 def _resident_chdb_code_kib() -> int:
@@ -52,3 +55,47 @@ def test_the_c_heap_can_be_trimmed_here() -> None:
     """On glibc (this machine, the Docker image) the trim is there and runs."""
     assert _TRIM is not None
     release_freed_memory()
+
+
+@pytest.mark.skipif(not Path("/proc/self/smaps").exists(), reason="Linux only")
+def test_a_library_written_moments_ago_is_flushed_so_its_pages_can_be_handed_back(
+    tmp_path: Path,
+) -> None:
+    """Right after ``pip install`` chDB's library is still dirty in the page cache.
+    Paging out unmaps dirty pages but cannot free them, and a fault later maps back
+    all the cached pages around it: a fresh install's ``stride up`` kept ~90 MiB
+    more of the library resident. Flushed first, the pages are freed. A file
+    written here stands in for the library, mapped read-only as code is."""
+    size = 8 << 20
+    pages = size // mmap.PAGESIZE
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.mmap.restype = ctypes.c_void_p
+    libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int,
+                          ctypes.c_int, ctypes.c_long]  # fmt: skip
+    libc.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+    libc.mincore.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_char_p]
+    libc.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
+
+    def cached_after_page_out(flush: bool) -> int:
+        """Pages of a just-written file still in the page cache after paging it out."""
+        library = tmp_path / f"_chdb_{flush}.so"
+        library.write_bytes(bytes(range(256)) * (size // 256))  # dirty for ~30 s
+        fd = os.open(library, os.O_RDONLY)
+        address = libc.mmap(None, size, mmap.PROT_READ, mmap.MAP_PRIVATE, fd, 0)
+        os.close(fd)
+        assert address not in (None, ctypes.c_void_p(-1).value)
+        try:
+            for offset in range(0, size, mmap.PAGESIZE):  # run through it all
+                ctypes.string_at(address + offset, 1)
+            if flush:
+                _flush(str(library))
+            assert libc.madvise(address, size, _MADV_PAGEOUT) == 0
+            cached = ctypes.create_string_buffer(pages)
+            assert libc.mincore(address, size, cached) == 0
+            return sum(byte & 1 for byte in cached.raw)
+        finally:
+            libc.munmap(address, size)
+
+    # Unflushed, the pages stay (unless the kernel wrote them back meanwhile: rare).
+    assert cached_after_page_out(flush=False) > pages // 2
+    assert cached_after_page_out(flush=True) < pages // 4
