@@ -100,11 +100,11 @@ def _mebibytes(text: str) -> int:
 
 _FETCH_MIB: dict[str, Any] = {
     "type": _mebibytes,
-    "default": "8",  # IngestSettings.fetch_bytes
+    "default": "16",  # IngestSettings.fetch_bytes
     "dest": "fetch_bytes",
     "metavar": "MIB",
     "help": "a worker writes about this much of batches at once, and holds two such "
-    "fetches: larger is faster, smaller uses less memory (default 8)",
+    "fetches: larger is faster, smaller uses less memory (default 16)",
 }
 
 _ACK_WAIT: dict[str, Any] = {

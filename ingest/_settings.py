@@ -11,7 +11,7 @@ class IngestSettings:
     fetch_batch: int = 128
     #: Fewer when they are large: a fetch aims at about this many bytes of batches,
     #: which bounds ingest's memory (two fetches are in hand: one written, one prepared).
-    fetch_bytes: int = 8 << 20
+    fetch_bytes: int = 16 << 20
     #: A fetch that came back short waits up to this long for more batches before
     #: it is written: when batches trickle in, a worker writes a few larger inserts
     #: a second instead of one per batch (each insert costs ClickHouse a new part).

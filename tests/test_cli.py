@@ -232,7 +232,7 @@ def test_the_fetch_size_reaches_ingest_from_the_flag_or_the_environment(
     assert main([*command, "--fetch-mib", "2.5"]) == 0
     monkeypatch.setenv("STRIDE_FETCH_MIB", "4")
     assert main(command) == 0
-    assert seen == [8 << 20, int(2.5 * (1 << 20)), 4 << 20]
+    assert seen == [16 << 20, int(2.5 * (1 << 20)), 4 << 20]
     for bad in ("0", "-1", "lots"):
         with pytest.raises(SystemExit) as exit_:
             main([*command, "--fetch-mib", bad])
