@@ -15,7 +15,9 @@ Then the whole run in one streamed answer: ``ApiRun.to_arrow()`` and
 
 Small pages are slow by construction (fixed cost per request), so each page
 size scans at most ``--max-pages`` pages (with ``max_step`` bounding the scan).
-Target: >= 1M rows/s.
+Targets, as the client sees them: >= 1M rows/s for one key, >= 500k for rows of
+several (``--keys``). A warm-up scan of the run's last 50,000 rows comes first,
+printed apart: the first scan after a start is slower (see its comment).
 
 Usage: python benchmarks/bench_scan.py [--points 2000000] [--page-sizes 1000,10000,100000]
        [--max-pages 200] [--profile-server FILE]
@@ -38,7 +40,11 @@ from _server import Http, Profiler, StrideUp, fmt_rate, handle_sigterm, verdict
 
 import stride
 
+#: rows/s at the default page size: one key, and rows of several keys (issue 7).
 TARGET = 1_000_000
+TARGET_WIDE = 500_000
+#: Rows the warm-up scans, at the end of the run.
+WARM_UP_ROWS = 50_000
 
 
 def main() -> None:
@@ -73,8 +79,19 @@ def main() -> None:
         stack.callback(http.close)
         profiler = stack.enter_context(Profiler(up.pid, args.profile_server))
         run = api.run(path)
-        list(run.scan_history(page_size=1000, max_step=999))  # warm-up
+        # Warm-up, away from the measured range: the first scan after a start runs
+        # code of the engine's that the service paged out at start (README,
+        # "Memory") and has to read back; printed, not counted below.
+        warm_from = max(0, args.points - WARM_UP_ROWS)
+        t0 = time.perf_counter()
+        warm_rows = sum(1 for _ in run.scan_history(page_size=1000, min_step=warm_from))
+        print(
+            f"first scan after start (warm-up, page_size 1000, the last {warm_rows} rows): "
+            f"{fmt_rate(warm_rows / (time.perf_counter() - t0))}\n"
+        )
 
+        target = TARGET if args.keys == 1 else TARGET_WIDE
+        print(f"  target at the default page size (1000): client >= {fmt_rate(target)}")
         print(
             f"  {'page_size':>9} {'rows':>9} {'pages':>6} | {'client rows/s':>14} "
             f"| {'server rows/s':>14} {'MB/s':>7} {'ms/page':>8} | vs target (client)"
@@ -119,7 +136,7 @@ def main() -> None:
             print(
                 f"  {page_size:>9} {count:>9} {pages:>6} | {fmt_rate(client_rate):>14} "
                 f"| {fmt_rate(raw_rows / get_s):>14} {nbytes / get_s / 1e6:>7.1f} "
-                f"{get_s / pages * 1e3:>8.2f} | {verdict(client_rate >= TARGET)}",
+                f"{get_s / pages * 1e3:>8.2f} | {verdict(client_rate >= target)}",
                 flush=True,
             )
         # The whole run in one streamed answer (Arrow IPC; NDJSON for comparison).
