@@ -156,11 +156,9 @@ async def run_exists(store: AsyncStore, entity: str, project: str, run_id: str) 
 
 #: One query for a page of run documents: their fields (``field``, ``value``) and,
 #: for each metric of streams ``default`` (the summary) and ``system`` (the
-#: system metrics), its aggregates (``stream``, ``key``...) from ``series_stats``;
-#: and each writer's newest batch time (field ``WRITER_BEAT_KEY``, the writer's
-#: number as ``value``, the time as ``last``) from ``run_search``. One query, not
-#: several: ClickHouse runs the parts in parallel (50 documents of 100k runs: 23 ->
-#: 18 ms on two cores with the first two).
+#: system metrics), its aggregates (``stream``, ``key``...) from ``series_stats``.
+#: One query, not one per part: ClickHouse runs the parts in parallel (50 documents
+#: of 100k runs: 23 -> 18 ms on two cores, measured with three parts).
 _DOCUMENTS = (
     "SELECT run_id, field, argMax(value, ver) AS value, '' AS stream, '' AS key, "
     "nan AS last, nan AS min, nan AS max, toInt64(0) AS last_step FROM run_fields "
@@ -171,14 +169,16 @@ _DOCUMENTS = (
     "toString(stream) AS stream, toString(key) AS key, "
     "argMaxMerge(lv) AS last, min(vmin) AS min, max(vmax) AS max, max(smax) AS last_step "
     "FROM series_stats WHERE run IN {paths:Array(String)} AND stream IN ('default', 'system') "
-    "GROUP BY run, stream, key "
-    "UNION ALL "
-    "SELECT run_id, {beat:String} AS field, toString(pos) AS value, '' AS stream, '' AS key, "
-    "beat AS last, nan AS min, nan AS max, toInt64(0) AS last_step FROM ("
-    # A subquery: in this SELECT, `key` would name the alias '' instead of the column.
-    "  SELECT run_id, pos, max(num) AS beat FROM run_search "
-    "  WHERE entity = {e:String} AND project = {p:String} AND run_id IN {ids:Array(String)} "
-    "  AND key = {beat:String} GROUP BY run_id, pos)"
+    "GROUP BY run, stream, key"
+)
+#: Each writer's newest batch time (``beat``) of the runs ``ids``, by the writer's
+#: number (``pos``): read only for runs that several writers wrote, whose state
+#: depends on it (see :func:`_derive_state`). A third part of :data:`_DOCUMENTS`
+#: cost every page ~5 ms for what most runs never use.
+_BEATS = (
+    "SELECT run_id, pos, max(num) AS beat FROM run_search "
+    "WHERE entity = {e:String} AND project = {p:String} AND run_id IN {ids:Array(String)} "
+    "AND key = {beat:String} GROUP BY run_id, pos"
 )
 
 
@@ -194,14 +194,12 @@ async def _fetch(
     ids = sorted(run_ids)
     paths = [f"{entity}/{project}/{run_id}" for run_id in ids]
     rows = await store.query_arrow(
-        _DOCUMENTS,
-        {"e": entity, "p": project, "ids": ids, "paths": paths, "beat": WRITER_BEAT_KEY},
+        _DOCUMENTS, {"e": entity, "p": project, "ids": ids, "paths": paths}
     )
     if not rows.num_rows:  # no run of these ids (chDB answers no columns at all)
         return []
     fields: dict[str, dict[str, str]] = {}
     metrics: dict[str, list[dict[str, Any]]] = {}
-    beats: dict[str, dict[int, float]] = {}
     # Columns, not a dict per row (``to_pylist``: ~5x the cost, and a page of 50
     # documents has thousands of rows, most of them fields).
     cols = rows.to_pydict()
@@ -210,10 +208,9 @@ async def _fetch(
     ):
         if key:
             metrics.setdefault(run_id, []).append({c: cols[c][i] for c in _METRIC_COLUMNS})
-        elif name == WRITER_BEAT_KEY:
-            beats.setdefault(run_id, {})[int(value)] = float(cols["last"][i])
         else:
             fields.setdefault(run_id, {})[name] = value
+    beats = await _beats(store, entity, project, fields)
     runs = [
         _fold(entity, project, rid, f, lost_after_s, beats.get(rid)) for rid, f in fields.items()
     ]
@@ -224,6 +221,31 @@ async def _fetch(
             str(m["key"]): finite(m["last"]) for m in found if m["stream"] == "system"
         }
     return runs
+
+
+async def _beats(
+    store: AsyncStore, entity: str, project: str, fields: dict[str, dict[str, str]]
+) -> dict[str, dict[int, float]]:
+    """Each writer's newest batch time, by run, of the runs among ``fields`` (run
+    id: fields) that several writers wrote; no query when there is none."""
+    several = sorted(
+        run_id
+        for run_id, named in fields.items()
+        if sum(name.startswith(WRITER_PREFIX) for name in named) > 1
+    )
+    if not several:
+        return {}
+    rows = await store.query_arrow(
+        _BEATS, {"e": entity, "p": project, "ids": several, "beat": WRITER_BEAT_KEY}
+    )
+    beats: dict[str, dict[int, float]] = {}
+    if not rows.num_rows:  # chDB answers no columns at all
+        return beats
+    for run_id, pos, beat in zip(
+        *(rows.column(c).to_pylist() for c in ("run_id", "pos", "beat")), strict=True
+    ):
+        beats.setdefault(run_id, {})[int(pos)] = float(beat)
+    return beats
 
 
 def _add_metric_summaries(run: RunDoc, metrics: list[dict[str, Any]]) -> None:
