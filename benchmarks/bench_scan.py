@@ -79,9 +79,9 @@ def main() -> None:
         stack.callback(http.close)
         profiler = stack.enter_context(Profiler(up.pid, args.profile_server))
         run = api.run(path)
-        # Warm-up, away from the measured range: the first scan after a start runs
-        # code of the engine's that the service paged out at start (README,
-        # "Memory") and has to read back; printed, not counted below.
+        # Warm-up, away from the measured range: the first scans after a start are
+        # up to 2x slower (RESULTS, "Reads on a normal-speed day"); printed, not
+        # counted below.
         warm_from = max(0, args.points - WARM_UP_ROWS)
         t0 = time.perf_counter()
         warm_rows = sum(1 for _ in run.scan_history(page_size=1000, min_step=warm_from))
