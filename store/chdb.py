@@ -153,17 +153,18 @@ def _release_startup_code() -> None:
         maps = Path("/proc/self/maps").read_text().splitlines()
     except (OSError, AttributeError):
         return
-    flushed: set[str] = set()
+    spans: list[tuple[str, str]] = []  # (address range, file) of chDB's read-only mappings
     for line in maps:
         fields = line.split()
         if len(fields) < 6 or "w" in fields[1] or not fields[5].endswith(".so"):
             continue
         if Path(fields[5]).name.startswith("_chdb"):
-            if fields[5] not in flushed:
-                flushed.add(fields[5])
-                _flush(fields[5])
-            start, end = (int(edge, 16) for edge in fields[0].split("-"))
-            libc.madvise(start, end - start, _MADV_PAGEOUT)
+            spans.append((fields[0], fields[5]))
+    for path in {path for _, path in spans}:
+        _flush(path)
+    for span, _ in spans:
+        start, end = (int(edge, 16) for edge in span.split("-"))
+        libc.madvise(start, end - start, _MADV_PAGEOUT)
 
 
 def _flush(path: str) -> None:
