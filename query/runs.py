@@ -36,10 +36,9 @@ def _fold(
     run_id: str,
     fields: dict[str, str],
     lost_after_s: float,
-    beats: dict[int, float] | None = None,
 ) -> RunDoc:
-    """The run document of its fields; ``beats``: each writer's newest batch time
-    (Unix seconds), by :func:`~stride.store.run_search.writer_pos`."""
+    """The run document of its fields. The state of a run several writers wrote
+    is left as written: it needs their batch times (:func:`_several_writers_states`)."""
     doc: dict[str, Any] = {}
     summary: dict[str, Any] = {}
     writers: dict[str, str] = {}
@@ -57,15 +56,13 @@ def _fold(
         # Any other field was sent by a newer SDK than this service: not part of RunDoc.
     run = _typed(entity, project, run_id, doc, summary)
     run.writers = writers
-    cutoff = time.time() - lost_after_s
-    if len(writers) > 1 and run.state != "created":
-        _derive_state(run, beats or {}, cutoff)
-    elif run.state == "running" and run.heartbeat_at:  # one writer (or from before they were kept)
+    # One writer (or from before they were kept): silent too long is crashed.
+    if len(writers) < 2 and run.state == "running" and run.heartbeat_at:
         try:
             beat = datetime.fromisoformat(run.heartbeat_at).timestamp()
         except ValueError:
             beat = None  # not written by ingest: no evidence either way
-        if beat is not None and beat < cutoff:
+        if beat is not None and beat < time.time() - lost_after_s:
             run.state = "crashed"
     return run
 
@@ -210,10 +207,8 @@ async def _fetch(
             metrics.setdefault(run_id, []).append({c: cols[c][i] for c in _METRIC_COLUMNS})
         else:
             fields.setdefault(run_id, {})[name] = value
-    beats = await _beats(store, entity, project, fields)
-    runs = [
-        _fold(entity, project, rid, f, lost_after_s, beats.get(rid)) for rid, f in fields.items()
-    ]
+    runs = [_fold(entity, project, rid, f, lost_after_s) for rid, f in fields.items()]
+    await _several_writers_states(store, entity, project, runs, lost_after_s)
     for run in runs:
         found = metrics.get(run.id, [])
         _add_metric_summaries(run, [m for m in found if m["stream"] == "default"])
@@ -223,29 +218,25 @@ async def _fetch(
     return runs
 
 
-async def _beats(
-    store: AsyncStore, entity: str, project: str, fields: dict[str, dict[str, str]]
-) -> dict[str, dict[int, float]]:
-    """Each writer's newest batch time, by run, of the runs among ``fields`` (run
-    id: fields) that several writers wrote; no query when there is none."""
-    several = sorted(
-        run_id
-        for run_id, named in fields.items()
-        if sum(name.startswith(WRITER_PREFIX) for name in named) > 1
-    )
+async def _several_writers_states(
+    store: AsyncStore, entity: str, project: str, runs: list[RunDoc], lost_after_s: float
+) -> None:
+    """Set the state of each of ``runs`` that several writers wrote, from each
+    writer's newest batch time (:func:`_derive_state`); no query when there is none."""
+    several = {run.id: run for run in runs if len(run.writers) > 1 and run.state != "created"}
     if not several:
-        return {}
+        return
     rows = await store.query_arrow(
-        _BEATS, {"e": entity, "p": project, "ids": several, "beat": WRITER_BEAT_KEY}
+        _BEATS, {"e": entity, "p": project, "ids": sorted(several), "beat": WRITER_BEAT_KEY}
     )
-    beats: dict[str, dict[int, float]] = {}
-    if not rows.num_rows:  # chDB answers no columns at all
-        return beats
-    for run_id, pos, beat in zip(
-        *(rows.column(c).to_pylist() for c in ("run_id", "pos", "beat")), strict=True
-    ):
-        beats.setdefault(run_id, {})[int(pos)] = float(beat)
-    return beats
+    beats: dict[str, dict[int, float]] = {run_id: {} for run_id in several}
+    if rows.num_rows:  # (without rows, chDB answers no columns at all)
+        columns = (rows.column(c).to_pylist() for c in ("run_id", "pos", "beat"))
+        for run_id, pos, beat in zip(*columns, strict=True):
+            beats[run_id][int(pos)] = float(beat)
+    cutoff = time.time() - lost_after_s
+    for run_id, run in several.items():
+        _derive_state(run, beats[run_id], cutoff)
 
 
 def _add_metric_summaries(run: RunDoc, metrics: list[dict[str, Any]]) -> None:
