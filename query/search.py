@@ -34,6 +34,7 @@ import dataclasses
 import math
 import re
 import time
+import weakref
 from collections.abc import Callable
 from typing import Any
 
@@ -337,11 +338,15 @@ def _state(q: _Sql, entity: str, project: str, crashed_before: float) -> str:
     marked = f"SELECT run_id FROM run_search WHERE {project_rows} AND key = {marked_key}"
     says_key, beat_key = q.text(WRITER_STATE_KEY), q.text(WRITER_BEAT_KEY)
     # Per writer (pos): does its newest state say running (on a tie of versions,
-    # running wins), and its newest batch time.
+    # running wins), and its newest batch time. ``identity`` keeps the marked runs
+    # (thousands, scattered) out of the primary key's analysis, which looks up
+    # each granule's range in the set: filtering the rows read costs less (the
+    # fold of 10k marked runs of 100k: 30 -> 20 ms).
     writers = (
         f"SELECT run_id, pos, argMaxIf(str = 'running', (ver, str = 'running'), key = {says_key}) "
         f"AS says, maxIf(num, key = {beat_key}) AS beat FROM run_search WHERE {project_rows} "
-        f"AND key IN ({says_key}, {beat_key}) AND run_id IN ({marked}) GROUP BY run_id, pos"
+        f"AND key IN ({says_key}, {beat_key}) AND identity(run_id) IN ({marked}) "
+        "GROUP BY run_id, pos"
     )
     # Per run: running if a writer that says running is alive; else crashed if the
     # newest-beat writer (the lowest pos on a tie) says running; else the last state.
@@ -357,15 +362,33 @@ def _state(q: _Sql, entity: str, project: str, crashed_before: float) -> str:
     return f"multiIf({created}, {found} = '', {one_writer}, {found} = 'last', {state}, {found})"
 
 
+#: Per store, the projects found to have a run marked as several writers'. A
+#: mark is never taken back, so a yes is kept (and saves a query per search);
+#: should the marked runs be deleted, the fold finds none: slower, never wrong.
+#: A no is asked again every time: a second writer can appear at any moment.
+_SEVERAL_WRITERS_SEEN: weakref.WeakKeyDictionary[AsyncStore, set[tuple[str, str]]] = (
+    weakref.WeakKeyDictionary()
+)
+_MAX_SEEN = 10_000
+
+
 async def _any_several_writers(store: AsyncStore, entity: str, project: str) -> bool:
     """Whether ingest marked any run of ``entity/project`` as written by several
     writers (one row, found through the table's order)."""
+    seen = _SEVERAL_WRITERS_SEEN.setdefault(store, set())
+    if (entity, project) in seen:
+        return True
     found = await store.query_arrow(
         "SELECT 1 AS marked FROM run_search WHERE entity = {e:String} "
         "AND project = {p:String} AND key = {k:String} LIMIT 1",
         {"e": entity, "p": project, "k": SEVERAL_WRITERS_KEY},
     )
-    return found.num_rows > 0
+    if found.num_rows == 0:
+        return False
+    if len(seen) >= _MAX_SEEN:
+        seen.clear()
+    seen.add((entity, project))
+    return True
 
 
 async def _compiled(

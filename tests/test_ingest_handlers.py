@@ -25,6 +25,7 @@ from nats.aio.client import Client as NatsClient
 from stride.ingest import Handler, IngestSettings, IngestWorker, default_handlers
 from stride.ingest._tables import build_points
 from stride.ingest.handlers import RunFieldsHandler, check_registry
+from stride.query.search import search_run_ids
 from stride.store import AsyncStore, StoreError
 from stride.store.chdb import ChdbStore
 from stride.store.run_search import SEVERAL_WRITERS_KEY
@@ -587,3 +588,45 @@ async def test_a_look_that_missed_the_other_writer_is_made_good_at_the_next_stat
     assert lagging.missed and several_writers_marks(chdb) == []
     await first.write(store, first.prepare([state_of("ranks", "w1", "finished")]))
     assert several_writers_marks(chdb) == [("ent", "proj", "ranks")]
+
+
+class CountingQueries(AsyncStore):
+    """The store seam: counts the queries made through it."""
+
+    def __init__(self, store: ChdbStore) -> None:
+        super().__init__(store)
+        self.queries = 0
+
+    async def query_arrow(self, sql: str, params: Any = None) -> pa.Table:
+        self.queries += 1
+        return await super().query_arrow(sql, params)
+
+
+async def test_a_search_on_state_learns_of_a_second_writer_at_once_and_remembers_it(
+    chdb: ChdbStore,
+) -> None:
+    """A search on ``state`` asks whether the project has runs with several writers
+    (their state needs each writer's): a no is asked again at the next search, so
+    a run that gains a second writer is found by its folded state at once; a yes
+    is remembered (one query a search from then on)."""
+    store = CountingQueries(chdb)
+    handler = RunFieldsHandler()
+
+    async def found(state: str) -> list[str]:
+        ids, _ = await search_run_ids(
+            store, "ent", "proj", filters={"state": state}, order="-created_at",
+            per_page=10, after=None, lost_after_s=3600.0,
+        )  # fmt: skip
+        return ids
+
+    for writer, state in [("w1", "running"), ("w1", "finished")]:
+        await handler.write(store, handler.prepare([state_of("alone", writer, state)]))
+    assert await found("finished") == ["alone"]
+    # w1 still running; w2 wrote "finished" last: by the writers, the run is running.
+    for writer, state in [("w1", "running"), ("w2", "running"), ("w2", "finished")]:
+        await handler.write(store, handler.prepare([state_of("ranks", writer, state)]))
+    assert await found("running") == ["ranks"]
+    assert await found("finished") == ["alone"]
+    store.queries = 0
+    assert await found("running") == ["ranks"]
+    assert store.queries == 1
