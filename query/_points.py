@@ -24,6 +24,14 @@ RUN_STREAM = "run = {run:String} AND stream = {stream:String}"
 RUN_KEYS = f"{RUN_STREAM} AND key IN {{keys:Array(String)}}"
 
 
+#: The reads here are bounded (a read-ahead chunk of a scan, a page of the
+#: stream, history's points): one thread reads them faster than two, and leaves
+#: the other core to the service and its client (26k rows of 10 keys: 18 -> 12
+#: ms, in a quarter less CPU; ClickHouse's FINAL splits and merges the ranges
+#: of each thread).
+_ONE_THREAD = ", max_threads = 1"
+
+
 async def read_rows(
     store: AsyncStore,
     where: str,
@@ -64,5 +72,5 @@ async def read_rows(
 def _read(where: str, keys: str, columns: str) -> str:
     return (
         f"SELECT key, step, {columns} FROM points FINAL WHERE {where} "
-        f"AND key IN {{{keys}:Array(String)}} ORDER BY key, step{AS_DICTIONARY}"
+        f"AND key IN {{{keys}:Array(String)}} ORDER BY key, step{AS_DICTIONARY}{_ONE_THREAD}"
     )
