@@ -27,7 +27,7 @@ from stride.store import AsyncStore, ParamValue
 from stride.store.schema import ROLLUP_STEPS
 
 from ._columns import Columns, one_key_rows
-from ._points import RUN_KEYS, RUN_STREAM, read_rows
+from ._points import ONE_THREAD, RUN_KEYS, RUN_STREAM, read_rows
 
 _INT64_MAX = 2**63 - 1
 #: One key: its name is known, and leaving the column out reads ~10% faster.
@@ -65,7 +65,8 @@ async def scan_page(
         params["key"] = keys[0]
         table = await store.query_arrow(
             f"SELECT {_ONE_KEY_COLUMNS} FROM points FINAL WHERE {_ONE_KEY} "
-            "AND step BETWEEN {lo:Int64} AND {hi:Int64} ORDER BY step LIMIT {n:UInt32}",
+            "AND step BETWEEN {lo:Int64} AND {hi:Int64} ORDER BY step LIMIT {n:UInt32} "
+            f"SETTINGS {ONE_THREAD}",
             params,
         )
         if table.num_rows == 0:
