@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import logging
 import signal
+import threading
 import time
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
@@ -26,6 +27,24 @@ from .errors import CliError
 log = logging.getLogger("stride.service")
 
 T = TypeVar("T")
+
+
+def load_lazy_imports() -> None:
+    """Start loading, in a thread, what the first request would otherwise wait for.
+
+    pyarrow imports pandas (when installed) the first time it converts Python
+    objects: ~200 ms here, which the first read after a start, or the first
+    batch ingested, used to pay (a 10-key scan's first page took 264 ms, the
+    next ones' 21). A request that needs the module meanwhile waits for this
+    import rather than starting its own.
+    """
+    threading.Thread(target=_convert_once, name="stride-imports", daemon=True).start()
+
+
+def _convert_once() -> None:
+    import pyarrow as pa
+
+    pa.array([0.0])
 
 
 async def retry_until(what: str, attempt: Callable[[], Awaitable[T]], timeout_s: float) -> T:

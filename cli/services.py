@@ -32,7 +32,15 @@ from stride.query import QuerySettings, create_app
 from stride.store import AsyncStore, redact
 from stride.store.objects import ObjectStore, open_objects
 
-from ._service import connect_nats, finish, open_async_store, retry_until, serve_http, wait_for_stop
+from ._service import (
+    connect_nats,
+    finish,
+    load_lazy_imports,
+    open_async_store,
+    retry_until,
+    serve_http,
+    wait_for_stop,
+)
 from .errors import CliError
 
 log = logging.getLogger("stride.service")
@@ -87,6 +95,7 @@ async def serve_ingest(settings: IngestServiceSettings) -> None:
     """Run ``settings.workers`` ingest workers until SIGINT or SIGTERM."""
     if settings.workers < 1:
         raise CliError("--workers must be at least 1")
+    load_lazy_imports()
     async with contextlib.AsyncExitStack() as stack:
         objects, store = await _open_storage(stack, settings)
         nc = await connect_nats(settings.nats_url, "stride-ingest", settings.connect_timeout_s)
@@ -193,6 +202,7 @@ async def _run_ingest(
 
 async def serve_query(settings: QueryServiceSettings) -> None:
     """Serve the query API until SIGINT or SIGTERM."""
+    load_lazy_imports()
     async with contextlib.AsyncExitStack() as stack:
         # Opened here (not by the app) so start-up retries while storage comes up.
         objects, store = await _open_storage(stack, settings)

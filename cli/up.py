@@ -31,7 +31,7 @@ from stride.store.objects import ObjectStore, open_objects
 
 from ._lock import DataDirLock
 from ._nats_server import NatsServer
-from ._service import connect_nats, finish, serve_http, wait_for_stop
+from ._service import connect_nats, finish, load_lazy_imports, serve_http, wait_for_stop
 from .errors import CliError
 
 
@@ -70,6 +70,7 @@ def _check_port_free(host: str, port: int, what: str, flag: str) -> None:
 
 async def serve(settings: UpSettings) -> None:
     """Run until SIGINT/SIGTERM (or until the task is cancelled)."""
+    load_lazy_imports()
     data_dir = settings.data_dir.resolve()
     lock = DataDirLock(data_dir)
     lock.acquire()

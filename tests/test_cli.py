@@ -237,3 +237,17 @@ def test_the_fetch_size_reaches_ingest_from_the_flag_or_the_environment(
         with pytest.raises(SystemExit) as exit_:
             main([*command, "--fetch-mib", bad])
         assert exit_.value.code == 2
+
+
+def test_stride_up_loads_at_start_what_the_first_request_would_wait_for(tmp_path: Path) -> None:
+    """pyarrow imports pandas (when installed) the first time it converts Python
+    objects, ~200 ms: ``stride up`` starts that import itself, so the first read
+    after a start (with nothing ingested yet) does not wait for it."""
+    pytest.importorskip("pandas")
+
+    def pandas_loaded(pid: int) -> bool:
+        return "/pandas/" in Path(f"/proc/{pid}/maps").read_text()
+
+    with stride_up(tmp_path / "data") as up:
+        assert up.proc is not None
+        wait_for(lambda: pandas_loaded(up.proc.pid), timeout=10.0)
