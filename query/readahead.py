@@ -6,10 +6,11 @@ rows several times faster in big chunks than in small ones, so small pages
 (W&B's default is 1000 rows) would be slow read one by one. A scan that misses
 this cache reads ``first_pages`` pages in one query, answers with one page and
 keeps the rest under the cursor of the next page; at once it starts reading
-the chunk after, four times larger (up to about ``chunk_points`` points), so
-that by the time the client has used the kept rows the next ones are ready. Each scan (run,
-stream, keys, range) thus has at most two chunks here: the one being served
-and the one being read.
+the chunk after, four times larger (up to about ``chunk_values`` values, each
+row holding its step, its two times and a value per key: the same memory for
+a scan of one key or of many), so that by the time the client has used the
+kept rows the next ones are ready. Each scan (run, stream, keys, range) thus
+has at most two chunks here: the one being served and the one being read.
 
 Answers are exactly what they would be without the cache, except that a
 point written late *inside* an already-read window is not seen by this scan,
@@ -58,12 +59,12 @@ class ReadAhead:
         self,
         *,
         first_pages: int = 10,
-        chunk_points: int = 262_144,
+        chunk_values: int = 1 << 20,
         ttl_s: float = 5.0,
         max_bytes: int = 64 << 20,
     ) -> None:
         self.first_pages = first_pages
-        self.chunk_points = chunk_points
+        self.chunk_values = chunk_values
         self._ttl = ttl_s
         self._max_bytes = max_bytes
         self._bytes = 0
@@ -73,7 +74,10 @@ class ReadAhead:
     async def page(self, key: Key, page_size: int, fetch: Fetch) -> Chunk:
         """The page of ``page_size`` rows at ``key``'s cursor, and the next cursor."""
         lo, keys = key[4], key[2]
-        chunk_rows = max(page_size, self.chunk_points // max(1, len(keys)))
+        # Capped by points instead (26k rows of 10 keys, not 80k), a 10-key scan's
+        # service spent ~1.8 ms of CPU a page, against ~1.2: each chunk's queries
+        # cost milliseconds whatever their size.
+        chunk_rows = max(page_size, self.chunk_values // (len(keys) + 3))
 
         def read_after(chunk: Columns, after: int | None) -> asyncio.Task[Chunk] | None:
             # Chunks grow 4x up to chunk_rows: the next one is read while this one is

@@ -54,7 +54,7 @@ async def test_pages_are_full_exact_and_read_once_ahead_of_the_client() -> None:
     steps = np.arange(10_000, dtype=np.int64) * 3  # gaps between steps
     calls: list[tuple[int, int]] = []
     fetch = _series(steps, calls)
-    cache = ReadAhead(first_pages=1, chunk_points=4_600)
+    cache = ReadAhead(first_pages=1, chunk_values=4 * 4_600)
     first, cursor = await cache.page((*SCAN, 0, None), 1000, fetch)
     assert cursor == int(first.steps[-1]) + 1 == 2998
     await asyncio.sleep(0.01)  # the client reads its page: the next chunk is read meanwhile
@@ -103,7 +103,7 @@ async def test_without_kept_rows_every_page_is_read_and_still_exact() -> None:
 async def test_a_failed_read_ahead_is_read_again_by_the_page_that_needs_it() -> None:
     steps = np.arange(6_000, dtype=np.int64)
     calls: list[tuple[int, int]] = []
-    cache = ReadAhead(first_pages=1, chunk_points=1_000)
+    cache = ReadAhead(first_pages=1, chunk_values=4 * 1_000)
     pages = await _scan_all(cache, _series(steps, calls, fail_calls=frozenset({2})), 1000)
     assert np.array_equal(np.concatenate([p.steps for p in pages]), steps)
     assert [lo for lo, _ in calls][:3] == [0, 1000, 1000]  # the failed read, then again
@@ -111,7 +111,7 @@ async def test_a_failed_read_ahead_is_read_again_by_the_page_that_needs_it() -> 
 
 async def test_a_read_that_fails_twice_fails_the_page() -> None:
     steps = np.arange(6_000, dtype=np.int64)
-    cache = ReadAhead(first_pages=1, chunk_points=1_000)
+    cache = ReadAhead(first_pages=1, chunk_values=4 * 1_000)
     fetch = _series(steps, [], fail_calls=frozenset({2, 3}))
     _, cursor = await cache.page((*SCAN, 0, None), 1000, fetch)
     assert cursor is not None
@@ -122,7 +122,7 @@ async def test_a_read_that_fails_twice_fails_the_page() -> None:
 async def test_close_stops_the_reads_in_flight() -> None:
     steps = np.arange(6_000, dtype=np.int64)
     calls: list[tuple[int, int]] = []
-    cache = ReadAhead(first_pages=1, chunk_points=1_000)
+    cache = ReadAhead(first_pages=1, chunk_values=4 * 1_000)
     await cache.page((*SCAN, 0, None), 500, _series(steps, calls))
     kept = cache._entries[(*SCAN, 500, None)]  # the chunk at the next cursor, being read
     assert kept.pending is not None and not kept.pending.done()
@@ -229,7 +229,7 @@ async def test_the_same_scan_twice_at_once_keeps_one_entry_and_counts_it_once() 
     replace the other's, whose read-ahead is stopped; the byte count stays exact,
     so it cannot drift up and push every other scan out."""
     steps = np.arange(50_000, dtype=np.int64)
-    cache = ReadAhead(first_pages=2, chunk_points=20_000)
+    cache = ReadAhead(first_pages=2, chunk_values=4 * 20_000)
     fetch = _series(steps, [])
     (a, next_a), (b, next_b) = await asyncio.gather(
         cache.page((*SCAN, 0, None), 1000, fetch), cache.page((*SCAN, 0, None), 1000, fetch)
@@ -251,7 +251,7 @@ async def test_the_same_scan_twice_at_once_keeps_one_entry_and_counts_it_once() 
 
 async def test_kept_rows_count_the_whole_chunk_they_are_a_view_of() -> None:
     steps = np.arange(20_000, dtype=np.int64)
-    cache = ReadAhead(first_pages=20, chunk_points=20_000)
+    cache = ReadAhead(first_pages=20, chunk_values=4 * 20_000)
     _, cursor = await cache.page((*SCAN, 0, None), 1000, _series(steps, []))
     assert cursor is not None
     [entry] = cache._entries.values()
