@@ -105,20 +105,21 @@ async def _page_bound(
     Looks at the next ``page_size`` rollup buckets only, so the cost is bounded
     wherever the scan is: the page ends where the first key reaches
     ``page_size`` points (counts include re-logged duplicates, which can only
-    make a page shorter), or at the end of that window.
+    make a page shorter), or at the end of that window. A key logged at every
+    step reaches them within the first ``page_size / 256 + 1`` buckets: those
+    are counted first, and the whole window only when no key does (a read-ahead
+    chunk of 80k rows of a 2M-step run: 27 -> 7 ms).
     """
     first = lo // ROLLUP_STEPS
+    dense = -(-page_size // ROLLUP_STEPS) + 1
+    if dense < page_size:
+        counts = await _counts(store, params, first, first + dense - 1)
+        codes = _key_codes(counts)
+        reach = _reach(counts, codes, page_size)
+        if reach is not None and (not require_all or len(np.unique(codes)) == len(keys)):
+            return max(lo, min(reach, hi))
     window = {"b_lo": first, "b_hi": first + page_size - 1}
-
-    async def counts_in_window() -> pa.Table:
-        return await store.query_arrow(
-            f"SELECT key, bucket, sum(n) AS n FROM points_rollup WHERE {RUN_KEYS} "
-            "AND bucket BETWEEN {b_lo:Int64} AND {b_hi:Int64} "
-            "GROUP BY key, bucket ORDER BY key, bucket",
-            {**params, **window},
-        )
-
-    counts = await counts_in_window()
+    counts = await _counts(store, params, window["b_lo"], window["b_hi"])
     if counts.num_rows == 0:  # a gap in the steps: jump to the next bucket with data
         nxt = await store.query_arrow(
             f"SELECT min(bucket) AS b, count() AS c FROM points_rollup WHERE {RUN_KEYS} "
@@ -129,8 +130,8 @@ async def _page_bound(
             return None
         window["b_lo"] = int(nxt.column("b")[0].as_py())
         window["b_hi"] = window["b_lo"] + page_size - 1
-        counts = await counts_in_window()
-    codes = counts.column("key").combine_chunks().dictionary_encode().indices.to_numpy()
+        counts = await _counts(store, params, window["b_lo"], window["b_hi"])
+    codes = _key_codes(counts)
     if require_all and len(np.unique(codes)) < len(keys):
         # A required key has no points in the window: no row can have them all.
         # Skip the window, unless the key has no points left at all.
@@ -141,12 +142,38 @@ async def _page_bound(
         )
         if rest.column("k")[0].as_py() < len(keys):
             return None
+    bound = (window["b_hi"] + 1) * ROLLUP_STEPS - 1
+    reach = _reach(counts, codes, page_size)
+    if reach is not None:
+        bound = min(bound, reach)
+    return max(lo, min(bound, hi))
+
+
+async def _counts(
+    store: AsyncStore, params: dict[str, ParamValue], b_lo: int, b_hi: int
+) -> pa.Table:
+    """Each key's point count per rollup bucket from ``b_lo`` to ``b_hi``, by key then bucket."""
+    return await store.query_arrow(
+        f"SELECT key, bucket, sum(n) AS n FROM points_rollup WHERE {RUN_KEYS} "
+        "AND bucket BETWEEN {b_lo:Int64} AND {b_hi:Int64} "
+        "GROUP BY key, bucket ORDER BY key, bucket",
+        {**params, "b_lo": b_lo, "b_hi": b_hi},
+    )
+
+
+def _key_codes(counts: pa.Table) -> np.ndarray:
+    return counts.column("key").combine_chunks().dictionary_encode().indices.to_numpy()
+
+
+def _reach(counts: pa.Table, codes: np.ndarray, page_size: int) -> int | None:
+    """The last step of the bucket where the first key reaches ``page_size``
+    points in ``counts`` (``None``: no key does)."""
     buckets = counts.column("bucket").to_numpy()
     n = counts.column("n").to_numpy()
-    window_end = (window["b_hi"] + 1) * ROLLUP_STEPS - 1
-    bound = window_end
+    reach: int | None = None
     for group in np.split(np.arange(len(codes)), np.flatnonzero(np.diff(codes)) + 1):
         reached = np.flatnonzero(np.cumsum(n[group]) >= page_size)
         if len(reached):
-            bound = min(bound, (int(buckets[group][reached[0]]) + 1) * ROLLUP_STEPS - 1)
-    return max(lo, min(bound, hi))
+            end = (int(buckets[group][reached[0]]) + 1) * ROLLUP_STEPS - 1
+            reach = end if reach is None else min(reach, end)
+    return reach

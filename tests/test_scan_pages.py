@@ -3,21 +3,29 @@ that makes rows of points.
 
 The read-ahead is tested here with an in-memory series standing in for the
 store's reads (its cache logic is what is under test; the scans of
-``test_query.py`` run it against the real store end to end), and the pivot
-against a plain-Python pivot of random points.
+``test_query.py`` run it against the real store end to end), the pivot
+against a plain-Python pivot of random points, and where a page of several
+keys ends against the same rule computed from the points (in chDB).
 """
 
 from __future__ import annotations
 
 import asyncio
 import math
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 import pytest
 
+from stride.ingest.handlers import MetricsHandler
 from stride.query._columns import TIME_COLUMNS, Columns, add_times, pivot
 from stride.query.readahead import Chunk, Fetch, ReadAhead
+from stride.query.scan import _page_bound
+from stride.store import AsyncStore
+from stride.store.chdb import ChdbStore
+from stride.store.schema import ROLLUP_STEPS
+from stride.wire import WIRE_VERSION, Batch, MetricBlock
 
 SCAN = ("e/p/r", "default", ("a",), False)
 
@@ -257,3 +265,77 @@ async def test_kept_rows_count_the_whole_chunk_they_are_a_view_of() -> None:
     [entry] = cache._entries.values()
     chunk = 20_000 * (8 + 8 + 1)  # steps, values, present of the 20,000 rows read
     assert len(entry.rows) == 19_000 and entry.nbytes >= chunk
+
+
+# ---- where a page of several keys ends (against the store) ---------------------------------------
+
+
+def _rule(
+    steps: dict[str, np.ndarray], keys: list[str], page_size: int, lo: int, require_all: bool
+) -> int | None:
+    """``_page_bound``'s rule, from the points themselves: counting from the start
+    of ``lo``'s bucket, over a window of ``page_size`` buckets (jumping a gap to
+    the next bucket with points), the page ends with the bucket where the first
+    key reaches ``page_size`` points, else with the window; ``None`` when no
+    points are left, or (``require_all``) a key has none left."""
+    buckets = {k: steps[k] // ROLLUP_STEPS for k in keys}
+    b_lo = lo // ROLLUP_STEPS
+    if not any(((b >= b_lo) & (b < b_lo + page_size)).any() for b in buckets.values()):
+        later = [int(b[b >= b_lo + page_size].min()) for b in buckets.values() if (b >= b_lo).any()]
+        if not later:
+            return None
+        b_lo = min(later)
+    b_hi = b_lo + page_size - 1
+    in_window = {k: b[(b >= b_lo) & (b <= b_hi)] for k, b in buckets.items()}
+    missing = any(not len(b) for b in in_window.values())
+    if require_all and missing and any(not (b >= b_lo).any() for b in buckets.values()):
+        return None
+    bound = (b_hi + 1) * ROLLUP_STEPS - 1
+    for b in in_window.values():
+        if len(b) >= page_size:
+            bound = min(bound, (int(b[page_size - 1]) + 1) * ROLLUP_STEPS - 1)
+    return max(lo, bound)
+
+
+async def test_a_page_of_several_keys_ends_where_the_rule_says(tmp_path: Path) -> None:
+    """Pages of several keys end where the rollup's counts say (``_page_bound``,
+    which counts a short window first and the whole window only when no key
+    reaches the page there), as the same rule computed from the points."""
+    steps = {
+        "dense": np.arange(20_000, dtype=np.int64),
+        "every7": np.arange(0, 20_000, 7, dtype=np.int64),
+        "burst": np.arange(9_000, 9_300, dtype=np.int64),
+        "far": np.array([0, 1, 2, 600_000, 600_001], dtype=np.int64),
+    }
+    blocks = [
+        MetricBlock(
+            stream="default", keys=[key], steps=s.tobytes(), times=(s * 0.5).tobytes(),
+            timestamps=np.full(len(s), 1.7e9).tobytes(), values=[(s * 1.0).tobytes()],
+        )
+        for key, s in steps.items()
+    ]  # fmt: skip
+    batch = Batch(
+        v=WIRE_VERSION, entity="e", project="p", run_id="r", writer="w", seq=0,
+        ver=1, metrics=blocks,
+    )  # fmt: skip
+    chdb = ChdbStore(tmp_path / "clickhouse")
+    try:
+        store = AsyncStore(chdb)
+        handler = MetricsHandler()
+        await handler.write(store, handler.prepare([batch]))
+        checked = 0
+        key_sets = (["dense", "every7"], ["dense", "burst"], ["every7", "burst"], ["burst", "far"])
+        for keys in (*key_sets, list(steps)):
+            for page_size in (50, 300, 2_000, 30_000):
+                for lo in (0, 3, 700, 9_100, 12_000, 19_990, 25_000, 600_001, 700_000):
+                    for require_all in (False, True):
+                        params = {"run": "e/p/r", "stream": "default", "keys": sorted(keys)}
+                        found = await _page_bound(
+                            store, params, keys, page_size, lo, 2**63 - 1, require_all
+                        )
+                        expected = _rule(steps, keys, page_size, lo, require_all)
+                        assert found == expected, (keys, page_size, lo, require_all)
+                        checked += expected is not None
+        assert checked > 150
+    finally:
+        chdb.close()
