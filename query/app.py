@@ -16,6 +16,7 @@ from typing import Any
 import msgspec
 from aiohttp import web
 
+from stride._api_columns import NEXT_CURSOR_HEADER
 from stride.api_types import (
     Access,
     AlertsPage,
@@ -550,6 +551,13 @@ _TIME_AXES = ("_step", *TIME_AXIS_COLUMNS)
 
 
 async def _scan(request: web.Request) -> web.Response:
+    cols, next_cursor = await _scan_page(request)
+    response = _columns(cols, next_cursor)
+    response.headers[NEXT_CURSOR_HEADER] = "" if next_cursor is None else str(next_cursor)
+    return response
+
+
+async def _scan_page(request: web.Request) -> tuple[Columns, int | None]:
     run, stream, min_step, max_step = await _series_request(request)
     page_size = _int(request, "page_size", 1000, 1, request.app[SETTINGS].max_page_size)
     assert page_size is not None
@@ -557,7 +565,7 @@ async def _scan(request: web.Request) -> web.Response:
     lo = max(v for v in (cursor, min_step, _INT64[0]) if v is not None)
     keys, asked = await _requested_keys(request, run, stream)
     if not keys or (max_step is not None and lo > max_step):
-        return _columns(Columns.empty())
+        return Columns.empty(), None
     store = request.app[STORE]
 
     async def fetch(lo: int, rows: int) -> tuple[Columns, int | None]:
@@ -566,8 +574,7 @@ async def _scan(request: web.Request) -> web.Response:
         )
 
     scan = (run, stream, tuple(keys), asked, lo, max_step)
-    cols, next_cursor = await request.app[READ_AHEAD].page(scan, page_size, fetch)
-    return _columns(cols, next_cursor)
+    return await request.app[READ_AHEAD].page(scan, page_size, fetch)
 
 
 # ---- files --------------------------------------------------------------------------------------

@@ -14,6 +14,7 @@ from typing import Any
 
 import msgspec
 
+from stride._api_columns import NEXT_CURSOR_HEADER
 from stride.api_types import (
     Access,
     AlertsPage,
@@ -79,6 +80,8 @@ class Operation:
     answer: type | None = Status
     #: For answers that are not one JSON Struct (streams, files): their media types.
     media: tuple[str, ...] = ()
+    #: Headers of the answer, beside its body: (name, what it holds).
+    headers: tuple[tuple[str, str], ...] = ()
 
 
 _ENTITY = Param("entity", _NAME, "path")
@@ -143,6 +146,7 @@ OPERATIONS: tuple[Operation, ...] = (
         (*_RUN, Param("page_size", {"type": "integer", "minimum": 1, "maximum": 100_000}), _KEYS,
          *_RANGE, Param("cursor", _INT64), _STREAM),
         answer=None, media=("application/json",),
+        headers=((NEXT_CURSOR_HEADER, "the body's next cursor (empty on the last page)"),),
     ),
     Operation("get", _ONE + "/stats", "Per-key count, first, last, min, max, mean",
               (*_RUN, _KEYS, _STREAM), answer=MetricStats),
@@ -234,12 +238,18 @@ def openapi_document() -> dict[str, Any]:
             ok = {"application/json": {"schema": _ref(op.answer)}}
         else:
             ok = {media: {"schema": {}} for media in op.media}
+        answered: dict[str, Any] = {"description": "OK", "content": ok}
+        if op.headers:
+            answered["headers"] = {
+                name: {"description": what, "schema": {"type": "string"}}
+                for name, what in op.headers
+            }
         spec: dict[str, Any] = {
             "summary": op.summary,
             "operationId": f"{op.method}_{op.path}",
             "parameters": [p.document() for p in op.params],
             "responses": {
-                "200": {"description": "OK", "content": ok},
+                "200": answered,
                 "400": {"description": "Invalid input", "content": error},
                 "401": {"description": "A token is needed (with --tokens)", "content": error},
                 "403": {"description": "The token lacks the scope", "content": error},

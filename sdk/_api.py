@@ -15,7 +15,7 @@ import os
 import threading
 import time
 import urllib.parse
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -24,8 +24,8 @@ import orjson
 
 from . import _api_artifacts
 from ._api_artifacts import ApiArtifact
+from ._api_columns import NEXT_CURSOR_HEADER, dataframe, pyarrow_ipc
 from ._api_columns import columns as columns_of
-from ._api_columns import dataframe, pyarrow_ipc
 from ._api_events import list_events
 from ._api_files import ApiFile, list_files, one_file
 from ._api_folders import ApiFolder, list_folders
@@ -260,6 +260,77 @@ class Api:
             yield response
         finally:
             conn.close()
+
+    def _pages(
+        self, path: str, params: Callable[[int | None], list[tuple[str, Any]]]
+    ) -> Iterator[ColumnsPage]:
+        """The pages of a scan (``params(cursor)``: a page's query), on a connection
+        of its own. As soon as a page has arrived, the next one is asked for (its
+        cursor comes in a header, before the body is decoded), so the service
+        prepares it while the caller reads this one's rows. A failed connection
+        is opened again and the page asked for again (reads are idempotent), up
+        to ``retries`` times."""
+        conn: http.client.HTTPConnection | None = None
+
+        def send(cursor: int | None) -> bool:
+            nonlocal conn
+            try:
+                if conn is None:
+                    conn = http.client.HTTPConnection(self._host, self._port, timeout=self._timeout)
+                query = urllib.parse.urlencode([(k, v) for k, v in params(cursor) if v is not None])
+                conn.request("GET", f"{self._prefix}{path}?{query}", headers=self._headers)
+                return True
+            except (OSError, http.client.HTTPException):
+                if conn is not None:
+                    conn.close()
+                conn = None
+                return False
+
+        def receive(cursor: int | None, sent: bool) -> tuple[int, str | None, bytes]:
+            nonlocal conn
+            delay = 0.1
+            for attempt in range(self._retries + 1):
+                try:
+                    if not sent and not send(cursor):
+                        raise ConnectionError("the request could not be sent")
+                    assert conn is not None
+                    response = conn.getresponse()
+                    return response.status, response.getheader(NEXT_CURSOR_HEADER), response.read()
+                except (OSError, http.client.HTTPException) as exc:
+                    if conn is not None:
+                        conn.close()
+                    conn, sent = None, False
+                    if attempt == self._retries:
+                        raise ServiceUnavailableError(
+                            f"cannot reach the Stride query service at {self.base_url}: {exc}. "
+                            "Is `stride up` running? Set STRIDE_API or Api(base_url=...)."
+                        ) from exc
+                time.sleep(delay)
+                delay *= 2
+            raise AssertionError("unreachable")
+
+        try:
+            cursor: int | None = None
+            sent = send(cursor)
+            while True:
+                status, header, body = receive(cursor, sent)
+                sent, asked = False, None
+                if status < 400 and header:  # ask for the next page before decoding this one
+                    asked = int(header)
+                    sent = send(asked)
+                try:
+                    page = _COLUMNS.decode(self._checked(status, body))
+                except msgspec.DecodeError as exc:
+                    raise ApiError(200, f"unexpected answer to GET {path}: {exc}") from None
+                if asked is not None and asked != page.next:
+                    raise ApiError(200, f"GET {path}: the cursor header and body disagree")
+                yield page
+                if page.next is None:
+                    return
+                cursor = page.next
+        finally:
+            if conn is not None:
+                conn.close()
 
     def _download(self, path: str, params: Sequence[tuple[str, Any]], dest: Path) -> Path:
         """Stream the answer to ``path`` into ``dest`` (through ``dest.part``)."""
@@ -698,7 +769,8 @@ class ApiRun:
 
         With ``keys``, only rows that have all of them. Pages are keyset-paginated
         on the step, so rows are never repeated or skipped, even while the run is
-        still being written. ``format="arrow"`` yields pyarrow ``RecordBatch``es
+        still being written; the next page is asked for while this one's rows are
+        read, on a connection of the scan's own. ``format="arrow"`` yields pyarrow ``RecordBatch``es
         instead, from one streamed answer (:meth:`scan_batches`; ``page_size``
         does not apply): the fast way through millions of rows.
         """
@@ -708,21 +780,19 @@ class ApiRun:
         if format != "rows":
             raise UsageError(f"format must be 'rows' or 'arrow', got {format!r}")
         keys = keys_param(keys)
-        cursor: int | None = None
-        while True:
-            params: list[tuple[str, Any]] = [
+
+        def params(cursor: int | None) -> list[tuple[str, Any]]:
+            return [
                 ("page_size", page_size),
                 ("min_step", min_step),
                 ("max_step", max_step),
                 ("stream", stream),
                 ("cursor", cursor),
+                *(("keys", k) for k in keys or ()),
             ]
-            params += [("keys", k) for k in keys or ()]
-            page = self._api._get_as(_COLUMNS, f"{self._base}/scan", params)
+
+        for page in self._api._pages(f"{self._base}/scan", params):
             yield from rows(columns_of(page))
-            cursor = page.next
-            if cursor is None:
-                return
 
     def scan_batches(
         self,

@@ -7,7 +7,11 @@ from typing import Any
 from .api_types import ColumnsPage
 from .errors import UsageError
 
-__all__ = ["columns", "dataframe", "pyarrow_ipc"]
+__all__ = ["NEXT_CURSOR_HEADER", "columns", "dataframe", "pyarrow_ipc"]
+
+#: A scan page's ``next`` cursor, also sent as this header (empty after the last
+#: page): a client can ask for the next page before it decodes this one.
+NEXT_CURSOR_HEADER = "Stride-Next-Cursor"
 
 _NONFINITE = {"nan": float("nan"), "inf": float("inf"), "-inf": float("-inf")}
 

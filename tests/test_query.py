@@ -276,6 +276,27 @@ def test_scan_without_keys_carries_what_each_step_has(logged: tuple[stride.Api, 
     ]
 
 
+def test_a_scan_page_carries_its_next_cursor_in_a_header_too(
+    stack: StrideUp, logged: tuple[stride.Api, str]
+) -> None:
+    """So a client can ask for the next page before it decodes this one: the
+    header holds the body's ``next``, and is empty on the last page."""
+    _, path = logged
+    parsed = urllib.parse.urlsplit(stack.http_url)
+    conn = http.client.HTTPConnection(parsed.hostname or "", parsed.port)
+    headers, cursor = [], None
+    while True:
+        params = {"page_size": 7000} | ({} if cursor is None else {"cursor": cursor})
+        conn.request("GET", f"/api/v1/runs/{path}/scan?{urllib.parse.urlencode(params)}")
+        response = conn.getresponse()
+        cursor = json.loads(response.read())["next"]
+        headers.append(response.getheader("Stride-Next-Cursor"))
+        if cursor is None:
+            break
+    conn.close()
+    assert headers[:-1] == ["7000", "14000"] and headers[-1] == ""
+
+
 def test_scan_while_the_run_is_being_written(stack: StrideUp, spool: Path) -> None:
     api = stride.Api(stack.http_url)
     run = stride.init(project="live", settings=stack.settings(spool, linger_s=0.02, flush_rows=200))
