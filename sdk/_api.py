@@ -287,27 +287,23 @@ class Api:
                 return False
 
         def receive(cursor: int | None, sent: bool) -> tuple[int, str | None, bytes]:
-            nonlocal conn
-            delay = 0.1
-            for attempt in range(self._retries + 1):
+            asked = [sent]  # whether the request on the connection is this page's
+
+            def attempt() -> tuple[int, str | None, bytes]:
+                nonlocal conn
                 try:
-                    if not sent and not send(cursor):
+                    if not asked[0] and not send(cursor):
                         raise ConnectionError("the request could not be sent")
                     assert conn is not None
                     response = conn.getresponse()
                     return response.status, response.getheader(NEXT_CURSOR_HEADER), response.read()
-                except (OSError, http.client.HTTPException) as exc:
+                except (OSError, http.client.HTTPException):
                     if conn is not None:
                         conn.close()
-                    conn, sent = None, False
-                    if attempt == self._retries:
-                        raise ServiceUnavailableError(
-                            f"cannot reach the Stride query service at {self.base_url}: {exc}. "
-                            "Is `stride up` running? Set STRIDE_API or Api(base_url=...)."
-                        ) from exc
-                time.sleep(delay)
-                delay *= 2
-            raise AssertionError("unreachable")
+                    conn, asked[0] = None, False
+                    raise
+
+            return self._retried(attempt)
 
         try:
             cursor: int | None = None
@@ -400,8 +396,8 @@ class Api:
     ) -> tuple[int, bytes]:
         """``method`` ``url`` with ``body`` (JSON) if given, retried on connection errors
         (every call is idempotent: reads, a search, setting fields, a delete)."""
-        delay = 0.1
-        for attempt in range(self._retries + 1):
+
+        def attempt() -> tuple[int, bytes]:
             with self._lock:
                 try:
                     if self._conn is None:
@@ -415,15 +411,28 @@ class Api:
                         self._conn.request(method, url, body, headers)
                     response = self._conn.getresponse()
                     return response.status, response.read()
-                except (OSError, http.client.HTTPException) as exc:
+                except (OSError, http.client.HTTPException):
                     if self._conn is not None:
                         self._conn.close()
                     self._conn = None
-                    if attempt == self._retries:
-                        raise ServiceUnavailableError(
-                            f"cannot reach the Stride query service at {self.base_url}: {exc}. "
-                            "Is `stride up` running? Set STRIDE_API or Api(base_url=...)."
-                        ) from exc
+                    raise
+
+        return self._retried(attempt)
+
+    def _retried(self, attempt: Callable[[], T]) -> T:
+        """``attempt()``, made again after a connection error (which it cleaned up
+        after), backing off, up to ``retries`` more times; then the error, as a
+        :class:`ServiceUnavailableError`."""
+        delay = 0.1
+        for tries in range(self._retries + 1):
+            try:
+                return attempt()
+            except (OSError, http.client.HTTPException) as exc:
+                if tries == self._retries:
+                    raise ServiceUnavailableError(
+                        f"cannot reach the Stride query service at {self.base_url}: {exc}. "
+                        "Is `stride up` running? Set STRIDE_API or Api(base_url=...)."
+                    ) from exc
             time.sleep(delay)
             delay *= 2
         raise AssertionError("unreachable")
