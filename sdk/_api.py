@@ -310,9 +310,8 @@ class Api:
             sent = send(cursor)
             while True:
                 status, header, body = receive(cursor, sent)
-                sent, asked = False, None
-                if status < 400 and header:  # ask for the next page before decoding this one
-                    asked = int(header)
+                sent, asked = False, _cursor(header) if status < 400 else None
+                if asked is not None:  # ask for the next page before decoding this one
                     sent = send(asked)
                 try:
                     page = _COLUMNS.decode(self._checked(status, body))
@@ -493,6 +492,15 @@ class Runs:
             if page.next is None:
                 return
             search = msgspec.structs.replace(search, after=page.next)
+
+
+def _cursor(header: str | None) -> int | None:
+    """The next page's cursor from a scan page's header (``None``: the last page, or
+    no usable header, as from a service older than this client)."""
+    try:
+        return int(header) if header else None
+    except ValueError:
+        return None
 
 
 class ApiRun:
@@ -779,9 +787,10 @@ class ApiRun:
         With ``keys``, only rows that have all of them. Pages are keyset-paginated
         on the step, so rows are never repeated or skipped, even while the run is
         still being written; the next page is asked for while this one's rows are
-        read, on a connection of the scan's own. ``format="arrow"`` yields pyarrow ``RecordBatch``es
-        instead, from one streamed answer (:meth:`scan_batches`; ``page_size``
-        does not apply): the fast way through millions of rows.
+        read, on a connection of the scan's own. ``format="arrow"`` yields
+        pyarrow ``RecordBatch``es instead, from one streamed answer
+        (:meth:`scan_batches`; ``page_size`` does not apply): the fast way
+        through millions of rows.
         """
         if format == "arrow":
             yield from self.scan_batches(keys, min_step, max_step, stream)
