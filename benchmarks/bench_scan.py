@@ -181,6 +181,8 @@ def main() -> None:
             t0 = time.perf_counter()
             rows = sum(1 for _ in run.scan_history(page_size=1000, max_step=rows_wanted - 1))
             rate = rows / (time.perf_counter() - t0)
+            if rows != rows_wanted:
+                raise SystemExit(f"scan after idle returned {rows} rows, expected {rows_wanted}")
             print(
                 f"  page_size 1000 after {pause_s:g} s idle: {fmt_rate(rate)} ({rows} rows)"
                 f"   (target {fmt_rate(target)}: {verdict(rate >= target)})"

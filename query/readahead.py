@@ -10,7 +10,9 @@ the chunk after, four times larger (up to about ``chunk_values`` values, each
 row holding its step, its two times and a value per key: the same memory for
 a scan of one key or of many), so that by the time the client has used the
 kept rows the next ones are ready. Each scan (run, stream, keys, range) thus
-has at most two chunks here: the one being served and the one being read.
+has at most two chunks here: the one being served and the one being read,
+about 19 MB together at most, so about three scans in full flight fit in the
+default ``max_bytes``; past it the oldest are forgotten.
 
 Answers are exactly what they would be without the cache, except that a
 point written late *inside* an already-read window is not seen by this scan,

@@ -68,6 +68,8 @@ _RUNS = msgspec.json.Decoder(RunsPage)
 _ALERTS = msgspec.json.Decoder(AlertsPage)
 _KEYS = msgspec.json.Decoder(MetricKeys)
 _COLUMNS = msgspec.json.Decoder(ColumnsPage)
+#: Connections that scans read to their end leave for the next scans, at most.
+_IDLE_CONNECTIONS = 2
 _STATS = msgspec.json.Decoder(MetricStats)
 _PROJECTS = msgspec.json.Decoder(ProjectsPage)
 _ERROR = msgspec.json.Decoder(ErrorBody)
@@ -121,6 +123,8 @@ class Api:
         self._headers = {"Authorization": f"Bearer {token}"} if token else {}
         self._access_cache: dict[str, Access] = {}
         self._conn: http.client.HTTPConnection | None = None
+        #: Connections of scans read to their end, for the next scans (see _pages).
+        self._idle: list[http.client.HTTPConnection] = []
         self._lock = threading.Lock()
 
     def runs(
@@ -269,50 +273,55 @@ class Api:
         cursor comes in a header, before the body is decoded), so the service
         prepares it while the caller reads this one's rows. A failed connection
         is opened again and the page asked for again (reads are idempotent), up
-        to ``retries`` times."""
-        conn: http.client.HTTPConnection | None = None
+        to ``retries`` times. A scan read to its end leaves its connection for the
+        next scan (a loop over many runs opens one, not one a run)."""
+        conn = self._idle_connection()
 
-        def send(cursor: int | None) -> bool:
+        def connection() -> http.client.HTTPConnection:
             nonlocal conn
-            try:
-                if conn is None:
-                    conn = http.client.HTTPConnection(self._host, self._port, timeout=self._timeout)
-                query = urllib.parse.urlencode([(k, v) for k, v in params(cursor) if v is not None])
-                conn.request("GET", f"{self._prefix}{path}?{query}", headers=self._headers)
-                return True
-            except (OSError, http.client.HTTPException):
-                if conn is not None:
-                    conn.close()
-                conn = None
-                return False
+            if conn is None:
+                conn = http.client.HTTPConnection(self._host, self._port, timeout=self._timeout)
+            return conn
+
+        def drop() -> None:
+            nonlocal conn
+            if conn is not None:
+                conn.close()
+            conn = None
+
+        def send(cursor: int | None) -> None:
+            query = urllib.parse.urlencode([(k, v) for k, v in params(cursor) if v is not None])
+            connection().request("GET", f"{self._prefix}{path}?{query}", headers=self._headers)
 
         def receive(cursor: int | None, sent: bool) -> tuple[int, str | None, bytes]:
             asked = [sent]  # whether the request on the connection is this page's
 
             def attempt() -> tuple[int, str | None, bytes]:
-                nonlocal conn
                 try:
-                    if not asked[0] and not send(cursor):
-                        raise ConnectionError("the request could not be sent")
-                    assert conn is not None
-                    response = conn.getresponse()
+                    if not asked[0]:
+                        send(cursor)
+                        asked[0] = True
+                    response = connection().getresponse()
                     return response.status, response.getheader(NEXT_CURSOR_HEADER), response.read()
                 except (OSError, http.client.HTTPException):
-                    if conn is not None:
-                        conn.close()
-                    conn, asked[0] = None, False
+                    drop()
+                    asked[0] = False
                     raise
 
             return self._retried(attempt)
 
         try:
             cursor: int | None = None
-            sent = send(cursor)
+            sent = False
             while True:
                 status, header, body = receive(cursor, sent)
                 sent, asked = False, _cursor(header) if status < 400 else None
                 if asked is not None:  # ask for the next page before decoding this one
-                    sent = send(asked)
+                    try:
+                        send(asked)
+                        sent = True
+                    except (OSError, http.client.HTTPException):
+                        drop()  # asked again, with retries, when its answer is wanted
                 try:
                     page = _COLUMNS.decode(self._checked(status, body))
                 except msgspec.DecodeError as exc:
@@ -321,11 +330,25 @@ class Api:
                     raise ApiError(200, f"GET {path}: the cursor header and body disagree")
                 yield page
                 if page.next is None:
-                    return
+                    break
                 cursor = page.next
+            self._keep_idle(conn)  # read to the end: nothing is in flight on it
+            conn = None
         finally:
-            if conn is not None:
-                conn.close()
+            drop()
+
+    def _idle_connection(self) -> http.client.HTTPConnection | None:
+        with self._lock:
+            return self._idle.pop() if self._idle else None
+
+    def _keep_idle(self, conn: http.client.HTTPConnection | None) -> None:
+        if conn is None:
+            return
+        with self._lock:
+            if len(self._idle) < _IDLE_CONNECTIONS:
+                self._idle.append(conn)
+                return
+        conn.close()
 
     def _download(self, path: str, params: Sequence[tuple[str, Any]], dest: Path) -> Path:
         """Stream the answer to ``path`` into ``dest`` (through ``dest.part``)."""
@@ -438,14 +461,15 @@ class Api:
 
     def close(self) -> None:
         with self._lock:
-            if self._conn is not None:
-                self._conn.close()
-                self._conn = None
+            for conn in [self._conn, *self._idle]:
+                if conn is not None:
+                    conn.close()
+            self._conn, self._idle = None, []
 
-    def __del__(self) -> None:  # an Api dropped without close() must not leak its socket
-        conn = getattr(self, "_conn", None)
-        if conn is not None:
-            conn.close()
+    def __del__(self) -> None:  # an Api dropped without close() must not leak its sockets
+        for conn in [getattr(self, "_conn", None), *getattr(self, "_idle", [])]:
+            if conn is not None:
+                conn.close()
 
     def __enter__(self) -> Api:
         return self

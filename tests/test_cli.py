@@ -239,6 +239,7 @@ def test_the_fetch_size_reaches_ingest_from_the_flag_or_the_environment(
         assert exit_.value.code == 2
 
 
+@pytest.mark.skipif(not Path("/proc/self/maps").exists(), reason="reads /proc (Linux)")
 def test_stride_up_loads_at_start_what_the_first_request_would_wait_for(tmp_path: Path) -> None:
     """pyarrow imports pandas (when installed) the first time it converts Python
     objects, ~200 ms: ``stride up`` starts that import itself, so the first read
