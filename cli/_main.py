@@ -38,6 +38,7 @@ ENV = {
     "STRIDE_CONNECT_TIMEOUT": "--connect-timeout",
     "STRIDE_LOST_AFTER": "--lost-after",
     "STRIDE_FETCH_MIB": "--fetch-mib",
+    "STRIDE_READ_AHEAD_MIB": "--read-ahead-mib",
     "STRIDE_TOKENS": "--tokens",
     "STRIDE_SMTP_URL": "--smtp-url",
     "STRIDE_SMTP_FROM": "--smtp-from",
@@ -107,6 +108,15 @@ _FETCH_MIB: dict[str, Any] = {
     "fetches: larger is faster, smaller uses less memory (default 16)",
 }
 
+_READ_AHEAD_MIB: dict[str, Any] = {
+    "type": _mebibytes,
+    "default": "64",  # QuerySettings.read_ahead_bytes
+    "dest": "read_ahead_bytes",
+    "metavar": "MIB",
+    "help": "rows that scans have read ahead are kept up to this much in all; a scan "
+    "in full flight holds up to ~19 MB (default 64: about three at once)",
+}
+
 _ACK_WAIT: dict[str, Any] = {
     "type": float,
     "default": 60.0,  # IngestSettings.ack_wait_s
@@ -159,6 +169,7 @@ def _parser() -> argparse.ArgumentParser:
         help="a running run silent this long is reported crashed (default 300)",
     )
     _option(up, "--fetch-mib", **_FETCH_MIB)
+    _option(up, "--read-ahead-mib", **_READ_AHEAD_MIB)
     _option(up, "--ack-wait", **_ACK_WAIT)
     _option(up, "--tokens", **_TOKENS)
     _alert_options(up)
@@ -195,6 +206,7 @@ def _parser() -> argparse.ArgumentParser:
     query = sub.add_parser("query", parents=[common], help="serve the query HTTP API (any number)")
     _service_options(query, http_port=8080)
     _option(query, "--tokens", **_TOKENS)
+    _option(query, "--read-ahead-mib", **_READ_AHEAD_MIB)
     _option(
         query,
         "--lost-after",
@@ -308,7 +320,11 @@ def _up(args: argparse.Namespace) -> int:
             fetch_bytes=args.fetch_bytes,
             ack_wait_s=args.ack_wait,
         ),
-        query=QuerySettings(lost_after_s=args.lost_after, tokens_file=args.tokens),
+        query=QuerySettings(
+            lost_after_s=args.lost_after,
+            tokens_file=args.tokens,
+            read_ahead_bytes=args.read_ahead_bytes,
+        ),
         notify=_notify_settings(args),
     )
     _check_access(args.host, args.tokens)
@@ -418,7 +434,11 @@ def _service(args: argparse.Namespace) -> int:
         http_port=args.http_port,
         connect_timeout_s=args.connect_timeout,
         drain_timeout_s=args.drain_timeout,
-        query=QuerySettings(lost_after_s=args.lost_after, tokens_file=args.tokens),
+        query=QuerySettings(
+            lost_after_s=args.lost_after,
+            tokens_file=args.tokens,
+            read_ahead_bytes=args.read_ahead_bytes,
+        ),
     )
     _check_access(args.host, args.tokens)
     asyncio.run(serve_query(query))

@@ -16,6 +16,10 @@ class QuerySettings:
     max_samples: int = 100_000
     max_page_size: int = 100_000
     max_runs_per_page: int = 1_000
+    #: Rows scans have read ahead are kept up to this many bytes in all; a scan in
+    #: full flight holds up to ~19 MB (:mod:`.readahead`), and past the bound the
+    #: oldest scans' rows are dropped (read again if asked for: slower, never wrong).
+    read_ahead_bytes: int = 64 << 20
     #: With a tokens file (``stride token create``), every request but the probes
     #: needs a bearer token with the right scope (see :mod:`.auth`); without, none.
     tokens_file: Path | None = None

@@ -117,7 +117,7 @@ def create_app(
     app = web.Application(middlewares=[_errors])
     if settings.tokens_file is not None:
         app.middlewares.append(middleware(Tokens(settings.tokens_file)))
-    app[READ_AHEAD] = ReadAhead()
+    app[READ_AHEAD] = ReadAhead(max_bytes=settings.read_ahead_bytes)
     app.on_shutdown.append(_stop_read_ahead)
     app[SETTINGS] = settings
     if objects is not None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import os
 import signal
@@ -237,6 +238,38 @@ def test_the_fetch_size_reaches_ingest_from_the_flag_or_the_environment(
         with pytest.raises(SystemExit) as exit_:
             main([*command, "--fetch-mib", bad])
         assert exit_.value.code == 2
+
+
+@pytest.mark.parametrize("command", [["up"], ["query", "--store", "chdb:///tmp/x"]])
+def test_the_read_ahead_bound_reaches_the_query_app_from_the_flag_or_the_environment(
+    command: list[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``--read-ahead-mib`` / ``STRIDE_READ_AHEAD_MIB`` bound what scans keep read
+    ahead. The services are replaced by a recorder: this checks the wiring, up to
+    the app's read-ahead."""
+    import stride.cli.services
+    import stride.cli.up
+    from stride.cli._main import main
+    from stride.query import create_app
+    from stride.query.app import READ_AHEAD
+
+    seen: list[int] = []
+
+    async def record(settings: object) -> None:
+        query = settings.query  # type: ignore[attr-defined]
+        app = create_app(dataclasses.replace(query, store_url="chdb:///unused"))
+        seen.append(app[READ_AHEAD]._max_bytes)
+
+    monkeypatch.setattr(stride.cli.up, "serve", record)
+    monkeypatch.setattr(stride.cli.services, "serve_query", record)
+    assert main(command) == 0
+    assert main([*command, "--read-ahead-mib", "256"]) == 0
+    monkeypatch.setenv("STRIDE_READ_AHEAD_MIB", "8")
+    assert main(command) == 0
+    assert seen == [64 << 20, 256 << 20, 8 << 20]
+    with pytest.raises(SystemExit) as exit_:
+        main([*command, "--read-ahead-mib", "0"])
+    assert exit_.value.code == 2
 
 
 @pytest.mark.skipif(not Path("/proc/self/maps").exists(), reason="reads /proc (Linux)")
