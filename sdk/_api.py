@@ -1,44 +1,39 @@
 """The public query client, shaped like the W&B public API (``Api``, ``Run``).
 
-It speaks HTTP to the query service with the standard library (one kept-alive
-connection, retried on connection errors), so the SDK's base install stays
-small. Answers are decoded into the Structs of :mod:`stride.api_types`, the
-ones the service encodes. pandas is optional: ``history(pandas=True)`` needs
-it installed.
+It speaks HTTP to the query service through :mod:`._http` (the standard
+library's, so the SDK's base install stays small). Answers are decoded into
+the Structs of :mod:`stride.api_types`, the ones the service encodes. pandas
+is optional: ``history(pandas=True)`` needs it installed.
 """
 
 from __future__ import annotations
 
-import contextlib
-import http.client
 import os
-import threading
 import time
 import urllib.parse
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import msgspec
 import orjson
 
 from . import _api_artifacts
 from ._api_artifacts import ApiArtifact
-from ._api_columns import NEXT_CURSOR_HEADER, dataframe, pyarrow_ipc
 from ._api_columns import columns as columns_of
+from ._api_columns import dataframe, pyarrow_ipc
 from ._api_events import list_events
 from ._api_files import ApiFile, list_files, one_file
 from ._api_folders import ApiFolder, list_folders
 from ._api_params import check_finite, keys_param, plain
 from ._config import NestedDict
+from ._http import COLUMNS as _COLUMNS
+from ._http import QueryHttp
 from ._rows import rows
-from ._settings import DEFAULT_API
 from .api_types import (
     Access,
     AlertDoc,
     AlertsPage,
-    ColumnsPage,
-    ErrorBody,
     EventDoc,
     MetricKeys,
     MetricStats,
@@ -50,29 +45,19 @@ from .api_types import (
     Status,
 )
 from .errors import (
-    ApiError,
-    AuthError,
-    BadRequestError,
-    NotFoundError,
-    ServiceUnavailableError,
     UsageError,
 )
 
 #: The states of a run that has not ended.
 _GOING = ("created", "running")
 
-T = TypeVar("T")
 # One decoder per answer type, built once.
 _RUN = msgspec.json.Decoder(RunDoc)
 _RUNS = msgspec.json.Decoder(RunsPage)
 _ALERTS = msgspec.json.Decoder(AlertsPage)
 _KEYS = msgspec.json.Decoder(MetricKeys)
-_COLUMNS = msgspec.json.Decoder(ColumnsPage)
-#: Connections that scans read to their end leave for the next scans, at most.
-_IDLE_CONNECTIONS = 2
 _STATS = msgspec.json.Decoder(MetricStats)
 _PROJECTS = msgspec.json.Decoder(ProjectsPage)
-_ERROR = msgspec.json.Decoder(ErrorBody)
 _SEARCH = msgspec.json.Encoder()
 _STATUS = msgspec.json.Decoder(Status)
 _ACCESS = msgspec.json.Decoder(Access)
@@ -82,7 +67,7 @@ _EDITABLE_COPY_ENC = msgspec.json.Encoder()
 _UNSET = object()
 
 
-class Api:
+class Api(QueryHttp):
     """Query runs and their metrics.
 
     ``base_url`` defaults to ``$STRIDE_API``, else ``http://127.0.0.1:8080``.
@@ -106,26 +91,13 @@ class Api:
         retries: int = 3,
         token: str | None = None,
     ) -> None:
-        self.base_url = (base_url or os.environ.get("STRIDE_API") or DEFAULT_API).rstrip("/")
-        parsed = urllib.parse.urlsplit(self.base_url)
-        if parsed.scheme != "http" or not parsed.hostname:
-            raise UsageError(f"base_url must look like http://host:port, got {self.base_url!r}")
-        self._host, self._port = parsed.hostname, parsed.port or 80
-        self._prefix = parsed.path.rstrip("/")
+        super().__init__(base_url, timeout=timeout, retries=retries, token=token)
         overrides = dict(overrides or {})
         self.default_entity = (
             overrides.get("entity") or os.environ.get("STRIDE_ENTITY") or "default"
         )
         self.default_project = overrides.get("project")
-        self._timeout = timeout
-        self._retries = retries
-        token = token or os.environ.get("STRIDE_API_TOKEN")
-        self._headers = {"Authorization": f"Bearer {token}"} if token else {}
         self._access_cache: dict[str, Access] = {}
-        self._conn: http.client.HTTPConnection | None = None
-        #: Connections of scans read to their end, for the next scans (see _pages).
-        self._idle: list[http.client.HTTPConnection] = []
-        self._lock = threading.Lock()
 
     def runs(
         self,
@@ -243,240 +215,6 @@ class Api:
             params.append(("filters", orjson.dumps(dict(filters)).decode()))
         return self._download(f"/api/v1/export/runs/{entity}/{project}", params, Path(dest))
 
-    @contextlib.contextmanager
-    def _open(
-        self, path: str, params: Sequence[tuple[str, Any]]
-    ) -> Iterator[http.client.HTTPResponse]:
-        """A GET whose answer is read as it arrives, on a connection of its own
-        (the shared one stays free for other calls meanwhile)."""
-        query = urllib.parse.urlencode([(k, v) for k, v in params if v is not None])
-        conn = http.client.HTTPConnection(self._host, self._port, timeout=self._timeout)
-        try:
-            try:
-                conn.request("GET", f"{self._prefix}{path}?{query}", headers=self._headers)
-                response = conn.getresponse()
-            except OSError as exc:
-                raise ServiceUnavailableError(
-                    f"cannot reach the Stride query service at {self.base_url}: {exc}"
-                ) from exc
-            if response.status >= 400:
-                self._checked(response.status, response.read())
-            yield response
-        finally:
-            conn.close()
-
-    def _pages(
-        self, path: str, params: Callable[[int | None], list[tuple[str, Any]]]
-    ) -> Iterator[ColumnsPage]:
-        """The pages of a scan (``params(cursor)``: a page's query), on a connection
-        of its own. As soon as a page has arrived, the next one is asked for (its
-        cursor comes in a header, before the body is decoded), so the service
-        prepares it while the caller reads this one's rows. A failed connection
-        is opened again and the page asked for again (reads are idempotent), up
-        to ``retries`` times. A scan read to its end leaves its connection for the
-        next scan (a loop over many runs opens one, not one a run)."""
-        conn = self._idle_connection()
-
-        def connection() -> http.client.HTTPConnection:
-            nonlocal conn
-            if conn is None:
-                conn = http.client.HTTPConnection(self._host, self._port, timeout=self._timeout)
-            return conn
-
-        def drop() -> None:
-            nonlocal conn
-            if conn is not None:
-                conn.close()
-            conn = None
-
-        def send(cursor: int | None) -> None:
-            query = urllib.parse.urlencode([(k, v) for k, v in params(cursor) if v is not None])
-            connection().request("GET", f"{self._prefix}{path}?{query}", headers=self._headers)
-
-        def receive(cursor: int | None, sent: bool) -> tuple[int, str | None, bytes]:
-            asked = [sent]  # whether the request on the connection is this page's
-
-            def attempt() -> tuple[int, str | None, bytes]:
-                try:
-                    if not asked[0]:
-                        send(cursor)
-                        asked[0] = True
-                    response = connection().getresponse()
-                    return response.status, response.getheader(NEXT_CURSOR_HEADER), response.read()
-                except (OSError, http.client.HTTPException):
-                    drop()
-                    asked[0] = False
-                    raise
-
-            return self._retried(attempt)
-
-        try:
-            cursor: int | None = None
-            sent = False
-            while True:
-                status, header, body = receive(cursor, sent)
-                sent, asked = False, _cursor(header) if status < 400 else None
-                if asked is not None:  # ask for the next page before decoding this one
-                    try:
-                        send(asked)
-                        sent = True
-                    except (OSError, http.client.HTTPException):
-                        drop()  # asked again, with retries, when its answer is wanted
-                try:
-                    page = _COLUMNS.decode(self._checked(status, body))
-                except msgspec.DecodeError as exc:
-                    raise ApiError(200, f"unexpected answer to GET {path}: {exc}") from None
-                if asked is not None and asked != page.next:
-                    raise ApiError(200, f"GET {path}: the cursor header and body disagree")
-                yield page
-                if page.next is None:
-                    break
-                cursor = page.next
-            self._keep_idle(conn)  # read to the end: nothing is in flight on it
-            conn = None
-        finally:
-            drop()
-
-    def _idle_connection(self) -> http.client.HTTPConnection | None:
-        with self._lock:
-            return self._idle.pop() if self._idle else None
-
-    def _keep_idle(self, conn: http.client.HTTPConnection | None) -> None:
-        if conn is None:
-            return
-        with self._lock:
-            if len(self._idle) < _IDLE_CONNECTIONS:
-                self._idle.append(conn)
-                return
-        conn.close()
-
-    def _download(self, path: str, params: Sequence[tuple[str, Any]], dest: Path) -> Path:
-        """Stream the answer to ``path`` into ``dest`` (through ``dest.part``)."""
-        partial = dest.with_name(dest.name + ".part")
-        try:
-            with self._open(path, params) as response, partial.open("wb") as out:
-                while chunk := response.read(1 << 20):
-                    out.write(chunk)
-            partial.replace(dest)
-        finally:
-            partial.unlink(missing_ok=True)
-        return dest
-
-    # ---- transport -----------------------------------------------------------------------------
-
-    def get(self, path: str, params: Sequence[tuple[str, Any]] = ()) -> Any:
-        """GET ``path`` and return its JSON as plain dicts and lists (``None`` if empty).
-
-        For endpoints without a method of their own, such as ``/api/v1/status``;
-        the shapes are the Structs of :mod:`stride.api_types`.
-        """
-        body = self._get_body(path, params)
-        return orjson.loads(body) if body else None
-
-    def _get_as(
-        self, decoder: msgspec.json.Decoder[T], path: str, params: Sequence[tuple[str, Any]] = ()
-    ) -> T:
-        body = self._get_body(path, params)
-        try:
-            return decoder.decode(body)
-        except msgspec.DecodeError as exc:
-            raise ApiError(200, f"unexpected answer to GET {path}: {exc}") from None
-
-    def _post_as(self, decoder: msgspec.json.Decoder[T], path: str, body: bytes) -> T:
-        return self._send_as(decoder, "POST", path, body)
-
-    def _send_as(
-        self, decoder: msgspec.json.Decoder[T], method: str, path: str, body: bytes | None
-    ) -> T:
-        answer = self._checked(*self._request(f"{self._prefix}{path}", body, method))
-        try:
-            return decoder.decode(answer)
-        except msgspec.DecodeError as exc:
-            raise ApiError(200, f"unexpected answer to {method} {path}: {exc}") from None
-
-    def _get_body(self, path: str, params: Sequence[tuple[str, Any]]) -> bytes:
-        query = urllib.parse.urlencode([(k, v) for k, v in params if v is not None])
-        url = f"{self._prefix}{path}" + (f"?{query}" if query else "")
-        return self._checked(*self._request(url))
-
-    @staticmethod
-    def _checked(status: int, body: bytes) -> bytes:
-        """``body``, or the error the service answered with, raised."""
-        if status >= 400:
-            try:
-                message = _ERROR.decode(body).error
-            except msgspec.DecodeError:  # not the service's error body (a proxy's page...)
-                message = body[:200].decode(errors="replace")
-            cls = {404: NotFoundError, 400: BadRequestError, 401: AuthError, 403: AuthError}.get(
-                status, ApiError
-            )
-            raise cls(status, message)
-        return body
-
-    def _request(
-        self, url: str, body: bytes | None = None, method: str = "GET"
-    ) -> tuple[int, bytes]:
-        """``method`` ``url`` with ``body`` (JSON) if given, retried on connection errors
-        (every call is idempotent: reads, a search, setting fields, a delete)."""
-
-        def attempt() -> tuple[int, bytes]:
-            with self._lock:
-                try:
-                    if self._conn is None:
-                        self._conn = http.client.HTTPConnection(
-                            self._host, self._port, timeout=self._timeout
-                        )
-                    if body is None:
-                        self._conn.request(method, url, headers=self._headers)
-                    else:
-                        headers = {**self._headers, "Content-Type": "application/json"}
-                        self._conn.request(method, url, body, headers)
-                    response = self._conn.getresponse()
-                    return response.status, response.read()
-                except (OSError, http.client.HTTPException):
-                    if self._conn is not None:
-                        self._conn.close()
-                    self._conn = None
-                    raise
-
-        return self._retried(attempt)
-
-    def _retried(self, attempt: Callable[[], T]) -> T:
-        """``attempt()``, made again after a connection error (which it cleaned up
-        after), backing off, up to ``retries`` more times; then the error, as a
-        :class:`ServiceUnavailableError`."""
-        delay = 0.1
-        for tries in range(self._retries + 1):
-            try:
-                return attempt()
-            except (OSError, http.client.HTTPException) as exc:
-                if tries == self._retries:
-                    raise ServiceUnavailableError(
-                        f"cannot reach the Stride query service at {self.base_url}: {exc}. "
-                        "Is `stride up` running? Set STRIDE_API or Api(base_url=...)."
-                    ) from exc
-            time.sleep(delay)
-            delay *= 2
-        raise AssertionError("unreachable")
-
-    def close(self) -> None:
-        with self._lock:
-            for conn in [self._conn, *self._idle]:
-                if conn is not None:
-                    conn.close()
-            self._conn, self._idle = None, []
-
-    def __del__(self) -> None:  # an Api dropped without close() must not leak its sockets
-        for conn in [getattr(self, "_conn", None), *getattr(self, "_idle", [])]:
-            if conn is not None:
-                conn.close()
-
-    def __enter__(self) -> Api:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
 
 class Runs:
     """Iterable over a project's runs that match a search; pages are fetched as
@@ -516,15 +254,6 @@ class Runs:
             if page.next is None:
                 return
             search = msgspec.structs.replace(search, after=page.next)
-
-
-def _cursor(header: str | None) -> int | None:
-    """The next page's cursor from a scan page's header (``None``: the last page, or
-    no usable header, as from a service older than this client)."""
-    try:
-        return int(header) if header else None
-    except ValueError:
-        return None
 
 
 class ApiRun:
