@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import nats
+import pyarrow as pa
 import pytest
 from nats.aio.client import Client as NatsClient
 
@@ -27,6 +28,7 @@ import stride
 from stride import Settings
 from stride.cli._nats_server import NatsServer
 from stride.ingest.streams import ensure_streams
+from stride.store import AsyncStore
 from stride.wire import INGEST_SUBJECT, Batch, decode_batch, encode_batch
 
 STRIDE = [sys.executable, "-m", "stride.cli"]
@@ -423,3 +425,16 @@ def nats_cluster(tmp_path: Path) -> Iterator[NatsCluster]:
     cluster = NatsCluster(tmp_path / "nats-cluster").start()
     yield cluster
     cluster.stop()
+
+
+class RecordingStore(AsyncStore):
+    """The store seam: notes each query made through it, with its parameters (the
+    store answers as always; what is under test is which queries a caller makes)."""
+
+    def __init__(self, store: Any) -> None:
+        super().__init__(store)
+        self.queries: list[tuple[str, Any]] = []
+
+    async def query_arrow(self, sql: str, params: Any = None) -> pa.Table:
+        self.queries.append((sql, params))
+        return await super().query_arrow(sql, params)

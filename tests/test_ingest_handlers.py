@@ -40,6 +40,8 @@ from stride.wire import (
     message_id,
 )
 
+from .conftest import RecordingStore
+
 SETTINGS = IngestSettings(fetch_timeout_s=0.05)
 SEEN = "test_seen"
 
@@ -590,18 +592,6 @@ async def test_a_look_that_missed_the_other_writer_is_made_good_at_the_next_stat
     assert several_writers_marks(chdb) == [("ent", "proj", "ranks")]
 
 
-class CountingQueries(AsyncStore):
-    """The store seam: counts the queries made through it."""
-
-    def __init__(self, store: ChdbStore) -> None:
-        super().__init__(store)
-        self.queries = 0
-
-    async def query_arrow(self, sql: str, params: Any = None) -> pa.Table:
-        self.queries += 1
-        return await super().query_arrow(sql, params)
-
-
 async def test_a_search_on_state_learns_of_a_second_writer_at_once_and_remembers_it(
     chdb: ChdbStore,
 ) -> None:
@@ -609,7 +599,7 @@ async def test_a_search_on_state_learns_of_a_second_writer_at_once_and_remembers
     (their state needs each writer's): a no is asked again at the next search, so
     a run that gains a second writer is found by its folded state at once; a yes
     is remembered (one query a search from then on)."""
-    store = CountingQueries(chdb)
+    store = RecordingStore(chdb)
     handler = RunFieldsHandler()
 
     async def found(state: str) -> list[str]:
@@ -627,6 +617,6 @@ async def test_a_search_on_state_learns_of_a_second_writer_at_once_and_remembers
         await handler.write(store, handler.prepare([state_of("ranks", writer, state)]))
     assert await found("running") == ["ranks"]
     assert await found("finished") == ["alone"]
-    store.queries = 0
+    store.queries.clear()
     assert await found("running") == ["ranks"]
-    assert store.queries == 1
+    assert len(store.queries) == 1

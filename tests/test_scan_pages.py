@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import math
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -27,6 +26,8 @@ from stride.store import AsyncStore
 from stride.store.chdb import ChdbStore
 from stride.store.schema import ROLLUP_STEPS
 from stride.wire import WIRE_VERSION, Batch, MetricBlock
+
+from .conftest import RecordingStore
 
 SCAN = ("e/p/r", "default", ("a",), False)
 
@@ -340,21 +341,9 @@ async def test_a_page_of_several_keys_ends_where_the_rule_says(tmp_path: Path) -
         assert checked > 150
         # Where a key is logged at every step, one count of the short window decides:
         # 2000 points take 2000 / 256 + 1 buckets, not the whole window of 2000.
-        counted = Counting(chdb)
+        counted = RecordingStore(chdb)
         params = {"run": "e/p/r", "stream": "default", "keys": ["dense", "every7"]}
         await _page_bound(counted, params, ["dense", "every7"], 2_000, 700, 2**63 - 1, False)
-        assert counted.windows == [9]
+        assert [p["b_hi"] - p["b_lo"] + 1 for _, p in counted.queries] == [9]
     finally:
         chdb.close()
-
-
-class Counting(AsyncStore):
-    """The store seam: notes the width in buckets of each query's window."""
-
-    def __init__(self, store: ChdbStore) -> None:
-        super().__init__(store)
-        self.windows: list[int] = []
-
-    async def query_arrow(self, sql: str, params: Any = None) -> pa.Table:
-        self.windows.append(params["b_hi"] - params["b_lo"] + 1)
-        return await super().query_arrow(sql, params)
